@@ -1,0 +1,38 @@
+"""Trains AlexNet: `python -m alexnet_jax.main --config=configs/quickstart.py --workdir=DIR`.
+
+Only parses flags and calls `train.train_and_evaluate`, which the tests call too.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Training config (a configs/*.py file).',
+                                lock_config=True)
+flags.DEFINE_string('workdir', None, 'Where metrics, config.json and checkpoints are written.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  # Before JAX starts a backend: a CPU-only machine simulates the devices the strategy needs.
+  from alexnet_jax import devices
+  devices.simulate_cpu_devices(FLAGS.config)
+
+  from alexnet_jax import input_pipeline
+  from alexnet_jax import train
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (train.ConfigError, input_pipeline.DatasetNotReadyError) as e:
+    logging.error('%s', e)
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  app.run(main)

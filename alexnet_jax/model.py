@@ -1,0 +1,183 @@
+"""Fig. 2 of the paper: one tower of AlexNet, defined once and used for both towers.
+
+The network is two identical towers ("GPU 1" and "GPU 2") with their own parameters. A tower
+computes half of every layer's kernels; conv3, fc6, fc7 and fc8 read BOTH towers' previous
+layer. Those cross-tower reads are the only places the towers talk, so `Tower.__call__` takes
+the read as a function, `exchange`, supplied by the partitioning strategy: an all-gather across
+devices inside `shard_map` (partitioning.py), or a concatenation when one device holds both.
+
+    layer  kernels total (per tower)  kernel / stride            input from
+    conv1  96 (48)                    11 x 11 x 3 / 4            the image
+    conv2  256 (128)                  5 x 5 x 48 / 1, pad 2      own tower
+    conv3  384 (192)                  3 x 3 x 256 / 1, pad 1     BOTH towers
+    conv4  384 (192)                  3 x 3 x 192 / 1, pad 1     own tower
+    conv5  256 (128)                  3 x 3 x 192 / 1, pad 1     own tower
+    fc6    4096 (2048)                9216 inputs                BOTH towers
+    fc7    4096 (2048)                4096 inputs                BOTH towers
+    fc8    1000 (500)                 4096 inputs                BOTH towers
+
+fc8 is split by class: each tower computes the logits of half of the classes (the paper leaves
+where fc8 lives free; the parameter count is the same), so `num_classes` must be even.
+"""
+
+from typing import Callable, Mapping, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Exchange = Callable[[Array], Array]
+
+# Section 3.3: k = 2, n = 5, alpha = 1e-4, beta = 0.75 (alpha NOT divided by n).
+LRN_K, LRN_N, LRN_ALPHA, LRN_BETA = 2.0, 5, 1e-4, 0.75
+# Section 3.4: overlapping pooling, z = 3, s = 2.
+POOL_WINDOW, POOL_STRIDE = 3, 2
+
+
+def local_response_norm(x: Array, k: float = LRN_K, n: int = LRN_N, alpha: float = LRN_ALPHA,
+                        beta: float = LRN_BETA) -> Array:
+  """b_i = a_i / (k + alpha * sum_{|j - i| <= n/2} a_j^2)^beta over the channels of `x`.
+
+  `x` holds ONE tower's channels, so the window stops at the tower's edges as on the two GPUs.
+  The windowed sum is one product with a banded 0/1 matrix: a single fused pass on any backend.
+  """
+  c = x.shape[-1]
+  idx = jnp.arange(c)
+  band = (jnp.abs(idx[:, None] - idx[None, :]) <= n // 2).astype(x.dtype)
+  sum_sq = jnp.einsum('...c,cd->...d', jnp.square(x), band, precision=jax.lax.Precision.HIGHEST)
+  return x * jnp.power(k + alpha * sum_sq, -beta)
+
+
+def max_pool(x: Array) -> Array:
+  """Overlapping max pooling (window 3, stride 2)."""
+  return nn.max_pool(x, (POOL_WINDOW, POOL_WINDOW), strides=(POOL_STRIDE, POOL_STRIDE))
+
+
+def conv1_padding(image_size: int, kernel: int = 11, stride: int = 4) -> int:
+  """Bottom/right padding that makes conv1 output ceil((S - 11) / 4) + 1 pixels, as cuda-convnet.
+
+  A 224 crop gets 3 pixels (55 x 55 out); Caffe's 227 crop gets 0 (also 55 x 55).
+  """
+  out = -(-(image_size - kernel) // stride) + 1
+  return (out - 1) * stride + kernel - image_size
+
+
+def dropout(x: Array, keep: Optional[Array], rate: float) -> Array:
+  """Inverted dropout with a mask made elsewhere (see `dropout_masks`); `keep=None` is test time.
+
+  Scaling kept units by 1 / (1 - rate) while training gives the same expectation as the paper's
+  multiplying by 0.5 at test time.
+  """
+  if keep is None:
+    return x
+  return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+def dropout_masks(rng: Array, batch_size: int, fc_features_total: Sequence[int],
+                  rate: float) -> dict[str, Array]:
+  """Keep-masks for fc6 and fc7 of the WHOLE network and the WHOLE global batch.
+
+  Each neuron's mask is a function of the seed and the neuron's global (example, unit) position
+  only, so every partitioning of the network drops the same units; a strategy hands each device
+  its block with `in_specs`, so the two towers (different units) get different masks.
+  """
+  names = ('fc6', 'fc7')
+  return {
+      name: jax.random.bernoulli(jax.random.fold_in(rng, i), 1.0 - rate, (batch_size, width))
+      for i, (name, width) in enumerate(zip(names, fc_features_total))
+  }
+
+
+class Tower(nn.Module):
+  """One tower of Fig. 2. Widths are per tower; the paper's are the defaults."""
+  conv_features: Sequence[int] = (48, 128, 192, 192, 128)
+  fc_features: Sequence[int] = (2048, 2048)
+  classes_per_tower: int = 500
+  dropout_rate: float = 0.5
+  dtype: jnp.dtype = jnp.float32  # compute dtype; parameters stay float32
+
+  def setup(self):
+    weights = nn.initializers.normal(stddev=0.01)  # Section 5: N(0, 0.01^2)
+
+    def conv(name, features, kernel, stride, padding, bias):
+      # Section 5: bias 1 in conv2, conv4, conv5 (and fc6, fc7) so ReLUs start positive.
+      return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding,
+                     kernel_init=weights, bias_init=nn.initializers.constant(bias),
+                     dtype=self.dtype, name=name)
+
+    def dense(name, features, bias):
+      return nn.Dense(features, kernel_init=weights, bias_init=nn.initializers.constant(bias),
+                      dtype=self.dtype, name=name)
+
+    c1, c2, c3, c4, c5 = self.conv_features
+    self.conv1 = conv('conv1', c1, 11, 4, 'VALID', 0.0)  # padding applied in `conv1_conv2`
+    self.conv2 = conv('conv2', c2, 5, 1, ((2, 2), (2, 2)), 1.0)
+    self.conv3 = conv('conv3', c3, 3, 1, ((1, 1), (1, 1)), 0.0)
+    self.conv4 = conv('conv4', c4, 3, 1, ((1, 1), (1, 1)), 1.0)
+    self.conv5 = conv('conv5', c5, 3, 1, ((1, 1), (1, 1)), 1.0)
+    self.fc6 = dense('fc6', self.fc_features[0], 1.0)
+    self.fc7 = dense('fc7', self.fc_features[1], 1.0)
+    self.fc8 = dense('fc8', self.classes_per_tower, 0.0)
+
+  # The stages between cross-tower reads. A strategy that holds both towers on one device
+  # calls these directly; `__call__` strings them together with `exchange` between them.
+
+  def conv1_conv2(self, image: Array) -> Array:
+    """Own tower: conv1 (from the image) and conv2; 13 x 13 x 128 out."""
+    p = conv1_padding(image.shape[-2])
+    x = jnp.pad(image.astype(self.dtype), ((0, 0), (0, p), (0, p), (0, 0)))
+    x = max_pool(local_response_norm(nn.relu(self.conv1(x))))
+    return max_pool(local_response_norm(nn.relu(self.conv2(x))))
+
+  def conv3_conv5(self, both: Array) -> Array:
+    """conv3 reads both towers' conv2; conv4 and conv5 their own tower; pool5 (6 x 6 x 128) out."""
+    x = nn.relu(self.conv3(both))
+    x = nn.relu(self.conv4(x))
+    x = max_pool(nn.relu(self.conv5(x)))
+    return x
+
+  def fc6_fc7(self, both: Array, keep: Optional[Array], layer: str) -> Array:
+    """fc6 or fc7: reads both towers, ReLU, dropout."""
+    dense = self.fc6 if layer == 'fc6' else self.fc7
+    return dropout(nn.relu(dense(both)), keep, self.dropout_rate)
+
+  def logits(self, both: Array) -> Array:
+    """fc8: this tower's half of the classes, from both towers' fc7."""
+    return self.fc8(both).astype(jnp.float32)
+
+  def __call__(self, image: Array, exchange: Exchange,
+               keep: Optional[Mapping[str, Array]] = None) -> Array:
+    """This tower's logits. `exchange(x)` returns both towers' `x`, concatenated on the last axis.
+
+    `keep` holds this tower's dropout masks ({'fc6': [B, fc6 units], 'fc7': ...}); None disables
+    dropout (evaluation).
+    """
+    keep = keep or {}
+    x = self.conv1_conv2(image)
+    x = self.conv3_conv5(exchange(x))  # conv3: cross-tower
+    x = exchange(x)  # fc6: cross-tower, pool5 of both towers (channels: tower 1 then tower 2)
+    x = x.reshape(x.shape[0], -1)  # 6 x 6 x 256 = 9216 for the paper's network
+    x = self.fc6_fc7(x, keep.get('fc6'), 'fc6')
+    x = self.fc6_fc7(exchange(x), keep.get('fc7'), 'fc7')  # fc7: cross-tower
+    return self.logits(exchange(x))  # fc8: cross-tower
+
+
+def make_tower(model_config, num_classes: int, dtype=jnp.float32) -> Tower:
+  """The tower for a config's `model` section."""
+  return Tower(conv_features=tuple(model_config.conv_features),
+               fc_features=tuple(model_config.fc_features),
+               classes_per_tower=num_classes // 2,
+               dropout_rate=model_config.dropout_rate, dtype=dtype)
+
+
+def init_params(tower: Tower, rng: Array, image_size: int) -> dict:
+  """Both towers' parameters, stacked on a leading axis of size 2 (tower 1, tower 2).
+
+  Each tower draws from its own key. Initialisation needs only shapes, so the cross-tower read
+  is stood in for by concatenating the tower's activations with themselves.
+  """
+  image = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+  self_exchange = lambda x: jnp.concatenate([x, x], axis=-1)
+  init_one = lambda key: tower.init(key, image, self_exchange)['params']
+  return jax.vmap(init_one)(jax.random.split(rng, 2))

@@ -1,0 +1,26 @@
+"""The paper's recipe on ImageNet (ILSVRC-2012), as in section 5.
+
+    python -m alexnet_jax.main --config=configs/paper.py --workdir=/path/to/workdir \
+        --config.data_dir=/path/to/tensorflow_datasets \
+        --config.manual_dir=/path/holding/ILSVRC2012_img_train.tar+ILSVRC2012_img_val.tar
+
+Batch 128, SGD with momentum 0.9 and weight decay 0.0005 in the paper's form, learning rate
+0.01, about 90 epochs, two towers on two devices. The paper reports 40.7% top-1 / 18.2% top-5
+error on the ILSVRC-2012 validation set for one network (37.5% / 17.0% on ILSVRC-2010 test with
+10-patch testing); Caffe's reproduction reaches 42.9% / 19.8% with a centre crop.
+"""
+
+from configs import default
+
+
+def get_config():
+  c = default.get_config()
+  c.dataset = 'imagenet2012'
+  c.model.num_classes = 1000
+  c.batch_size = 128
+  c.eval_batch_size = 250
+  c.learning_rate = 0.01
+  c.num_epochs = 90.0
+  c.log_every_steps = 100
+  c.checkpoint_every_steps = 2000
+  return c

@@ -1,0 +1,218 @@
+"""The network of Fig. 2: sizes, LRN, init, and the two-tower split against a one-device net."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from alexnet_jax import model as model_lib
+from alexnet_jax import partitioning
+
+PAPER_PARAMS = 60_965_224
+
+
+def numpy_lrn(a, k=2.0, n=5, alpha=1e-4, beta=0.75):
+  """The paper's formula, channel by channel, with the sum clipped at the tower's edges."""
+  a = np.asarray(a, np.float64)
+  num = a.shape[-1]
+  out = np.empty_like(a)
+  for i in range(num):
+    lo, hi = max(0, i - n // 2), min(num - 1, i + n // 2)
+    s = np.sum(a[..., lo:hi + 1] ** 2, axis=-1)
+    out[..., i] = a[..., i] / (k + alpha * s) ** beta
+  return out
+
+
+def test_lrn_matches_paper_formula_including_tower_edges():
+  rng = np.random.default_rng(0)
+  # Large activations so the denominator differs from k**beta noticeably.
+  a = rng.normal(scale=60.0, size=(2, 3, 3, 48)).astype(np.float32)
+  got = np.asarray(model_lib.local_response_norm(jnp.asarray(a)))
+  want = numpy_lrn(a)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  # The edge channels sum over 3 neighbours, not 5: check channel 0 by hand.
+  s0 = np.sum(a[..., 0:3].astype(np.float64) ** 2, axis=-1)
+  np.testing.assert_allclose(got[..., 0], a[..., 0] / (2 + 1e-4 * s0) ** 0.75, rtol=1e-5)
+
+
+@pytest.mark.parametrize('size,pad', [(224, 3), (227, 0)])
+def test_conv1_padding_gives_55(size, pad):
+  assert model_lib.conv1_padding(size) == pad
+  assert (size + pad - 11) // 4 + 1 == 55
+
+
+def paper_tower():
+  return model_lib.Tower()
+
+
+def test_full_paper_network_parameter_count_and_layer_shapes():
+  tower = paper_tower()
+  params = jax.eval_shape(lambda k: model_lib.init_params(tower, k, 224), jax.random.key(0))
+  assert sum(x.size for x in jax.tree.leaves(params)) == PAPER_PARAMS
+  # Per layer: (kernel shape per tower, bias) as in the paper's table.
+  expected = {'conv1': (11, 11, 3, 48), 'conv2': (5, 5, 48, 128), 'conv3': (3, 3, 256, 192),
+              'conv4': (3, 3, 192, 192), 'conv5': (3, 3, 192, 128), 'fc6': (9216, 2048),
+              'fc7': (4096, 2048), 'fc8': (4096, 500)}
+  for name, shape in expected.items():
+    assert params[name]['kernel'].shape == (2,) + shape, name
+    assert params[name]['bias'].shape == (2, shape[-1]), name
+
+  # Every layer's output, both towers together, equals the table.
+  concat_self = lambda x: jnp.concatenate([x, x], axis=-1)
+  one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), params)
+  _, state = jax.eval_shape(
+      lambda p, x: tower.apply({'params': p}, x, concat_self, capture_intermediates=True,
+                               mutable=['intermediates']),
+      one, jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32))
+  inter = state['intermediates']
+  table = {'conv1': (55, 55, 96), 'conv2': (27, 27, 256), 'conv3': (13, 13, 384),
+           'conv4': (13, 13, 384), 'conv5': (13, 13, 256), 'fc6': (4096,), 'fc7': (4096,),
+           'fc8': (1000,)}
+  for name, shape in table.items():
+    per_tower = inter[name]['__call__'][0].shape[1:]
+    assert per_tower[:-1] + (2 * per_tower[-1],) == shape, name
+
+
+def test_full_paper_network_runs_on_two_towers():
+  """The real network at 224 on 2 devices: logits of the right shape, towers on their devices."""
+  tower = paper_tower()
+  strategy = partitioning.towers(tower)
+  params = jax.jit(lambda k: model_lib.init_params(tower, k, 224),
+                   out_shardings=strategy.param_sharding(
+                       jax.eval_shape(lambda k: model_lib.init_params(tower, k, 224),
+                                      jax.random.key(0))))(jax.random.key(0))
+  conv1 = params['conv1']['kernel']
+  assert [s.data.shape for s in conv1.addressable_shards] == [(1, 11, 11, 3, 48)] * 2
+  assert len({s.device for s in conv1.addressable_shards}) == 2
+  images = jax.random.normal(jax.random.key(1), (2, 224, 224, 3)) * 50
+  logits = jax.jit(strategy.forward)(params, images, None)
+  assert logits.shape == (2, 1000)
+  assert np.all(np.isfinite(np.asarray(logits)))
+
+
+def test_init_follows_section_5():
+  tower = paper_tower()
+  params = jax.jit(lambda k: model_lib.init_params(tower, k, 224))(jax.random.key(0))
+  for name in ('conv2', 'conv4', 'conv5', 'fc6', 'fc7'):
+    np.testing.assert_array_equal(np.asarray(params[name]['bias']), 1.0)
+  for name in ('conv1', 'conv3', 'fc8'):
+    np.testing.assert_array_equal(np.asarray(params[name]['bias']), 0.0)
+  w = np.asarray(params['fc6']['kernel'])
+  assert abs(w.mean()) < 1e-4 and abs(w.std() - 0.01) < 1e-4
+  # The two towers start from different draws.
+  assert not np.allclose(w[0], w[1])
+
+
+# --- The two-tower shard_map against a one-device network written independently. ---
+
+SMALL = dict(conv_features=(8, 16, 24, 24, 16), fc_features=(32, 32), classes_per_tower=5)
+SMALL_SIZE = 67  # conv1 -> 15, pool -> 7, pool -> 3, pool5 -> 1
+
+
+def pool(x):
+  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), 'VALID')
+
+
+def conv(x, w, b, stride, pad, groups=1):
+  y = jax.lax.conv_general_dilated(x, w, (stride, stride), pad, feature_group_count=groups,
+                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                   precision=jax.lax.Precision.HIGHEST)
+  return y + b
+
+
+def lrn_by_group(x):
+  """LRN on each tower's channels separately (channel loop, like numpy_lrn, in jnp)."""
+  halves = jnp.split(x, 2, axis=-1)
+  out = []
+  for h in halves:
+    sq = h ** 2
+    c = h.shape[-1]
+    s = jnp.stack([jnp.sum(sq[..., max(0, i - 2):min(c, i + 3)], axis=-1) for i in range(c)], -1)
+    out.append(h / (2.0 + 1e-4 * s) ** 0.75)
+  return jnp.concatenate(out, -1)
+
+
+def one_device_alexnet(stacked, x, keep=None, rate=0.5):
+  """AlexNet as one network with grouped convolutions (Caffe's group=2), from the stacked
+  two-tower parameters: tower 1's kernels are the first half of every layer."""
+  cat = lambda name, what: jnp.concatenate([stacked[name][what][0], stacked[name][what][1]], -1)
+  relu = jax.nn.relu
+  pad = model_lib.conv1_padding(x.shape[1])
+  x = pool(lrn_by_group(relu(conv(x, cat('conv1', 'kernel'), cat('conv1', 'bias'), 4,
+                                      ((0, pad), (0, pad))))))
+  x = pool(lrn_by_group(relu(conv(x, cat('conv2', 'kernel'), cat('conv2', 'bias'), 1,
+                                  ((2, 2), (2, 2)), groups=2))))
+  x = relu(conv(x, cat('conv3', 'kernel'), cat('conv3', 'bias'), 1, ((1, 1), (1, 1))))
+  x = relu(conv(x, cat('conv4', 'kernel'), cat('conv4', 'bias'), 1, ((1, 1), (1, 1)), 2))
+  x = pool(relu(conv(x, cat('conv5', 'kernel'), cat('conv5', 'bias'), 1, ((1, 1), (1, 1)), 2)))
+  x = x.reshape(x.shape[0], -1)
+  hp = jax.lax.Precision.HIGHEST
+  for name in ('fc6', 'fc7'):
+    x = relu(jnp.dot(x, cat(name, 'kernel'), precision=hp) + cat(name, 'bias'))
+    if keep is not None:
+      x = x * keep[name] / (1 - rate)
+  return jnp.dot(x, cat('fc8', 'kernel'), precision=hp) + cat('fc8', 'bias')
+
+
+def small_setup(batch=4):
+  tower = model_lib.Tower(**SMALL)
+  strategy = partitioning.towers(tower)
+  abstract = jax.eval_shape(lambda k: model_lib.init_params(tower, k, SMALL_SIZE),
+                            jax.random.key(0))
+  params = jax.jit(lambda k: model_lib.init_params(tower, k, SMALL_SIZE),
+                   out_shardings=strategy.param_sharding(abstract))(jax.random.key(0))
+  # Larger weights than the paper's 0.01 so every layer's signal is far from zero.
+  params = jax.tree.map(lambda p: p * 10.0, params)
+  images = jax.random.normal(jax.random.key(1), (batch, SMALL_SIZE, SMALL_SIZE, 3)) * 50
+  return tower, strategy, params, images
+
+
+def rel_err(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)
+
+
+def test_two_towers_equal_one_device_network_without_dropout():
+  _, strategy, params, images = small_setup()
+  got = jax.jit(strategy.forward)(params, images, None)
+  host = jax.tree.map(np.asarray, params)
+  want = one_device_alexnet(host, np.asarray(images))
+  assert got.shape == (4, 10)
+  assert rel_err(got, want) <= 1e-5
+  assert np.std(np.asarray(want)) > 1e-3  # the comparison is not between two near-zero arrays
+
+
+def test_two_towers_dropout_masks_differ_and_match_one_device_network():
+  _, strategy, params, images = small_setup()
+  keep = model_lib.dropout_masks(jax.random.key(7), 4, (64, 64), 0.5)
+  tower1, tower2 = np.split(np.asarray(keep['fc6']), 2, axis=1)
+  assert (tower1 != tower2).mean() > 0.3  # different neurons get different masks
+  got = jax.jit(strategy.forward)(params, images, keep)
+  want = one_device_alexnet(jax.tree.map(np.asarray, params), np.asarray(images),
+                            jax.tree.map(np.asarray, keep))
+  assert rel_err(got, want) <= 1e-5
+  # ... and dropout changed the output.
+  assert rel_err(got, jax.jit(strategy.forward)(params, images, None)) > 1e-2
+
+
+def test_two_towers_gradients_equal_one_device_network():
+  """The backward collectives (reduce-scatter of the all-gathers) give the true gradient."""
+  _, strategy, params, images = small_setup()
+  labels = jnp.array([0, 3, 5, 9])
+  keep = model_lib.dropout_masks(jax.random.key(7), 4, (64, 64), 0.5)
+
+  def loss(fwd, p):
+    logits = fwd(p)
+    return -jnp.mean(jnp.sum(jax.nn.one_hot(labels, 10) * jax.nn.log_softmax(logits), -1))
+
+  got = jax.jit(jax.grad(functools.partial(
+      loss, lambda p: strategy.forward(p, images, keep))))(params)
+  host = jax.tree.map(np.asarray, params)
+  want = jax.grad(functools.partial(
+      loss, lambda p: one_device_alexnet(p, np.asarray(images), keep)))(host)
+  for name in want:
+    for what in ('kernel', 'bias'):
+      assert rel_err(got[name][what], want[name][what]) <= 1e-5, (name, what)
+      assert np.abs(np.asarray(want[name][what])).max() > 0, (name, what)
