@@ -20,6 +20,9 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  # Orbax logs every step of every save at INFO; keep the console to the training progress.
+  logging.get_absl_handler().addFilter(
+      lambda record: record.levelno >= logging.WARNING or 'orbax' not in record.pathname)
   # Before JAX starts a backend: a CPU-only machine simulates the devices the strategy needs.
   from alexnet_jax import devices
   devices.simulate_cpu_devices(FLAGS.config)

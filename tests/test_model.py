@@ -134,6 +134,7 @@ def lrn_by_group(x):
   return jnp.concatenate(out, -1)
 
 
+@jax.jit
 def one_device_alexnet(stacked, x, keep=None, rate=0.5):
   """AlexNet as one network with grouped convolutions (Caffe's group=2), from the stacked
   two-tower parameters: tower 1's kernels are the first half of every layer."""
@@ -156,7 +157,9 @@ def one_device_alexnet(stacked, x, keep=None, rate=0.5):
   return jnp.dot(x, cat('fc8', 'kernel'), precision=hp) + cat('fc8', 'bias')
 
 
+@functools.lru_cache(maxsize=None)
 def small_setup(batch=4):
+  """Built once per test session: compiling an initialisation costs seconds on CPU."""
   tower = model_lib.Tower(**SMALL)
   strategy = partitioning.towers(tower)
   abstract = jax.eval_shape(lambda k: model_lib.init_params(tower, k, SMALL_SIZE),
@@ -210,8 +213,8 @@ def test_two_towers_gradients_equal_one_device_network():
   got = jax.jit(jax.grad(functools.partial(
       loss, lambda p: strategy.forward(p, images, keep))))(params)
   host = jax.tree.map(np.asarray, params)
-  want = jax.grad(functools.partial(
-      loss, lambda p: one_device_alexnet(p, np.asarray(images), keep)))(host)
+  want = jax.jit(jax.grad(functools.partial(
+      loss, lambda p: one_device_alexnet(p, np.asarray(images), keep))))(host)
   for name in want:
     for what in ('kernel', 'bias'):
       assert rel_err(got[name][what], want[name][what]) <= 1e-5, (name, what)
