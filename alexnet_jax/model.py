@@ -20,6 +20,7 @@ fc8 is split by class: each tower computes the logits of half of the classes (th
 where fc8 lives free; the parameter count is the same), so `num_classes` must be even.
 """
 
+import functools
 from typing import Callable, Mapping, Optional, Sequence
 
 import flax.linen as nn
@@ -49,9 +50,18 @@ def local_response_norm(x: Array, k: float = LRN_K, n: int = LRN_N, alpha: float
   return x * jnp.power(k + alpha * sum_sq, -beta)
 
 
-def max_pool(x: Array) -> Array:
-  """Overlapping max pooling (window 3, stride 2)."""
-  return nn.max_pool(x, (POOL_WINDOW, POOL_WINDOW), strides=(POOL_STRIDE, POOL_STRIDE))
+def max_pool(x: Array, window: int = POOL_WINDOW, stride: int = POOL_STRIDE) -> Array:
+  """Overlapping max pooling (window 3, stride 2, no padding).
+
+  Written as the maximum of the window's 9 strided views: the same values as
+  `lax.reduce_window`, but its gradient is elementwise selects that XLA fuses, where
+  reduce_window's select-and-scatter ran 5x slower on CPU.
+  """
+  out_h = (x.shape[1] - window) // stride + 1
+  out_w = (x.shape[2] - window) // stride + 1
+  views = [x[:, i:i + stride * (out_h - 1) + 1:stride, j:j + stride * (out_w - 1) + 1:stride]
+           for i in range(window) for j in range(window)]
+  return functools.reduce(jnp.maximum, views)
 
 
 def conv1_padding(image_size: int, kernel: int = 11, stride: int = 4) -> int:
