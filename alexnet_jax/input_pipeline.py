@@ -7,8 +7,9 @@ probability 1/2; evaluation takes the central 224 x 224 patch. The mean RGB valu
 from pixels in [0, 255]; there is no division by a standard deviation (the paper subtracts only).
 
 The random stream is a pure function of `config.seed`: every random choice uses stateless TF ops
-seeded from (config.seed, process_index, example counter), and tf.data runs deterministically, so a
-restarted run sees the same images in the same order with the same crops.
+seeded from (config.seed, process_index, example counter), and tf.data runs deterministically, so
+two runs with the same seed see the same batches. A new train_iterator starts the stream from its
+beginning: a run resumed at step N must skip N batches itself to continue the same stream.
 
 Optional, not in the base config: `config.pca_lighting_std` > 0 adds the paper's PCA colour
 augmentation (alpha ~ N(0, std), std 0.1 in the paper) to training images.
