@@ -1,0 +1,111 @@
+"""`python -m alexnet_jax.main` end to end, in real subprocesses, on the tiny config."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_main(workdir, *overrides, config='configs/tiny.py', data_dir=None, timeout=600):
+  cmd = [sys.executable, '-m', 'alexnet_jax.main', f'--config={config}', f'--workdir={workdir}']
+  if data_dir is not None:
+    cmd.append(f'--config.data_dir={data_dir}')
+  cmd += list(overrides)
+  env = dict(os.environ)
+  env.pop('XLA_FLAGS', None)  # main must find its devices by itself
+  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('tfds'))
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory, data_dir):
+  workdir = str(tmp_path_factory.mktemp('tiny_run'))
+  proc = run_main(workdir, data_dir=data_dir)
+  return workdir, proc
+
+
+def test_main_trains_tiny_config_end_to_end(tiny_run):
+  workdir, proc = tiny_run
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  config = json.load(open(os.path.join(workdir, 'config.json')))
+  assert config['parallelism'] == 'towers' and config['dataset'] == 'synthetic_shapes/tiny'
+
+  records = read_metrics(workdir)
+  assert all('step' in r for r in records)
+  train = [r for r in records if 'loss' in r]
+  evals = [r for r in records if 'val_top1' in r]
+  assert [r['step'] for r in evals] == [20, 40]
+  for r in evals:
+    assert 0.0 <= r['val_top1'] <= r['val_top5'] <= 1.0
+    assert r['val_examples'] == 80  # every validation image once
+  assert train[-1]['step'] == 40
+  # The loss falls: the last logged quarter is below the first.
+  losses = [r['loss'] for r in train]
+  assert np.mean(losses[-2:]) < np.mean(losses[:2]) - 0.05, losses
+  assert evals[-1]['val_top1'] > 0.2  # above chance (0.1) on 10 classes
+
+  # Progress on the console: step, loss, images/s, ETA.
+  assert 'img/s' in proc.stderr and 'ETA' in proc.stderr and 'loss' in proc.stderr
+
+
+def test_checkpoint_is_a_real_orbax_checkpoint_of_the_final_state(tiny_run):
+  workdir, _ = tiny_run
+  manager = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'))
+  assert manager.latest_step() == 40
+  restored = manager.restore(40, args=ocp.args.StandardRestore())
+  assert int(restored['step']) == 40
+  kernel = np.asarray(restored['params']['conv1']['kernel'])
+  assert kernel.shape == (2, 11, 11, 3, 8)  # both towers, stacked
+  # Trained: no longer the N(0, 0.01^2) draw's scale exactly, and finite.
+  assert np.all(np.isfinite(kernel))
+  trace = restored['opt_state']['inner_state']['2']['trace']['conv1']['kernel']
+  assert np.abs(np.asarray(trace)).max() > 0  # the momentum buffer is saved too
+
+
+def test_rerunning_the_same_command_resumes(tmp_path, data_dir):
+  workdir = str(tmp_path / 'resume')
+  first = run_main(workdir, '--config.num_train_steps=10', '--config.eval_every_steps=10',
+                   data_dir=data_dir)
+  assert first.returncode == 0, first.stderr[-3000:]
+  second = run_main(workdir, '--config.num_train_steps=15', '--config.eval_every_steps=15',
+                    data_dir=data_dir)
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert 'Resumed' in second.stderr and 'at step 10' in second.stderr
+  steps = [r['step'] for r in read_metrics(workdir) if 'loss' in r]
+  assert steps == [5, 10, 15]  # the second run started at step 11
+
+
+def test_odd_class_count_is_refused_before_anything_is_written(tmp_path, data_dir):
+  workdir = tmp_path / 'odd'
+  proc = run_main(str(workdir), '--config.model.num_classes=9', data_dir=data_dir)
+  assert proc.returncode == 2
+  assert 'num_classes=9' in proc.stderr and 'even' in proc.stderr
+  assert 'Traceback' not in proc.stderr
+  assert not workdir.exists()
+
+
+def test_paper_config_without_imagenet_says_which_files_to_put_where(tmp_path):
+  workdir = tmp_path / 'paper'
+  manual = tmp_path / 'manual'
+  proc = run_main(str(workdir), f'--config.manual_dir={manual}', config='configs/paper.py',
+                  data_dir=str(tmp_path / 'tfds'))
+  assert proc.returncode == 2
+  assert 'ILSVRC2012_img_train.tar' in proc.stderr and 'ILSVRC2012_img_val.tar' in proc.stderr
+  assert str(manual) in proc.stderr
+  assert 'Traceback' not in proc.stderr
+  assert not workdir.exists()
