@@ -177,9 +177,14 @@ def center_crop(image: tf.Tensor, image_size: int) -> tf.Tensor:
   return tf.ensure_shape(image, [image_size, image_size, image.shape[-1]])
 
 
-def normalize(image: tf.Tensor, mean_rgb: Sequence[float]) -> tf.Tensor:
-  """float32 pixels in [0, 255] minus the per-channel mean (no std division, as in the paper)."""
-  return tf.cast(image, tf.float32) - tf.constant(mean_rgb, tf.float32)
+def normalize(image: tf.Tensor, mean_rgb: Sequence[float],
+              std_rgb: Sequence[float] | None = None) -> tf.Tensor:
+  """float32 pixels in [0, 255] minus the per-channel mean; the paper stops there
+  (`std_rgb=None`). Dividing by a std is for the 'he' init of short runs (configs/tiny.py)."""
+  image = tf.cast(image, tf.float32) - tf.constant(mean_rgb, tf.float32)
+  if std_rgb:
+    image = image / tf.constant(std_rgb, tf.float32)
+  return image
 
 
 def pca_lighting(image: tf.Tensor, seed: tf.Tensor, alpha_std: float) -> tf.Tensor:
@@ -270,7 +275,7 @@ def train_iterator(config: ml_collections.ConfigDict, builder: tfds.core.Dataset
     image = random_crop_and_flip(ex['image'], crop_seed, config.image_size)
     if pca_std > 0:
       image = pca_lighting(image, colour_seed, pca_std)
-    return {'image': normalize(image, config.mean_rgb), 'label': ex['label']}
+    return {'image': normalize(image, config.mean_rgb, config.get('std_rgb')), 'label': ex['label']}
 
   ds = ds.enumerate().map(augment, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
@@ -312,7 +317,7 @@ def eval_iterator(config: ml_collections.ConfigDict, builder: tfds.core.DatasetB
   @_no_autograph
   def preprocess(ex: dict) -> dict:
     image = center_crop(decode_and_resize(ex['image'], config.resize_size), config.image_size)
-    return {'image': normalize(image, config.mean_rgb),
+    return {'image': normalize(image, config.mean_rgb, config.get('std_rgb')),
             'label': tf.cast(ex['label'], tf.int32),
             'mask': tf.constant(1.0, tf.float32)}
 

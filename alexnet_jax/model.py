@@ -106,12 +106,22 @@ class Tower(nn.Module):
   classes_per_tower: int = 500
   dropout_rate: float = 0.5
   dtype: jnp.dtype = jnp.float32  # compute dtype; parameters stay float32
+  # 'paper': section 5, N(0, 0.01^2) weights, bias 1 in conv2, conv4, conv5, fc6, fc7 (so ReLUs
+  # start with positive input), 0 elsewhere. 'he': N(0, 2 / fan_in) weights and zero biases, for
+  # narrow layers and short runs, where 0.01 lets the signal die out (see configs/tiny.py).
+  init_scheme: str = 'paper'
 
   def setup(self):
-    weights = nn.initializers.normal(stddev=0.01)  # Section 5: N(0, 0.01^2)
+    if self.init_scheme == 'paper':
+      weights = nn.initializers.normal(stddev=0.01)
+      positive = 1.0
+    elif self.init_scheme == 'he':
+      weights = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
+      positive = 0.0
+    else:
+      raise ValueError(f"Tower.init_scheme={self.init_scheme!r}: use 'paper' or 'he'.")
 
     def conv(name, features, kernel, stride, padding, bias):
-      # Section 5: bias 1 in conv2, conv4, conv5 (and fc6, fc7) so ReLUs start positive.
       return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding,
                      kernel_init=weights, bias_init=nn.initializers.constant(bias),
                      dtype=self.dtype, name=name)
@@ -122,12 +132,12 @@ class Tower(nn.Module):
 
     c1, c2, c3, c4, c5 = self.conv_features
     self.conv1 = conv('conv1', c1, 11, 4, 'VALID', 0.0)  # padding applied in `conv1_conv2`
-    self.conv2 = conv('conv2', c2, 5, 1, ((2, 2), (2, 2)), 1.0)
+    self.conv2 = conv('conv2', c2, 5, 1, ((2, 2), (2, 2)), positive)
     self.conv3 = conv('conv3', c3, 3, 1, ((1, 1), (1, 1)), 0.0)
-    self.conv4 = conv('conv4', c4, 3, 1, ((1, 1), (1, 1)), 1.0)
-    self.conv5 = conv('conv5', c5, 3, 1, ((1, 1), (1, 1)), 1.0)
-    self.fc6 = dense('fc6', self.fc_features[0], 1.0)
-    self.fc7 = dense('fc7', self.fc_features[1], 1.0)
+    self.conv4 = conv('conv4', c4, 3, 1, ((1, 1), (1, 1)), positive)
+    self.conv5 = conv('conv5', c5, 3, 1, ((1, 1), (1, 1)), positive)
+    self.fc6 = dense('fc6', self.fc_features[0], positive)
+    self.fc7 = dense('fc7', self.fc_features[1], positive)
     self.fc8 = dense('fc8', self.classes_per_tower, 0.0)
 
   # The stages between cross-tower reads. A strategy that holds both towers on one device
@@ -178,7 +188,8 @@ def make_tower(model_config, num_classes: int, dtype=jnp.float32) -> Tower:
   return Tower(conv_features=tuple(model_config.conv_features),
                fc_features=tuple(model_config.fc_features),
                classes_per_tower=num_classes // 2,
-               dropout_rate=model_config.dropout_rate, dtype=dtype)
+               dropout_rate=model_config.dropout_rate, dtype=dtype,
+               init_scheme=model_config.get('init_scheme', 'paper'))
 
 
 def init_params(tower: Tower, rng: Array, image_size: int) -> dict:

@@ -20,6 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.resize_size = 256  # shorter side -> 256, then the central 256 x 256 patch (paper, section 2)
   c.image_size = 224  # random crop for training, centre crop for evaluation (paper, section 4.1)
   c.mean_rgb = (123.68, 116.78, 103.94)  # subtracted from pixels in [0, 255]
+  c.std_rgb = ()  # () = the paper: no division. Set with model.init_scheme = 'he'.
   c.cache_decoded = False  # keep the decoded 256 x 256 images in memory (small datasets only)
   c.shuffle_buffer = 10_000
 
@@ -29,9 +30,18 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.conv_features = (48, 128, 192, 192, 128)
   c.model.fc_features = (2048, 2048)
   c.model.dropout_rate = 0.5
+  c.model.init_scheme = 'paper'  # or 'he' (see model.Tower.init_scheme)
 
-  # Partitioning: the mesh and which strategy maps the model onto it.
+  # Partitioning: the mesh and which strategy maps the model onto it (alexnet_jax/partitioning.py).
+  #   towers: the paper's two towers on 2 devices, the batch on both;
+  #   data: the whole model on every device, the batch split over all of them;
+  #   hybrid: Krizhevsky 2014, convolutions data-parallel, fc layers' neurons split (even N);
+  #   towers_data: a (data=N/2, tower=2) mesh, two-tower replicas data-parallel (even N);
+  #   fsdp: data parallelism with every parameter and its momentum split over the devices.
   c.parallelism = 'towers'
+  # Devices the strategy uses (the first N). 0: 2 for towers, every visible device otherwise;
+  # on CPU, main.py simulates N devices (2 by default, 4 for towers_data).
+  c.num_devices = 0
 
   # Training (section 5).
   c.batch_size = 128  # global batch

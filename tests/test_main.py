@@ -49,15 +49,15 @@ def test_main_trains_tiny_config_end_to_end(tiny_run):
   assert all('step' in r for r in records)
   train = [r for r in records if 'loss' in r]
   evals = [r for r in records if 'val_top1' in r]
-  assert [r['step'] for r in evals] == [20, 40]
+  assert [r['step'] for r in evals] == [60, 120]
   for r in evals:
     assert 0.0 <= r['val_top1'] <= r['val_top5'] <= 1.0
     assert r['val_examples'] == 80  # every validation image once
-  assert train[-1]['step'] == 40
+  assert train[-1]['step'] == 120
   # The loss falls: the last logged quarter is below the first.
   losses = [r['loss'] for r in train]
-  assert np.mean(losses[-2:]) < np.mean(losses[:2]) - 0.05, losses
-  assert evals[-1]['val_top1'] > 0.2  # above chance (0.1) on 10 classes
+  assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.1, losses
+  assert evals[-1]['val_top1'] > 0.15  # above chance (0.1) on 10 classes
 
   # Progress on the console: step, loss, images/s, ETA.
   assert 'img/s' in proc.stderr and 'ETA' in proc.stderr and 'loss' in proc.stderr
@@ -66,24 +66,23 @@ def test_main_trains_tiny_config_end_to_end(tiny_run):
 def test_checkpoint_is_a_real_orbax_checkpoint_of_the_final_state(tiny_run):
   workdir, _ = tiny_run
   manager = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'))
-  assert manager.latest_step() == 40
-  restored = manager.restore(40, args=ocp.args.StandardRestore())
-  assert int(restored['step']) == 40
+  assert manager.latest_step() == 120
+  restored = manager.restore(120, args=ocp.args.StandardRestore())
+  assert int(restored['step']) == 120
   kernel = np.asarray(restored['params']['conv1']['kernel'])
-  assert kernel.shape == (2, 11, 11, 3, 8)  # both towers, stacked
-  # Trained: no longer the N(0, 0.01^2) draw's scale exactly, and finite.
+  assert kernel.shape == (2, 11, 11, 3, 16)  # both towers, stacked
   assert np.all(np.isfinite(kernel))
-  trace = restored['opt_state']['inner_state']['2']['trace']['conv1']['kernel']
+  trace = restored['opt_state']['inner_state'][2]['trace']['conv1']['kernel']
   assert np.abs(np.asarray(trace)).max() > 0  # the momentum buffer is saved too
 
 
 def test_rerunning_the_same_command_resumes(tmp_path, data_dir):
   workdir = str(tmp_path / 'resume')
   first = run_main(workdir, '--config.num_train_steps=10', '--config.eval_every_steps=10',
-                   data_dir=data_dir)
+                   '--config.log_every_steps=5', data_dir=data_dir)
   assert first.returncode == 0, first.stderr[-3000:]
   second = run_main(workdir, '--config.num_train_steps=15', '--config.eval_every_steps=15',
-                    data_dir=data_dir)
+                    '--config.log_every_steps=5', data_dir=data_dir)
   assert second.returncode == 0, second.stderr[-3000:]
   assert 'Resumed' in second.stderr and 'at step 10' in second.stderr
   steps = [r['step'] for r in read_metrics(workdir) if 'loss' in r]
