@@ -219,3 +219,13 @@ def test_two_towers_gradients_equal_one_device_network():
     for what in ('kernel', 'bias'):
       assert rel_err(got[name][what], want[name][what]) <= 1e-5, (name, what)
       assert np.abs(np.asarray(want[name][what])).max() > 0, (name, what)
+
+
+def test_he_init_scheme_scales_by_fan_in_with_zero_biases():
+  tower = model_lib.Tower(**SMALL, init_scheme='he')
+  params = jax.jit(lambda k: model_lib.init_params(tower, k, SMALL_SIZE))(jax.random.key(0))
+  for name, fan_in in (('conv1', 11 * 11 * 3), ('conv3', 3 * 3 * 32), ('fc6', 32)):
+    w = np.asarray(params[name]['kernel'])
+    assert abs(w.std() - np.sqrt(2.0 / fan_in)) < 0.15 * np.sqrt(2.0 / fan_in), name
+  for leaf in jax.tree.leaves({k: v['bias'] for k, v in params.items()}):
+    np.testing.assert_array_equal(np.asarray(leaf), 0.0)
