@@ -4,7 +4,8 @@ One code path serves `synthetic_shapes/*` and `imagenet2012`: both have a JPEG `
 integer `label`. Every image is resized so its shorter side is `resize_size` (256) and its central
 256 x 256 patch kept. Training takes a random 224 x 224 patch and flips it horizontally with
 probability 1/2; evaluation takes the central 224 x 224 patch. The mean RGB value is subtracted
-from pixels in [0, 255]; there is no division by a standard deviation (the paper subtracts only).
+from pixels in [0, 255]; the paper divides by nothing, so `config.std_rgb` is empty by default
+(configs for the 'he' init set it to get unit-variance inputs).
 
 The random stream is a pure function of `config.seed`: every random choice uses stateless TF ops
 seeded from (config.seed, process_index, example counter), and tf.data runs deterministically, so
