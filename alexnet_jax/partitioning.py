@@ -8,19 +8,40 @@ over global arrays, where `params` holds both towers stacked on a leading axis o
 `images` is the global batch and `keep` the global dropout masks (model.dropout_masks). Each
 strategy is a `jax.shard_map` whose `in_specs`/`out_specs` and collectives are its
 communication; gradients come from differentiating through it (the transpose of an all-gather is
-a reduce-scatter, so the backward pass moves the same volume the other way).
+a reduce-scatter, and a parameter replicated over a batch axis gets its gradient all-reduced).
+
+    strategy     mesh                    parameters                 batch        talks at
+    towers       tower=2                 tower t on device t        replicated   conv3 fc6 fc7 fc8
+    data         data=N                  replicated                 split N      gradients
+    hybrid       tower=2 x block=N/2     convs replicated, fc       convs split  fc6 fc7 fc8 and
+                                         neurons split over all N   N            conv gradients
+    towers_data  data=N/2 x tower=2      tower t on tower row t     split N/2    towers + gradients
+    fsdp         data=N                  every leaf split N         split N      every parameter
+
+Every collective runs inside a `jax.named_scope` named after its layer, so the communication
+report (comms.py) can tell which layer each collective in the compiled program belongs to.
 """
 
 import dataclasses
-from typing import Any, Callable
+import math
+from typing import Any, Callable, Optional
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from alexnet_jax import model as model_lib
 
 Forward = Callable[[Any, jax.Array, Any], jax.Array]
-STRATEGIES = ('towers',)
+# (layer, 'kernel' | 'bias', shape of the stacked (2, ...) leaf) -> where the leaf lives.
+ParamSpec = Callable[[str, str, tuple[int, ...]], P]
+
+STRATEGIES = ('towers', 'data', 'hybrid', 'towers_data', 'fsdp')
+CONV_LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
+FC_LAYERS = ('fc6', 'fc7', 'fc8')
+LAYERS = CONV_LAYERS + FC_LAYERS
+# When `num_devices` is 0: the CPU backend simulates this many (see devices_needed).
+_DEFAULT_DEVICES = {'towers': 2, 'data': 2, 'hybrid': 2, 'towers_data': 4, 'fsdp': 2}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,12 +49,17 @@ class Strategy:
   """A partitioning: its mesh, where parameters and batches live, and its forward function."""
   name: str
   mesh: Mesh
-  param_spec: P  # for every leaf of the stacked (2, ...) parameters
+  param_spec: ParamSpec  # per leaf of the stacked (2, ...) parameters
   batch_spec: P  # for the leading (batch) axis of images and labels
   forward: Forward
+  batch_shards: int  # how many ways the global batch is split (divides every batch size)
+
+  def param_specs(self, params) -> Any:
+    """The PartitionSpec of every leaf of `params` (arrays or shape structs)."""
+    return param_spec_tree(self.param_spec, params)
 
   def param_sharding(self, params) -> Any:
-    return jax.tree.map(lambda _: NamedSharding(self.mesh, self.param_spec), params)
+    return jax.tree.map(lambda s: NamedSharding(self.mesh, s), self.param_specs(params))
 
   @property
   def batch_sharding(self) -> NamedSharding:
@@ -43,17 +69,67 @@ class Strategy:
   def replicated(self) -> NamedSharding:
     return NamedSharding(self.mesh, P())
 
+  @property
+  def num_devices(self) -> int:
+    return self.mesh.size
 
-def devices_needed(parallelism: str) -> int:
-  """How many devices a strategy needs (the CPU backend is made to simulate that many)."""
-  return {'towers': 2}.get(parallelism, 1)  # an unknown name is refused by the config check
+
+def param_spec_tree(param_spec: ParamSpec, params) -> Any:
+  """Applies a per-leaf spec function to the {layer: {kernel, bias}} parameter tree."""
+  return {layer: {what: param_spec(layer, what, tuple(leaf.shape)) for what, leaf in leaves.items()}
+          for layer, leaves in params.items()}
+
+
+def devices_needed(parallelism: str, num_devices: int = 0) -> int:
+  """How many devices a strategy needs (the CPU backend is made to simulate that many).
+
+  `num_devices` is the config's; 0 asks for the strategy's smallest sensible mesh.
+  """
+  if num_devices > 0:
+    return num_devices
+  return _DEFAULT_DEVICES.get(parallelism, 1)  # an unknown name is refused by the config check
+
+
+def resolve_num_devices(parallelism: str, num_devices: int = 0,
+                        available: Optional[int] = None) -> int:
+  """The device count a strategy runs on: `num_devices`, else 2 for towers, else all visible."""
+  if num_devices > 0:
+    return num_devices
+  if parallelism == 'towers':
+    return 2
+  return available if available is not None else jax.device_count()
+
+
+def fit_error(parallelism: str, num_devices: int, tower: Optional[model_lib.Tower] = None,
+              available: Optional[int] = None) -> Optional[str]:
+  """Why `parallelism` cannot run on `num_devices` devices (None when it can).
+
+  Checked before anything is compiled, so a bad config fails with a sentence, not an XLA error.
+  """
+  n = num_devices
+  if parallelism not in STRATEGIES:
+    return f'unknown parallelism {parallelism!r}; choose one of {", ".join(STRATEGIES)}'
+  if n < 1:
+    return f'{parallelism} needs at least one device, not {n}'
+  if available is not None and n > available:
+    return (f'{parallelism} on {n} devices needs {n} devices but only {available} are visible; on '
+            f"CPU, simulate more with jax.config.update('jax_num_cpu_devices', {n}) before JAX "
+            'starts')
+  if parallelism == 'towers' and n != 2:
+    return f'towers puts one tower on each of exactly 2 devices, not {n} (use towers_data)'
+  if parallelism in ('hybrid', 'towers_data') and n % 2:
+    return f'{parallelism} needs an even number of devices (a tower axis of 2), not {n}'
+  if parallelism == 'hybrid' and tower is not None:
+    for layer, width in zip(('fc6', 'fc7'), tower.fc_features):
+      if width % (n // 2):
+        return (f'hybrid splits {layer}\'s {width} neurons per tower over {n // 2} devices; '
+                f'{width} is not divisible by {n // 2}')
+  return None
 
 
 def make_mesh(shape: tuple[int, ...], names: tuple[str, ...], devices=None) -> Mesh:
   """A mesh over the first prod(shape) devices, with jit free to place what shard_map does not."""
-  n = 1
-  for s in shape:
-    n *= s
+  n = math.prod(shape)
   devices = list(devices if devices is not None else jax.devices())
   if len(devices) < n:
     raise ValueError(
@@ -64,12 +140,95 @@ def make_mesh(shape: tuple[int, ...], names: tuple[str, ...], devices=None) -> M
                        devices=devices[:n])
 
 
+# --- Pieces every strategy shares. ---
+
 def gather_towers(x: jax.Array) -> jax.Array:
   """A cross-tower read: both towers' `x`, tower 1's channels first (an all-gather)."""
   return jax.lax.all_gather(x, 'tower', axis=x.ndim - 1, tiled=True)
 
 
-def towers(tower: model_lib.Tower, devices=None) -> Strategy:
+def named_exchange(exchange: model_lib.Exchange) -> model_lib.Exchange:
+  """`exchange`, with its n-th call named after the layer that reads it (conv3, fc6, fc7, fc8).
+
+  Tower.__call__ reads across towers in that order; the names label the collectives in HLO.
+  """
+  layers = iter(('conv3', 'fc6', 'fc7', 'fc8'))
+
+  def named(x):
+    with jax.named_scope(next(layers)):
+      return exchange(x)
+  return named
+
+
+def one_tower(tower: model_lib.Tower):
+  """The body of a device holding ONE tower: its parameter slice, the other tower via all-gather."""
+
+  def run(params, images, keep):
+    params = jax.tree.map(lambda a: a[0], params)  # this tower's slice of the stacked axis
+    return tower.apply({'params': params}, images, named_exchange(gather_towers), keep)
+  return run
+
+
+def _tower_slices(params) -> list:
+  return [jax.tree.map(lambda a, t=t: a[t], params) for t in range(2)]
+
+
+def both_towers_convs(tower: model_lib.Tower, params, images: jax.Array) -> jax.Array:
+  """conv1-conv5 of BOTH towers on one device: pool5 of both, flattened to [B, features].
+
+  The two towers run as two plain sets of convolutions, stage by stage: on XLA:CPU, vmapping one
+  tower over the stacked parameters (XLA makes conv2, conv4, conv5 feature_group_count=2
+  convolutions) ran conv1-conv5 forward + backward 3.3x slower at batch 8, 224 x 224
+  (comms.time_both_towers_executors; `python -m alexnet_jax.comms ... --time_convs=8`).
+  """
+  apply = lambda p, *args, method: tower.apply({'params': p}, *args, method=method)
+  p = _tower_slices(params)
+  x = jnp.concatenate([apply(pt, images, method=model_lib.Tower.conv1_conv2) for pt in p], -1)
+  x = jnp.concatenate([apply(pt, x, method=model_lib.Tower.conv3_conv5) for pt in p], -1)
+  return x.reshape(x.shape[0], -1)
+
+
+def _split_keep(keep, layer: str, parts: int) -> list:
+  if keep is None:
+    return [None] * parts
+  return jnp.split(keep[layer], parts, axis=1)
+
+
+def both_towers_fcs(tower: model_lib.Tower, params, x: jax.Array, keep) -> jax.Array:
+  """fc6, fc7, fc8 of BOTH towers on one device, from flattened pool5: global logits [B, C]."""
+  p = _tower_slices(params)
+  for layer in ('fc6', 'fc7'):
+    x = jnp.concatenate([
+        tower.apply({'params': pt}, x, k, layer, method=model_lib.Tower.fc6_fc7)
+        for pt, k in zip(p, _split_keep(keep, layer, 2))], -1)
+  return jnp.concatenate(
+      [tower.apply({'params': pt}, x, method=model_lib.Tower.logits) for pt in p], -1)
+
+
+def both_towers(tower: model_lib.Tower):
+  """The body of a device holding both towers (whole model) on its batch shard."""
+
+  def run(params, images, keep):
+    return both_towers_fcs(tower, params, both_towers_convs(tower, params, images), keep)
+  return run
+
+
+def _vary(params, axes) -> Any:
+  """Marks replicated parameters as varying over `axes`, layer by layer, under the layer's name.
+
+  shard_map would insert the same conversion implicitly; doing it here names the gradient
+  all-reduce that is its transpose after the layer, for the communication report.
+  """
+  out = {}
+  for layer, leaves in params.items():
+    with jax.named_scope(layer):
+      out[layer] = jax.tree.map(lambda a: jax.lax.pcast(a, axes, to='varying'), leaves)
+  return out
+
+
+# --- The strategies. ---
+
+def towers(tower: model_lib.Tower, devices=None, num_devices: int = 2) -> Strategy:
   """The paper's split: tower t's parameters on device t, the whole batch on both.
 
   conv1, conv2, conv4, conv5 run in their tower without communication. conv3, fc6, fc7 and fc8
@@ -77,23 +236,163 @@ def towers(tower: model_lib.Tower, devices=None) -> Strategy:
   gradients (backward). Each tower returns the logits of its half of the classes.
   """
   mesh = make_mesh((2,), ('tower',), devices)
-
-  def per_tower(params, images, keep):
-    params = jax.tree.map(lambda a: a[0], params)  # this tower's slice of the stacked axis
-    return tower.apply({'params': params}, images, gather_towers, keep)
-
   forward = jax.shard_map(
-      per_tower, mesh=mesh,
+      one_tower(tower), mesh=mesh,
       in_specs=(P('tower'),  # parameters: tower t on device t
                 P(),  # images: the whole batch on both towers
                 P(None, 'tower')),  # dropout masks: each tower's own fc6/fc7 units
       out_specs=P(None, 'tower'))  # logits: each tower's half of the classes
-  return Strategy('towers', mesh, param_spec=P('tower'), batch_spec=P(), forward=forward)
+  return Strategy('towers', mesh, param_spec=lambda *_: P('tower'), batch_spec=P(),
+                  forward=forward, batch_shards=1)
 
 
-def make_strategy(parallelism: str, tower: model_lib.Tower, devices=None) -> Strategy:
-  """The strategy a config names."""
-  builders = {'towers': towers}
+def data(tower: model_lib.Tower, devices=None, num_devices: int = 2) -> Strategy:
+  """Pure data parallelism: the whole model on every device, the batch split N ways.
+
+  No communication in the forward pass; the backward all-reduces every parameter's gradient
+  (the transpose of using replicated parameters on a split batch).
+  """
+  mesh = make_mesh((num_devices,), ('data',), devices)
+  run = both_towers(tower)
+  forward = jax.shard_map(
+      lambda params, images, keep: run(_vary(params, 'data'), images, keep), mesh=mesh,
+      in_specs=(P(),  # parameters: replicated
+                P('data'),  # images: the batch split N ways
+                P('data')),  # dropout masks: each device its examples' rows
+      out_specs=P('data'))  # logits: each device its examples
+  return Strategy('data', mesh, param_spec=lambda *_: P(), batch_spec=P('data'),
+                  forward=forward, batch_shards=num_devices)
+
+
+def towers_data(tower: model_lib.Tower, devices=None, num_devices: int = 4) -> Strategy:
+  """The pod layout: a (data, tower=2) mesh; each model replica is the paper's two towers.
+
+  Inside a replica the towers talk as in `towers` (on the replica's share of the batch);
+  across replicas each tower's gradients are all-reduced over `data`.
+  """
+  mesh = make_mesh((num_devices // 2, 2), ('data', 'tower'), devices)
+  run = one_tower(tower)
+  forward = jax.shard_map(
+      lambda params, images, keep: run(_vary(params, 'data'), images, keep), mesh=mesh,
+      in_specs=(P('tower'),  # parameters: tower t on row t of every replica
+                P('data'),  # images: split over replicas, whole on both towers of one
+                P('data', 'tower')),  # dropout masks: the replica's rows, the tower's units
+      out_specs=P('data', 'tower'))
+  return Strategy('towers_data', mesh, param_spec=lambda *_: P('tower'), batch_spec=P('data'),
+                  forward=forward, batch_shards=num_devices // 2)
+
+
+def hybrid(tower: model_lib.Tower, devices=None, num_devices: int = 2) -> Strategy:
+  """Krizhevsky 2014, "one weird trick": convolutions data-parallel, fc layers model-parallel.
+
+  Mesh (tower=2, block=N/2); `ALL` = both axes, N devices. conv1-conv5 of both towers run on
+  each device's N-th of the batch with replicated weights (their gradients are all-reduced).
+  fc6 and fc7 split their neurons N ways (device (t, r) holds block r of tower t's neurons):
+  before fc6 the pool5 features of the whole batch are all-gathered; before fc7 and fc8 the
+  previous layer's neurons. fc8 is split by class over `tower` and by batch over `block` (its
+  gradient is all-reduced over `block`).
+  """
+  k = num_devices // 2
+  mesh = make_mesh((2, k), ('tower', 'block'), devices)
+  all_axes = ('tower', 'block')
+  fc_tower = tower.clone(fc_features=tuple(f // k for f in tower.fc_features))
+
+  def param_spec(layer, what, shape):
+    if layer in CONV_LAYERS:
+      return P()
+    if layer == 'fc8':
+      return P('tower')
+    return P('tower', None, 'block') if what == 'kernel' else P('tower', 'block')
+
+  def run(params, images, keep):
+    convs = _vary({n: params[n] for n in CONV_LAYERS}, all_axes)
+    x = both_towers_convs(tower, convs, images)  # [B / N, pool5 features]
+    for layer in ('fc6', 'fc7'):
+      with jax.named_scope(layer):  # the whole batch, all of the previous layer's features
+        x = jax.lax.all_gather(x, all_axes, axis=0 if layer == 'fc6' else 1, tiled=True)
+      p = jax.tree.map(lambda a: a[0], params[layer])
+      x = fc_tower.apply({'params': {layer: p}}, x, None if keep is None else keep[layer], layer,
+                         method=model_lib.Tower.fc6_fc7)  # [B, this device's neurons]
+    with jax.named_scope('fc8'):
+      x = jax.lax.all_gather(x, all_axes, axis=1, tiled=True)  # [B, fc7 neurons]
+      fc8 = jax.tree.map(lambda a: jax.lax.pcast(a, 'block', to='varying'), params['fc8'])
+    rows = x.shape[0] // k  # this block's share of the batch
+    x = jax.lax.dynamic_slice_in_dim(x, jax.lax.axis_index('block') * rows, rows, axis=0)
+    p = jax.tree.map(lambda a: a[0], fc8)
+    return tower.apply({'params': {'fc8': p}}, x, method=model_lib.Tower.logits)
+
+  def forward(params, images, keep):
+    return jax.shard_map(
+        run, mesh=mesh,
+        in_specs=(param_spec_tree(param_spec, params),
+                  P(all_axes),  # images: the batch split N ways (for the convolutions)
+                  P(None, all_axes)),  # dropout masks: every example, this device's neurons
+        out_specs=P('block', 'tower'))(params, images, keep)  # rows by block, classes by tower
+  return Strategy('hybrid', mesh, param_spec=param_spec, batch_spec=P(all_axes),
+                  forward=forward, batch_shards=num_devices)
+
+
+def fsdp_spec(num_devices: int) -> ParamSpec:
+  """Shards each leaf on its last axis divisible by N (replicated if none is)."""
+
+  def spec(layer, what, shape):
+    for axis in reversed(range(len(shape))):
+      if shape[axis] % num_devices == 0:
+        return P(*([None] * axis + ['data']))
+    return P()
+  return spec
+
+
+def fsdp(tower: model_lib.Tower, devices=None, num_devices: int = 2) -> Strategy:
+  """Fully sharded data parallelism: every parameter (and its momentum) split over `data`.
+
+  Each layer's weights are all-gathered just before the layer and its gradients
+  reduce-scattered in the backward pass; the batch is split as in `data`.
+  """
+  mesh = make_mesh((num_devices,), ('data',), devices)
+  param_spec = fsdp_spec(num_devices)
+
+  def gather(params, specs):
+    out = {}
+    for layer, leaves in params.items():
+      with jax.named_scope(layer):
+        out[layer] = {}
+        for what, a in leaves.items():
+          axes = [i for i, name in enumerate(specs[layer][what]) if name]
+          out[layer][what] = (jax.lax.all_gather(a, 'data', axis=axes[0], tiled=True) if axes
+                              else jax.lax.pcast(a, 'data', to='varying'))
+    return out
+
+  def forward(params, images, keep):
+    specs = param_spec_tree(param_spec, params)  # from the global shapes
+
+    def run(params, images, keep):
+      convs = gather({n: params[n] for n in CONV_LAYERS}, specs)
+      x = both_towers_convs(tower, convs, images)
+      return both_towers_fcs(tower, gather({n: params[n] for n in FC_LAYERS}, specs), x, keep)
+
+    return jax.shard_map(
+        run, mesh=mesh,
+        in_specs=(specs,  # each leaf split N ways
+                  P('data'), P('data')),
+        out_specs=P('data'))(params, images, keep)
+  return Strategy('fsdp', mesh, param_spec=param_spec, batch_spec=P('data'), forward=forward,
+                  batch_shards=num_devices)
+
+
+def make_strategy(parallelism: str, tower: model_lib.Tower, devices=None,
+                  num_devices: int = 0) -> Strategy:
+  """The strategy a config names, on the first `num_devices` devices (0: see resolve_num_devices).
+
+  Raises ValueError, before anything is traced, when the strategy cannot use that many devices.
+  """
+  builders = {'towers': towers, 'data': data, 'hybrid': hybrid, 'towers_data': towers_data,
+              'fsdp': fsdp}
   if parallelism not in builders:
     raise ValueError(f'Unknown parallelism {parallelism!r}; choose one of {STRATEGIES}.')
-  return builders[parallelism](tower, devices)
+  available = len(devices) if devices is not None else jax.device_count()
+  n = resolve_num_devices(parallelism, num_devices, available)
+  error = fit_error(parallelism, n, tower, available)
+  if error:
+    raise ValueError(error[0].upper() + error[1:] + '.')
+  return builders[parallelism](tower, devices, n)

@@ -43,6 +43,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.parallelism not in partitioning.STRATEGIES:
     raise ConfigError(f'config.parallelism={config.parallelism!r} is not a strategy; use one of '
                       f'{", ".join(partitioning.STRATEGIES)}.')
+  num_devices = partitioning.resolve_num_devices(config.parallelism,
+                                                 config.get('num_devices', 0))
+  tower = model_lib.make_tower(config.model, config.model.num_classes)
+  error = partitioning.fit_error(config.parallelism, num_devices, tower, jax.device_count())
+  if error:
+    raise ConfigError(f'config.parallelism={config.parallelism!r} with config.num_devices='
+                      f'{config.get("num_devices", 0)} cannot run: {error}.')
   if config.model.num_classes % 2:
     raise ConfigError(
         f'config.model.num_classes={config.model.num_classes} is odd, but fc8 splits the classes '
@@ -64,8 +71,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 
 def batch_shards(config: ml_collections.ConfigDict) -> int:
-  """How many ways a strategy splits the global batch."""
-  return {'towers': 1}[config.parallelism]
+  """How many ways a strategy splits the global batch, on the devices it will use."""
+  n = partitioning.resolve_num_devices(config.parallelism, config.get('num_devices', 0))
+  return {'towers': 1, 'data': n, 'hybrid': n, 'towers_data': n // 2, 'fsdp': n}[
+      config.parallelism]
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -196,7 +205,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       f.write(config.to_json_best_effort(indent=2))
 
   tower = model_lib.make_tower(config.model, config.model.num_classes)
-  strategy = partitioning.make_strategy(config.parallelism, tower)
+  strategy = partitioning.make_strategy(config.parallelism, tower,
+                                      num_devices=config.get('num_devices', 0))
   tx = optimizer_lib.paper_sgd(learning_rate=config.learning_rate, momentum=config.momentum,
                                weight_decay=config.weight_decay)
   state = create_train_state(config, tower, strategy, tx, jax.random.key(config.seed))

@@ -1,0 +1,144 @@
+"""Every strategy is the same network: same loss, gradients and updated parameters, on 2, 4 and 8
+simulated CPU devices, as the two towers and as an independent one-device network."""
+
+import functools
+
+import jax
+import numpy as np
+import pytest
+
+from alexnet_jax import comms
+from alexnet_jax import model as model_lib
+from alexnet_jax import partitioning
+from alexnet_jax import train
+from configs import default
+import test_model  # the independent one-device network (tests/ is on sys.path under pytest)
+
+CASES = [('towers', 2)] + [(name, n) for name in ('data', 'hybrid', 'towers_data', 'fsdp')
+                           for n in (2, 4, 8)]
+
+
+def small_config(batch_size: int = 8):
+  """test_model.SMALL with 8 classes (so fc8 splits over towers), dropout on, and no weight
+  decay, so the first step's velocity is exactly -learning_rate * gradient."""
+  c = default.get_config()
+  c.model.conv_features = test_model.SMALL['conv_features']
+  c.model.fc_features = test_model.SMALL['fc_features']
+  c.model.num_classes = 8
+  c.image_size = test_model.SMALL_SIZE
+  c.batch_size = c.eval_batch_size = batch_size
+  c.weight_decay = 0.0
+  return c
+
+
+@functools.lru_cache(maxsize=None)
+def one_step(name: str, num_devices: int):
+  """(loss, params before, gradients, params after, dropout masks, batch) of one real train step.
+
+  The gradient is read from the velocity the step leaves: v = 0.9 * 0 - lr * g.
+  """
+  config = small_config()
+  _, _, step, state, batch = comms.build_train_step(config, name, num_devices)
+  # Larger weights than the paper's 0.01 so every layer's signal is far from zero.
+  state = state.replace(params=jax.tree.map(lambda p: p * 10.0, state.params))
+  before = jax.tree.map(np.asarray, state.params)
+  keep = model_lib.dropout_masks(jax.random.fold_in(state.rng, state.step), config.batch_size,
+                                 (64, 64), config.model.dropout_rate)
+  host_batch = jax.tree.map(np.asarray, batch)
+  new_state, metrics = step(state, batch)
+  velocity = [s for s in new_state.opt_state.inner_state if hasattr(s, 'trace')][0].trace
+  grads = jax.tree.map(lambda v: -np.asarray(v) / config.learning_rate, velocity)
+  return (float(metrics['loss']), before, grads, jax.tree.map(np.asarray, new_state.params),
+          jax.tree.map(np.asarray, keep), host_batch)
+
+
+def rel_err(a, b):
+  return test_model.rel_err(a, b)
+
+
+def test_towers_step_equals_one_device_network():
+  """The reference every strategy is compared with is itself right: the loss and gradient of
+  the two-tower train step are those of the one-device grouped-convolution network."""
+  loss, before, grads, _, keep, batch = one_step('towers', 2)
+
+  def ref_loss(p):
+    logits = test_model.one_device_alexnet(p, batch['image'], keep)
+    return train.cross_entropy(logits, batch['label']).mean()
+
+  want_loss, want_grad = jax.jit(jax.value_and_grad(ref_loss))(before)
+  assert rel_err(loss, want_loss) <= 1e-5
+  for layer in want_grad:
+    for what in ('kernel', 'bias'):
+      assert rel_err(grads[layer][what], want_grad[layer][what]) <= 1e-5, (layer, what)
+      assert np.abs(want_grad[layer][what]).max() > 0, (layer, what)
+
+
+@pytest.mark.parametrize('name,num_devices', CASES[1:])
+def test_strategy_equals_towers(name, num_devices):
+  """Same loss, gradients and updated parameters as the paper's split, dropout on."""
+  ref_loss, ref_before, ref_grads, ref_after, _, _ = one_step('towers', 2)
+  loss, before, grads, after, _, _ = one_step(name, num_devices)
+  assert rel_err(loss, ref_loss) <= 1e-5
+  for layer in ref_before:
+    for what in ('kernel', 'bias'):
+      np.testing.assert_array_equal(before[layer][what], ref_before[layer][what])
+      assert rel_err(grads[layer][what], ref_grads[layer][what]) <= 1e-5, (layer, what)
+      assert rel_err(after[layer][what], ref_after[layer][what]) <= 1e-5, (layer, what)
+
+
+def test_parameters_live_where_the_strategy_says():
+  tower = model_lib.Tower(**test_model.SMALL)
+  abstract = jax.eval_shape(lambda k: model_lib.init_params(tower, k, 67), jax.random.key(0))
+  hybrid = partitioning.make_strategy('hybrid', tower, num_devices=4)
+  specs = hybrid.param_specs(abstract)
+  assert specs['conv3']['kernel'] == partitioning.P()
+  assert specs['fc6']['kernel'] == partitioning.P('tower', None, 'block')
+  assert hybrid.mesh.shape == {'tower': 2, 'block': 2} and hybrid.batch_shards == 4
+  fsdp = partitioning.make_strategy('fsdp', tower, num_devices=8)
+  specs = fsdp.param_specs(abstract)
+  assert specs['conv1']['kernel'] == partitioning.P(None, None, None, None, 'data')  # 8 kernels
+  assert specs['fc8']['bias'] == partitioning.P()  # (2, 5): nothing divisible by 8
+  pod = partitioning.make_strategy('towers_data', tower, num_devices=8)
+  assert pod.mesh.shape == {'data': 4, 'tower': 2} and pod.batch_shards == 4
+
+
+@pytest.mark.parametrize('name,num_devices,match', [
+    ('towers', 4, 'exactly 2'), ('hybrid', 3, 'even'), ('towers_data', 5, 'even'),
+    ('data', 16, 'only 8 are visible'), ('pipeline', 2, 'nknown parallelism')])
+def test_device_count_a_strategy_cannot_use_is_refused(name, num_devices, match):
+  tower = model_lib.Tower(**test_model.SMALL)
+  with pytest.raises(ValueError, match=match):
+    partitioning.make_strategy(name, tower, num_devices=num_devices)
+
+
+def test_hybrid_refuses_fc_widths_it_cannot_split():
+  tower = model_lib.Tower(conv_features=(8, 16, 24, 24, 16), fc_features=(30, 32))
+  assert 'not divisible' in partitioning.fit_error('hybrid', 8, tower)
+  assert partitioning.fit_error('hybrid', 4, tower) is None
+
+
+def test_config_errors_come_before_compiling():
+  config = small_config()
+  config.parallelism, config.num_devices = 'data', 4
+  config.batch_size = 6
+  with pytest.raises(train.ConfigError, match='multiple of 4'):
+    train.validate_config(config)
+  config.batch_size, config.parallelism = 8, 'towers'
+  with pytest.raises(train.ConfigError, match='exactly 2'):
+    train.validate_config(config)
+  config.parallelism = 'hybrid'
+  train.validate_config(config)  # fits
+  with pytest.raises(ValueError, match='batch_size=6'):
+    config.batch_size = 6
+    comms.build_train_step(config, 'data', 4)
+
+
+def test_batch_shards_and_devices_needed():
+  config = small_config()
+  for name, n, shards in [('towers', 0, 1), ('data', 4, 4), ('hybrid', 8, 8),
+                          ('towers_data', 8, 4), ('fsdp', 2, 2)]:
+    config.parallelism, config.num_devices = name, n
+    assert train.batch_shards(config) == shards, name
+  assert partitioning.devices_needed('towers') == 2
+  assert partitioning.devices_needed('towers_data') == 4
+  assert partitioning.devices_needed('data', 8) == 8
