@@ -225,11 +225,16 @@ def loss_bytes_bound(batch_size: int, num_leaves: int = 16) -> float:
 
 # --- Building and measuring the real train step. ---
 
-def build_train_step(config, parallelism: str, num_devices: int, devices=None):
-  """(strategy, jitted train step, state, batch) exactly as train.train_and_evaluate builds them,
-  with a synthetic batch of the config's shape."""
+def build_train_step(config, parallelism: str, num_devices: int, devices=None, params=None):
+  """(tower, strategy, jitted train step, state, batch) as train.train_and_evaluate builds them,
+  with a synthetic batch of the config's shape.
+
+  `params` (host arrays, both towers stacked) replaces the initialisation: the tests start every
+  strategy from the same values and skip compiling an initialiser per sharding.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
   from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
   from alexnet_jax import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
   from alexnet_jax import partitioning  # pylint: disable=g-import-not-at-top
@@ -243,7 +248,19 @@ def build_train_step(config, parallelism: str, num_devices: int, devices=None):
                      f'devices; use a multiple of {strategy.batch_shards}.')
   tx = optimizer_lib.paper_sgd(learning_rate=config.learning_rate, momentum=config.momentum,
                                weight_decay=config.weight_decay)
-  state = train.create_train_state(config, tower, strategy, tx, jax.random.key(config.seed))
+  if params is None:
+    state = train.create_train_state(config, tower, strategy, tx, jax.random.key(config.seed))
+  else:  # as create_train_state places them: momentum beside its parameter
+    param_sharding = strategy.param_sharding(params)
+    params = jax.device_put(params, param_sharding)
+    opt_sharding = optax.tree_map_params(
+        tx, lambda _, s: s, jax.eval_shape(tx.init, params), param_sharding,
+        transform_non_params=lambda _: strategy.replicated)
+    replicate = lambda x: jax.device_put(x, strategy.replicated)
+    state = train.TrainState(
+        step=replicate(np.zeros((), np.int32)), params=params,
+        opt_state=jax.jit(tx.init, out_shardings=opt_sharding)(params),
+        rng=replicate(jax.random.split(jax.random.key(config.seed))[1]))
   state_sharding = jax.tree.map(lambda x: x.sharding, state)
   fc_total = tuple(2 * f for f in config.model.fc_features)
   step = jax.jit(
@@ -260,13 +277,16 @@ def build_train_step(config, parallelism: str, num_devices: int, devices=None):
 
 
 def measure(config, parallelism: str, num_devices: int, steps: int = 3, warmup: int = 1,
-            devices=None) -> dict:
-  """One strategy's entry of the report (compiled HLO, its collectives, timings, memory)."""
+            devices=None, compiler_options: Optional[dict] = None, params=None) -> dict:
+  """One strategy's entry of the report (compiled HLO, its collectives, timings, memory).
+
+  `compiler_options` go to XLA (the tests lower XLA:CPU's optimisation to compile faster).
+  """
   import jax  # pylint: disable=g-import-not-at-top
   tower, strategy, step, state, batch = build_train_step(config, parallelism, num_devices,
-                                                         devices)
+                                                         devices, params)
   start = time.perf_counter()
-  compiled = step.lower(state, batch).compile()
+  compiled = step.lower(state, batch).compile(compiler_options=compiler_options)
   compile_seconds = time.perf_counter() - start
   collectives = parse_collectives(compiled.as_text(), num_devices)
   measured = bytes_by_layer(collectives)
@@ -310,7 +330,7 @@ def measure(config, parallelism: str, num_devices: int, steps: int = 3, warmup: 
 
 
 def report(config, num_devices: int, steps: int = 3, warmup: int = 1, strategies=None,
-           log=print) -> dict:
+           log=print, compiler_options: Optional[dict] = None, params=None) -> dict:
   """Every strategy that fits `num_devices` (the rest listed with the reason)."""
   import jax  # pylint: disable=g-import-not-at-top
   from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
@@ -331,7 +351,8 @@ def report(config, num_devices: int, steps: int = 3, warmup: int = 1, strategies
       log(f'{name}: skipped ({error})')
       continue
     log(f'{name}: compiling and timing on {num_devices} devices ...')
-    entry = measure(config, name, num_devices, steps=steps, warmup=warmup)
+    entry = measure(config, name, num_devices, steps=steps, warmup=warmup,
+                    compiler_options=compiler_options, params=params)
     result['strategies'][name] = entry
     log(f'{name}: {entry["bytes_per_step"] / 1e6:.3f} MB/step measured, '
         f'{entry["analytic_bytes_per_step"] / 1e6:.3f} MB/step analytic, '
@@ -340,7 +361,8 @@ def report(config, num_devices: int, steps: int = 3, warmup: int = 1, strategies
 
 
 def time_both_towers_executors(tower, batch_size: int, image_size: int, repeats: int = 3,
-                               seed: int = 0) -> dict:
+                               seed: int = 0, compiler_options: Optional[dict] = None,
+                               params=None) -> dict:
   """Seconds for conv1-conv5 forward + backward of both towers on ONE device, two ways.
 
   'split' is the stage-by-stage executor the strategies use (partitioning.both_towers_convs:
@@ -352,7 +374,9 @@ def time_both_towers_executors(tower, batch_size: int, image_size: int, repeats:
   from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
   from alexnet_jax import partitioning  # pylint: disable=g-import-not-at-top
   device = jax.devices()[0]
-  params = jax.device_put(model_lib.init_params(tower, jax.random.key(seed), image_size), device)
+  if params is None:
+    params = jax.jit(lambda k: model_lib.init_params(tower, k, image_size))(jax.random.key(seed))
+  params = jax.device_put(params, device)
   images = jax.device_put(jax.random.normal(jax.random.key(seed + 1),
                                             (batch_size, image_size, image_size, 3)), device)
 
@@ -368,7 +392,7 @@ def time_both_towers_executors(tower, batch_size: int, image_size: int, repeats:
   out = {'batch_size': batch_size, 'image_size': image_size, 'device': device.device_kind}
   for name, fn in (('split', split), ('vmapped', vmapped)):
     step = jax.jit(jax.grad(lambda p, x, fn=fn: jnp.sum(fn(p, x) ** 2)))
-    compiled = step.lower(params, images).compile()
+    compiled = step.lower(params, images).compile(compiler_options=compiler_options)
     out[f'{name}_grouped_convolutions'] = compiled.as_text().count('feature_group_count=2')
     jax.block_until_ready(compiled(params, images))
     times = []
@@ -493,7 +517,7 @@ def chart(result: dict) -> bytes:
   canvas.text(10, 10, f'mb per device per step, {result["devices"]} devices, batch '
               f'{result["batch_size"]}   (s/step at right)')
   biggest = max([e['bytes_per_step'] for e in result['strategies'].values()] + [1.0])
-  plot_w = width - left - 170
+  plot_w = width - left - 250  # room for the MB label and the step time
   for i, name in enumerate(names):
     e = result['strategies'][name]
     y = top + i * (bar_h + gap)
@@ -504,7 +528,7 @@ def chart(result: dict) -> bytes:
       canvas.rect(x, y, x + w, y + bar_h, _COLOURS[j % len(_COLOURS)])
       x += w
     canvas.text(x + 6, y + 6, f'{e["bytes_per_step"] / 1e6:.2f}')
-    canvas.text(width - 150, y + 6, f'{e["step_seconds"] or 0:.2f} s')
+    canvas.text(width - 100, y + 6, f'{e["step_seconds"] or 0:.2f} s')
   y = top + len(names) * (bar_h + gap) + 10
   x = 10
   for j, part in enumerate(parts):

@@ -70,7 +70,9 @@ def test_parser_reads_every_replica_group_spelling_and_combined_ops():
 @functools.lru_cache(maxsize=None)
 def measured(name, num_devices, batch_size):
   config = test_partitioning.small_config(batch_size)
-  return comms.measure(config, name, num_devices, steps=0)
+  return comms.measure(config, name, num_devices, steps=0,
+                       compiler_options=test_partitioning.FAST_COMPILE,
+                       params=test_partitioning.initial_params())
 
 
 @pytest.mark.parametrize('name,num_devices', [('towers', 2), ('data', 2)])
@@ -119,7 +121,8 @@ def test_paper_formula_volumes():
 def test_report_files(tmp_path):
   config = test_partitioning.small_config(8)
   result = comms.report(config, 2, steps=1, warmup=1, strategies=['towers', 'towers_data'],
-                        log=lambda _: None)
+                        log=lambda _: None, compiler_options=test_partitioning.FAST_COMPILE,
+                        params=test_partitioning.initial_params())
   comms.write(result, str(tmp_path))
   data = json.load(open(os.path.join(tmp_path, 'comms.json')))
   assert {'devices', 'batch_size', 'strategies'} <= set(data)
@@ -138,7 +141,9 @@ def test_both_towers_executors_agree():
   """The timing comparison behind the stage-by-stage executor compares equal computations."""
   tower = partitioning.model_lib.Tower(conv_features=(8, 16, 24, 24, 16), fc_features=(32, 32),
                                        classes_per_tower=4)
-  out = comms.time_both_towers_executors(tower, 2, 67, repeats=1)
+  out = comms.time_both_towers_executors(tower, 2, 67, repeats=1,
+                                         compiler_options=test_partitioning.FAST_COMPILE,
+                                         params=test_partitioning.initial_params())
   assert out['max_abs_difference'] <= 1e-5 * out['max_abs_value'] and out['max_abs_value'] > 0
   assert out['split_grouped_convolutions'] == 0 < out['vmapped_grouped_convolutions']
   assert out['split_seconds'] > 0 and out['vmapped_seconds'] > 0
