@@ -108,3 +108,28 @@ def test_paper_config_without_imagenet_says_which_files_to_put_where(tmp_path):
   assert str(manual) in proc.stderr
   assert 'Traceback' not in proc.stderr
   assert not workdir.exists()
+
+
+def test_data_parallel_run_logs_the_same_losses_as_the_towers_run(tmp_path, data_dir):
+  """Same seed, same batches, same dropout units: the partitioning must not change training."""
+  losses = {}
+  for strategy in ('towers', 'data'):
+    workdir = str(tmp_path / strategy)
+    proc = run_main(workdir, f'--config.parallelism={strategy}', '--config.num_train_steps=10',
+                    '--config.log_every_steps=5', '--config.eval_every_steps=10',
+                    data_dir=data_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    losses[strategy] = [r['loss'] for r in read_metrics(workdir) if 'loss' in r]
+  assert len(losses['towers']) == 2
+  np.testing.assert_allclose(losses['data'], losses['towers'], rtol=1e-4)
+
+
+def test_batch_the_data_axis_cannot_split_is_refused_before_anything_is_written(tmp_path,
+                                                                               data_dir):
+  workdir = tmp_path / 'bad_batch'
+  proc = run_main(str(workdir), '--config.parallelism=data', '--config.batch_size=33',
+                  data_dir=data_dir)
+  assert proc.returncode == 2
+  assert 'batch_size=33' in proc.stderr and 'multiple of 2' in proc.stderr
+  assert 'Traceback' not in proc.stderr
+  assert not workdir.exists()
