@@ -15,14 +15,12 @@ all-reduce 2 (g-1)/g * S, all-to-all (g-1)/g * S, collective-permute S. For the 
 """
 
 import dataclasses
+import io
 import json
 import math
 import os
 import re
-import struct
-import sys
 import time
-import zlib
 from typing import Any, Optional
 
 DTYPE_BYTES = {'pred': 1, 's8': 1, 'u8': 1, 's16': 2, 'u16': 2, 'f16': 2, 'bf16': 2, 's32': 4,
@@ -447,95 +445,45 @@ def markdown(result: dict) -> str:
   return '\n'.join(lines) + '\n'
 
 
-# A 3x5 pixel font for the chart's labels (only the characters it writes).
-_FONT = {
-    '0': '111101101101111', '1': '010110010010111', '2': '111001111100111',
-    '3': '111001111001111', '4': '101101111001001', '5': '111100111001111',
-    '6': '111100111101111', '7': '111001001001001', '8': '111101111101111',
-    '9': '111101111001111', '.': '000000000000010', ' ': '000000000000000',
-    '_': '000000000000111', '/': '001001010100100', '-': '000000111000000',
-    ':': '000010000010000', '=': '000111000111000', '(': '010100100100010',
-    ')': '010001001001010', '%': '101001010100101', ',': '000000000010100',
-}
-_LETTERS = {
-    'a': '010101111101101', 'b': '110101110101110', 'c': '011100100100011',
-    'd': '110101101101110', 'e': '111100110100111', 'f': '111100110100100',
-    'g': '011100101101011', 'h': '101101111101101', 'i': '111010010010111',
-    'j': '001001001101010', 'k': '101101110101101', 'l': '100100100100111',
-    'm': '101111111101101', 'n': '110101101101101', 'o': '010101101101010',
-    'p': '110101110100100', 'q': '010101101110011', 'r': '110101110101101',
-    's': '011100010001110', 't': '111010010010010', 'u': '101101101101111',
-    'v': '101101101101010', 'w': '101101111111101', 'x': '101101010101101',
-    'y': '101101010010010', 'z': '111001010100111',
-}
-_FONT.update(_LETTERS)
 _COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
             (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
 
 
-class _Canvas:
-  """An RGB image in memory, written as PNG with zlib alone (no plotting library needed)."""
-
-  def __init__(self, width: int, height: int):
-    self.w, self.h = width, height
-    self.px = bytearray(b'\xff' * (width * height * 3))
-
-  def rect(self, x0, y0, x1, y1, colour):
-    x0, x1 = max(0, int(x0)), min(self.w, int(x1))
-    y0, y1 = max(0, int(y0)), min(self.h, int(y1))
-    for y in range(y0, y1):
-      row = bytes(colour) * (x1 - x0)
-      self.px[(y * self.w + x0) * 3:(y * self.w + x1) * 3] = row
-
-  def text(self, x, y, s, colour=(0, 0, 0), scale=2):
-    for ch in s.lower():
-      glyph = _FONT.get(ch, _FONT[' '])
-      for i, bit in enumerate(glyph):
-        if bit == '1':
-          r, c = divmod(i, 3)
-          self.rect(x + c * scale, y + r * scale, x + (c + 1) * scale, y + (r + 1) * scale,
-                    colour)
-      x += 4 * scale
-
-  def png(self) -> bytes:
-    raw = b''.join(b'\x00' + bytes(self.px[y * self.w * 3:(y + 1) * self.w * 3])
-                   for y in range(self.h))
-    chunk = lambda tag, data: (struct.pack('>I', len(data)) + tag + data +
-                               struct.pack('>I', zlib.crc32(tag + data) & 0xffffffff))
-    return (b'\x89PNG\r\n\x1a\n' +
-            chunk(b'IHDR', struct.pack('>IIBBBBB', self.w, self.h, 8, 2, 0, 0, 0)) +
-            chunk(b'IDAT', zlib.compress(raw, 9)) + chunk(b'IEND', b''))
-
-
 def chart(result: dict) -> bytes:
-  """comms.png: per strategy a bar of MB per step stacked by layer (log-free, linear), and the
-  step time beside it."""
+  """comms.png: per strategy a bar of MB per step stacked by layer (linear), and the step time
+  beside it. Drawn with Pillow, which the project already needs for its generated dataset."""
+  from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
   names = list(result['strategies'])
   parts = LAYERS + (LOSS,)
-  width, height, left, top, bar_h, gap = 900, 60 + 40 * max(len(names), 1) + 60, 130, 40, 24, 16
-  canvas = _Canvas(width, height)
-  canvas.text(10, 10, f'mb per device per step, {result["devices"]} devices, batch '
-              f'{result["batch_size"]}   (s/step at right)')
+  width, left, top, bar_h, gap = 900, 130, 40, 24, 16
+  height = top + len(names) * (bar_h + gap) + 60
+  image = Image.new('RGB', (width, height), 'white')
+  draw = ImageDraw.Draw(image)
+  draw.text((10, 10), f'MB per device per step, {result["devices"]} devices, batch '
+            f'{result["batch_size"]}  (seconds per step at right)', fill='black')
   biggest = max([e['bytes_per_step'] for e in result['strategies'].values()] + [1.0])
   plot_w = width - left - 250  # room for the MB label and the step time
   for i, name in enumerate(names):
     e = result['strategies'][name]
     y = top + i * (bar_h + gap)
-    canvas.text(10, y + 6, name)
+    draw.text((10, y + 6), name, fill='black')
     x = left
     for j, part in enumerate(parts):
       w = plot_w * e['bytes_per_step_by_layer'].get(part, 0.0) / biggest
-      canvas.rect(x, y, x + w, y + bar_h, _COLOURS[j % len(_COLOURS)])
+      draw.rectangle((x, y, x + w, y + bar_h), fill=_COLOURS[j % len(_COLOURS)])
       x += w
-    canvas.text(x + 6, y + 6, f'{e["bytes_per_step"] / 1e6:.2f}')
-    canvas.text(width - 100, y + 6, f'{e["step_seconds"] or 0:.2f} s')
+    draw.text((x + 6, y + 6), f'{e["bytes_per_step"] / 1e6:.2f} MB', fill='black')
+    draw.text((width - 100, y + 6), f'{e["step_seconds"] or 0:.2f} s', fill='black')
   y = top + len(names) * (bar_h + gap) + 10
   x = 10
   for j, part in enumerate(parts):
-    canvas.rect(x, y, x + 12, y + 12, _COLOURS[j % len(_COLOURS)])
-    canvas.text(x + 16, y + 1, part.replace('_metrics', ''))
-    x += 16 + 4 * 2 * len(part.replace('_metrics', '')) + 14
-  return canvas.png()
+    label = part.replace('_metrics', '')
+    draw.rectangle((x, y, x + 12, y + 12), fill=_COLOURS[j % len(_COLOURS)])
+    draw.text((x + 16, y), label, fill='black')
+    x += 16 + int(draw.textlength(label)) + 14
+  out = io.BytesIO()
+  image.save(out, format='PNG')
+  return out.getvalue()
 
 
 def write(result: dict, out_dir: str) -> None:
