@@ -52,7 +52,6 @@ class Strategy:
   param_spec: ParamSpec  # per leaf of the stacked (2, ...) parameters
   batch_spec: P  # for the leading (batch) axis of images and labels
   forward: Forward
-  batch_shards: int  # how many ways the global batch is split (divides every batch size)
 
   def param_specs(self, params) -> Any:
     """The PartitionSpec of every leaf of `params` (arrays or shape structs)."""
@@ -68,6 +67,13 @@ class Strategy:
   @property
   def replicated(self) -> NamedSharding:
     return NamedSharding(self.mesh, P())
+
+  @property
+  def batch_shards(self) -> int:
+    """How many ways the global batch is split (it must divide every batch size)."""
+    axes = self.batch_spec[0] if len(self.batch_spec) else None
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else axes
+    return math.prod(self.mesh.shape[a] for a in axes)
 
   @property
   def num_devices(self) -> int:
@@ -243,7 +249,7 @@ def towers(tower: model_lib.Tower, devices=None, num_devices: int = 2) -> Strate
                 P(None, 'tower')),  # dropout masks: each tower's own fc6/fc7 units
       out_specs=P(None, 'tower'))  # logits: each tower's half of the classes
   return Strategy('towers', mesh, param_spec=lambda *_: P('tower'), batch_spec=P(),
-                  forward=forward, batch_shards=1)
+                  forward=forward)
 
 
 def data(tower: model_lib.Tower, devices=None, num_devices: int = 2) -> Strategy:
@@ -261,7 +267,7 @@ def data(tower: model_lib.Tower, devices=None, num_devices: int = 2) -> Strategy
                 P('data')),  # dropout masks: each device its examples' rows
       out_specs=P('data'))  # logits: each device its examples
   return Strategy('data', mesh, param_spec=lambda *_: P(), batch_spec=P('data'),
-                  forward=forward, batch_shards=num_devices)
+                  forward=forward)
 
 
 def towers_data(tower: model_lib.Tower, devices=None, num_devices: int = 4) -> Strategy:
@@ -279,7 +285,7 @@ def towers_data(tower: model_lib.Tower, devices=None, num_devices: int = 4) -> S
                 P('data', 'tower')),  # dropout masks: the replica's rows, the tower's units
       out_specs=P('data', 'tower'))
   return Strategy('towers_data', mesh, param_spec=lambda *_: P('tower'), batch_spec=P('data'),
-                  forward=forward, batch_shards=num_devices // 2)
+                  forward=forward)
 
 
 def hybrid(tower: model_lib.Tower, devices=None, num_devices: int = 2) -> Strategy:
@@ -329,7 +335,7 @@ def hybrid(tower: model_lib.Tower, devices=None, num_devices: int = 2) -> Strate
                   P(None, all_axes)),  # dropout masks: every example, this device's neurons
         out_specs=P('block', 'tower'))(params, images, keep)  # rows by block, classes by tower
   return Strategy('hybrid', mesh, param_spec=param_spec, batch_spec=P(all_axes),
-                  forward=forward, batch_shards=num_devices)
+                  forward=forward)
 
 
 def fsdp_spec(num_devices: int) -> ParamSpec:
@@ -376,8 +382,7 @@ def fsdp(tower: model_lib.Tower, devices=None, num_devices: int = 2) -> Strategy
         in_specs=(specs,  # each leaf split N ways
                   P('data'), P('data')),
         out_specs=P('data'))(params, images, keep)
-  return Strategy('fsdp', mesh, param_spec=param_spec, batch_spec=P('data'), forward=forward,
-                  batch_shards=num_devices)
+  return Strategy('fsdp', mesh, param_spec=param_spec, batch_spec=P('data'), forward=forward)
 
 
 def make_strategy(parallelism: str, tower: model_lib.Tower, devices=None,

@@ -71,10 +71,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 
 def batch_shards(config: ml_collections.ConfigDict) -> int:
-  """How many ways a strategy splits the global batch, on the devices it will use."""
-  n = partitioning.resolve_num_devices(config.parallelism, config.get('num_devices', 0))
-  return {'towers': 1, 'data': n, 'hybrid': n, 'towers_data': n // 2, 'fsdp': n}[
-      config.parallelism]
+  """How many ways the config's strategy splits the global batch (read off its mesh and
+  batch spec; building a mesh compiles nothing)."""
+  tower = model_lib.make_tower(config.model, config.model.num_classes)
+  return partitioning.make_strategy(config.parallelism, tower,
+                                    num_devices=config.get('num_devices', 0)).batch_shards
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
