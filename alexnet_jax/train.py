@@ -6,7 +6,11 @@ and the tests call it too.
 
 import collections
 import json
+import math
 import os
+import signal
+import tempfile
+import threading
 import time
 from typing import Any, Iterator
 
@@ -17,16 +21,23 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
+import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
 
+from alexnet_jax import checkpointing
 from alexnet_jax import input_pipeline
 from alexnet_jax import model as model_lib
 from alexnet_jax import optimizer as optimizer_lib
 from alexnet_jax import partitioning
+from alexnet_jax import schedules
 
 
 class ConfigError(ValueError):
   """A config that cannot run; raised before anything is compiled or written."""
+
+
+class WorkdirError(RuntimeError):
+  """The workdir stopped taking writes (full disk, permissions) during a run."""
 
 
 @flax.struct.dataclass
@@ -66,6 +77,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         f'config.input_shards={config.get("input_shards", 0)} does not fit {jax.process_count()} '
         f'process(es) and config.batch_size={config.batch_size}: use 0 (one per process) or a '
         f'multiple of the process count that divides the batch.')
+  _validate_loop_fields(config)
   data_parallel = batch_shards(config)
   for field in ('batch_size', 'eval_batch_size'):
     value = config[field]
@@ -74,6 +86,25 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
           f'config.{field}={value} cannot be split over the {data_parallel} batch shard(s) of '
           f'parallelism={config.parallelism!r} on {jax.process_count()} process(es); use a '
           f'positive multiple of {data_parallel * jax.process_count()}.')
+
+
+def _validate_loop_fields(config: ml_collections.ConfigDict) -> None:
+  """The schedule, the step counts and intervals, checkpoints and the profiler window."""
+  error = schedules.config_error(config)
+  if error:
+    raise ConfigError(error)
+  if config.num_train_steps <= 0 and not (0 < config.num_epochs < math.inf):
+    raise ConfigError(f'config.num_train_steps={config.num_train_steps} and config.num_epochs='
+                      f'{config.num_epochs} give no training; set --config.num_train_steps=N or '
+                      'a positive --config.num_epochs.')
+  for field in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
+    if int(config[field]) != config[field] or config[field] < 1:
+      raise ConfigError(f'config.{field}={config[field]} must be a whole number, 1 or more.')
+  profile = tuple(config.get('profile_steps', ()) or ())
+  if profile and (len(profile) != 2 or any(int(p) != p for p in profile)
+                  or not 1 <= profile[0] <= profile[1]):
+    raise ConfigError(f'config.profile_steps={profile} must be () or (first, last) with '
+                      '1 <= first <= last, e.g. --config.profile_steps="(10, 12)".')
 
 
 def batch_shards(config: ml_collections.ConfigDict) -> int:
@@ -111,9 +142,12 @@ def train_step(state: TrainState, batch: dict, *, strategy: partitioning.Strateg
   (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  grad_norm = optax.global_norm(grads)
   metrics = {'loss': loss, 'top1': jnp.mean(top_k_correct(logits, labels, 1)),
              'learning_rate': optimizer_lib.learning_rate(state.opt_state),
-             'grad_norm': optax.global_norm(grads)}
+             'grad_norm': grad_norm,
+             # Checked on the host at log, eval and checkpoint steps only (no per-step sync).
+             'finite': jnp.isfinite(loss) & jnp.isfinite(grad_norm)}
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
@@ -128,21 +162,38 @@ def eval_step(params, batch: dict, *, strategy: partitioning.Strategy) -> dict:
           'count': jnp.sum(mask)}
 
 
-def create_train_state(config, tower, strategy, tx, rng) -> TrainState:
-  """Initialise on the mesh: each tower's parameters and momentum on its devices."""
-  image_size = config.image_size
-  init_rng, dropout_rng = jax.random.split(rng)
-  abstract_params = jax.eval_shape(lambda k: model_lib.init_params(tower, k, image_size), init_rng)
+def state_sharding(strategy: partitioning.Strategy, tx: optax.GradientTransformation,
+                   abstract_params) -> TrainState:
+  """Where each part of the state lives: each tower's parameters and momentum on its devices,
+  the step, the learning rate and the key on every device."""
   param_sharding = strategy.param_sharding(abstract_params)
-  params = jax.jit(lambda k: model_lib.init_params(tower, k, image_size),
-                   out_shardings=param_sharding)(init_rng)
   opt_sharding = optax.tree_map_params(
       tx, lambda _, s: s, jax.eval_shape(tx.init, abstract_params), param_sharding,
       transform_non_params=lambda _: strategy.replicated)
-  opt_state = jax.jit(tx.init, out_shardings=opt_sharding)(params)
-  replicate = lambda x: jax.device_put(x, strategy.replicated)
-  return TrainState(step=replicate(jnp.zeros((), jnp.int32)), params=params,
-                    opt_state=opt_state, rng=replicate(dropout_rng))
+  return TrainState(step=strategy.replicated, params=param_sharding, opt_state=opt_sharding,
+                    rng=strategy.replicated)
+
+
+def _init_state(config, tower, tx, rng) -> TrainState:
+  init_rng, dropout_rng = jax.random.split(rng)
+  params = model_lib.init_params(tower, init_rng, config.image_size)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    rng=dropout_rng)
+
+
+def abstract_train_state(config, tower, strategy, tx, rng) -> TrainState:
+  """The state's shapes, dtypes and shardings, computing nothing (a resume's restore target)."""
+  shapes = jax.eval_shape(lambda k: _init_state(config, tower, tx, k), rng)
+  shardings = state_sharding(strategy, tx, shapes.params)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      shapes, shardings)
+
+
+def create_train_state(config, tower, strategy, tx, rng) -> TrainState:
+  """Initialise on the mesh: each tower's parameters and momentum on its devices."""
+  shardings = jax.tree.map(lambda x: x.sharding,
+                           abstract_train_state(config, tower, strategy, tx, rng))
+  return jax.jit(lambda k: _init_state(config, tower, tx, k), out_shardings=shardings)(rng)
 
 
 def prefetch_to_mesh(batches: Iterator[dict], sharding, size: int = 2) -> Iterator[dict]:
@@ -160,19 +211,54 @@ def prefetch_to_mesh(batches: Iterator[dict], sharding, size: int = 2) -> Iterat
     yield queue.popleft()
 
 
+_SCALAR = summary_pb2.SummaryMetadata(
+    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name='scalars'))
+
+
 class MetricsWriter:
-  """metrics.jsonl in the workdir, one JSON object per line, each with `step` (process 0)."""
+  """metrics.jsonl (one JSON object per line, each with `step`) and TensorBoard event files
+  (`tensorboard --logdir WORKDIR`, the same names and values) in the workdir; process 0 only.
+
+  A resumed run appends: steps after the checkpoint it resumed from appear again (the later
+  line is the one that counts)."""
 
   def __init__(self, workdir: str):
     self._path = os.path.join(workdir, 'metrics.jsonl')
     self._enabled = jax.process_index() == 0
+    self._summary = (self._guard(lambda: tf.summary.create_file_writer(workdir))
+                     if self._enabled else None)
+
+  def _guard(self, write):
+    try:
+      return write()
+    except (OSError, tf.errors.OpError) as e:
+      raise WorkdirError(
+          f'Cannot write metrics in {os.path.dirname(self._path)}: {e}. Free space (or fix the '
+          'permissions) and run the same command again; saved checkpoints are intact.') from e
 
   def write(self, step: int, **values) -> None:
     if not self._enabled:
       return
     record = {'step': int(step), **{k: float(v) for k, v in values.items()}}
-    with open(self._path, 'a') as f:
-      f.write(json.dumps(record) + '\n')
+
+    def write_both():
+      with open(self._path, 'a') as f:
+        f.write(json.dumps(record) + '\n')
+      with self._summary.as_default(step=int(step)):
+        for name, value in values.items():
+          # What tensorboard's tf.summary.scalar writes, without needing tensorboard installed.
+          tf.summary.write(name, tf.constant(float(value), tf.float32), metadata=_SCALAR)
+
+    self._guard(write_both)
+
+  def flush(self) -> None:
+    if self._summary is not None:
+      self._guard(self._summary.flush)
+
+  def close(self) -> None:
+    if self._summary is not None:
+      self._guard(self._summary.close)
+      self._summary = None
 
 
 def evaluate(params, eval_fn, config, builder, strategy) -> dict:
@@ -189,14 +275,74 @@ def evaluate(params, eval_fn, config, builder, strategy) -> dict:
           'val_top5': totals['top5'] / count, 'val_examples': totals['count']}
 
 
+def final_evaluation(params, eval_fn, config, builder, strategy) -> dict:
+  """The evaluation after the last step: the numbers a run reports (the one place to change how
+  the final evaluation is done)."""
+  return evaluate(params, eval_fn, config, builder, strategy)
+
+
 def _format_duration(seconds: float) -> str:
   seconds = int(max(seconds, 0))
   return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
 
 
+class _Sigterm:
+  """Records a SIGTERM (preemption notice) while training; the loop reads it between steps."""
+
+  def __init__(self):
+    self.received = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.received = True
+
+  def __exit__(self, *exc_info):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _check_finite(records: list, checkpoints: checkpointing.Checkpoints) -> None:
+  """FloatingPointError naming the first step whose loss or gradient norm is NaN or infinite
+  (`records`: (step, host metrics) of steps not yet saved), after the last save has landed."""
+  for step, metrics in records:
+    if not metrics['finite']:
+      checkpoints.wait()
+      latest = checkpoints.latest_step()
+      last_good = (f'the last good checkpoint, step {latest}, is intact in '
+                   f'{checkpoints.directory}' if latest is not None else 'no checkpoint was saved')
+      raise FloatingPointError(
+          f'Training diverged at step {step}: loss {float(metrics["loss"])}, gradient norm '
+          f'{float(metrics["grad_norm"])}. Stopped without saving it; {last_good}. Lower '
+          'config.learning_rate (or add config.lr_schedule.warmup_steps) before resuming.')
+
+
+def _open_workdir(workdir: str) -> str:
+  """The absolute workdir, created and proven writable, or ConfigError saying so."""
+  workdir = os.path.abspath(workdir)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.TemporaryFile(dir=workdir):
+      pass
+  except OSError as e:
+    raise ConfigError(f'--workdir={workdir} cannot be written ({e.strerror or e}); use a '
+                      'directory you can write to.') from e
+  return workdir
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains `config` in `workdir` (resuming from its latest checkpoint) and returns the final
-  evaluation metrics."""
+  evaluation metrics (with 'preempted_at_step' if a SIGTERM ended it early).
+
+  Stops with FloatingPointError at the first non-finite loss or gradient (nothing non-finite is
+  saved), CheckpointError for checkpoints that cannot be read, written or used by this config,
+  WorkdirError when metrics cannot be written; in every case the checkpoints saved are intact.
+  """
   validate_config(config)
   builder = input_pipeline.prepare_dataset(config)  # may refuse: nothing is written before this
   dataset_classes = input_pipeline.num_classes(builder)
@@ -204,93 +350,151 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise ConfigError(
         f'config.model.num_classes={config.model.num_classes} but {config.dataset} has '
         f'{dataset_classes} classes; set --config.model.num_classes={dataset_classes}.')
-
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
+  workdir = _open_workdir(workdir)
 
   tower = model_lib.make_tower(config.model, config.model.num_classes)
   strategy = partitioning.make_strategy(config.parallelism, tower,
-                                      num_devices=config.get('num_devices', 0))
+                                        num_devices=config.get('num_devices', 0))
   tx = optimizer_lib.paper_sgd(learning_rate=config.learning_rate, momentum=config.momentum,
                                weight_decay=config.weight_decay)
-  state = create_train_state(config, tower, strategy, tx, jax.random.key(config.seed))
-  state_sharding = jax.tree.map(lambda x: x.sharding, state)
+  rng = jax.random.key(config.seed)
+  abstract_state = abstract_train_state(config, tower, strategy, tx, rng)
+  shardings = jax.tree.map(lambda x: x.sharding, abstract_state)
 
-  checkpoints = ocp.CheckpointManager(
-      os.path.join(workdir, 'checkpoints'),
-      options=ocp.CheckpointManagerOptions(max_to_keep=config.get('keep_checkpoints', 3),
-                                           create=True))
-  if checkpoints.latest_step() is not None:
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-    state = checkpoints.restore(checkpoints.latest_step(), args=ocp.args.StandardRestore(abstract))
-    logging.info('Resumed from %s at step %d.', checkpoints.directory, int(state.step))
+  checkpoints = checkpointing.Checkpoints(workdir, keep=config.keep_checkpoints)
+  try:
+    latest = checkpoints.latest_step()
+    if latest is None:
+      state, schedule, eval_metrics = None, schedules.initial_state(), {}
+    else:  # refuses (and changes nothing) if the checkpoint is unreadable or another config's
+      state, meta = checkpoints.restore(latest, abstract_state, config)
+      schedule, eval_metrics = meta['schedule'], meta['metrics'] or {}
+      logging.info('Resumed from %s at step %d.', checkpoints.directory, int(state.step))
+  except BaseException:
+    checkpoints.close()
+    raise
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+  if state is None:
+    state = create_train_state(config, tower, strategy, tx, rng)
 
   steps_per_epoch = max(input_pipeline.num_examples(builder, config.train_split)
                         // config.batch_size, 1)
   num_steps = (config.num_train_steps if config.num_train_steps > 0
                else int(config.num_epochs * steps_per_epoch))
   eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
+  profile = tuple(config.get('profile_steps', ()) or ())
   fc_total = tuple(2 * f for f in config.model.fc_features)
 
   step_fn = jax.jit(
       lambda s, b: train_step(s, b, strategy=strategy, tx=tx, fc_features_total=fc_total,
                               dropout_rate=config.model.dropout_rate),
-      in_shardings=(state_sharding, strategy.batch_sharding),
-      out_shardings=(state_sharding, strategy.replicated), donate_argnums=0)
+      in_shardings=(shardings, strategy.batch_sharding),
+      out_shardings=(shardings, strategy.replicated), donate_argnums=0)
   eval_fn = jax.jit(lambda p, b: eval_step(p, b, strategy=strategy),
-                    in_shardings=(state_sharding.params, strategy.batch_sharding),
+                    in_shardings=(shardings.params, strategy.batch_sharding),
                     out_shardings=strategy.replicated)
 
-  writer = MetricsWriter(workdir)
+  start_step = int(state.step)
   train_batches = prefetch_to_mesh(
-      input_pipeline.train_iterator(config, builder, start_step=int(state.step),
+      input_pipeline.train_iterator(config, builder, start_step=start_step,
                                     process_index=jax.process_index(),
                                     process_count=jax.process_count()),
       strategy.batch_sharding)
-
-  start_step = int(state.step)
-  pending = []  # device metrics since the last log line: no host sync between log steps
+  current_lr = float(optimizer_lib.learning_rate(state.opt_state))
+  pending = []  # (step, metrics) since the last log line: fetched only at log/eval/save steps
   timer_start, timer_step = None, start_step
-  eval_metrics = {}
+  tracing = False
+  preempted_at = None
+  writer = None
   logging.info('Training %s (%s) for %d steps from step %d; %d steps per epoch.',
                config.dataset, config.parallelism, num_steps, start_step, steps_per_epoch)
-  for step in range(start_step + 1, num_steps + 1):
-    state, metrics = step_fn(state, next(train_batches))
-    pending.append(metrics)
-    if timer_start is None:  # the first step includes compilation: time from its end
-      jax.block_until_ready(metrics)
-      timer_start, timer_step = time.perf_counter(), step
-      pending = []
-      logging.info('Step %d compiled and ran.', step)
-    if step % config.log_every_steps == 0 or step == num_steps:
-      if pending:
-        values = {k: float(np.mean([m[k] for m in jax.device_get(pending)]))
-                  for k in pending[0]}
-        if not np.isfinite(values['loss']):
-          raise FloatingPointError(f'Loss is {values["loss"]} at step {step}; stopping. The '
-                                   f'last good checkpoint is in {checkpoints.directory}.')
-        elapsed = time.perf_counter() - timer_start
-        ips = (step - timer_step) * config.batch_size / max(elapsed, 1e-9)
-        eta = (num_steps - step) * config.batch_size / max(ips, 1e-9)
-        writer.write(step, epoch=step / steps_per_epoch, images_per_second=ips, **values)
-        logging.info('step %d/%d  epoch %.2f  loss %.4f  top1 %.3f  lr %.2g  %.1f img/s  ETA %s',
-                     step, num_steps, step / steps_per_epoch, values['loss'], values['top1'],
-                     values['learning_rate'], ips, _format_duration(eta))
-        pending = []
-    if step % eval_every == 0 or step == num_steps:
-      eval_start = time.perf_counter()
-      eval_metrics = evaluate(state.params, eval_fn, config, builder, strategy)
-      timer_start += time.perf_counter() - eval_start  # images/s counts training only
-      writer.write(step, **eval_metrics)
-      logging.info('eval at step %d: top-1 %.4f  top-5 %.4f  loss %.4f  (%d images)', step,
-                   eval_metrics['val_top1'], eval_metrics['val_top5'], eval_metrics['val_loss'],
-                   eval_metrics['val_examples'])
-    if step % config.checkpoint_every_steps == 0 or step == num_steps:
-      checkpoints.save(step, args=ocp.args.StandardSave(state))
-  checkpoints.wait_until_finished()
+  try:
+    writer = MetricsWriter(workdir)
+    with _Sigterm() as sigterm:
+      for step in range(start_step + 1, num_steps + 1):
+        lr = schedules.learning_rate(config, schedule, step - 1)
+        if lr != current_lr:  # only when it changes; the velocity is left as it is
+          state = state.replace(opt_state=optimizer_lib.set_learning_rate(
+              state.opt_state, jax.device_put(np.float32(lr), strategy.replicated)))
+          current_lr = lr
+        if profile and step == profile[0]:
+          jax.profiler.start_trace(os.path.join(workdir, 'profile'))
+          tracing = True
+        state, metrics = step_fn(state, next(train_batches))
+        pending.append((step, metrics))
+        if tracing and step == profile[1]:
+          jax.block_until_ready(metrics)
+          jax.profiler.stop_trace()
+          tracing = False
+          logging.info('Profiled steps %d-%d into %s.', profile[0], step,
+                       os.path.join(workdir, 'profile'))
+        if timer_start is None:  # the first step includes compilation: time from its end
+          jax.block_until_ready(metrics)
+          timer_start, timer_step = time.perf_counter(), step
+          logging.info('Step %d compiled and ran.', step)
+
+        last = step == num_steps
+        log_now = step % config.log_every_steps == 0 or last
+        eval_now = step % eval_every == 0 or last
+        save_now = step % config.checkpoint_every_steps == 0 or last or sigterm.received
+        if log_now or eval_now or save_now:
+          pending = jax.device_get(pending)
+          _check_finite(pending, checkpoints)
+        if log_now:
+          values = {k: float(np.mean([m[k] for _, m in pending]))
+                    for k in pending[0][1] if k != 'finite'}
+          speed, timed = {}, ''
+          if step > timer_step:  # steps timed since the compiled one
+            ips = (step - timer_step) * config.batch_size / max(
+                time.perf_counter() - timer_start, 1e-9)
+            eta = (num_steps - step) * config.batch_size / ips
+            speed = {'images_per_second': ips}
+            timed = f'  {ips:.1f} img/s  ETA {_format_duration(eta)}'
+          writer.write(step, epoch=step / steps_per_epoch, **speed, **values)
+          logging.info('step %d/%d  epoch %.2f  loss %.4f  top1 %.3f  lr %.3g%s', step, num_steps,
+                       step / steps_per_epoch, values['loss'], values['top1'],
+                       values['learning_rate'], timed)
+          pending = []
+        if eval_now:
+          eval_start = time.perf_counter()
+          run_eval = final_evaluation if last else evaluate
+          eval_metrics = run_eval(state.params, eval_fn, config, builder, strategy)
+          schedule = schedules.after_evaluation(config, schedule, 1.0 - eval_metrics['val_top1'])
+          timer_start += time.perf_counter() - eval_start  # images/s counts training only
+          writer.write(step, **eval_metrics)
+          writer.flush()
+          logging.info('eval at step %d: top-1 %.4f  top-5 %.4f  loss %.4f  (%d images)', step,
+                       eval_metrics['val_top1'], eval_metrics['val_top5'],
+                       eval_metrics['val_loss'], eval_metrics['val_examples'])
+        if save_now:
+          checkpoints.save(
+              step, state,
+              checkpointing.make_meta(config, step, schedule, eval_metrics if eval_now else None),
+              val_error=1.0 - eval_metrics['val_top1'] if eval_now else None)
+        if sigterm.received and not last:
+          checkpoints.wait()
+          preempted_at = step
+          logging.warning('SIGTERM: stopped after step %d and saved it in %s. Run the same '
+                          'command again to resume.', step, checkpoints.directory)
+          break
+  except BaseException as error:
+    # The error is what the user must see; cleaning up must not replace it.
+    for cleanup in ((jax.profiler.stop_trace,) if tracing else ()) + (
+        checkpoints.close,) + ((writer.close,) if writer else ()):
+      try:
+        cleanup()  # checkpoints.close waits for the save in flight: the last good one lands
+      except Exception as e:  # pylint: disable=broad-except
+        logging.error('While stopping after %s: %s', type(error).__name__, e)
+    raise
+  if tracing:
+    jax.profiler.stop_trace()
   checkpoints.close()
+  writer.close()
+  if start_step >= num_steps:
+    logging.info('Nothing to train: the checkpoint is at step %d, config.num_train_steps is '
+                 '%d.', start_step, num_steps)
+  if preempted_at is not None:
+    return {**eval_metrics, 'preempted_at_step': preempted_at}
   return eval_metrics

@@ -52,10 +52,29 @@ def get_config() -> ml_collections.ConfigDict:
   c.learning_rate = 0.01
   c.momentum = 0.9
   c.weight_decay = 5e-4
+  # The rate over time (alexnet_jax/schedules.py). plateau: the paper's rule, x factor when the
+  # validation top-1 error has not fallen by more than `threshold` for `patience` evaluations in a
+  # row, at most `max_drops` times. step: x factor at each of `boundaries` (completed steps).
+  # constant. Any kind: linear warm-up over the first `warmup_steps` steps.
+  c.lr_schedule = ml_collections.ConfigDict()
+  c.lr_schedule.kind = 'plateau'
+  c.lr_schedule.factor = 0.1
+  c.lr_schedule.patience = 3
+  c.lr_schedule.threshold = 0.001
+  c.lr_schedule.max_drops = 3
+  c.lr_schedule.boundaries = ()  # step kind: completed-step counts, e.g. (30000, 60000)
+  c.lr_schedule.warmup_steps = 0
   c.num_epochs = 90.0
   c.num_train_steps = -1  # > 0 overrides num_epochs
   c.log_every_steps = 20
   c.eval_every_steps = -1  # <= 0: once per epoch
-  c.checkpoint_every_steps = 1000
   c.num_eval_examples = -1  # -1: the whole eval split
+
+  # Checkpoints (alexnet_jax/checkpointing.py): every N steps, asynchronously, and on SIGTERM.
+  # Kept: the last `keep_checkpoints`, plus the one with the lowest validation error.
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 3
+  # A jax.profiler trace of steps first..last (inclusive, e.g. (10, 12)) under <workdir>/profile;
+  # view it with TensorBoard's profile plugin or Perfetto. () = no trace.
+  c.profile_steps = ()
   return c

@@ -20,6 +20,10 @@ def get_config():
   c.batch_size = 128
   c.eval_batch_size = 250
   c.learning_rate = 0.01
+  # Divide by 10 when the validation error stops improving (evaluated once per epoch), 3 times.
+  c.lr_schedule.kind = 'plateau'
+  c.lr_schedule.factor = 0.1
+  c.lr_schedule.max_drops = 3
   c.num_epochs = 90.0
   c.log_every_steps = 100
   c.checkpoint_every_steps = 2000
