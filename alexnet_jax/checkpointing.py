@@ -37,8 +37,6 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from alexnet_jax import input_pipeline
-
 # The config fields the training stream is a function of (with the step): a resume that changes
 # one would continue a different stream than the checkpoint's run saw.
 STREAM_FIELDS = ('dataset', 'train_split', 'seed', 'batch_size', 'input_shards', 'cache_decoded',
@@ -86,21 +84,22 @@ def config_differences(saved: dict, current: ml_collections.ConfigDict) -> list[
           for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
 
-def input_position(config: ml_collections.ConfigDict, step: int) -> dict:
+def input_position(config: ml_collections.ConfigDict, step: int, input_shards: int) -> dict:
   """Where the training stream is: the next global batch is `step`, of the stream these fields
-  define (input_pipeline.train_iterator(start_step=step) continues it)."""
+  define (input_pipeline.train_iterator(start_step=step) continues it). `input_shards`: the
+  number the stream is made of (input_pipeline.input_shards; config.input_shards may say 0)."""
   plain = _plain(config)
   position = {field: plain.get(field) for field in STREAM_FIELDS}
-  position['input_shards'] = input_pipeline.input_shards(config, jax.process_count())
+  position['input_shards'] = int(input_shards)
   position['step'] = int(step)
   return position
 
 
-def make_meta(config: ml_collections.ConfigDict, step: int, schedule: dict,
+def make_meta(config: ml_collections.ConfigDict, step: int, input_shards: int, schedule: dict,
               metrics: dict | None) -> dict:
   """What a checkpoint holds beside the arrays (see the layout above)."""
   return {'step': int(step), 'config': _plain(config), 'schedule': schedule,
-          'input': input_position(config, step),
+          'input': input_position(config, step, input_shards),
           'metrics': None if metrics is None else {k: float(v) for k, v in metrics.items()}}
 
 
@@ -201,8 +200,8 @@ class Checkpoints:
         f'({others if others else "there is none"}), move {path} out of {self.directory}; or '
         'start afresh with another --workdir.')
 
-  def restore(self, step: int, abstract_state, config: ml_collections.ConfigDict
-              ) -> tuple[Any, dict]:
+  def restore(self, step: int, abstract_state, config: ml_collections.ConfigDict,
+              input_shards: int) -> tuple[Any, dict]:
     """Checkpoint `step` as (state placed like `abstract_state`, meta), after checking that it
     holds this config's shapes and training stream (CheckpointError naming what differs)."""
     path = os.path.join(self.directory, str(step))
@@ -223,7 +222,7 @@ class Checkpoints:
           f'fit this one ({"; ".join(mismatched[:3])}{more}). Config fields that differ '
           f'(there -> here): {differences}. Use the config that wrote it, or another --workdir '
           'to start afresh. Nothing was changed.')
-    position = input_position(config, step)
+    position = input_position(config, step, input_shards)
     saved_position = meta.get('input') or {}
     changed = [(k, saved_position.get(k), v) for k, v in position.items()
                if k != 'step' and saved_position.get(k) != v]

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 import optax
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
@@ -71,21 +72,26 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.image_size < 35:
     raise ConfigError(f'config.image_size={config.image_size} is too small for the network '
                       '(pool5 needs at least 1 x 1); use 35 or more.')
-  shards = config.get('input_shards', 0) or jax.process_count()
-  if shards % jax.process_count() or config.batch_size % shards:
-    raise ConfigError(
-        f'config.input_shards={config.get("input_shards", 0)} does not fit {jax.process_count()} '
-        f'process(es) and config.batch_size={config.batch_size}: use 0 (one per process) or a '
-        f'multiple of the process count that divides the batch.')
   _validate_loop_fields(config)
-  data_parallel = batch_shards(config)
+  strategy = partitioning.make_strategy(config.parallelism, tower,
+                                        num_devices=config.get('num_devices', 0))
+  data_parallel = strategy.batch_shards
   for field in ('batch_size', 'eval_batch_size'):
     value = config[field]
-    if value <= 0 or value % (data_parallel * jax.process_count()):
+    if value <= 0 or value % data_parallel:
       raise ConfigError(
           f'config.{field}={value} cannot be split over the {data_parallel} batch shard(s) of '
-          f'parallelism={config.parallelism!r} on {jax.process_count()} process(es); use a '
-          f'positive multiple of {data_parallel * jax.process_count()}.')
+          f'parallelism={config.parallelism!r}; use a positive multiple of {data_parallel}.')
+  try:
+    _, groups = strategy.input_group(config.batch_size)
+  except ValueError as e:
+    raise ConfigError(f'config.parallelism={config.parallelism!r} cannot be fed: {e}') from e
+  shards = config.get('input_shards', 0) or groups
+  if shards % groups or config.batch_size % shards:
+    raise ConfigError(
+        f'config.input_shards={config.get("input_shards", 0)} does not fit the {groups} input '
+        f'group(s) (processes feeding different rows) and config.batch_size={config.batch_size}: '
+        f'use 0 (one per group) or a multiple of {groups} that divides the batch.')
 
 
 def _validate_loop_fields(config: ml_collections.ConfigDict) -> None:
@@ -105,14 +111,6 @@ def _validate_loop_fields(config: ml_collections.ConfigDict) -> None:
                   or not 1 <= profile[0] <= profile[1]):
     raise ConfigError(f'config.profile_steps={profile} must be () or (first, last) with '
                       '1 <= first <= last, e.g. --config.profile_steps="(10, 12)".')
-
-
-def batch_shards(config: ml_collections.ConfigDict) -> int:
-  """How many ways the config's strategy splits the global batch (read off its mesh and
-  batch spec; building a mesh compiles nothing)."""
-  tower = model_lib.make_tower(config.model, config.model.num_classes)
-  return partitioning.make_strategy(config.parallelism, tower,
-                                    num_devices=config.get('num_devices', 0)).batch_shards
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -163,12 +161,12 @@ def eval_step(params, batch: dict, *, strategy: partitioning.Strategy) -> dict:
 
 
 def state_sharding(strategy: partitioning.Strategy, tx: optax.GradientTransformation,
-                   abstract_params) -> TrainState:
+                   abstract: TrainState) -> TrainState:
   """Where each part of the state lives: each tower's parameters and momentum on its devices,
-  the step, the learning rate and the key on every device."""
-  param_sharding = strategy.param_sharding(abstract_params)
+  the step, the learning rate and the key on every device (also across processes)."""
+  param_sharding = strategy.param_sharding(abstract.params)
   opt_sharding = optax.tree_map_params(
-      tx, lambda _, s: s, jax.eval_shape(tx.init, abstract_params), param_sharding,
+      tx, lambda _, s: s, abstract.opt_state, param_sharding,
       transform_non_params=lambda _: strategy.replicated)
   return TrainState(step=strategy.replicated, params=param_sharding, opt_state=opt_sharding,
                     rng=strategy.replicated)
@@ -184,13 +182,14 @@ def _init_state(config, tower, tx, rng) -> TrainState:
 def abstract_train_state(config, tower, strategy, tx, rng) -> TrainState:
   """The state's shapes, dtypes and shardings, computing nothing (a resume's restore target)."""
   shapes = jax.eval_shape(lambda k: _init_state(config, tower, tx, k), rng)
-  shardings = state_sharding(strategy, tx, shapes.params)
+  shardings = state_sharding(strategy, tx, shapes)
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                       shapes, shardings)
 
 
 def create_train_state(config, tower, strategy, tx, rng) -> TrainState:
-  """Initialise on the mesh: each tower's parameters and momentum on its devices."""
+  """Initialise on the mesh, in one program: each tower's parameters and momentum on its
+  devices, step and dropout key replicated (also across processes)."""
   shardings = jax.tree.map(lambda x: x.sharding,
                            abstract_train_state(config, tower, strategy, tx, rng))
   return jax.jit(lambda k: _init_state(config, tower, tx, k), out_shardings=shardings)(rng)
@@ -264,8 +263,9 @@ class MetricsWriter:
 def evaluate(params, eval_fn, config, builder, strategy) -> dict:
   """Top-1 / top-5 accuracy and loss over the evaluation split, each image counted once."""
   totals = None
-  batches = input_pipeline.eval_iterator(config, builder, process_index=jax.process_index(),
-                                         process_count=jax.process_count())
+  group, groups = strategy.input_group(config.eval_batch_size)
+  batches = input_pipeline.eval_iterator(config, builder, process_index=group,
+                                         process_count=groups)
   for batch in prefetch_to_mesh(batches, strategy.batch_sharding):
     sums = eval_fn(params, batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
@@ -301,6 +301,16 @@ class _Sigterm:
   def _handle(self, signum, frame):
     del signum, frame
     self.received = True
+
+  def stop_now(self, check_all: bool) -> bool:
+    """Whether to save and stop after this step. One process: as soon as it got SIGTERM. Several:
+    all must stop at the same step (the save is collective), so they agree, by an all-gather,
+    at steps where every process syncs anyway (`check_all`: log, evaluation, save steps)."""
+    if jax.process_count() == 1:
+      return self.received
+    if not check_all:
+      return False
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(self.received))))
 
   def __exit__(self, *exc_info):
     if self._previous is not None:
@@ -357,6 +367,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                         num_devices=config.get('num_devices', 0))
   tx = optimizer_lib.paper_sgd(learning_rate=config.learning_rate, momentum=config.momentum,
                                weight_decay=config.weight_decay)
+  group, groups = strategy.input_group(config.batch_size)  # which rows this process reads
+  stream_shards = input_pipeline.input_shards(config, groups)
   rng = jax.random.key(config.seed)
   abstract_state = abstract_train_state(config, tower, strategy, tx, rng)
   shardings = jax.tree.map(lambda x: x.sharding, abstract_state)
@@ -367,7 +379,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if latest is None:
       state, schedule, eval_metrics = None, schedules.initial_state(), {}
     else:  # refuses (and changes nothing) if the checkpoint is unreadable or another config's
-      state, meta = checkpoints.restore(latest, abstract_state, config)
+      state, meta = checkpoints.restore(latest, abstract_state, config, stream_shards)
       schedule, eval_metrics = meta['schedule'], meta['metrics'] or {}
       logging.info('Resumed from %s at step %d.', checkpoints.directory, int(state.step))
   except BaseException:
@@ -399,8 +411,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   start_step = int(state.step)
   train_batches = prefetch_to_mesh(
       input_pipeline.train_iterator(config, builder, start_step=start_step,
-                                    process_index=jax.process_index(),
-                                    process_count=jax.process_count()),
+                                    process_index=group, process_count=groups),
       strategy.batch_sharding)
   current_lr = float(optimizer_lib.learning_rate(state.opt_state))
   pending = []  # (step, metrics) since the last log line: fetched only at log/eval/save steps
@@ -438,7 +449,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         last = step == num_steps
         log_now = step % config.log_every_steps == 0 or last
         eval_now = step % eval_every == 0 or last
-        save_now = step % config.checkpoint_every_steps == 0 or last or sigterm.received
+        stop = sigterm.stop_now(
+            check_all=log_now or eval_now or step % config.checkpoint_every_steps == 0)
+        save_now = step % config.checkpoint_every_steps == 0 or last or stop
         if log_now or eval_now or save_now:
           pending = jax.device_get(pending)
           _check_finite(pending, checkpoints)
@@ -471,15 +484,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if save_now:
           checkpoints.save(
               step, state,
-              checkpointing.make_meta(config, step, schedule, eval_metrics if eval_now else None),
+              checkpointing.make_meta(config, step, stream_shards, schedule,
+                                      eval_metrics if eval_now else None),
               val_error=1.0 - eval_metrics['val_top1'] if eval_now else None)
-        if sigterm.received and not last:
+        if stop and not last:
           checkpoints.wait()
           preempted_at = step
           logging.warning('SIGTERM: stopped after step %d and saved it in %s. Run the same '
                           'command again to resume.', step, checkpoints.directory)
           break
   except BaseException as error:
+    if jax.process_count() > 1 and isinstance(error, jax.errors.JaxRuntimeError):
+      raise  # a peer process is gone: waiting for a (collective) save would wait for it
     # The error is what the user must see; cleaning up must not replace it.
     for cleanup in ((jax.profiler.stop_trace,) if tracing else ()) + (
         checkpoints.close,) + ((writer.close,) if writer else ()):
