@@ -44,8 +44,9 @@ def fit_text(draw: ImageDraw.ImageDraw, text: str, width: float) -> str:
 
 def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
   """About `count` round tick values (1, 2 or 5 x 10^k apart) covering [low, high]."""
-  if not high > low:
-    high = low + (abs(low) or 1.0)
+  if not high > low:  # a constant: centre it
+    half = (abs(low) or 1.0) / 2
+    low, high = low - half, high + half
   raw = (high - low) / max(count - 1, 1)
   magnitude = 10 ** math.floor(math.log10(raw))
   step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
