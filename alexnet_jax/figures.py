@@ -21,7 +21,7 @@ mesh and works on any machine that can read the workdir; run it on one host of a
 import json
 import os
 import sys
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from absl import app
 from absl import flags
@@ -57,7 +57,7 @@ class FiguresError(Exception):
 # Reading a run.
 
 
-def load_config(workdir: str):
+def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The run's config, rebuilt from the config.json that train.train_and_evaluate wrote."""
   path = os.path.join(workdir, 'config.json')
   if not os.path.isfile(path):
@@ -68,7 +68,7 @@ def load_config(workdir: str):
     return ml_collections.ConfigDict(json.load(f))
 
 
-def restore_params(workdir: str, config) -> tuple[dict, int]:
+def restore_params(workdir: str, config: ml_collections.ConfigDict) -> tuple[dict, int]:
   """Both towers' parameters (stacked on a leading axis of 2, as numpy) of the latest checkpoint,
   and its step. The only place that knows the checkpoint layout.
 
@@ -189,7 +189,7 @@ class NeighbourScan:
 # Running the network.
 
 
-def display_images(images: np.ndarray, config) -> np.ndarray:
+def display_images(images: np.ndarray, config: ml_collections.ConfigDict) -> np.ndarray:
   """Network inputs back to uint8 pixels: the normalisation of input_pipeline.normalize undone."""
   pixels = np.asarray(images, np.float32)
   if config.get('std_rgb'):
@@ -198,7 +198,7 @@ def display_images(images: np.ndarray, config) -> np.ndarray:
   return np.clip(np.round(pixels), 0, 255).astype(np.uint8)
 
 
-def make_feature_fn(config):
+def make_feature_fn(config: ml_collections.ConfigDict) -> Callable:
   """jit(params, images) -> (fc7 of both towers [B, 2 x fc7 width], class probabilities [B, C]),
   with no dropout, from the one-device forward of partitioning (both towers on this device)."""
   tower = model_lib.make_tower(config.model, config.model.num_classes)
@@ -210,8 +210,8 @@ def make_feature_fn(config):
   return jax.jit(features)
 
 
-def iterate_features(config, builder, params, feature_fn, split: str,
-                     count: int) -> Iterator[dict]:
+def iterate_features(config: ml_collections.ConfigDict, builder, params, feature_fn: Callable,
+                     split: str, count: int) -> Iterator[dict]:
   """Batches of the first `count` images of `split` (centre crops, the evaluation
   preprocessing): {'image': uint8 pixels, 'label', 'fc7', 'probs'}, padding removed."""
   config = config.copy_and_resolve_references()
@@ -227,6 +227,7 @@ def iterate_features(config, builder, params, feature_fn, split: str,
 
 
 def concatenate(batches: Iterator[dict]) -> dict:
+  """One dict of arrays from a stream of batches."""
   batches = list(batches)
   return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
 
@@ -244,7 +245,7 @@ def kernels_size(per_tower: int) -> tuple[int, int]:
   return width, height
 
 
-def draw_kernels(kernel: np.ndarray, scores: np.ndarray, step: int):
+def draw_kernels(kernel: np.ndarray, scores: np.ndarray, step: int) -> Image.Image:
   """Fig. 3: `kernel` [2, 11, 11, 3, N] (tower 1, tower 2), each kernel stretched to the full
   0..255 range over its three channels together (so its colours keep their proportions);
   `scores` [2, N] from colour_specificity."""
@@ -286,7 +287,7 @@ def predictions_size(count: int) -> tuple[int, int]:
 
 
 def draw_predictions(images: np.ndarray, labels: np.ndarray, probs: np.ndarray,
-                     class_names: list[str], step: int):
+                     class_names: list[str], step: int) -> Image.Image:
   """Fig. 4 left: each image, its true class above it, and its five most probable classes as
   bars below it (the true class's bar in red, the others blue)."""
   line = LINE_HEIGHT
@@ -323,7 +324,7 @@ def neighbours_size(queries: int, k: int) -> tuple[int, int]:
 
 
 def draw_neighbours(query_images: np.ndarray, query_labels: np.ndarray, scan: NeighbourScan,
-                    class_names: list[str], step: int, k: int):
+                    class_names: list[str], step: int, k: int) -> Image.Image:
   """Fig. 4 right: each query (left column), then its nearest training images by fc7 distance,
   each captioned with its class (red: not the query's) and distance."""
   line = LINE_HEIGHT
@@ -348,7 +349,7 @@ def draw_neighbours(query_images: np.ndarray, query_labels: np.ndarray, scan: Ne
   return image
 
 
-def draw_curves(metrics: list[dict]):
+def draw_curves(metrics: list[dict]) -> Image.Image:
   """Training loss, validation top-1 / top-5 error (1 - the logged accuracies) and learning
   rate against step, on a shared step axis."""
   train = [r for r in metrics if 'loss' in r]
