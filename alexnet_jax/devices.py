@@ -6,9 +6,12 @@ import ml_collections
 from alexnet_jax import partitioning
 
 
-def simulate_cpu_devices(config: ml_collections.ConfigDict) -> None:
+def simulate_cpu_devices(config: ml_collections.ConfigDict, num_processes: int = 1,
+                         per_process: int = 0) -> int:
   """Lets the CPU backend present as many devices as the strategy needs (one CPU, two
-  'GPUs'). Does nothing for accelerators, which keep their real devices."""
-  wanted = max(config.get('cpu_devices', 0),
-               partitioning.devices_needed(config.parallelism, config.get('num_devices', 0)))
+  'GPUs'), split evenly over `num_processes` processes, or `per_process` if given. Does nothing
+  for accelerators, which keep their real devices. Returns the per-process count."""
+  needed = partitioning.devices_needed(config.parallelism, config.get('num_devices', 0))
+  wanted = per_process or -(-needed // max(num_processes, 1))
   jax.config.update('jax_num_cpu_devices', wanted)
+  return wanted

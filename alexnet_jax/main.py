@@ -1,8 +1,11 @@
 """Trains AlexNet: `python -m alexnet_jax.main --config=configs/quickstart.py --workdir=DIR`.
 
-Only parses flags and calls `train.train_and_evaluate`, which the tests call too.
+Only parses flags, joins a multi-process run if there is one (alexnet_jax/distributed.py) and
+calls `train.train_and_evaluate`, which the tests call too.
 """
 
+import logging as std_logging
+import os
 import sys
 
 from absl import app
@@ -15,26 +18,63 @@ config_flags.DEFINE_config_file('config', None, 'Training config (a configs/*.py
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Where metrics, config.json and checkpoints are written.')
 flags.mark_flags_as_required(['config', 'workdir'])
+# Multi-process runs (launch/). On Cloud TPU, SLURM and Open MPI all three are detected.
+flags.DEFINE_string('coordinator_address', None, "Process 0's HOST:PORT, the same on every "
+                    'process of a multi-process run started by hand.')
+flags.DEFINE_integer('num_processes', None, 'How many processes the run has.')
+flags.DEFINE_integer('process_id', None, "This process's index, 0 .. num_processes - 1.")
+flags.DEFINE_integer('cpu_devices', 0, 'CPU devices this process simulates when there is no '
+                     'accelerator; 0: what the strategy needs, split over the processes.')
+flags.DEFINE_integer('init_timeout_s', 300, 'How long processes wait for each other to start.')
+flags.DEFINE_integer('heartbeat_timeout_s', 100, 'How soon a dead process stops the others.')
+
+
+def _fail(message: str, code: int) -> None:
+  logging.error('%s', message)
+  print(f'error: {message}', file=sys.stderr, flush=True)
+  sys.exit(code)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   # Orbax logs every step of every save at INFO; keep the console to the training progress.
-  logging.get_absl_handler().addFilter(
-      lambda record: record.levelno >= logging.WARNING or 'orbax' not in record.pathname)
-  # Before JAX starts a backend: a CPU-only machine simulates the devices the strategy needs.
+  # (Records carry the standard library's levels; absl's own constants are verbosities.)
+  logging.get_absl_logger().addFilter(
+      lambda record: record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname)
+  # Before JAX starts a backend: a CPU-only machine simulates the devices the strategy needs,
+  # then the processes of a multi-process run find each other.
   from alexnet_jax import devices
-  devices.simulate_cpu_devices(FLAGS.config)
+  from alexnet_jax import distributed
+  devices.simulate_cpu_devices(FLAGS.config, FLAGS.num_processes or 1, FLAGS.cpu_devices)
+  try:
+    joined = distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                                    FLAGS.process_id, init_timeout_s=FLAGS.init_timeout_s,
+                                    heartbeat_timeout_s=FLAGS.heartbeat_timeout_s)
+  except ValueError as e:
+    _fail(str(e), 2)
+  import jax
+  if jax.process_index() > 0:
+    logging.set_verbosity(logging.WARNING)  # process 0 speaks for the run
 
   from alexnet_jax import input_pipeline
   from alexnet_jax import train
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (train.ConfigError, input_pipeline.DatasetNotReadyError) as e:
-    logging.error('%s', e)
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    _fail(str(e), 2)
+  except jax.errors.JaxRuntimeError as e:
+    if not joined:
+      raise
+    # A collective lost its peer: another process died. Leave without the shutdown barrier
+    # (which would wait for the dead process); the checkpoints already written are complete.
+    message = (f'process {jax.process_index()} of {jax.process_count()} stopped: another '
+               f'process of this run failed ({str(e).splitlines()[0][:300]}). Its own log says '
+               f'why. Re-run the same command on every process to resume from the last '
+               f'checkpoint in {os.path.join(os.path.abspath(FLAGS.workdir), "checkpoints")}.')
+    logging.error('%s', message)
+    print(f'error: {message}', file=sys.stderr, flush=True)
+    os._exit(1)
 
 
 if __name__ == '__main__':

@@ -79,6 +79,22 @@ class Strategy:
   def num_devices(self) -> int:
     return self.mesh.size
 
+  def input_group(self, batch_size: int) -> tuple[int, int]:
+    """(group, groups): this process feeds block `group` of the global batch cut into `groups`
+    equal row blocks. Processes whose devices hold the same rows (a batch replicated over
+    processes, as in `towers` across two hosts) are one group and must read the same data."""
+    rows = {(s[0].start or 0, batch_size if s[0].stop is None else s[0].stop)
+            for s in self.batch_sharding.addressable_devices_indices_map((batch_size,)).values()}
+    if not rows:
+      raise ValueError(f'process {jax.process_index()} has no device in the {self.name} mesh; '
+                       'use every process\'s devices (config.num_devices = all devices).')
+    lo, hi = min(r[0] for r in rows), max(r[1] for r in rows)
+    size = hi - lo
+    if sum(b - a for a, b in rows) != size or batch_size % size or lo % size:
+      raise ValueError(f'process {jax.process_index()} holds rows {sorted(rows)} of the batch '
+                       f'under {self.name}: not one contiguous block of an equal split.')
+    return lo // size, batch_size // size
+
 
 def param_spec_tree(param_spec: ParamSpec, params) -> Any:
   """Applies a per-leaf spec function to the {layer: {kernel, bias}} parameter tree."""

@@ -60,23 +60,25 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.image_size < 35:
     raise ConfigError(f'config.image_size={config.image_size} is too small for the network '
                       '(pool5 needs at least 1 x 1); use 35 or more.')
-  data_parallel = batch_shards(config)
+  strategy = partitioning.make_strategy(config.parallelism, tower,
+                                        num_devices=config.get('num_devices', 0))
+  data_parallel = strategy.batch_shards
   for field in ('batch_size', 'eval_batch_size'):
     value = config[field]
-    if value <= 0 or value % (data_parallel * jax.process_count()):
+    if value <= 0 or value % data_parallel:
       raise ConfigError(
           f'config.{field}={value} cannot be split over the {data_parallel} batch shard(s) of '
-          f'parallelism={config.parallelism!r} on {jax.process_count()} process(es); use a '
-          f'positive multiple of {data_parallel * jax.process_count()}.')
-
-
-def batch_shards(config: ml_collections.ConfigDict) -> int:
-  """How many ways the config's strategy splits the global batch (read off its mesh and
-  batch spec; building a mesh compiles nothing)."""
-  tower = model_lib.make_tower(config.model, config.model.num_classes)
-  return partitioning.make_strategy(config.parallelism, tower,
-                                    num_devices=config.get('num_devices', 0)).batch_shards
-
+          f'parallelism={config.parallelism!r}; use a positive multiple of {data_parallel}.')
+  try:
+    _, groups = strategy.input_group(config.batch_size)
+  except ValueError as e:
+    raise ConfigError(f'config.parallelism={config.parallelism!r} cannot be fed: {e}') from e
+  shards = config.get('input_shards', 0) or groups
+  if shards % groups or config.batch_size % shards:
+    raise ConfigError(
+        f'config.input_shards={config.get("input_shards", 0)} does not fit the {groups} input '
+        f'group(s) (processes feeding different rows) and config.batch_size={config.batch_size}: '
+        f'use 0 (one per group) or a multiple of {groups} that divides the batch.')
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Softmax cross-entropy per example on the (possibly class-sharded) logits."""
@@ -123,20 +125,22 @@ def eval_step(params, batch: dict, *, strategy: partitioning.Strategy) -> dict:
 
 
 def create_train_state(config, tower, strategy, tx, rng) -> TrainState:
-  """Initialise on the mesh: each tower's parameters and momentum on its devices."""
-  image_size = config.image_size
-  init_rng, dropout_rng = jax.random.split(rng)
-  abstract_params = jax.eval_shape(lambda k: model_lib.init_params(tower, k, image_size), init_rng)
-  param_sharding = strategy.param_sharding(abstract_params)
-  params = jax.jit(lambda k: model_lib.init_params(tower, k, image_size),
-                   out_shardings=param_sharding)(init_rng)
+  """Initialise on the mesh, in one program: each tower's parameters and momentum on its
+  devices, step and dropout key replicated (also across processes)."""
+  def init(rng):
+    init_rng, dropout_rng = jax.random.split(rng)
+    params = model_lib.init_params(tower, init_rng, config.image_size)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      rng=dropout_rng)
+
+  abstract = jax.eval_shape(init, rng)
+  param_sharding = strategy.param_sharding(abstract.params)
   opt_sharding = optax.tree_map_params(
-      tx, lambda _, s: s, jax.eval_shape(tx.init, abstract_params), param_sharding,
+      tx, lambda _, s: s, abstract.opt_state, param_sharding,
       transform_non_params=lambda _: strategy.replicated)
-  opt_state = jax.jit(tx.init, out_shardings=opt_sharding)(params)
-  replicate = lambda x: jax.device_put(x, strategy.replicated)
-  return TrainState(step=replicate(jnp.zeros((), jnp.int32)), params=params,
-                    opt_state=opt_state, rng=replicate(dropout_rng))
+  shardings = TrainState(step=strategy.replicated, params=param_sharding,
+                         opt_state=opt_sharding, rng=strategy.replicated)
+  return jax.jit(init, out_shardings=shardings)(rng)
 
 
 def prefetch_to_mesh(batches: Iterator[dict], sharding, size: int = 2) -> Iterator[dict]:
@@ -172,8 +176,9 @@ class MetricsWriter:
 def evaluate(params, eval_fn, config, builder, strategy) -> dict:
   """Top-1 / top-5 accuracy and loss over the evaluation split, each image counted once."""
   totals = None
-  batches = input_pipeline.eval_iterator(config, builder, process_index=jax.process_index(),
-                                         process_count=jax.process_count())
+  group, groups = strategy.input_group(config.eval_batch_size)
+  batches = input_pipeline.eval_iterator(config, builder, process_index=group,
+                                         process_count=groups)
   for batch in prefetch_to_mesh(batches, strategy.batch_sharding):
     sums = eval_fn(params, batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
@@ -240,9 +245,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     out_shardings=strategy.replicated)
 
   writer = MetricsWriter(workdir)
+  group, groups = strategy.input_group(config.batch_size)  # which rows this process reads
   train_batches = prefetch_to_mesh(
-      input_pipeline.train_iterator(config, builder, process_index=jax.process_index(),
-                                    process_count=jax.process_count()),
+      input_pipeline.train_iterator(config, builder, start_step=int(state.step),
+                                    process_index=group, process_count=groups),
       strategy.batch_sharding)
 
   start_step = int(state.step)

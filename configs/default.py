@@ -22,7 +22,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.mean_rgb = (123.68, 116.78, 103.94)  # subtracted from pixels in [0, 255]
   c.std_rgb = ()  # () = the paper: no division. Set with model.init_scheme = 'he'.
   c.cache_decoded = False  # keep the decoded 256 x 256 images in memory (small datasets only)
-  c.shuffle_buffer = 10_000
+  c.shuffle_buffer = 10_000  # encoded images per input shard (cache_decoded: whole epochs)
+  # Logical shards of the training stream; 0 = one per process. Fix it (e.g. to the largest
+  # process count you will use) to get the same batches on any number of processes.
+  c.input_shards = 0
 
   # Model (Fig. 2). Per-tower widths; the paper's network has two towers of these.
   c.model = ml_collections.ConfigDict()

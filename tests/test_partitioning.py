@@ -152,7 +152,10 @@ def test_batch_shards_and_devices_needed():
   for name, n, shards in [('towers', 0, 1), ('data', 4, 4), ('hybrid', 8, 8),
                           ('towers_data', 8, 4), ('fsdp', 2, 2)]:
     config.parallelism, config.num_devices = name, n
-    assert train.batch_shards(config) == shards, name
+    tower = model_lib.make_tower(config.model, config.model.num_classes)
+    strategy = partitioning.make_strategy(name, tower, num_devices=n)
+    assert strategy.batch_shards == shards, name
+    assert strategy.input_group(16) == (0, 1)  # one process feeds every row
   assert partitioning.devices_needed('towers') == 2
   assert partitioning.devices_needed('towers_data') == 4
   assert partitioning.devices_needed('data', 8) == 8
