@@ -347,9 +347,11 @@ def _needs_stats(config: ml_collections.ConfigDict) -> bool:
           or (config.pca_lighting_std > 0 and config.pca_eigen == 'dataset'))
 
 
-def _stats_split(config: ml_collections.ConfigDict) -> str:
-  return (config.train_split if config.stats_num_images <= 0
-          else f'{config.train_split}[:{config.stats_num_images}]')
+def _stats_split(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder) -> str:
+  """The training split, or its first `stats_num_images` examples if it has more."""
+  if 0 < config.stats_num_images < num_examples(builder, config.train_split):
+    return f'{config.train_split}[:{config.stats_num_images}]'
+  return config.train_split
 
 
 def compute_stats(config: ml_collections.ConfigDict,
@@ -358,11 +360,7 @@ def compute_stats(config: ml_collections.ConfigDict,
   shuffled the examples when it wrote the files, so a prefix is a random sample), decoded exactly
   as for training: shorter side `resize_size`, central square."""
   _hide_gpus_from_tf()
-  split = _stats_split(config)
-  if 0 < config.stats_num_images and num_examples(builder, config.train_split) < \
-      config.stats_num_images:
-    split = config.train_split
-  ds = _read(builder, split, shuffle=False, seed=config.seed)
+  ds = _read(builder, _stats_split(config, builder), shuffle=False, seed=config.seed)
   ds = ds.map(_no_autograph(lambda ex: decode_and_resize(ex['image'], config.resize_size)),
               num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(64).prefetch(tf.data.AUTOTUNE).with_options(_options())
@@ -381,7 +379,7 @@ def load_or_compute_stats(config: ml_collections.ConfigDict, builder: tfds.core.
     except (ValueError, KeyError, OSError) as e:
       logging.warning('Recomputing the dataset statistics: cannot use %s (%s).', path, e)
   logging.info('Computing the training-set mean image and RGB PCA over %s of %s (once; cached '
-               'in %s).', _stats_split(config), builder.name, path)
+               'in %s).', _stats_split(config, builder), builder.name, path)
   stats = compute_stats(config, builder)
   stats.save(path)
   return stats, path
