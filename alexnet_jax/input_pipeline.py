@@ -2,18 +2,21 @@
 
 One code path serves `synthetic_shapes/*` and `imagenet2012`: both have a JPEG `image` and an
 integer `label`. Every image is resized so its shorter side is `resize_size` (256) and its central
-256 x 256 patch kept. Training takes a random 224 x 224 patch and flips it horizontally with
-probability 1/2; evaluation takes the central 224 x 224 patch. The mean RGB value is subtracted
-from pixels in [0, 255]; the paper divides by nothing, so `config.std_rgb` is empty by default
-(configs for the 'he' init set it to get unit-variance inputs).
+256 x 256 patch kept (decoding only the part of the JPEG that patch needs). From there:
+- mean subtraction (`config.mean_subtraction`): a constant `mean_rgb`, the training set's mean
+  pixel, or its mean 256 x 256 image (the paper), subtracted before cropping so the mean is
+  cropped with the image; then an optional division by `std_rgb` (not the paper's);
+- training: the paper's colour noise along the RGB principal components
+  (`pca_lighting_std`, 0.1 in the paper; eigenvectors published or computed from the training
+  set), a random 224 x 224 patch and its mirror image with probability 1/2; or, as an option,
+  the modern random-resized crop (`train_crop='random_resized_crop'`);
+- evaluation: the central 224 x 224 patch, or the paper's ten patches ([B, 10, S, S, 3]).
+Statistics of the training set (mean image, RGB PCA) are computed once and cached beside the
+dataset (`load_or_compute_stats`; the arithmetic and file format are in dataset_stats.py).
 
 The random stream is a pure function of `config.seed`: every random choice uses stateless TF ops
 seeded from (config.seed, process_index, example counter), and tf.data runs deterministically, so
-two runs with the same seed see the same batches. A new train_iterator starts the stream from its
-beginning: a run resumed at step N must skip N batches itself to continue the same stream.
-
-Optional, not in the base config: `config.pca_lighting_std` > 0 adds the paper's PCA colour
-augmentation (alpha ~ N(0, std), std 0.1 in the paper) to training images.
+two runs with the same seed see the same batches.
 """
 
 from __future__ import annotations
