@@ -14,9 +14,14 @@ integer `label`. Every image is resized so its shorter side is `resize_size` (25
 Statistics of the training set (mean image, RGB PCA) are computed once and cached beside the
 dataset (`load_or_compute_stats`; the arithmetic and file format are in dataset_stats.py).
 
-The random stream is a pure function of `config.seed`: every random choice uses stateless TF ops
-seeded from (config.seed, process_index, example counter), and tf.data runs deterministically, so
-two runs with the same seed see the same batches.
+The training stream is a pure function of the config and the step. It is made of
+`config.input_shards` logical shards (0: one per process), each an endless run of epochs; epoch e
+of a shard is a permutation drawn from (config.seed, shard, e), and each example's crop, flip and
+colour noise come from stateless TF ops seeded with (config.seed, shard, position in the shard).
+Global batch i is the concatenation of every shard's batch i; process p reads only its own shards'
+files. So `train_iterator(start_step=i)` continues exactly where an uninterrupted run was at step
+i (a resume re-reads at most one epoch of one shard's JPEG bytes, without decoding them), and the
+batches do not depend on how many processes read them.
 """
 
 from __future__ import annotations
@@ -484,17 +489,65 @@ def _read(builder: tfds.core.DatasetBuilder, split: Any, *, shuffle: bool,
   )
 
 
-def train_iterator(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder, *,
-                   process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
-  """Infinite batches {'image': f32 [B, S, S, 3], 'label': i32 [B]}, B = this process's share."""
-  _hide_gpus_from_tf()
-  batch_size = _per_process(config.batch_size, process_count, 'batch_size')
-  split = tfds.split_for_jax_process(
-      config.train_split, process_index=process_index, process_count=process_count,
-      drop_remainder=True)
-  ds = _read(builder, split, shuffle=True, seed=config.seed + process_index)
+def input_shards(config: ml_collections.ConfigDict, process_count: int) -> int:
+  """How many logical shards the training stream is made of (`config.input_shards`, 0 = one per
+  process). The global batch sequence depends on this number, never on the process count: a run
+  on 2 processes and one on 1 process with the same `input_shards` see the same batches."""
+  shards = int(config.get('input_shards', 0) or 0) or process_count
+  if shards % process_count:
+    raise ValueError(f'config.input_shards={shards} cannot be divided among {process_count} '
+                     f'processes; use a multiple of {process_count} (or 0: one per process).')
+  return shards
 
-  transform = pixel_transform(config, builder)
+
+def _records(builder: tfds.core.DatasetBuilder, split: Any,
+             seed: tf.Tensor | None) -> tf.data.Dataset:
+  """One pass over `split`'s {'image': JPEG bytes, 'label'} records, read straight from its files.
+
+  With a `seed`, the files are visited in a seeded random order (interleaved, deterministic);
+  without one, in file order. Reading the files ourselves (not `builder.as_dataset`) lets the file
+  order of every epoch be a tensor function of the epoch, so an epoch is reached without reading
+  the ones before it.
+  """
+  if builder.info.file_format != tfds.core.FileFormat.TFRECORD:
+    raise ValueError(f'{builder.name} is stored as {builder.info.file_format.value}; the training '
+                     'stream reads tfrecord files. Prepare the dataset with the default format.')
+  instructions = builder.info.splits[split].file_instructions
+  files = tf.data.Dataset.from_tensor_slices((
+      [i.filename for i in instructions],
+      tf.constant([i.skip for i in instructions], tf.int64),
+      tf.constant([i.take for i in instructions], tf.int64)))
+  if seed is not None:
+    files = files.shuffle(len(instructions), seed=seed)
+  records = files.interleave(
+      lambda f, skip, take: tf.data.TFRecordDataset(f).skip(skip).take(take),
+      cycle_length=min(16, len(instructions)), num_parallel_calls=tf.data.AUTOTUNE,
+      deterministic=True)
+  features = builder.info.features
+  parse = _no_autograph(lambda record: features.deserialize_example(
+      record, decoders={'image': tfds.decode.SkipDecoding()}))
+  return records.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _shard_stream(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder,
+                  shard: int, num_shards: int, start: int) -> tf.data.Dataset:
+  """Logical shard `shard`'s infinite stream of (position, decoded 256 x 256 image, label) from
+  position `start` on: epoch after epoch, each a fresh seeded permutation of the shard. (For the
+  random-resized crop the image stays JPEG bytes: `train_example` decodes its box.)
+
+  Epoch e's order is a function of (config.seed, shard, e) only, so resuming at position p
+  starts at epoch p // n and skips p % n records (read, not decoded) of it.
+  """
+  split = tfds.split_for_jax_process(config.train_split, process_index=shard,
+                                     process_count=num_shards, drop_remainder=True)
+  size = builder.info.splits[split].num_examples
+  if size == 0:
+    raise ValueError(f'{config.train_split} of {config.dataset} has too few examples for '
+                     f'{num_shards} input shards.')
+  first_epoch, offset = divmod(start, size)
+
+  def epoch_seed(epoch):
+    return (tf.constant(config.seed, tf.int64) * 1_000_003 + shard) * 1_000_003 + epoch
 
   @_no_autograph
   def decode(ex: dict) -> dict:
@@ -504,25 +557,65 @@ def train_iterator(config: ml_collections.ConfigDict, builder: tfds.core.Dataset
     return {'image': image, 'label': tf.cast(ex['label'], tf.int32)}
 
   if config.cache_decoded:
-    # Decode once; later epochs reshuffle the cached 256 x 256 uint8 images.
-    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE).cache().repeat()
-    ds = ds.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
+    # Decode once (file order) and keep in memory; every epoch is an exact permutation of it.
+    decoded = _records(builder, split, None).map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+    decoded = decoded.cache()
+    epochs = tf.data.Dataset.range(first_epoch, _FOREVER).flat_map(
+        lambda e: decoded.shuffle(size, seed=epoch_seed(e)))
+    epochs = epochs.skip(offset)
   else:
-    # Shuffle the (smaller) encoded bytes, then decode.
-    ds = ds.repeat()
-    ds = ds.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
-    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+    # Shuffle the (smaller) encoded bytes in a buffer, skip without decoding, then decode.
+    epochs = tf.data.Dataset.range(first_epoch, _FOREVER).flat_map(
+        lambda e: _records(builder, split, epoch_seed(e)).shuffle(config.shuffle_buffer,
+                                                                  seed=epoch_seed(e)))
+    epochs = epochs.skip(offset).map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+  positions = tf.data.Dataset.range(start, _FOREVER)
+  return tf.data.Dataset.zip(positions, epochs)
 
-  base_seed = tf.constant([config.seed, process_index], tf.int64)
 
-  @_no_autograph
-  def augment(counter: tf.Tensor, ex: dict) -> dict:
-    # One stateless seed per (config.seed, process, example counter): a pure function of them.
-    seed = tf.random.experimental.stateless_fold_in(base_seed, counter)
-    return {'image': train_example(ex['image'], seed, config, transform), 'label': ex['label']}
+_FOREVER = 2**62
 
-  ds = ds.enumerate().map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-  ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+def train_iterator(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder, *,
+                   start_step: int = 0, process_index: int = 0,
+                   process_count: int = 1) -> Iterator[dict]:
+  """Infinite batches {'image': f32 [B, S, S, 3], 'label': i32 [B]}: this process's rows of the
+  global batches start_step, start_step + 1, ...
+
+  The global batch i is the concatenation, over the logical shards, of each shard's examples
+  i * b .. (i + 1) * b - 1 (b = batch_size / input_shards), each augmented with a seed that is a
+  function of (config.seed, shard, position). So the stream is a pure function of the config and
+  the step: a run resumed at step i sees exactly what an uninterrupted one does, whatever the
+  number of processes. Process p reads only its own shards' files.
+  """
+  _hide_gpus_from_tf()
+  num_shards = input_shards(config, process_count)
+  if config.batch_size % num_shards:
+    raise ValueError(f'config.batch_size={config.batch_size} cannot be split into '
+                     f'{num_shards} input shards; use a multiple of {num_shards}.')
+  shard_batch = config.batch_size // num_shards
+  per_process = num_shards // process_count
+  transform = pixel_transform(config, builder)
+
+  def shard_batches(shard: int) -> tf.data.Dataset:
+    base_seed = tf.constant([config.seed, shard], tf.int64)
+
+    @_no_autograph
+    def augment(position: tf.Tensor, ex: dict) -> dict:
+      seed = tf.random.experimental.stateless_fold_in(base_seed, position)
+      return {'image': train_example(ex['image'], seed, config, transform), 'label': ex['label']}
+
+    ds = _shard_stream(config, builder, shard, num_shards, start_step * shard_batch)
+    ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(shard_batch, drop_remainder=True)
+
+  shards = [shard_batches(process_index * per_process + i) for i in range(per_process)]
+  if len(shards) == 1:
+    ds = shards[0]
+  else:
+    ds = tf.data.Dataset.zip(tuple(shards)).map(
+        lambda *parts: {k: tf.concat([p[k] for p in parts], axis=0) for k in parts[0]})
+  ds = ds.prefetch(tf.data.AUTOTUNE)
   return iter(tfds.as_numpy(ds.with_options(_options())))
 
 

@@ -61,6 +61,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f'config.image_size={config.image_size} is too small for the network '
                       '(pool5 needs at least 1 x 1); use 35 or more.')
   _validate_preprocessing(config)
+  shards = config.get('input_shards', 0) or jax.process_count()
+  if shards % jax.process_count() or config.batch_size % shards:
+    raise ConfigError(
+        f'config.input_shards={config.get("input_shards", 0)} does not fit {jax.process_count()} '
+        f'process(es) and config.batch_size={config.batch_size}: use 0 (one per process) or a '
+        f'multiple of the process count that divides the batch.')
   data_parallel = batch_shards(config)
   for field in ('batch_size', 'eval_batch_size'):
     value = config[field]
@@ -286,7 +292,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   writer = MetricsWriter(workdir)
   train_batches = prefetch_to_mesh(
-      input_pipeline.train_iterator(config, builder, process_index=jax.process_index(),
+      input_pipeline.train_iterator(config, builder, start_step=int(state.step),
+                                    process_index=jax.process_index(),
                                     process_count=jax.process_count()),
       strategy.batch_sharding)
 

@@ -42,7 +42,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval_crops = 'center'
   c.final_eval_crops = 'center'
   c.cache_decoded = False  # keep the decoded 256 x 256 images in memory (small datasets only)
-  c.shuffle_buffer = 10_000
+  c.shuffle_buffer = 10_000  # encoded images per input shard (cache_decoded: whole epochs)
+  # Logical shards of the training stream; 0 = one per process. Fix it (e.g. to the largest
+  # process count you will use) to get the same batches on any number of processes.
+  c.input_shards = 0
 
   # Model (Fig. 2). Per-tower widths; the paper's network has two towers of these.
   c.model = ml_collections.ConfigDict()

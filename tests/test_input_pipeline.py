@@ -270,13 +270,48 @@ def test_train_iterator_shapes_and_determinism(builder, data_dir):
     assert np.array_equal(x['image'], y['image']) and np.array_equal(x['label'], y['label'])
   other = next(input_pipeline.train_iterator(_config(data_dir, seed=1), builder))
   assert not np.array_equal(other['image'], b['image'])
-  # Per-process share of the global batch, and a different part of the data per process.
-  p0 = next(input_pipeline.train_iterator(_config(data_dir), builder, process_index=0,
-                                          process_count=2))
-  p1 = next(input_pipeline.train_iterator(_config(data_dir), builder, process_index=1,
-                                          process_count=2))
-  assert p0['image'].shape == (8, 224, 224, 3) == p1['image'].shape
-  assert not np.array_equal(p0['image'], p1['image'])
+
+
+def _same(x, y):
+  return np.array_equal(x['image'], y['image']) and np.array_equal(x['label'], y['label'])
+
+
+@pytest.mark.parametrize('cache_decoded', [False, True])
+def test_train_stream_resumes_exactly_and_ignores_the_process_count(builder, data_dir,
+                                                                    cache_decoded):
+  # Small crops keep this fast; 16 per batch, 320 training images: an epoch is 20 steps.
+  config = _config(data_dir, cache_decoded=cache_decoded, resize_size=40, image_size=32)
+  stream = _take(input_pipeline.train_iterator(config, builder), 45)
+  # Each epoch is a permutation of the training set (exact with the cache; with a buffer of 64
+  # encoded images, still every image once per epoch).
+  labels = np.concatenate([b['label'] for b in stream])
+  all_labels = np.array([label for _, label in _split(builder, 'train')])
+  for epoch in range(2):
+    assert np.array_equal(np.bincount(labels[epoch * 320:(epoch + 1) * 320], minlength=10),
+                          np.bincount(all_labels, minlength=10))
+  assert not np.array_equal(labels[:320], labels[320:640])  # a new order every epoch
+  # Starting at step k continues the uninterrupted stream, inside an epoch and across epochs.
+  for k in (7, 20, 41):
+    resumed = _take(input_pipeline.train_iterator(config, builder, start_step=k), 3)
+    assert all(_same(x, y) for x, y in zip(resumed, stream[k:k + 3])), k
+
+  # With input_shards fixed, two processes' rows concatenate to the one-process batch.
+  config.input_shards = 2
+  one = _take(input_pipeline.train_iterator(config, builder, start_step=19), 2)
+  parts = [_take(input_pipeline.train_iterator(config, builder, start_step=19, process_index=p,
+                                               process_count=2), 2) for p in range(2)]
+  for i in range(2):
+    assert parts[0][i]['image'].shape[0] == 8
+    joined = {k: np.concatenate([parts[0][i][k], parts[1][i][k]]) for k in ('image', 'label')}
+    assert _same(one[i], joined)
+  assert not np.array_equal(parts[0][0]['image'], parts[1][0]['image'])
+  # Each shard draws from its own half of the files.
+  shard_labels = [np.concatenate([b['label'] for b in _take(input_pipeline.train_iterator(
+      config, builder, process_index=p, process_count=2), 20)]) for p in range(2)]
+  for p in range(2):
+    half = all_labels[p * 160:(p + 1) * 160]
+    assert np.array_equal(np.bincount(shard_labels[p], minlength=10),
+                          np.bincount(half, minlength=10))
 
 
 @pytest.fixture(scope='module')
