@@ -115,6 +115,15 @@ def test_paper_config_trains_on_a_miniature_imagenet_prepared_by_tfds(tmp_path, 
   stats_path = os.path.join(builder.data_dir, 'alexnet_jax_stats-train-r72-nall.npz')
   stats = input_pipeline.dataset_stats.DatasetStats.load(stats_path)
   assert stats.num_images == 16 and stats.mean_image.shape == (72, 72, 3)
+  # The stats command finds them (no second pass) and prints them.
+  mtime = os.stat(stats_path).st_mtime_ns
+  command = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.dataset_stats', '--config=configs/paper.py',
+       f'--config.data_dir={data_dir}', '--config.resize_size=72'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert command.returncode == 0, command.stderr[-3000:]
+  assert stats_path in command.stdout and 'images: 16' in command.stdout
+  assert os.stat(stats_path).st_mtime_ns == mtime
 
   config = json.load(open(workdir / 'config.json'))
   assert config['mean_subtraction'] == 'image' and config['pca_lighting_std'] == 0.1
