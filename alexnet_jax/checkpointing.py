@@ -165,7 +165,7 @@ class Checkpoints:
   def steps_on_disk(self) -> list[int]:
     """The complete checkpoints in the directory (the manager's own list may already leave out
     one that a save in flight will retire)."""
-    return sorted(int(n) for n in os.listdir(self.directory) if n.isdigit())
+    return saved_steps(os.path.dirname(self.directory))
 
   def _save_error(self, step, error) -> CheckpointError:
     saved = [s for s in self.steps_on_disk() if s != step]
@@ -239,6 +239,14 @@ class Checkpoints:
     except Exception as e:
       raise self._unreadable(step, e) from e
     return restored['state'], meta
+
+
+def saved_steps(workdir: str) -> list[int]:
+  """The complete checkpoints in `workdir` (none if it has no checkpoints directory)."""
+  directory = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
 
 
 def restore_params(workdir: str, step: int | None = None

@@ -15,7 +15,6 @@ all-reduce 2 (g-1)/g * S, all-to-all (g-1)/g * S, collective-permute S. For the 
 """
 
 import dataclasses
-import io
 import json
 import math
 import os
@@ -445,14 +444,11 @@ def markdown(result: dict) -> str:
   return '\n'.join(lines) + '\n'
 
 
-_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-            (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
-
-
 def chart(result: dict) -> bytes:
   """comms.png: per strategy a bar of MB per step stacked by layer (linear), and the step time
-  beside it. Drawn with Pillow, which the project already needs for its generated dataset."""
+  beside it. Drawn with Pillow (see drawing.py)."""
   from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.drawing import COLOURS, png_bytes  # pylint: disable=g-import-not-at-top
   names = list(result['strategies'])
   parts = LAYERS + (LOSS,)
   width, left, top, bar_h, gap = 900, 130, 40, 24, 16
@@ -470,7 +466,7 @@ def chart(result: dict) -> bytes:
     x = left
     for j, part in enumerate(parts):
       w = plot_w * e['bytes_per_step_by_layer'].get(part, 0.0) / biggest
-      draw.rectangle((x, y, x + w, y + bar_h), fill=_COLOURS[j % len(_COLOURS)])
+      draw.rectangle((x, y, x + w, y + bar_h), fill=COLOURS[j % len(COLOURS)])
       x += w
     draw.text((x + 6, y + 6), f'{e["bytes_per_step"] / 1e6:.2f} MB', fill='black')
     draw.text((width - 100, y + 6), f'{e["step_seconds"] or 0:.2f} s', fill='black')
@@ -478,12 +474,10 @@ def chart(result: dict) -> bytes:
   x = 10
   for j, part in enumerate(parts):
     label = part.replace('_metrics', '')
-    draw.rectangle((x, y, x + 12, y + 12), fill=_COLOURS[j % len(_COLOURS)])
+    draw.rectangle((x, y, x + 12, y + 12), fill=COLOURS[j % len(COLOURS)])
     draw.text((x + 16, y), label, fill='black')
     x += 16 + int(draw.textlength(label)) + 14
-  out = io.BytesIO()
-  image.save(out, format='PNG')
-  return out.getvalue()
+  return png_bytes(image)
 
 
 def write(result: dict, out_dir: str) -> None:

@@ -2,10 +2,17 @@
 
 One code path serves `synthetic_shapes/*` and `imagenet2012`: both have a JPEG `image` and an
 integer `label`. Every image is resized so its shorter side is `resize_size` (256) and its central
-256 x 256 patch kept. Training takes a random 224 x 224 patch and flips it horizontally with
-probability 1/2; evaluation takes the central 224 x 224 patch. The mean RGB value is subtracted
-from pixels in [0, 255]; the paper divides by nothing, so `config.std_rgb` is empty by default
-(configs for the 'he' init set it to get unit-variance inputs).
+256 x 256 patch kept (decoding only the part of the JPEG that patch needs). From there:
+- mean subtraction (`config.mean_subtraction`): a constant `mean_rgb`, the training set's mean
+  pixel, or its mean 256 x 256 image (the paper), subtracted before cropping so the mean is
+  cropped with the image; then an optional division by `std_rgb` (not the paper's);
+- training: the paper's colour noise along the RGB principal components
+  (`pca_lighting_std`, 0.1 in the paper; eigenvectors published or computed from the training
+  set), a random 224 x 224 patch and its mirror image with probability 1/2; or, as an option,
+  the modern random-resized crop (`train_crop='random_resized_crop'`);
+- evaluation: the central 224 x 224 patch, or the paper's ten patches ([B, 10, S, S, 3]).
+Statistics of the training set (mean image, RGB PCA) are computed once and cached beside the
+dataset (`load_or_compute_stats`; the arithmetic and file format are in dataset_stats.py).
 
 The training stream is a pure function of the config and the step. It is made of
 `config.input_shards` logical shards (0: one per process), each an endless run of epochs; epoch e
@@ -15,32 +22,43 @@ Global batch i is the concatenation of every shard's batch i; process p reads on
 files. So `train_iterator(start_step=i)` continues exactly where an uninterrupted run was at step
 i (a resume re-reads at most one epoch of one shard's JPEG bytes, without decoding them), and the
 batches do not depend on how many processes read them.
-
-Optional, not in the base config: `config.pca_lighting_std` > 0 adds the paper's PCA colour
-augmentation (alpha ~ N(0, std), std 0.1 in the paper) to training images.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
+import re
 import shlex
 import sys
+import tarfile
 from typing import Any, Iterator, Sequence
 
+from absl import logging
 import ml_collections
+import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from alexnet_jax import dataset_stats
 from alexnet_jax import shapes_dataset  # noqa: F401  (registers `synthetic_shapes` with tfds)
 
 IMAGENET_MANUAL_FILES = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
+_VAL_NAME = re.compile(r'ILSVRC2012_val_(\d{8})\.JPEG')
 
-# Eigen-decomposition of the RGB covariance of ImageNet pixels in [0, 1] (PAPER.md, "Data").
-_PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
-_PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009),
+# Eigen-decomposition of the RGB covariance of ImageNet pixels in [0, 1] (PAPER.md, "Data"):
+# the published values, used when config.pca_eigen = 'published'.
+PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
+PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009),
                (-0.5808, -0.0045, -0.8140),
-               (-0.5836, -0.6948, 0.4203))  # columns are the eigenvectors
+              (-0.5836, -0.6948, 0.4203))  # columns are the eigenvectors
+
+
+EVAL_CROPS = ('center', 'ten')
+TRAIN_CROPS = ('random_crop', 'random_resized_crop')
+MEAN_SUBTRACTIONS = ('constant', 'channel', 'image')
+PCA_EIGENS = ('published', 'dataset')
 
 
 class DatasetNotReadyError(Exception):
@@ -106,13 +124,79 @@ def _check_imagenet_manual_files(config: ml_collections.ConfigDict,
   return manual_dir
 
 
+def _tar_names(path: str) -> list[str]:
+  """Member names of a tar (headers only: seeks past the data, seconds even for 150 GB)."""
+  try:
+    with tarfile.open(path, mode='r:') as tar:
+      return [m.name for m in tar.getmembers() if m.isfile()]
+  except tarfile.TarError as e:
+    raise DatasetNotReadyError(f'{path} is not a readable tar archive ({e}); download it again '
+                               'from https://image-net.org.') from e
+
+
+def _listing(names: Sequence[str], limit: int = 5) -> str:
+  shown = ', '.join(names[:limit])
+  return shown + (f' (and {len(names) - limit} more)' if len(names) > limit else '')
+
+
+def _check_imagenet_archives(manual_dir: str, builder: tfds.core.DatasetBuilder) -> None:
+  """Refuses, before hours of conversion, tars that tfds's imagenet2012 would fail on late or
+  silently mislabel: tfds takes each training class from a member's name (`<synset>.tar`) and
+  gives the i-th validation image in sorted name order the i-th label of its list of 50,000."""
+  synsets = set(builder.info.features['label'].names)
+  train_path = os.path.join(manual_dir, IMAGENET_MANUAL_FILES[0])
+  train_names = _tar_names(train_path)
+  bad = [n for n in train_names if not (n.endswith('.tar') and n[:-4] in synsets)]
+  if bad or not train_names:
+    raise DatasetNotReadyError(
+        f'{train_path} should hold one tar per class named by its WordNet id, e.g. '
+        f'n01440764.tar (the 1000 ILSVRC-2012 synsets), each holding that class\'s JPEGs '
+        f'(n01440764_10026.JPEG, ...). ' +
+        (f'Not ILSVRC-2012 class archives: {_listing(bad)}.' if bad else 'It holds no files.'))
+  val_path = os.path.join(manual_dir, IMAGENET_MANUAL_FILES[1])
+  val_names = _tar_names(val_path)
+  numbers, bad = [], []
+  for name in val_names:
+    match = _VAL_NAME.fullmatch(name)
+    if match:
+      numbers.append(int(match.group(1)))
+    else:
+      bad.append(name)
+  if bad or not val_names:
+    raise DatasetNotReadyError(
+        f'{val_path} should hold the validation JPEGs at its top level, named '
+        f'ILSVRC2012_val_00000001.JPEG ... ILSVRC2012_val_00050000.JPEG. ' +
+        (f'Other files: {_listing(bad)}.' if bad else 'It holds no files.'))
+  if sorted(numbers) != list(range(1, len(numbers) + 1)):
+    missing = sorted(set(range(1, max(numbers) + 1)) - set(numbers))
+    raise DatasetNotReadyError(
+        f'{val_path} holds {len(numbers)} validation images but not ILSVRC2012_val_00000001 to '
+        f'_{len(numbers):08d}: missing {_listing([f"{n:08d}" for n in missing])}. tfds labels '
+        f'the i-th image in name order with the i-th of the 50,000 validation labels, so a gap '
+        f'would mislabel every later image; use the complete ILSVRC2012_img_val.tar.')
+  if len(set(n[:-4] for n in train_names)) < len(synsets) or len(numbers) < 50_000:
+    logging.warning('%s holds %d of the %d classes and %s %d of the 50,000 validation images: '
+                    'a partial ImageNet.', train_path, len(train_names), len(synsets), val_path,
+                    len(numbers))
+
+
 def prepare_dataset(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
-  """Returns the builder of `config.dataset`, generating/preparing its files on first use."""
+  """Returns the builder of `config.dataset`, generating/preparing its files on first use, and
+  computing the training-set statistics the config asks for (mean image, RGB PCA) if they are
+  not cached yet."""
+  builder = _prepare_files(config)
+  if _needs_stats(config):
+    load_or_compute_stats(config, builder)
+  return builder
+
+
+def _prepare_files(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   builder = tfds.builder(config.dataset, data_dir=_data_dir(config))
   if builder.is_prepared():
     return builder
   if builder.name == 'imagenet2012':
     manual_dir = _check_imagenet_manual_files(config, builder)
+    _check_imagenet_archives(manual_dir, builder)
     if importlib.util.find_spec('importlib_resources') is None:
       # tfds 4.9.10 imports it to prepare its own datasets but does not declare it (Python 3.11).
       raise DatasetNotReadyError(
@@ -140,20 +224,63 @@ def num_examples(builder: tfds.core.DatasetBuilder, split: str) -> int:
 
 
 def decode_and_resize(jpeg_bytes: tf.Tensor, resize_size: int) -> tf.Tensor:
-  """JPEG -> shorter side `resize_size` (bilinear, antialiased) -> central square, uint8."""
-  image = tf.io.decode_jpeg(jpeg_bytes, channels=3, dct_method='INTEGER_ACCURATE')
-  shape = tf.shape(image)
-  height, width = shape[0], shape[1]
-  short = tf.minimum(height, width)
+  """JPEG -> shorter side `resize_size` (bilinear, antialiased) -> central square, uint8.
+
+  Decodes only the part of the JPEG the central square needs (`decode_and_crop_jpeg`, plus a
+  margin for the resampling kernel) and resamples it with the scale and offset of resizing the
+  whole image: the same pixels as resizing everything then cropping (up to float rounding, 1 level
+  on about 1 pixel in 10^4), without decoding the discarded sides of a landscape photograph.
+  """
+  shape = tf.image.extract_jpeg_shape(jpeg_bytes)
+  size = shape[:2]  # [height, width]
+  short = tf.reduce_min(size)
   # Integer rounding of side * resize_size / short, so the shorter side is exactly resize_size.
-  new_height = (height * resize_size + short // 2) // short
-  new_width = (width * resize_size + short // 2) // short
-  image = tf.image.resize(image, [new_height, new_width], method='bilinear', antialias=True)
-  top = (new_height - resize_size) // 2
-  left = (new_width - resize_size) // 2
-  image = image[top:top + resize_size, left:left + resize_size]
+  new_size = (size * resize_size + short // 2) // short
+  scale = tf.cast(new_size, tf.float32) / tf.cast(size, tf.float32)
+  start = (new_size - resize_size) // 2  # the central square, in resized coordinates
+  # The source window: the square's footprint plus the triangle kernel's reach (1/scale source
+  # pixels when shrinking) and a few pixels against JPEG block edges.
+  margin = tf.cast(tf.math.ceil(1.0 / tf.minimum(scale, 1.0)), tf.int32) + 8
+  low = tf.maximum(
+      tf.cast(tf.math.floor(tf.cast(start, tf.float32) / scale), tf.int32) - margin, 0)
+  high = tf.minimum(
+      tf.cast(tf.math.ceil(tf.cast(start + resize_size, tf.float32) / scale), tf.int32) + margin,
+      size)
+  window = tf.image.decode_and_crop_jpeg(jpeg_bytes, tf.concat([low, high - low], 0), channels=3,
+                                         dct_method='INTEGER_ACCURATE')
+  # What tf.image.resize(..., 'bilinear', antialias=True) runs, shifted to the window.
+  image = tf.raw_ops.ScaleAndTranslate(
+      images=tf.cast(window, tf.float32)[None], size=[resize_size, resize_size], scale=scale,
+      translation=tf.cast(low, tf.float32) * scale - tf.cast(start, tf.float32),
+      kernel_type='triangle', antialias=True)[0]
   image = tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
   return tf.ensure_shape(image, [resize_size, resize_size, 3])
+
+
+def decode_random_resized_crop(jpeg_bytes: tf.Tensor, seed: tf.Tensor, image_size: int,
+                               area_range: Sequence[float] = (0.08, 1.0),
+                               aspect_ratio_range: Sequence[float] = (3 / 4, 4 / 3)) -> tf.Tensor:
+  """The modern "Inception" crop (not the paper's): a random box of `area_range` of the image
+  and `aspect_ratio_range`, decoded alone and resized to `image_size` square; then a flip with
+  probability 1/2. float32 in [0, 255]. `seed`: a stateless seed, shape [2]."""
+  box_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
+  shape = tf.image.extract_jpeg_shape(jpeg_bytes)
+  begin, box_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      shape, bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=box_seed,
+      min_object_covered=0.0, aspect_ratio_range=tuple(aspect_ratio_range),
+      area_range=tuple(area_range), max_attempts=10, use_image_if_no_bounding_boxes=True)
+  window = tf.concat([begin[:2], box_size[:2]], 0)
+  image = tf.image.decode_and_crop_jpeg(jpeg_bytes, window, channels=3,
+                                        dct_method='INTEGER_ACCURATE')
+  image = tf.image.resize(image, [image_size, image_size], method='bilinear', antialias=True)
+  image = _flip(image, flip_seed)
+  return tf.ensure_shape(image, [image_size, image_size, 3])
+
+
+def _flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+  """Mirrored left-right with probability 1/2."""
+  flip = tf.random.stateless_uniform([], seed=seed) < 0.5
+  return tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
 
 
 def random_crop_and_flip(image: tf.Tensor, seed: tf.Tensor, image_size: int) -> tf.Tensor:
@@ -167,9 +294,7 @@ def random_crop_and_flip(image: tf.Tensor, seed: tf.Tensor, image_size: int) -> 
       [], seed=seeds[0], minval=0, maxval=shape[0] - image_size + 1, dtype=tf.int32)
   left = tf.random.stateless_uniform(
       [], seed=seeds[1], minval=0, maxval=shape[1] - image_size + 1, dtype=tf.int32)
-  image = image[top:top + image_size, left:left + image_size]
-  flip = tf.random.stateless_uniform([], seed=seeds[2]) < 0.5
-  image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
+  image = _flip(image[top:top + image_size, left:left + image_size], seeds[2])
   return tf.ensure_shape(image, [image_size, image_size, image.shape[-1]])
 
 
@@ -182,26 +307,146 @@ def center_crop(image: tf.Tensor, image_size: int) -> tf.Tensor:
   return tf.ensure_shape(image, [image_size, image_size, image.shape[-1]])
 
 
-def normalize(image: tf.Tensor, mean_rgb: Sequence[float],
-              std_rgb: Sequence[float] | None = None) -> tf.Tensor:
-  """float32 pixels in [0, 255] minus the per-channel mean; the paper stops there
-  (`std_rgb=None`). Dividing by a std is for the 'he' init of short runs (configs/tiny.py)."""
-  image = tf.cast(image, tf.float32) - tf.constant(mean_rgb, tf.float32)
-  if std_rgb:
+def ten_crop(image: tf.Tensor, image_size: int) -> tf.Tensor:
+  """The paper's test patches [10, S, S, C]: top-left, top-right, bottom-left, bottom-right and
+  centre `image_size` squares of `image`, then the same five mirrored left-right."""
+  shape = tf.shape(image)
+  bottom, right = shape[0] - image_size, shape[1] - image_size
+  corners = [(0, 0), (0, right), (bottom, 0), (bottom, right), (bottom // 2, right // 2)]
+  crops = tf.stack([image[t:t + image_size, l:l + image_size] for t, l in corners])
+  crops = tf.concat([crops, tf.reverse(crops, axis=[2])], axis=0)
+  return tf.ensure_shape(crops, [10, image_size, image_size, image.shape[-1]])
+
+
+def normalize(image: tf.Tensor, mean: Any, std_rgb: Sequence[float] | None = None) -> tf.Tensor:
+  """float32 pixels in [0, 255] minus the mean: per channel ([3]) or the mean image (same
+  shape as `image`, so subtract it before cropping and both are cropped alike). The paper stops
+  there (`std_rgb=None`); dividing by a std is for the 'he' init of short runs (configs/tiny.py)."""
+  image = tf.cast(image, tf.float32) - tf.constant(mean, tf.float32)
+  if std_rgb is not None and len(std_rgb):
     image = image / tf.constant(std_rgb, tf.float32)
   return image
 
 
-def pca_lighting(image: tf.Tensor, seed: tf.Tensor, alpha_std: float) -> tf.Tensor:
-  """The paper's colour augmentation: adds sum_i p_i * alpha_i * lambda_i to every pixel.
+def pca_noise(seed: tf.Tensor, alpha_std: float, eigval: Any = PCA_EIGVAL,
+              eigvec: Any = PCA_EIGVEC) -> tf.Tensor:
+  """sum_i p_i * alpha_i * lambda_i, alpha_i ~ N(0, alpha_std), in [0, 255] pixel units [3].
 
-  `image` is float in [0, 255]; the eigenvalues are for [0, 1] pixels, hence the factor 255.
+  `eigval`/`eigvec` (columns) are for pixels in [0, 1], hence the factor 255.
   """
   alpha = tf.random.stateless_normal([3], seed=seed, stddev=alpha_std)
-  eigvec = tf.constant(_PCA_EIGVEC, tf.float32)
-  eigval = tf.constant(_PCA_EIGVAL, tf.float32)
-  rgb = tf.linalg.matvec(eigvec, alpha * eigval) * 255.0
-  return tf.cast(image, tf.float32) + rgb
+  rgb = tf.linalg.matvec(tf.constant(eigvec, tf.float32), alpha * tf.constant(eigval, tf.float32))
+  return rgb * 255.0
+
+
+def pca_lighting(image: tf.Tensor, seed: tf.Tensor, alpha_std: float, eigval: Any = PCA_EIGVAL,
+                 eigvec: Any = PCA_EIGVEC) -> tf.Tensor:
+  """The paper's colour augmentation: the same `pca_noise` added to every pixel of `image`
+  (float, [0, 255]). Defaults: PAPER.md's published ImageNet values."""
+  return tf.cast(image, tf.float32) + pca_noise(seed, alpha_std, eigval, eigvec)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training-set statistics (mean image, RGB PCA): computed once, cached beside the dataset.
+
+
+def _needs_stats(config: ml_collections.ConfigDict) -> bool:
+  return (config.mean_subtraction in ('channel', 'image')
+          or (config.pca_lighting_std > 0 and config.pca_eigen == 'dataset'))
+
+
+def _stats_split(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder) -> str:
+  """The training split, or its first `stats_num_images` examples if it has more."""
+  if 0 < config.stats_num_images < num_examples(builder, config.train_split):
+    return f'{config.train_split}[:{config.stats_num_images}]'
+  return config.train_split
+
+
+def compute_stats(config: ml_collections.ConfigDict,
+                  builder: tfds.core.DatasetBuilder) -> dataset_stats.DatasetStats:
+  """One pass over the first `config.stats_num_images` training images (all if <= 0; tfds
+  shuffled the examples when it wrote the files, so a prefix is a random sample), decoded exactly
+  as for training: shorter side `resize_size`, central square."""
+  _hide_gpus_from_tf()
+  ds = _read(builder, _stats_split(config, builder), shuffle=False, seed=config.seed)
+  ds = ds.map(_no_autograph(lambda ex: decode_and_resize(ex['image'], config.resize_size)),
+              num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.batch(64).prefetch(tf.data.AUTOTUNE).with_options(_options())
+  return dataset_stats.accumulate(tfds.as_numpy(ds))
+
+
+def load_or_compute_stats(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder
+                          ) -> tuple[dataset_stats.DatasetStats, str]:
+  """The cached stats for (train split, resize_size, stats_num_images), computed and saved on
+  first use. Returns them and the cache file's path."""
+  path = dataset_stats.cache_path(os.fspath(builder.data_dir), config.train_split,
+                                  config.resize_size, config.stats_num_images)
+  if os.path.isfile(path):
+    try:
+      return dataset_stats.DatasetStats.load(path), path
+    except (ValueError, KeyError, OSError) as e:
+      logging.warning('Recomputing the dataset statistics: cannot use %s (%s).', path, e)
+  logging.info('Computing the training-set mean image and RGB PCA over %s of %s (once; cached '
+               'in %s).', _stats_split(config, builder), builder.name, path)
+  stats = compute_stats(config, builder)
+  stats.save(path)
+  return stats, path
+
+
+@dataclasses.dataclass(frozen=True)
+class PixelTransform:
+  """What the per-example functions subtract, divide by and add, resolved from the config and
+  (where it asks for them) the training-set statistics."""
+  mean: np.ndarray  # [3], or the mean image [resize_size, resize_size, 3]; [0, 255] pixels
+  std: np.ndarray | None  # [3] or None (the paper: no division)
+  pca_std: float  # alpha ~ N(0, pca_std); 0: no colour noise
+  eigval: np.ndarray  # [3], for [0, 1] pixels
+  eigvec: np.ndarray  # [3, 3], columns
+
+
+def pixel_transform(config: ml_collections.ConfigDict,
+                    builder: tfds.core.DatasetBuilder) -> PixelTransform:
+  """The config's mean subtraction and colour noise, loading the statistics they need."""
+  stats = load_or_compute_stats(config, builder)[0] if _needs_stats(config) else None
+  mean = {'constant': lambda: np.asarray(config.mean_rgb, np.float32),
+          'channel': lambda: stats.mean_rgb,
+          'image': lambda: stats.mean_image}[config.mean_subtraction]()
+  dataset_eigen = config.pca_eigen == 'dataset' and stats is not None
+  return PixelTransform(
+      mean=mean, std=np.asarray(config.std_rgb, np.float32) if config.std_rgb else None,
+      pca_std=float(config.pca_lighting_std),
+      eigval=stats.eigval if dataset_eigen else np.asarray(PCA_EIGVAL, np.float32),
+      eigvec=stats.eigvec if dataset_eigen else np.asarray(PCA_EIGVEC, np.float32))
+
+
+def train_example(image_or_jpeg: tf.Tensor, seed: tf.Tensor, config: ml_collections.ConfigDict,
+                  transform: PixelTransform) -> tf.Tensor:
+  """One training image, float32 [S, S, 3]. `config.train_crop`:
+  'random_crop' (the paper): the decoded resize_size square (uint8) -> colour noise -> minus the
+    mean (image) -> a random image_size crop, flipped with probability 1/2;
+  'random_resized_crop': JPEG bytes -> a random box decoded and resized -> flip -> colour noise
+    -> minus the per-channel mean (config.mean_subtraction 'image' is refused for it)."""
+  crop_seed, colour_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
+  if config.train_crop == 'random_resized_crop':
+    image = decode_random_resized_crop(image_or_jpeg, crop_seed, config.image_size,
+                                       area_range=config.rrc_area_range)
+  else:
+    image = image_or_jpeg
+  if transform.pca_std > 0:
+    image = pca_lighting(image, colour_seed, transform.pca_std, transform.eigval,
+                         transform.eigvec)
+  image = normalize(image, transform.mean, transform.std)
+  if config.train_crop == 'random_crop':
+    image = random_crop_and_flip(image, crop_seed, config.image_size)
+  return image
+
+
+def eval_example(image: tf.Tensor, crops: str, image_size: int,
+                 transform: PixelTransform) -> tf.Tensor:
+  """A decoded resize_size square -> minus the mean -> the central crop [S, S, 3] ('center') or
+  the paper's ten patches [10, S, S, 3] ('ten')."""
+  image = normalize(image, transform.mean, transform.std)
+  return ten_crop(image, image_size) if crops == 'ten' else center_crop(image, image_size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,7 +532,8 @@ def _records(builder: tfds.core.DatasetBuilder, split: Any,
 def _shard_stream(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder,
                   shard: int, num_shards: int, start: int) -> tf.data.Dataset:
   """Logical shard `shard`'s infinite stream of (position, decoded 256 x 256 image, label) from
-  position `start` on: epoch after epoch, each a fresh seeded permutation of the shard.
+  position `start` on: epoch after epoch, each a fresh seeded permutation of the shard. (For the
+  random-resized crop the image stays JPEG bytes: `train_example` decodes its box.)
 
   Epoch e's order is a function of (config.seed, shard, e) only, so resuming at position p
   starts at epoch p // n and skips p % n records (read, not decoded) of it.
@@ -305,8 +551,10 @@ def _shard_stream(config: ml_collections.ConfigDict, builder: tfds.core.DatasetB
 
   @_no_autograph
   def decode(ex: dict) -> dict:
-    return {'image': decode_and_resize(ex['image'], config.resize_size),
-            'label': tf.cast(ex['label'], tf.int32)}
+    # The random-resized crop decodes its own box from the JPEG bytes in `augment`.
+    image = (ex['image'] if config.train_crop == 'random_resized_crop'
+             else decode_and_resize(ex['image'], config.resize_size))
+    return {'image': image, 'label': tf.cast(ex['label'], tf.int32)}
 
   if config.cache_decoded:
     # Decode once (file order) and keep in memory; every epoch is an exact permutation of it.
@@ -347,7 +595,7 @@ def train_iterator(config: ml_collections.ConfigDict, builder: tfds.core.Dataset
                      f'{num_shards} input shards; use a multiple of {num_shards}.')
   shard_batch = config.batch_size // num_shards
   per_process = num_shards // process_count
-  pca_std = float(config.get('pca_lighting_std', 0.0) or 0.0)
+  transform = pixel_transform(config, builder)
 
   def shard_batches(shard: int) -> tf.data.Dataset:
     base_seed = tf.constant([config.seed, shard], tf.int64)
@@ -355,12 +603,7 @@ def train_iterator(config: ml_collections.ConfigDict, builder: tfds.core.Dataset
     @_no_autograph
     def augment(position: tf.Tensor, ex: dict) -> dict:
       seed = tf.random.experimental.stateless_fold_in(base_seed, position)
-      crop_seed, colour_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
-      image = random_crop_and_flip(ex['image'], crop_seed, config.image_size)
-      if pca_std > 0:
-        image = pca_lighting(image, colour_seed, pca_std)
-      return {'image': normalize(image, config.mean_rgb, config.get('std_rgb')),
-              'label': ex['label']}
+      return {'image': train_example(ex['image'], seed, config, transform), 'label': ex['label']}
 
     ds = _shard_stream(config, builder, shard, num_shards, start_step * shard_batch)
     ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
@@ -396,27 +639,35 @@ def eval_num_batches(config: ml_collections.ConfigDict, builder: tfds.core.Datas
 
 
 def eval_iterator(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder, *,
-                  process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
+                  process_index: int = 0, process_count: int = 1,
+                  crops: str | None = None) -> Iterator[dict]:
   """One pass: {'image', 'label', 'mask'}; the last batch is padded (mask 0) to full size.
 
-  Every process yields the same number of batches (SPMD steps stay in lock-step), and every
-  eval image is in exactly one process's batches with mask 1.
+  `crops` (default config.eval_crops): 'center' gives images [B, S, S, 3]; 'ten' gives the
+  paper's ten patches of each image, [B, 10, S, S, 3]. Every process yields the same number of
+  batches (SPMD steps stay in lock-step), and every eval image is in exactly one process's
+  batches with mask 1.
   """
   _hide_gpus_from_tf()
+  crops = crops or config.eval_crops
+  if crops not in EVAL_CROPS:
+    raise ValueError(f'crops={crops!r}: use one of {", ".join(EVAL_CROPS)}.')
   shards, batch_size, num_batches = _eval_shards(config, builder, process_count)
   shard = shards[process_index]
   num_padding = num_batches * batch_size - builder.info.splits[shard].num_examples
+  transform = pixel_transform(config, builder)
   ds = _read(builder, shard, shuffle=False, seed=config.seed)
 
   @_no_autograph
   def preprocess(ex: dict) -> dict:
-    image = center_crop(decode_and_resize(ex['image'], config.resize_size), config.image_size)
-    return {'image': normalize(image, config.mean_rgb, config.get('std_rgb')),
+    image = decode_and_resize(ex['image'], config.resize_size)
+    return {'image': eval_example(image, crops, config.image_size, transform),
             'label': tf.cast(ex['label'], tf.int32),
             'mask': tf.constant(1.0, tf.float32)}
 
   ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
-  padding = {'image': tf.zeros([config.image_size, config.image_size, 3], tf.float32),
+  image_shape = [config.image_size, config.image_size, 3]
+  padding = {'image': tf.zeros(([10] if crops == 'ten' else []) + image_shape, tf.float32),
              'label': tf.constant(0, tf.int32),
              'mask': tf.constant(0.0, tf.float32)}
   ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat(num_padding))

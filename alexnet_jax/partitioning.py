@@ -216,15 +216,26 @@ def _split_keep(keep, layer: str, parts: int) -> list:
   return jnp.split(keep[layer], parts, axis=1)
 
 
-def both_towers_fcs(tower: model_lib.Tower, params, x: jax.Array, keep) -> jax.Array:
-  """fc6, fc7, fc8 of BOTH towers on one device, from flattened pool5: global logits [B, C]."""
+def both_towers_fc7(tower: model_lib.Tower, params, x: jax.Array, keep) -> jax.Array:
+  """fc6 and fc7 of BOTH towers on one device, from flattened pool5: fc7 of both [B, 2 x fc7]
+  (with `keep=None`, the features the paper's Fig. 4 compares)."""
   p = _tower_slices(params)
   for layer in ('fc6', 'fc7'):
     x = jnp.concatenate([
         tower.apply({'params': pt}, x, k, layer, method=model_lib.Tower.fc6_fc7)
         for pt, k in zip(p, _split_keep(keep, layer, 2))], -1)
-  return jnp.concatenate(
-      [tower.apply({'params': pt}, x, method=model_lib.Tower.logits) for pt in p], -1)
+  return x
+
+
+def both_towers_logits(tower: model_lib.Tower, params, fc7: jax.Array) -> jax.Array:
+  """fc8 of BOTH towers on one device, from both towers' fc7: global logits [B, C]."""
+  return jnp.concatenate([tower.apply({'params': pt}, fc7, method=model_lib.Tower.logits)
+                          for pt in _tower_slices(params)], -1)
+
+
+def both_towers_fcs(tower: model_lib.Tower, params, x: jax.Array, keep) -> jax.Array:
+  """fc6, fc7, fc8 of BOTH towers on one device, from flattened pool5: global logits [B, C]."""
+  return both_towers_logits(tower, params, both_towers_fc7(tower, params, x, keep))
 
 
 def both_towers(tower: model_lib.Tower):

@@ -73,6 +73,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f'config.image_size={config.image_size} is too small for the network '
                       '(pool5 needs at least 1 x 1); use 35 or more.')
   _validate_loop_fields(config)
+  _validate_preprocessing(config)
   strategy = partitioning.make_strategy(config.parallelism, tower,
                                         num_devices=config.get('num_devices', 0))
   data_parallel = strategy.batch_shards
@@ -113,6 +114,32 @@ def _validate_loop_fields(config: ml_collections.ConfigDict) -> None:
                       '1 <= first <= last, e.g. --config.profile_steps="(10, 12)".')
 
 
+def _validate_preprocessing(config: ml_collections.ConfigDict) -> None:
+  """The data fields of configs/default.py: known choices, and combinations that work."""
+  choices = {'mean_subtraction': input_pipeline.MEAN_SUBTRACTIONS,
+             'pca_eigen': input_pipeline.PCA_EIGENS,
+             'train_crop': input_pipeline.TRAIN_CROPS,
+             'eval_crops': input_pipeline.EVAL_CROPS,
+             'final_eval_crops': input_pipeline.EVAL_CROPS}
+  for field, allowed in choices.items():
+    if config[field] not in allowed:
+      raise ConfigError(f'config.{field}={config[field]!r} is not one of '
+                        f'{", ".join(map(repr, allowed))}.')
+  if not config.pca_lighting_std >= 0:
+    raise ConfigError(f'config.pca_lighting_std={config.pca_lighting_std} must be >= 0 '
+                      '(0 turns the colour noise off; the paper uses 0.1).')
+  if config.train_crop == 'random_resized_crop':
+    if config.mean_subtraction == 'image':
+      raise ConfigError(
+          "config.train_crop='random_resized_crop' resizes a random box of the photograph, "
+          "which has no place in the mean image; use --config.mean_subtraction=channel (or "
+          "'constant') with it.")
+    low, high = config.rrc_area_range
+    if not 0 < low <= high <= 1:
+      raise ConfigError(f'config.rrc_area_range={tuple(config.rrc_area_range)} must satisfy '
+                        '0 < low <= high <= 1 (fractions of the image area).')
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Softmax cross-entropy per example on the (possibly class-sharded) logits."""
   one_hot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
@@ -150,13 +177,27 @@ def train_step(state: TrainState, batch: dict, *, strategy: partitioning.Strateg
 
 
 def eval_step(params, batch: dict, *, strategy: partitioning.Strategy) -> dict:
-  """Sums over the real (mask = 1) examples of a padded batch: loss, top-1 and top-5 hits."""
-  logits = strategy.forward(params, batch['image'], None)
+  """Sums over the real (mask = 1) examples of a padded batch: loss, top-1 and top-5 hits.
+
+  `batch['image']` is [B, S, S, 3] (one crop per image) or [B, N, S, S, 3]: N crops per image
+  (the paper's ten patches), whose softmax outputs are averaged before the loss and the top-k.
+  The crops go through the network one position at a time, so memory is that of one crop.
+  """
+  images = batch['image']
+  if images.ndim == 4:
+    log_probs = jax.nn.log_softmax(strategy.forward(params, images, None))
+  else:
+    num_crops = images.shape[1]
+    crop_log_probs = jax.lax.map(
+        lambda i: jax.nn.log_softmax(strategy.forward(params, images[:, i], None)),
+        jnp.arange(num_crops))  # [N, B, C]
+    # log of the mean of the N softmax outputs
+    log_probs = jax.nn.logsumexp(crop_log_probs, axis=0) - jnp.log(float(num_crops))
   mask = batch['mask']
-  k5 = min(5, logits.shape[-1])
-  return {'loss': jnp.sum(cross_entropy(logits, batch['label']) * mask),
-          'top1': jnp.sum(top_k_correct(logits, batch['label'], 1) * mask),
-          'top5': jnp.sum(top_k_correct(logits, batch['label'], k5) * mask),
+  k5 = min(5, log_probs.shape[-1])
+  return {'loss': jnp.sum(cross_entropy(log_probs, batch['label']) * mask),
+          'top1': jnp.sum(top_k_correct(log_probs, batch['label'], 1) * mask),
+          'top5': jnp.sum(top_k_correct(log_probs, batch['label'], k5) * mask),
           'count': jnp.sum(mask)}
 
 
@@ -260,12 +301,16 @@ class MetricsWriter:
       self._summary = None
 
 
-def evaluate(params, eval_fn, config, builder, strategy) -> dict:
-  """Top-1 / top-5 accuracy and loss over the evaluation split, each image counted once."""
+def evaluate(params, eval_fn, config, builder, strategy, crops: str | None = None) -> dict:
+  """Top-1 / top-5 accuracy and loss over the evaluation split, each image counted once.
+
+  `crops`: 'center' or 'ten' (the paper's ten patches, softmax averaged); default
+  config.eval_crops. `eval_fn` is the jitted eval_step (it compiles once per crop mode).
+  """
   totals = None
   group, groups = strategy.input_group(config.eval_batch_size)
   batches = input_pipeline.eval_iterator(config, builder, process_index=group,
-                                         process_count=groups)
+                                         process_count=groups, crops=crops)
   for batch in prefetch_to_mesh(batches, strategy.batch_sharding):
     sums = eval_fn(params, batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
@@ -276,9 +321,9 @@ def evaluate(params, eval_fn, config, builder, strategy) -> dict:
 
 
 def final_evaluation(params, eval_fn, config, builder, strategy) -> dict:
-  """The evaluation after the last step: the numbers a run reports (the one place to change how
-  the final evaluation is done)."""
-  return evaluate(params, eval_fn, config, builder, strategy)
+  """The evaluation after the last step, the numbers a run reports: with
+  config.final_eval_crops ('ten': the paper's ten patches)."""
+  return evaluate(params, eval_fn, config, builder, strategy, crops=config.final_eval_crops)
 
 
 def _format_duration(seconds: float) -> str:
@@ -482,11 +527,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                        eval_metrics['val_top1'], eval_metrics['val_top5'],
                        eval_metrics['val_loss'], eval_metrics['val_examples'])
         if save_now:
+          # "Best" compares evaluations made the same way: a final one with other crops does
+          # not compete (the last checkpoint is kept anyway).
+          comparable = eval_now and not (last and config.final_eval_crops != config.eval_crops)
           checkpoints.save(
               step, state,
               checkpointing.make_meta(config, step, stream_shards, schedule,
                                       eval_metrics if eval_now else None),
-              val_error=1.0 - eval_metrics['val_top1'] if eval_now else None)
+              val_error=1.0 - eval_metrics['val_top1'] if comparable else None)
         if stop and not last:
           checkpoints.wait()
           preempted_at = step

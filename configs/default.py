@@ -19,8 +19,28 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval_split = 'validation'
   c.resize_size = 256  # shorter side -> 256, then the central 256 x 256 patch (paper, section 2)
   c.image_size = 224  # random crop for training, centre crop for evaluation (paper, section 4.1)
-  c.mean_rgb = (123.68, 116.78, 103.94)  # subtracted from pixels in [0, 255]
+  # Mean subtraction (pixels in [0, 255]): 'constant' subtracts `mean_rgb`; 'channel' the
+  # training set's mean pixel; 'image' its mean resize_size x resize_size image (the paper,
+  # section 2), cropped like the input. 'channel' and 'image' are computed once over
+  # `stats_num_images` training images and cached beside the dataset (alexnet_jax/dataset_stats.py).
+  c.mean_subtraction = 'constant'
+  c.mean_rgb = (123.68, 116.78, 103.94)
   c.std_rgb = ()  # () = the paper: no division. Set with model.init_scheme = 'he'.
+  # The paper's colour noise (section 4.1): alpha ~ N(0, pca_lighting_std) along the RGB
+  # principal components, per image per use; 0 = off. `pca_eigen`: 'published' (PAPER.md's
+  # ImageNet values) or 'dataset' (computed from the training set like the mean image).
+  c.pca_lighting_std = 0.0
+  c.pca_eigen = 'published'
+  c.stats_num_images = -1  # training images the mean image and PCA use; -1: all of them
+  # Training crop: 'random_crop' (the paper: a random image_size patch of the resize_size square,
+  # and its mirror image) or 'random_resized_crop' (the modern Inception crop of a random
+  # `rrc_area_range` fraction of the image, resized to image_size; not the paper's).
+  c.train_crop = 'random_crop'
+  c.rrc_area_range = (0.08, 1.0)
+  # Evaluation patches: 'center' (one image_size crop) or 'ten' (the paper's 4 corners + centre
+  # and their mirror images, softmax averaged). `final_eval_crops` is for the last evaluation.
+  c.eval_crops = 'center'
+  c.final_eval_crops = 'center'
   c.cache_decoded = False  # keep the decoded 256 x 256 images in memory (small datasets only)
   c.shuffle_buffer = 10_000  # encoded images per input shard (cache_decoded: whole epochs)
   # Logical shards of the training stream; 0 = one per process. Fix it (e.g. to the largest

@@ -16,6 +16,16 @@ from configs import default
 def get_config():
   c = default.get_config()
   c.dataset = 'imagenet2012'
+  # Section 2 and 4.1: the mean image and the RGB PCA of the whole training set (computed once,
+  # cached beside the dataset), colour noise with std 0.1, random 224 crops and their mirrors;
+  # centre-crop evaluation during training, the ten patches for the final evaluation.
+  c.mean_subtraction = 'image'
+  c.pca_lighting_std = 0.1
+  c.pca_eigen = 'dataset'
+  c.stats_num_images = -1
+  c.train_crop = 'random_crop'
+  c.eval_crops = 'center'
+  c.final_eval_crops = 'ten'
   c.model.num_classes = 1000
   c.batch_size = 128
   c.eval_batch_size = 250

@@ -93,6 +93,26 @@ def test_decode_and_resize_matches_pil(shape):
   assert np.abs(out - shifted).mean() > 5 * error.mean() + 1
 
 
+def _full_decode_resize_crop(jpeg: bytes, size: int) -> np.ndarray:
+  """Reference: decode everything, tf.image.resize everything, then slice the central square."""
+  image = tf.io.decode_jpeg(jpeg, channels=3, dct_method='INTEGER_ACCURATE')
+  h, w = image.shape[:2]
+  short = min(h, w)
+  new_h, new_w = (h * size + short // 2) // short, (w * size + short // 2) // short
+  image = tf.image.resize(image, [new_h, new_w], method='bilinear', antialias=True).numpy()
+  top, left = (new_h - size) // 2, (new_w - size) // 2
+  return np.clip(np.round(image[top:top + size, left:left + size]), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize('shape,size', [((375, 500), 256), ((500, 333), 256), ((1000, 700), 256),
+                                        ((480, 640), 72), ((60, 200), 256)])
+def test_decoding_only_the_central_square_equals_decoding_everything(shape, size):
+  jpeg = _stripes_jpeg(*shape)
+  out = input_pipeline.decode_and_resize(tf.constant(jpeg), size).numpy().astype(np.int16)
+  difference = np.abs(out - _full_decode_resize_crop(jpeg, size))
+  assert difference.max() <= 1 and (difference > 0).mean() < 1e-3
+
+
 def test_decode_and_resize_on_dataset_images(builder):
   for jpeg, _ in _split(builder, 'validation')[:10]:
     out = input_pipeline.decode_and_resize(tf.constant(jpeg), 256).numpy().astype(np.float32)
@@ -140,6 +160,49 @@ def test_center_crop_and_normalize():
   normed = input_pipeline.normalize(tf.constant(image), MEAN_RGB).numpy()
   assert normed.dtype == np.float32
   np.testing.assert_allclose(normed, image.astype(np.float32) - MEAN_RGB, atol=1e-4)
+
+
+@pytest.mark.parametrize('shape,size', [((256, 256), 224), ((72, 72), 64), ((40, 50), 31)])
+def test_ten_crop_is_the_four_corners_the_centre_and_their_mirror_images(shape, size):
+  image = np.random.default_rng(2).integers(0, 256, size=shape + (3,), dtype=np.uint8)
+  out = input_pipeline.ten_crop(tf.constant(image), size).numpy()
+  h, w = shape
+  c_top, c_left = (h - size) // 2, (w - size) // 2
+  expected = [image[:size, :size], image[:size, w - size:], image[h - size:, :size],
+              image[h - size:, w - size:], image[c_top:c_top + size, c_left:c_left + size]]
+  expected += [patch[:, ::-1] for patch in expected]
+  assert out.shape == (10, size, size, 3)
+  for got, want in zip(out, expected):
+    assert np.array_equal(got, want)
+  # The centre patch is the one center_crop takes.
+  assert np.array_equal(out[4], input_pipeline.center_crop(tf.constant(image), size).numpy())
+
+
+def _pca_noise_samples(n, alpha_std, eigval, eigvec):
+  seeds = tf.random.experimental.stateless_split(tf.constant([11, 12], tf.int64), num=n)
+  return tf.vectorized_map(
+      lambda s: input_pipeline.pca_noise(s, alpha_std, eigval, eigvec), seeds).numpy()
+
+
+@pytest.mark.parametrize('which', ['published', 'other'])
+def test_pca_noise_has_the_papers_covariance(which):
+  if which == 'published':
+    eigval, eigvec = np.array(input_pipeline.PCA_EIGVAL), np.array(input_pipeline.PCA_EIGVEC)
+  else:  # any orthonormal basis, eigenvalues of a different spread
+    eigvec = np.linalg.qr(np.random.default_rng(3).normal(size=(3, 3)))[0]
+    eigval = np.array([0.05, 0.03, 0.01])
+  sigma, n = 0.1, 40_000
+  noise = _pca_noise_samples(n, sigma, eigval, eigvec)  # [n, 3], [0, 255] units
+  expected = 255.0**2 * sum(eigval[i]**2 * sigma**2 * np.outer(eigvec[:, i], eigvec[:, i])
+                            for i in range(3))
+  covariance = noise.T @ noise / n  # the noise has mean 0
+  # Sampling error of a covariance entry over n draws: about sqrt(2 / n) = 0.7 % of the largest.
+  np.testing.assert_allclose(covariance, expected, atol=0.03 * np.abs(expected).max())
+  # Along each eigenvector separately (the small ones are invisible in the absolute check).
+  for i in range(3):
+    variance = np.mean((noise @ eigvec[:, i])**2)
+    assert abs(variance / (255.0 * eigval[i] * sigma)**2 - 1) < 0.04
+  assert np.abs(noise.mean(axis=0)).max() < 4 * np.sqrt(np.diag(expected).max() / n)
 
 
 def test_pca_lighting_adds_one_colour_per_image():
@@ -253,36 +316,49 @@ def test_train_stream_resumes_exactly_and_ignores_the_process_count(builder, dat
 
 @pytest.fixture(scope='module')
 def train_patches(builder):
-  """The 256 x 256 patch of every training image by PIL (independent of the pipeline)."""
+  """The 72 x 72 patch of every training image by PIL (independent of the pipeline)."""
   examples = _split(builder, 'train')
-  patches = np.stack([np.rint(_pil_resize_and_crop(jpeg)) for jpeg, _ in examples])
+  patches = np.stack([np.rint(_pil_resize_and_crop(jpeg, 72)) for jpeg, _ in examples])
   return patches.astype(np.int16), np.array([label for _, label in examples])
 
 
-@pytest.mark.parametrize('cache_decoded', [False, True])
+@pytest.mark.parametrize('cache_decoded,mean_subtraction', [(False, 'constant'),
+                                                             (True, 'constant'), (True, 'image')])
 def test_train_batch_is_a_mean_subtracted_crop_of_a_training_image(builder, data_dir,
-                                                                   train_patches, cache_decoded):
+                                                                   train_patches, cache_decoded,
+                                                                   mean_subtraction):
   patches, labels = train_patches
-  config = _config(data_dir, cache_decoded=cache_decoded)
+  # 64 x 64 crops of the 72 x 72 squares (9 x 9 offsets): the same code as 224 of 256, a
+  # search 13 times smaller.
+  config = _config(data_dir, cache_decoded=cache_decoded, mean_subtraction=mean_subtraction,
+                   stats_num_images=100, resize_size=72, image_size=64)
+  mean = (input_pipeline.load_or_compute_stats(config, builder)[0].mean_image
+          if mean_subtraction == 'image' else MEAN_RGB)
+  # What every crop must be a window of (the mean cropped alike).
+  centred = (patches - mean).astype(np.float32)
   batch = next(input_pipeline.train_iterator(config, builder))
-  # Windows of 8 x 8 at all 33 x 33 offsets of every patch: [N, 33, 33, 3, 8, 8].
-  windows = np.lib.stride_tricks.sliding_window_view(patches[:, :40, :40], (8, 8), axis=(1, 2))
   placements = set()
   for k in range(4):
-    pixels = batch['image'][k] + MEAN_RGB  # undo the mean: must be back on the 0..255 grid
-    assert np.abs(pixels - np.rint(pixels)).max() < 1e-3
-    assert pixels.min() > -0.5 and pixels.max() < 255.5
+    image = batch['image'][k]
     best = None
     for flipped in (False, True):
-      crop = pixels[:, ::-1] if flipped else pixels
-      corner = np.rint(crop[:8, :8]).astype(np.int16).transpose(2, 0, 1)  # [3, 8, 8]
-      errors = np.abs(windows - corner).mean(axis=(3, 4, 5))  # [N, 33, 33]
+      crop = image[:, ::-1] if flipped else image
+      # Squared error of the crop's 8 x 8 corner against the window at each of the 9 x 9
+      # offsets of every centred patch: [N, 9, 9].
+      errors = np.zeros(centred.shape[:1] + (9, 9), np.float32)
+      for dy in range(8):
+        for dx in range(8):
+          errors += np.square(centred[:, dy:dy + 9, dx:dx + 9] - crop[dy, dx]).sum(-1)
       n, top, left = np.unravel_index(np.argmin(errors), errors.shape)
       if best is None or errors[n, top, left] < best[0]:
         best = (errors[n, top, left], n, top, left, flipped)
     _, n, top, left, flipped = best
-    crop = pixels[:, ::-1] if flipped else pixels
-    assert np.abs(patches[n, top:top + 224, left:left + 224] - crop).mean() < 0.5
+    crop = image[:, ::-1] if flipped else image
+    assert np.abs(centred[n, top:top + 64, left:left + 64] - crop).mean() < 0.5
+    # Adding the mean back (cropped at the same place) lands on the 0..255 grid.
+    pixels = crop + (mean[top:top + 64, left:left + 64] if mean.ndim == 3 else mean)
+    assert np.abs(pixels - np.rint(pixels)).max() < 1e-3
+    assert pixels.min() > -0.5 and pixels.max() < 255.5
     assert labels[n] == batch['label'][k]
     placements.add((top, left, flipped))
   assert len(placements) > 1  # each example draws its own crop
@@ -307,3 +383,135 @@ def test_imagenet_without_tars_says_what_to_do_and_writes_nothing(tmp_path):
     input_pipeline.prepare_dataset(config)
   assert os.fspath(data_dir / 'downloads' / 'manual') in str(info.value)
   assert not data_dir.exists() or not any(data_dir.rglob('*'))
+
+
+# ---------------------------------------------------------------------------------------------
+# Training-set statistics, the mean image, ten-crop evaluation, the random-resized crop.
+
+
+def test_dataset_stats_match_numpy_and_are_cached_beside_the_dataset(builder, data_dir):
+  config = _config(data_dir, resize_size=72, mean_subtraction='image', stats_num_images=100)
+  stats, path = input_pipeline.load_or_compute_stats(config, builder)
+  assert os.path.dirname(path) == os.fspath(builder.data_dir)
+  # Reference: the first 100 training images in file order, one at a time, numpy float64.
+  images = np.stack([input_pipeline.decode_and_resize(tf.constant(jpeg), 72).numpy()
+                     for jpeg, _ in _split(builder, 'train[:100]')]).astype(np.float64)
+  assert stats.num_images == 100 and stats.mean_image.shape == (72, 72, 3)
+  np.testing.assert_allclose(stats.mean_image, images.mean(axis=0), atol=1e-3)
+  np.testing.assert_allclose(stats.mean_rgb, images.mean(axis=(0, 1, 2)), atol=1e-3)
+  covariance = np.cov(images.reshape(-1, 3).T / 255.0, bias=True)
+  eigval, eigvec = np.linalg.eigh(covariance)
+  np.testing.assert_allclose(stats.eigval, eigval[::-1], rtol=1e-4)
+  np.testing.assert_allclose(stats.eigvec @ np.diag(stats.eigval) @ stats.eigvec.T, covariance,
+                             atol=1e-6)
+  np.testing.assert_allclose(stats.eigvec.T @ stats.eigvec, np.eye(3), atol=1e-5)
+  # Later runs load the file (not rewritten); another image count is another file.
+  mtime = os.stat(path).st_mtime_ns
+  again, again_path = input_pipeline.load_or_compute_stats(config, builder)
+  assert again_path == path and os.stat(path).st_mtime_ns == mtime
+  assert np.array_equal(again.mean_image, stats.mean_image)
+  config.stats_num_images = 50
+  assert input_pipeline.load_or_compute_stats(config, builder)[1] != path
+
+
+def test_prepare_dataset_computes_the_stats_the_config_needs(data_dir):
+  config = _config(data_dir, resize_size=72, mean_subtraction='constant', pca_lighting_std=0.1,
+                   pca_eigen='dataset', stats_num_images=40)
+  builder = input_pipeline.prepare_dataset(config)
+  path = os.path.join(builder.data_dir, 'alexnet_jax_stats-train-r72-n40.npz')
+  assert os.path.isfile(path)
+  transform = input_pipeline.pixel_transform(config, builder)
+  stats = input_pipeline.dataset_stats.DatasetStats.load(path)
+  assert np.array_equal(transform.eigval, stats.eigval)
+  assert np.array_equal(transform.mean, MEAN_RGB)  # 'constant' keeps config.mean_rgb
+  config.pca_eigen = 'published'
+  assert np.allclose(input_pipeline.pixel_transform(config, builder).eigvec,
+                     input_pipeline.PCA_EIGVEC)
+
+
+def test_train_example_subtracts_the_mean_image_cropped_like_the_input():
+  """image - mean image, one colour added, cropped and flipped together (the paper's order)."""
+  rng = np.random.default_rng(4)
+  image = rng.integers(0, 256, size=(40, 40, 3), dtype=np.uint8)
+  mean_image = rng.uniform(50, 200, size=(40, 40, 3)).astype(np.float32)
+  eigvec = np.linalg.qr(rng.normal(size=(3, 3)))[0].astype(np.float32)
+  eigval = np.array([0.2, 0.05, 0.01], np.float32)
+  transform = input_pipeline.PixelTransform(mean=mean_image, std=None, pca_std=0.1,
+                                            eigval=eigval, eigvec=eigvec)
+  config = default.get_config()
+  config.image_size = 32
+  centred = image.astype(np.float64) - mean_image
+  placements = set()
+  for s in range(12):
+    seed = tf.constant([s, 1], tf.int64)
+    out = input_pipeline.train_example(tf.constant(image), seed, config, transform).numpy()
+    found = []
+    for top in range(9):
+      for left in range(9):
+        for flipped in (False, True):
+          window = centred[top:top + 32, left:left + 32]
+          window = window[:, ::-1] if flipped else window
+          colour = (out - window).reshape(-1, 3)
+          if np.ptp(colour, axis=0).max() < 1e-3:  # one colour over the whole crop
+            found.append((top, left, flipped, colour[0]))
+    assert len(found) == 1, f'seed {s}: {len(found)} placements fit'
+    top, left, flipped, colour = found[0]
+    placements.add((top, left, flipped))
+    # The colour is 255 * eigvec @ (alpha * eigval): alpha = its coordinates, N(0, 0.1) draws.
+    alpha = eigvec.T @ colour / 255.0 / eigval
+    assert np.all(np.abs(alpha) < 0.5) and np.abs(alpha).max() > 1e-4
+  assert len(placements) > 6
+
+
+def test_eval_iterator_ten_crops_every_image_once(builder, data_dir):
+  config = _config(data_dir, resize_size=72, image_size=64, mean_subtraction='image',
+                   stats_num_images=100, eval_crops='ten')
+  batches = list(input_pipeline.eval_iterator(config, builder))
+  assert len(batches) == 4  # ceil(80 / 24)
+  assert all(b['image'].shape == (24, 10, 64, 64, 3) for b in batches)
+  masks = np.concatenate([b['mask'] for b in batches])
+  assert masks.sum() == 80 and masks[:80].all()
+  labels, images = _real_eval(batches)
+  expected = _split(builder, 'validation')
+  assert labels == [label for _, label in expected]
+  mean_image = input_pipeline.load_or_compute_stats(config, builder)[0].mean_image
+  for index in (0, 79):  # first and last real images: independent slicing of (image - mean)
+    centred = (input_pipeline.decode_and_resize(tf.constant(expected[index][0]), 72).numpy()
+               - mean_image)
+    patches = [centred[:64, :64], centred[:64, 8:], centred[8:, :64], centred[8:, 8:],
+               centred[4:68, 4:68]]
+    patches += [p[:, ::-1] for p in patches]
+    np.testing.assert_allclose(images[index], np.stack(patches), atol=1e-4)
+  # The centre-crop iterator's image is the fifth patch.
+  centre = list(input_pipeline.eval_iterator(config, builder, crops='center'))
+  np.testing.assert_allclose(centre[0]['image'][0], batches[0]['image'][0, 4], atol=1e-5)
+
+
+def test_random_resized_crop_decodes_a_box_and_flips_half_the_time():
+  jpeg = _stripes_jpeg(120, 160)
+  whole = tf.image.resize(tf.io.decode_jpeg(jpeg, channels=3, dct_method='INTEGER_ACCURATE'),
+                          [48, 48], method='bilinear', antialias=True).numpy()
+  crop = tf.function(lambda seed, area: input_pipeline.decode_random_resized_crop(
+      tf.constant(jpeg), seed, 48, area_range=area, aspect_ratio_range=(0.5, 2.0)))
+  # The whole image as the box: the resized image or its mirror, about equally often.
+  flips = []
+  for s in range(60):
+    out = crop(tf.constant([s, 0], tf.int64), (1.0, 1.0)).numpy()
+    assert out.shape == (48, 48, 3)
+    flipped = np.abs(out - whole[:, ::-1]).max() < 1e-3
+    assert flipped or np.abs(out - whole).max() < 1e-3
+    flips.append(flipped)
+  assert 0.3 < np.mean(flips) < 0.7
+  # Small boxes: different boxes per seed, none equal to the whole image.
+  outs = [crop(tf.constant([s, 0], tf.int64), (0.1, 0.3)).numpy() for s in range(5)]
+  assert all(np.abs(o - whole).mean() > 5 and np.abs(o - whole[:, ::-1]).mean() > 5 for o in outs)
+  assert len({o.tobytes() for o in outs}) == 5
+
+
+def test_train_iterator_with_the_random_resized_crop(builder, data_dir):
+  config = _config(data_dir, train_crop='random_resized_crop', image_size=64, batch_size=8,
+                   pca_lighting_std=0.1)
+  batch = next(input_pipeline.train_iterator(config, builder))
+  assert batch['image'].shape == (8, 64, 64, 3) and batch['image'].dtype == np.float32
+  again = next(input_pipeline.train_iterator(config, builder))
+  assert np.array_equal(batch['image'], again['image'])

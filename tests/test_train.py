@@ -1,7 +1,16 @@
-"""Config checks that refuse a run before anything is compiled or written."""
+"""Config checks that refuse a run before anything is compiled or written; evaluation against
+a by-hand computation."""
 
+import jax
+import numpy as np
 import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
 
+from alexnet_jax import input_pipeline
+from alexnet_jax import model as model_lib
+from alexnet_jax import optimizer as optimizer_lib
+from alexnet_jax import partitioning
 from alexnet_jax import train
 from configs import tiny
 
@@ -46,3 +55,90 @@ def test_device_count_the_strategy_cannot_use_is_refused():
   config.num_devices = 3  # towers: one tower per device, exactly 2
   with pytest.raises(train.ConfigError, match='num_devices=3'):
     train.validate_config(config)
+
+
+@pytest.mark.parametrize('field,value,words', [
+    ('eval_crops', 'five', ['eval_crops', "'ten'"]),
+    ('mean_subtraction', 'median', ['mean_subtraction', "'image'"]),
+    ('pca_lighting_std', -0.1, ['pca_lighting_std', '0.1']),
+])
+def test_bad_preprocessing_field_is_refused(field, value, words):
+  config = tiny.get_config()
+  config[field] = value
+  with pytest.raises(train.ConfigError) as e:
+    train.validate_config(config)
+  for word in words:
+    assert word in str(e.value)
+
+
+def test_random_resized_crop_with_the_mean_image_is_refused():
+  config = tiny.get_config()
+  config.train_crop = 'random_resized_crop'
+  config.mean_subtraction = 'image'
+  with pytest.raises(train.ConfigError, match='mean_subtraction=channel'):
+    train.validate_config(config)
+  config.mean_subtraction = 'channel'
+  train.validate_config(config)  # no exception
+
+
+@pytest.fixture(scope='module')
+def eval_setup(tmp_path_factory):
+  """The tiny config's untrained network on 2 of the 8 CPU devices, and its validation split."""
+  config = tiny.get_config()
+  config.data_dir = str(tmp_path_factory.mktemp('tfds'))
+  config.eval_batch_size = 24  # 80 validation images: no batch of 24 divides them
+  builder = input_pipeline.prepare_dataset(config)
+  tower = model_lib.make_tower(config.model, config.model.num_classes)
+  strategy = partitioning.make_strategy('towers', tower, num_devices=2)
+  tx = optimizer_lib.paper_sgd(learning_rate=0.01)
+  params = train.create_train_state(config, tower, strategy, tx, jax.random.key(3)).params
+  ds = builder.as_dataset(split='validation', shuffle_files=False,
+                          decoders={'image': tfds.decode.SkipDecoding()})
+  examples = [(ex['image'], int(ex['label'])) for ex in tfds.as_numpy(ds)]
+  return config, builder, tower, params, examples
+
+
+def _by_hand(config, params, forward, examples, crops):
+  """Numpy: the crops by slicing, the softmax of each (float64), averaged over the crops."""
+  size, s = config.image_size, config.resize_size
+  off, mid = s - size, (s - size) // 2
+  windows = [(mid, mid)] if crops == 'center' else [(0, 0), (0, off), (off, 0), (off, off),
+                                                      (mid, mid)]
+  squares = np.stack([input_pipeline.decode_and_resize(tf.constant(jpeg), s).numpy()
+                      for jpeg, _ in examples]).astype(np.float32)
+  squares = (squares - np.array(config.mean_rgb)) / np.array(config.std_rgb)
+  patches = [squares[:, t:t + size, l:l + size] for t, l in windows]
+  if crops == 'ten':
+    patches += [p[:, :, ::-1] for p in patches]
+  probs = np.mean([_softmax(np.asarray(forward(params, p), np.float64)) for p in patches],
+                  axis=0)
+  labels = np.array([label for _, label in examples])
+  label_prob = probs[np.arange(len(labels)), labels]
+  rank = (probs > label_prob[:, None]).sum(-1)
+  return {'val_top1': np.mean(rank < 1), 'val_top5': np.mean(rank < 5),
+          'val_loss': -np.mean(np.log(label_prob))}
+
+
+def _softmax(logits):
+  e = np.exp(logits - logits.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize('parallelism,crops', [('towers', 'ten'), ('data', 'ten')])
+def test_evaluate_counts_every_image_once_and_averages_the_ten_softmaxes(eval_setup, parallelism,
+                                                                        crops):
+  config, builder, tower, params, examples = eval_setup
+  strategy = partitioning.make_strategy(parallelism, tower, num_devices=2)
+  params = jax.device_put(params, strategy.param_sharding(params))
+  eval_fn = jax.jit(lambda p, b: train.eval_step(p, b, strategy=strategy))
+  metrics = train.evaluate(params, eval_fn, config, builder, strategy, crops=crops)
+  assert metrics['val_examples'] == 80
+  forward = jax.jit(lambda p, x: strategy.forward(p, x, None))
+  expected = _by_hand(config, params, forward, examples, crops)
+  # Top-k: counts of images, exactly; the loss to float32 precision.
+  assert metrics['val_top1'] * 80 == pytest.approx(expected['val_top1'] * 80, abs=1e-3)
+  assert metrics['val_top5'] * 80 == pytest.approx(expected['val_top5'] * 80, abs=1e-3)
+  assert metrics['val_loss'] == pytest.approx(expected['val_loss'], rel=1e-4)
+  if crops == 'ten':  # not the centre crop's numbers: the ten patches were averaged
+    centre = _by_hand(config, params, forward, examples, 'center')
+    assert abs(centre['val_loss'] - metrics['val_loss']) > 1e-4

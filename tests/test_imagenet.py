@@ -1,0 +1,192 @@
+"""ImageNet as the paper fed it, on a miniature ILSVRC-2012: real tars in the real layout, tfds's
+own imagenet2012 preparation, then `python -m alexnet_jax.main --config=configs/paper.py`."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow_datasets as tfds
+
+from alexnet_jax import input_pipeline
+from configs import paper
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SYNSETS = ('n01440764', 'n01443537', 'n01484850', 'n01491361')  # the first four ILSVRC classes
+IMAGES_PER_CLASS = 4
+NUM_VAL = 10
+
+
+def _jpeg(seed: int, height: int, width: int) -> bytes:
+  """A photograph-like JPEG: smooth colour gradients, a bright blob and noise."""
+  rng = np.random.default_rng(seed)
+  y, x = np.mgrid[0:height, 0:width] / max(height, width)
+  image = (rng.uniform(0, 255, 3) * (1 - x[..., None]) + rng.uniform(0, 255, 3) * y[..., None]) / 2
+  cy, cx = rng.uniform(0.2, 0.8, 2)
+  image += 120 * np.exp(-((y - cy)**2 + (x - cx)**2) / 0.02)[..., None]
+  image += rng.normal(0, 8, image.shape)
+  buffer = io.BytesIO()
+  Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(buffer, 'JPEG', quality=90)
+  return buffer.getvalue()
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+  info = tarfile.TarInfo(name)
+  info.size = len(data)
+  tar.addfile(info, io.BytesIO(data))
+
+
+def _write_train_tar(path, members: dict) -> None:
+  """ILSVRC2012_img_train.tar: one tar per class, `members` = {tar member name: {jpeg name:
+  bytes}}."""
+  with tarfile.open(path, 'w') as outer:
+    for name, images in members.items():
+      buffer = io.BytesIO()
+      with tarfile.open(fileobj=buffer, mode='w') as inner:
+        for image_name, data in images.items():
+          _add(inner, image_name, data)
+      _add(outer, name, buffer.getvalue())
+
+
+def _write_val_tar(path, names) -> None:
+  with tarfile.open(path, 'w') as tar:
+    for i, name in enumerate(names):
+      _add(tar, name, _jpeg(1000 + i, 96 + 8 * (i % 3), 128 - 8 * (i % 4)))
+
+
+def _train_members():
+  return {f'{synset}.tar': {f'{synset}_{10026 + i}.JPEG': _jpeg(100 * c + i, 90 + 10 * i, 120)
+                            for i in range(IMAGES_PER_CLASS)}
+          for c, synset in enumerate(SYNSETS)}
+
+
+def _val_names(numbers):
+  return [f'ILSVRC2012_val_{n:08d}.JPEG' for n in numbers]
+
+
+@pytest.fixture(scope='module')
+def manual_dir(tmp_path_factory):
+  """A miniature of the two archives image-net.org serves, in their layout."""
+  directory = tmp_path_factory.mktemp('manual')
+  _write_train_tar(directory / 'ILSVRC2012_img_train.tar', _train_members())
+  _write_val_tar(directory / 'ILSVRC2012_img_val.tar', _val_names(range(1, NUM_VAL + 1)))
+  return directory
+
+
+def _run_main(workdir, data_dir, manual_dir, *overrides):
+  cmd = [sys.executable, '-m', 'alexnet_jax.main', '--config=configs/paper.py',
+         f'--workdir={workdir}', f'--config.data_dir={data_dir}',
+         f'--config.manual_dir={manual_dir}',
+         # A tiny network (1000 classes: tfds's imagenet2012 has them fixed) on small images.
+         '--config.model.conv_features=(8, 16, 16, 16, 8)', '--config.model.fc_features=(32, 32)',
+         '--config.resize_size=72', '--config.image_size=64', '--config.batch_size=8',
+         '--config.eval_batch_size=4', '--config.num_train_steps=3', '--config.log_every_steps=1',
+         '--config.eval_every_steps=3', '--config.checkpoint_every_steps=3', *overrides]
+  env = dict(os.environ)
+  env.pop('XLA_FLAGS', None)
+  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_paper_config_trains_on_a_miniature_imagenet_prepared_by_tfds(tmp_path, manual_dir):
+  data_dir, workdir = tmp_path / 'tfds', tmp_path / 'work'
+  proc = _run_main(workdir, data_dir, manual_dir, '--config.eval_crops=ten')
+  assert proc.returncode == 0, proc.stderr[-4000:]
+
+  # tfds's imagenet2012, written by tfds from the tars: every image, labels by synset id, and
+  # the validation labels from tfds's list of 50,000 (image 1 is n01751748, class 65).
+  builder = tfds.builder('imagenet2012', data_dir=str(data_dir))
+  assert builder.is_prepared()
+  assert builder.info.splits['train'].num_examples == len(SYNSETS) * IMAGES_PER_CLASS
+  assert builder.info.splits['validation'].num_examples == NUM_VAL
+  train = list(tfds.as_numpy(builder.as_dataset(split='train')))
+  names = builder.info.features['label'].names
+  assert {names[ex['label']] for ex in train} == set(SYNSETS)
+  assert all(ex['file_name'].decode().startswith(names[ex['label']]) for ex in train)
+  val = {ex['file_name'].decode(): ex['label']
+         for ex in tfds.as_numpy(builder.as_dataset(split='validation'))}
+  assert names[val['ILSVRC2012_val_00000001.JPEG']] == 'n01751748'
+
+  # The training-set statistics, computed once and cached beside the dataset.
+  stats_path = os.path.join(builder.data_dir, 'alexnet_jax_stats-train-r72-nall.npz')
+  stats = input_pipeline.dataset_stats.DatasetStats.load(stats_path)
+  assert stats.num_images == 16 and stats.mean_image.shape == (72, 72, 3)
+  # The stats command finds them (no second pass) and prints them.
+  mtime = os.stat(stats_path).st_mtime_ns
+  command = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.dataset_stats', '--config=configs/paper.py',
+       f'--config.data_dir={data_dir}', '--config.resize_size=72'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert command.returncode == 0, command.stderr[-3000:]
+  assert stats_path in command.stdout and 'images: 16' in command.stdout
+  assert os.stat(stats_path).st_mtime_ns == mtime
+
+  config = json.load(open(workdir / 'config.json'))
+  assert config['mean_subtraction'] == 'image' and config['pca_lighting_std'] == 0.1
+  assert config['pca_eigen'] == 'dataset' and config['train_crop'] == 'random_crop'
+  records = [json.loads(line) for line in open(workdir / 'metrics.jsonl')]
+  train_records = [r for r in records if 'loss' in r]
+  assert [r['step'] for r in train_records] == [2, 3]  # step 1's metrics include compiling
+  losses = [r['loss'] for r in train_records]
+  assert np.all(np.isfinite(losses))
+  assert abs(losses[0] - np.log(1000)) < 1.0  # 1000 classes, near-uniform at the start
+  evals = [r for r in records if 'val_top1' in r]
+  # Ten patches per image, 10 images in batches of 4: every image counted once.
+  assert len(evals) == 1 and evals[0]['val_examples'] == NUM_VAL
+  assert 0.0 <= evals[0]['val_top1'] <= evals[0]['val_top5'] <= 1.0
+
+
+def _prepare(tmp_path, manual):
+  config = paper.get_config()
+  config.data_dir = os.fspath(tmp_path / 'tfds')
+  config.manual_dir = os.fspath(manual)
+  with pytest.raises(input_pipeline.DatasetNotReadyError) as info:
+    input_pipeline.prepare_dataset(config)
+  data_dir = tmp_path / 'tfds'
+  assert not data_dir.exists() or not any(data_dir.rglob('*'))  # refused before writing
+  return str(info.value)
+
+
+def test_misnamed_class_archives_are_refused_with_the_expected_layout(tmp_path, manual_dir):
+  manual = tmp_path / 'manual'
+  manual.mkdir()
+  members = _train_members()
+  members['cats.tar'] = members.pop('n01440764.tar')
+  _write_train_tar(manual / 'ILSVRC2012_img_train.tar', members)
+  (manual / 'ILSVRC2012_img_val.tar').write_bytes(
+      (manual_dir / 'ILSVRC2012_img_val.tar').read_bytes())
+  message = _prepare(tmp_path, manual)
+  assert 'cats.tar' in message and 'n01440764.tar' in message
+  assert os.fspath(manual / 'ILSVRC2012_img_train.tar') in message
+
+
+@pytest.mark.parametrize('names,words', [
+    (_val_names([1, 2, 4, 5]), ['00000003', 'mislabel']),  # tfds labels by position
+    (['val/' + n for n in _val_names([1, 2])], ['val/ILSVRC2012_val_00000001.JPEG',
+                                                 'ILSVRC2012_val_00000001.JPEG']),
+])
+def test_validation_archive_that_tfds_would_mislabel_is_refused(tmp_path, manual_dir, names,
+                                                                words):
+  manual = tmp_path / 'manual'
+  manual.mkdir()
+  (manual / 'ILSVRC2012_img_train.tar').write_bytes(
+      (manual_dir / 'ILSVRC2012_img_train.tar').read_bytes())
+  _write_val_tar(manual / 'ILSVRC2012_img_val.tar', names)
+  message = _prepare(tmp_path, manual)
+  for word in words:
+    assert word in message
+  assert os.fspath(manual / 'ILSVRC2012_img_val.tar') in message
+
+
+def test_a_file_that_is_not_a_tar_is_refused(tmp_path, manual_dir):
+  manual = tmp_path / 'manual'
+  manual.mkdir()
+  (manual / 'ILSVRC2012_img_train.tar').write_bytes(b'<html>Please log in</html>' * 40)
+  (manual / 'ILSVRC2012_img_val.tar').write_bytes(
+      (manual_dir / 'ILSVRC2012_img_val.tar').read_bytes())
+  message = _prepare(tmp_path, manual)
+  assert 'not a readable tar' in message and 'ILSVRC2012_img_train.tar' in message
