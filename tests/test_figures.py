@@ -16,23 +16,22 @@ from alexnet_jax import input_pipeline
 from alexnet_jax import model as model_lib
 from alexnet_jax import partitioning
 from configs import tiny
-import test_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 10
 
 
 @pytest.fixture(scope='module')
-def run(tmp_path_factory):
+def run(tmp_path_factory, run_main, tiny_data_dir):
   """A real tiny run of `main`: 10 steps, a checkpoint, metrics with train and eval lines.
   (Its train and eval steps are test_main's, so the shared compilation cache serves both.)"""
   workdir = str(tmp_path_factory.mktemp('figures_run'))
   config = tiny.get_config()
-  config.data_dir = str(tmp_path_factory.mktemp('tfds'))
+  config.data_dir = tiny_data_dir
   config.num_train_steps = STEPS
   config.log_every_steps = 5
-  proc = test_main.run_main(workdir, f'--config.num_train_steps={STEPS}',
-                            '--config.log_every_steps=5', data_dir=config.data_dir)
+  proc = run_main(workdir, f'--config.num_train_steps={STEPS}',
+                  '--config.log_every_steps=5', data_dir=config.data_dir)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return workdir, config
 
@@ -84,8 +83,10 @@ def test_figures_json_matches_the_checkpoint_and_the_towers_forward(run, made):
   _, result = made
   assert result['step'] == STEPS
   # The colour scores, recomputed from the checkpoint read with plain orbax.
-  manager = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'))
-  params = manager.restore(STEPS, args=ocp.args.StandardRestore())['params']
+  manager = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'),
+                                  item_names=('state', 'meta'))  # see checkpointing.py
+  params = manager.restore(STEPS, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore()))['state']['params']
   kernel = np.asarray(params['conv1']['kernel']) / np.asarray(config.std_rgb)[:, None]
   for t in range(2):
     want = chroma_by_brightness(kernel[t])
