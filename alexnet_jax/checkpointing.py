@@ -29,9 +29,11 @@ building the model or knowing the devices it was trained on.
 """
 
 import json
+import logging as std_logging
 import os
 from typing import Any
 
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
@@ -283,3 +285,17 @@ def restore_params(workdir: str, step: int | None = None
   finally:
     manager.close()
   return ml_collections.ConfigDict(_tuples(meta['config'])), restored['params']
+
+
+def quiet_orbax_logs() -> None:
+  """Keeps orbax's INFO lines (every stage of every save) off the console of main and figures.
+
+  A filter on the absl logger (its handler delegates records without consulting its own
+  filters); records carry the standard library's levels, not absl's verbosities. Orbax's
+  warning at every save without an evaluation ("did not provide metrics") is expected: only
+  evaluated checkpoints compete for the best one kept.
+  """
+  logging.get_absl_logger().addFilter(
+      lambda record: '/orbax/' not in record.pathname or (
+          record.levelno >= std_logging.WARNING
+          and 'did not provide metrics' not in record.getMessage()))

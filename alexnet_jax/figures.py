@@ -452,8 +452,7 @@ flags.DEFINE_integer('num_train_images', 1000, 'Training images scanned for neig
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().addFilter(
-      lambda record: record.levelno >= logging.WARNING or 'orbax' not in record.pathname)
+  checkpointing.quiet_orbax_logs()
   try:
     result = make_figures(FLAGS.workdir, FLAGS.out, FLAGS.data_dir, FLAGS.num_predictions,
                           FLAGS.num_queries, FLAGS.num_neighbours, FLAGS.num_train_images)

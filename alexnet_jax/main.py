@@ -4,7 +4,6 @@ Only parses flags, joins a multi-process run if there is one (alexnet_jax/distri
 calls `train.train_and_evaluate`, which the tests call too.
 """
 
-import logging as std_logging
 import os
 import sys
 
@@ -38,14 +37,8 @@ def _fail(message: str, code: int) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  # Orbax logs every step of every save at INFO; keep the console to the training progress.
-  # (Records carry the standard library's levels; absl's own constants are verbosities.)
-  # Its warning at every save without an evaluation ("did not provide metrics") is expected:
-  # only evaluated checkpoints compete for the best one kept.
-  logging.get_absl_logger().addFilter(
-      lambda record: '/orbax/' not in record.pathname or (
-          record.levelno >= std_logging.WARNING
-          and 'did not provide metrics' not in record.getMessage()))
+  from alexnet_jax import checkpointing
+  checkpointing.quiet_orbax_logs()
   # Before JAX starts a backend: a CPU-only machine simulates the devices the strategy needs,
   # then the processes of a multi-process run find each other.
   from alexnet_jax import devices

@@ -377,6 +377,20 @@ def _check_finite(records: list, checkpoints: checkpointing.Checkpoints) -> None
           'config.learning_rate (or add config.lr_schedule.warmup_steps) before resuming.')
 
 
+def prepare_dataset_once(config: ml_collections.ConfigDict):
+  """input_pipeline.prepare_dataset by process 0 first, then by the others (which then find it
+  prepared, or prepare their own copy when their data dir is not shared): processes generating
+  the same files at once would collide."""
+  if jax.process_count() == 1:
+    return input_pipeline.prepare_dataset(config)
+  if jax.process_index() == 0:
+    builder = input_pipeline.prepare_dataset(config)
+  multihost_utils.sync_global_devices('alexnet_jax: dataset prepared by process 0')
+  if jax.process_index() != 0:
+    builder = input_pipeline.prepare_dataset(config)
+  return builder
+
+
 def _open_workdir(workdir: str) -> str:
   """The absolute workdir, created and proven writable, or ConfigError saying so."""
   workdir = os.path.abspath(workdir)
@@ -399,7 +413,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   WorkdirError when metrics cannot be written; in every case the checkpoints saved are intact.
   """
   validate_config(config)
-  builder = input_pipeline.prepare_dataset(config)  # may refuse: nothing is written before this
+  builder = prepare_dataset_once(config)  # may refuse: nothing is written before this
   dataset_classes = input_pipeline.num_classes(builder)
   if config.model.num_classes != dataset_classes:
     raise ConfigError(

@@ -9,8 +9,9 @@
 #
 # Process 0 writes to this script's stdout/stderr; process i > 0 to WORKDIR/logs/process_i.log
 # (LOG_DIR overrides). Exits 0 when every process does. When one fails, the others get GRACE_S
-# seconds (default 60) to notice and stop with their own message, then are killed; the exit code
-# is the first failure's. PYTHON (default python3) and PORT (default: a free one) can be set.
+# seconds (default 60) to notice and stop with their own message, then are killed; every failure
+# is reported, and the exit code is the first one seen. PYTHON (default python3) and PORT
+# (default: a free one) can be set.
 set -uo pipefail
 
 if [ $# -lt 2 ] || ! [[ $1 =~ ^[1-9][0-9]*$ && $2 =~ ^[1-9][0-9]*$ ]]; then
@@ -65,11 +66,13 @@ while [ "${#alive[@]}" -gt 0 ]; do
     fi
     wait "$pid"
     rc=$?
-    if [ "$rc" -ne 0 ] && [ "$status" -eq 0 ]; then
-      status=$rc
+    if [ "$rc" -ne 0 ]; then
       echo "local.sh: process ${rank_of[$pid]} exited with status $rc;" \
            "logs of processes > 0 are in $LOG_DIR" >&2
-      deadline=$((SECONDS + GRACE_S))
+      if [ "$status" -eq 0 ]; then
+        status=$rc
+        deadline=$((SECONDS + GRACE_S))
+      fi
     fi
   done
   alive=("${still[@]}")

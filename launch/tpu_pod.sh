@@ -5,11 +5,13 @@
 #
 #   bash launch/tpu_pod.sh TPU_NAME ZONE [main's flags...]
 #   bash launch/tpu_pod.sh my-v4-32 us-central2-b --config=configs/paper.py \
-#       --config.parallelism=towers_data --workdir=gs://BUCKET/alexnet/run1 \
-#       --config.data_dir=gs://BUCKET/tensorflow_datasets
+#       --config.parallelism=towers_data --workdir=/mnt/shared/alexnet/run1 \
+#       --config.data_dir=/mnt/shared/tensorflow_datasets
 #
-# Every worker must see the same workdir and data: use gs:// paths (orbax writes each host's
-# part of a checkpoint there; tfds reads its files from there). Set PROJECT to pass --project.
+# Every worker must see the same workdir and data dir: a shared file system mounted at the same
+# path on every worker (Filestore/NFS, or a bucket mounted with gcsfuse); orbax writes each
+# host's part of a checkpoint there. gs:// paths given directly are not supported yet.
+# Set PROJECT to pass --project.
 # SETUP=0 skips copying and installing (later runs). Ctrl-C stops the local ssh sessions; to stop
 # the workers themselves: gcloud compute tpus tpu-vm ssh TPU_NAME --worker=all \
 #   --command='pkill -f alexnet_jax.main'
