@@ -9,7 +9,11 @@ the tfds data dir, later runs reuse it. The same full network (two towers, 60.9M
 - the 'he' init with unit-variance inputs instead of N(0, 0.01^2) on raw pixels: with 10
   classes the paper's init makes the first updates of fc8 (4096 inputs near 1, from the bias-1
   fc7) swing the logits by tens, and the run sits at chance for hundreds of steps;
-- learning rate 0.003 and batch 32: more, smaller steps in a short run.
+- no dropout: the paper notes dropout roughly doubles the iterations needed to converge; a run
+  of 80 steps cannot afford that (measured: 56.8 % top-1 at step 80 without it, against 30.2 %
+  at step 100 with it and learning rate 0.003);
+- learning rate 0.005, constant, and batch 32: more, smaller steps in a short run; one
+  evaluation, at the end.
 Expected (2-core CPU, two simulated devices): see README, "Measured results".
 """
 
@@ -23,11 +27,13 @@ def get_config():
   c.cache_decoded = True  # 2,600 images of 256 x 256 x 3: about 0.5 GB
   c.model.init_scheme = 'he'
   c.std_rgb = (58.4, 57.1, 57.4)
-  c.learning_rate = 0.003
+  c.model.dropout_rate = 0.0
+  c.learning_rate = 0.005
+  c.lr_schedule.kind = 'constant'
   c.batch_size = 32
   c.eval_batch_size = 100
-  c.num_train_steps = 200
+  c.num_train_steps = 80
   c.log_every_steps = 10
-  c.eval_every_steps = 100
-  c.checkpoint_every_steps = 100
+  c.eval_every_steps = 80
+  c.checkpoint_every_steps = 80
   return c
