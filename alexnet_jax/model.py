@@ -41,13 +41,21 @@ def local_response_norm(x: Array, k: float = LRN_K, n: int = LRN_N, alpha: float
   """b_i = a_i / (k + alpha * sum_{|j - i| <= n/2} a_j^2)^beta over the channels of `x`.
 
   `x` holds ONE tower's channels, so the window stops at the tower's edges as on the two GPUs.
-  The windowed sum is one product with a banded 0/1 matrix: a single fused pass on any backend.
+  The windowed sum is one product with a banded 0/1 matrix: a single pass on any backend, no
+  loop over channels. It is computed in float32 at HIGHEST precision whatever the compute dtype
+  (bfloat16 squares summed in bfloat16, or float32 ones in TF32 on a GPU, would lose the digits
+  the normalisation needs); only the result is cast back. On XLA:CPU, float32 is float32 at any
+  precision setting, and the product runs in YNNPACK like the convolutions. (n shifted slices
+  added instead, the other one-pass form, measured slower on XLA:CPU: its backward fused into
+  the max-pool's select and was recomputed per pooling view; README, "Performance".)
   """
   c = x.shape[-1]
   idx = jnp.arange(c)
-  band = (jnp.abs(idx[:, None] - idx[None, :]) <= n // 2).astype(x.dtype)
-  sum_sq = jnp.einsum('...c,cd->...d', jnp.square(x), band, precision=jax.lax.Precision.HIGHEST)
-  return x * jnp.power(k + alpha * sum_sq, -beta)
+  band = (jnp.abs(idx[:, None] - idx[None, :]) <= n // 2).astype(jnp.float32)
+  x32 = x.astype(jnp.float32)
+  sum_sq = jnp.einsum('...c,cd->...d', jnp.square(x32), band,
+                      precision=jax.lax.Precision.HIGHEST)
+  return (x32 * jnp.power(k + alpha * sum_sq, -beta)).astype(x.dtype)
 
 
 def max_pool(x: Array, window: int = POOL_WINDOW, stride: int = POOL_STRIDE) -> Array:
@@ -183,12 +191,20 @@ class Tower(nn.Module):
     return self.logits(exchange(x))  # fc8: cross-tower
 
 
-def make_tower(model_config, num_classes: int, dtype=jnp.float32) -> Tower:
-  """The tower for a config's `model` section."""
+COMPUTE_DTYPES = ('float32', 'bfloat16')
+
+
+def make_tower(model_config, num_classes: int) -> Tower:
+  """The tower for a config's `model` section (`dtype`: the compute dtype, default float32)."""
+  dtype = model_config.get('dtype', 'float32')
+  if dtype not in COMPUTE_DTYPES:
+    raise ValueError(f"config.model.dtype={dtype!r}: use 'float32' or 'bfloat16' (parameters "
+                     'and the optimizer state stay float32 either way).')
   return Tower(conv_features=tuple(model_config.conv_features),
                fc_features=tuple(model_config.fc_features),
                classes_per_tower=num_classes // 2,
-               dropout_rate=model_config.dropout_rate, dtype=dtype,
+               dropout_rate=model_config.dropout_rate,
+               dtype=jnp.dtype(dtype),
                init_scheme=model_config.get('init_scheme', 'paper'))
 
 

@@ -54,6 +54,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.fc_features = (2048, 2048)
   c.model.dropout_rate = 0.5
   c.model.init_scheme = 'paper'  # or 'he' (see model.Tower.init_scheme)
+  # Compute dtype of activations and matrix products: 'float32' or 'bfloat16' (for GPUs and
+  # TPUs). Parameters, gradients and the optimizer state stay float32 either way.
+  c.model.dtype = 'float32'
 
   # Partitioning: the mesh and which strategy maps the model onto it (alexnet_jax/partitioning.py).
   #   towers: the paper's two towers on 2 devices, the batch on both;

@@ -1,0 +1,109 @@
+"""The benchmark: its FLOP count against the paper's layer table, its command line end to end,
+one-device runs (a single GPU), and the bfloat16 compute option against float32."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from alexnet_jax import bench
+from alexnet_jax import comms
+from alexnet_jax import model as model_lib
+from configs import tiny
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIELDS = ('images_per_second', 'compile_seconds', 'peak_memory_bytes', 'model_flop_rate',
+          'matmul_flop_rate', 'ratio')
+
+
+def test_flops_of_the_paper_network_match_the_layer_table_by_hand():
+  # PAPER.md's table, both towers: output H x W x C times the kernel's K x K x input channels.
+  conv1 = 55 * 55 * 96 * (11 * 11 * 3)
+  conv2 = 27 * 27 * 256 * (5 * 5 * 48)  # each tower reads its own 48 conv1 maps
+  conv3 = 13 * 13 * 384 * (3 * 3 * 256)  # both towers' conv2
+  conv4 = 13 * 13 * 384 * (3 * 3 * 192)
+  conv5 = 13 * 13 * 256 * (3 * 3 * 192)
+  fc6, fc7, fc8 = 9216 * 4096, 4096 * 4096, 4096 * 1000
+  forward = conv1 + conv2 + conv3 + conv4 + conv5 + fc6 + fc7 + fc8
+  assert forward == 724_406_816  # "about 724 million multiply-adds" (PAPER.md)
+  tower = model_lib.Tower()
+  assert bench.layer_macs(tower, 224) == {
+      'conv1': conv1, 'conv2': conv2, 'conv3': conv3, 'conv4': conv4, 'conv5': conv5,
+      'fc6': fc6, 'fc7': fc7, 'fc8': fc8}
+  # Forward + backward (input and weight gradients), 2 FLOPs a multiply-add; conv1 has no input
+  # gradient to compute.
+  assert bench.train_flops_per_image(tower, 224) == 2 * (3 * forward - conv1)
+  # Caffe's 227 crop without padding gives the same network.
+  assert bench.train_flops_per_image(tower, 227) == 2 * (3 * forward - conv1)
+
+
+def test_bench_command_writes_every_field_for_towers_and_data(tmp_path):
+  out = tmp_path / 'bench'
+  proc = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.bench', '--config=configs/tiny.py',
+       '--config.batch_size=8', '--strategies=towers,data', '--devices=2', '--steps=2',
+       '--warmup=1', '--matmul_size=256', f'--out={out}'],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads((out / 'bench.json').read_text())
+  assert sorted(result['strategies']) == ['data', 'towers']
+  flops = bench.train_flops_per_image(
+      model_lib.make_tower(tiny.get_config().model, 10), tiny.get_config().image_size)
+  for name, entry in result['strategies'].items():
+    for field in FIELDS:
+      assert math.isfinite(entry[field]) and entry[field] > 0, (name, field, entry[field])
+    assert entry['devices'] == 2 and entry['batch_size'] == 8, name
+    assert entry['train_flops_per_image'] == flops
+    assert entry['model_flop_rate'] == entry['images_per_second'] * flops
+    assert entry['ratio'] == entry['model_flop_rate'] / entry['matmul_flop_rate']
+    assert math.isfinite(entry['final_loss'])
+  assert '| towers | 2 | 8 | float32 |' in proc.stdout  # the README table's rows
+
+
+def test_data_runs_on_one_device_and_towers_is_skipped_with_the_reason():
+  """What a single GPU gets: `--devices=1`."""
+  config = tiny.get_config()
+  config.batch_size = 4
+  result = bench.run(config, ['towers', 'data'], num_devices=1, steps=1, warmup=0,
+                     matmul_size=128, log=lambda *_: None)
+  assert 'exactly 2 devices' in result['skipped']['towers']
+  entry = result['strategies']['data']
+  assert entry['devices'] == 1 and entry['mesh'] == {'data': 1}
+  assert entry['images_per_second'] > 0 and entry['matmul_flop_rate'] > 0
+
+
+def _first_step(dtype: str, params):
+  config = tiny.get_config()
+  config.model.dtype = dtype
+  config.batch_size = 8
+  _, _, step, state, batch = comms.build_train_step(config, 'towers', 2, params=params)
+  hlo = step.lower(state, batch).as_text()
+  state, metrics = step(state, batch)
+  return state, metrics, hlo
+
+
+def test_bfloat16_compute_keeps_float32_state_and_a_close_loss():
+  config = tiny.get_config()
+  tower = model_lib.make_tower(config.model, config.model.num_classes)
+  params = jax.tree.map(np.asarray, jax.jit(
+      lambda k: model_lib.init_params(tower, k, config.image_size))(jax.random.key(0)))
+  state32, metrics32, hlo32 = _first_step('float32', params)
+  state16, metrics16, hlo16 = _first_step('bfloat16', params)
+  # The bfloat16 program really convolves in bfloat16; the float32 one has no bfloat16 at all.
+  assert 'bf16' in hlo16 and 'bf16' not in hlo32
+  for leaf in jax.tree.leaves((state16.params, state16.opt_state)):
+    if hasattr(leaf, 'dtype') and jnp.issubdtype(leaf.dtype, jnp.floating):
+      assert leaf.dtype == jnp.float32, leaf.dtype
+  loss32, loss16 = float(metrics32['loss']), float(metrics16['loss'])
+  assert loss32 > 1.0  # ten classes at init: about log(10), not a trivial value
+  assert abs(loss16 - loss32) <= 0.02 * loss32, (loss16, loss32)
+  # The updates agree to bfloat16's precision, and are not zero.
+  w32, w16 = (np.asarray(s.params['fc6']['kernel']) - params['fc6']['kernel']
+              for s in (state32, state16))
+  assert np.abs(w32).max() > 0
+  assert np.linalg.norm(w16 - w32) <= 0.1 * np.linalg.norm(w32)
