@@ -191,11 +191,7 @@ def run(config, strategies: Sequence[str], num_devices: int = 0, steps: int = 5,
             'strategies': {}, 'skipped': {}}
   for name in strategies:
     n = partitioning.resolve_num_devices(name, num_devices, jax.device_count())
-    error = partitioning.fit_error(name, n, tower, jax.device_count())
-    if not error:
-      shards = partitioning.make_strategy(name, tower, num_devices=n).batch_shards
-      if config.batch_size % shards:
-        error = f'batch {config.batch_size} is not divisible by its {shards} batch shards'
+    error = partitioning.run_error(name, n, tower, config.batch_size, jax.device_count())
     if error:
       result['skipped'][name] = error
       log(f'{name}: skipped ({error})')

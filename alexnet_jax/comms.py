@@ -339,10 +339,8 @@ def report(config, num_devices: int, steps: int = 3, warmup: int = 1, strategies
             'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
             'strategies': {}, 'skipped': {}}
   for name in strategies or partitioning.STRATEGIES:
-    error = partitioning.fit_error(name, num_devices, tower, jax.device_count())
-    shards = {'towers': 1, 'towers_data': num_devices // 2}.get(name, num_devices)
-    if not error and config.batch_size % max(shards, 1):
-      error = f'batch {config.batch_size} is not divisible by its {shards} batch shards'
+    error = partitioning.run_error(name, num_devices, tower, config.batch_size,
+                                   jax.device_count())
     if error:
       result['skipped'][name] = error
       log(f'{name}: skipped ({error})')

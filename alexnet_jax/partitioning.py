@@ -149,6 +149,19 @@ def fit_error(parallelism: str, num_devices: int, tower: Optional[model_lib.Towe
   return None
 
 
+def run_error(parallelism: str, num_devices: int, tower: Optional[model_lib.Tower],
+              batch_size: int, available: Optional[int] = None) -> Optional[str]:
+  """fit_error, plus whether `batch_size` splits over the strategy's batch shards: why a tool
+  (comms, bench) must skip this strategy on these devices, or None."""
+  error = fit_error(parallelism, num_devices, tower, available)
+  if error:
+    return error
+  shards = make_strategy(parallelism, tower, num_devices=num_devices).batch_shards
+  if batch_size % shards:
+    return f'batch {batch_size} is not divisible by its {shards} batch shards'
+  return None
+
+
 def make_mesh(shape: tuple[int, ...], names: tuple[str, ...], devices=None) -> Mesh:
   """A mesh over the first prod(shape) devices, with jit free to place what shard_map does not."""
   n = math.prod(shape)
