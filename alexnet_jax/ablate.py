@@ -305,14 +305,16 @@ def markdown(result: dict) -> str:
     paper = (f'{_fmt(r["paper_delta_top1"], True)} / {_fmt(r["paper_delta_top5"], True)}'
              if 'paper_source' in r else '')
     lines.append(f'| {r["name"]} | {r["change"]} | {r["params"]:,} | '
-                 f'{r["forward_flops"] / 1e9:.3f} | {_fmt(r["top1_error"])} | '
+                 f'{r["forward_flops"] / 1e9:.3g} | {_fmt(r["top1_error"])} | '
                  f'{_fmt(r["top5_error"])} | {delta} | {paper} |')
   n = max(result['eval_images'], 1)
   p = rows[0]['top1_error'] / 100
   se = 100 * (p * (1 - p) / n) ** 0.5
-  lines += ['', f'One standard error of the baseline\'s top-1 error on {n} images: about '
-            f'{se:.1f} points (binomial); a delta smaller than about {2 ** 0.5 * se:.1f} points '
-            'is within the noise of two such runs. Paper: ImageNet, 90 epochs, '
+  lines += ['', f'Noise: which {n} images are evaluated alone gives the baseline\'s top-1 error '
+            f'a standard error of about {se:.1f} points (binomial), {2 ** 0.5 * se:.1f} for a '
+            'delta; the spread between training runs of different seeds is not in that and is '
+            'often larger on short budgets (rerun with another --config.seed into another '
+            'workdir to see it). Paper: ImageNet, 90 epochs, '
             + '; '.join(f'{r["name"]}: {r["paper_source"]}' for r in rows[1:]) + '.']
   return '\n'.join(lines) + '\n'
 
@@ -332,7 +334,7 @@ def run(config: ml_collections.ConfigDict, names: Sequence[str], workdir: str,
   for name, c in configs.items():
     cost = model_cost(c)
     print(f'{name:9s} {cost["params"]:>12,} parameters  '
-          f'{cost["forward_flops"] / 1e9:8.3f} GFLOP forward per image', flush=True)
+          f'{cost["forward_flops"] / 1e9:8.3g} GFLOP forward per image', flush=True)
   results = {}
   for name, c in configs.items():
     if only and name != only:
