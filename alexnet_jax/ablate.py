@@ -46,8 +46,16 @@ from typing import Optional, Sequence
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 import ml_collections
 from ml_collections import config_flags
+
+from alexnet_jax import devices
+from alexnet_jax import figures
+from alexnet_jax import input_pipeline
+from alexnet_jax import model as model_lib
+from alexnet_jax import partitioning
+from alexnet_jax import train
 
 BASELINE = 'baseline'
 
@@ -111,7 +119,6 @@ def variant_config(baseline: ml_collections.ConfigDict, variant: Variant
                    ) -> ml_collections.ConfigDict:
   """The baseline with the variant's switch turned off; one tower runs data-parallel on the
   devices the two towers used (the strategies with a `tower` axis need two towers)."""
-  from alexnet_jax import partitioning  # pylint: disable=g-import-not-at-top
   config = baseline.copy_and_resolve_references()
   for field, value in variant.overrides.items():
     _set(config, field, value)
@@ -171,7 +178,6 @@ def _write_json(path: str, value) -> None:
 
 def model_cost(config: ml_collections.ConfigDict) -> dict:
   """Parameters and forward FLOPs per image (2 per multiply-add, model.layer_macs)."""
-  from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
   tower = model_lib.make_tower(config.model, config.model.num_classes)
   return {'params': model_lib.param_count(tower, config.image_size),
           'forward_flops': 2 * sum(model_lib.layer_macs(tower, config.image_size).values())}
@@ -179,12 +185,6 @@ def model_cost(config: ml_collections.ConfigDict) -> dict:
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, run_dir: str, crops: str) -> dict:
   """The latest checkpoint of a finished run, evaluated with `crops` ('center' or 'ten')."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import figures  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import partitioning  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import train  # pylint: disable=g-import-not-at-top
   builder = input_pipeline.prepare_dataset(config)
   tower = model_lib.make_tower(config.model, config.model.num_classes)
   strategy = partitioning.make_strategy(config.parallelism, tower,
@@ -198,7 +198,6 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, run_dir: str, crops: 
 def run_one(name: str, config: ml_collections.ConfigDict, workdir: str,
             baseline: Optional[ml_collections.ConfigDict] = None) -> dict:
   """Trains (or, for an eval-only variant, evaluates the baseline's parameters) unless done."""
-  from alexnet_jax import train  # pylint: disable=g-import-not-at-top
   run_dir = os.path.join(workdir, name)
   variant = VARIANTS.get(name)
   result = _read_result(run_dir, config)
@@ -263,7 +262,6 @@ def table(results: dict[str, dict], names: Sequence[str]) -> dict:
 
 def describe_setup(config: ml_collections.ConfigDict) -> dict:
   """What the numbers were measured on: the budget, the data, the date and the hardware."""
-  import jax  # pylint: disable=g-import-not-at-top
   cpu = ''
   if os.path.exists('/proc/cpuinfo'):
     with open('/proc/cpuinfo') as f:
@@ -323,7 +321,6 @@ def run(config: ml_collections.ConfigDict, names: Sequence[str], workdir: str,
         only: str = '') -> Optional[dict]:
   """Trains what is missing (only `only`, if given) and writes the table; returns it, or None
   with --only."""
-  from alexnet_jax import train  # pylint: disable=g-import-not-at-top
   configs = configs_for(config, names)
   if only and only not in configs:
     raise AblationError(f'--only={only} is not one of the runs asked for: {", ".join(configs)}.')
@@ -358,11 +355,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.get_absl_logger().addFilter(
       lambda record: record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname)
-  from alexnet_jax import devices  # pylint: disable=g-import-not-at-top
-  devices.simulate_cpu_devices(FLAGS.config)  # before JAX starts; every run uses these
-  from alexnet_jax import figures  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  from alexnet_jax import train  # pylint: disable=g-import-not-at-top
+  devices.simulate_cpu_devices(FLAGS.config)  # before JAX starts a backend; every run uses them
   try:
     result = run(FLAGS.config, FLAGS.variants, FLAGS.workdir, FLAGS.only)
   except (AblationError, train.ConfigError, input_pipeline.DatasetNotReadyError,
