@@ -44,36 +44,10 @@ _CPU_MATMUL_SIZE = 2048
 _ACCELERATOR_MATMUL_SIZE = 8192
 
 
-def _conv_out(size: int, kernel: int, stride: int, pad: int) -> int:
-  return (size + pad - kernel) // stride + 1
-
-
-def layer_macs(tower, image_size: int) -> dict[str, int]:
-  """Multiply-adds per image of every conv and fc layer, both towers, from the layer table."""
-  from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
-  c1, c2, c3, c4, c5 = (2 * c for c in tower.conv_features)  # both towers
-  f6, f7 = (2 * f for f in tower.fc_features)
-  classes = 2 * tower.classes_per_tower
-  pool = lambda s: _conv_out(s, model_lib.POOL_WINDOW, model_lib.POOL_STRIDE, 0)
-  s1 = _conv_out(image_size, 11, 4, model_lib.conv1_padding(image_size))  # 55
-  s2 = pool(s1)  # 27: conv2 keeps the size (pad 2)
-  s3 = pool(s2)  # 13: conv3-conv5 keep it (pad 1)
-  s5 = pool(s3)  # 6
-  return {
-      'conv1': s1 * s1 * c1 * 11 * 11 * 3,
-      'conv2': s2 * s2 * c2 * 5 * 5 * (c1 // 2),  # own tower's conv1 maps
-      'conv3': s3 * s3 * c3 * 3 * 3 * c2,  # both towers' conv2 maps
-      'conv4': s3 * s3 * c4 * 3 * 3 * (c3 // 2),
-      'conv5': s3 * s3 * c5 * 3 * 3 * (c4 // 2),
-      'fc6': s5 * s5 * c5 * f6,
-      'fc7': f6 * f7,
-      'fc8': f7 * classes,
-  }
-
-
 def train_flops_per_image(tower, image_size: int) -> int:
   """Forward + backward FLOPs per training image (see the module docstring for what counts)."""
-  macs = layer_macs(tower, image_size)
+  from alexnet_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  macs = model_lib.layer_macs(tower, image_size)
   return sum(2 * m * (2 if layer == 'conv1' else 3) for layer, m in macs.items())
 
 

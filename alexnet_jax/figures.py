@@ -438,15 +438,21 @@ def make_figures(workdir: str, out_dir: Optional[str] = None, data_dir: Optional
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'A training workdir (config.json, metrics.jsonl, '
-                    'checkpoints/).')
-flags.DEFINE_string('out', None, 'Where the figures go (default: WORKDIR/figures).')
-flags.DEFINE_string('data_dir', None, "The tfds data dir, if not the run's config.data_dir.")
-flags.DEFINE_integer('num_predictions', 8, 'Validation images in predictions.png.')
-flags.DEFINE_integer('num_queries', 5, 'Validation images (rows) in neighbours.png.')
-flags.DEFINE_integer('num_neighbours', 6, 'Nearest training images shown per query.')
-flags.DEFINE_integer('num_train_images', 1000, 'Training images scanned for neighbours (the '
-                     'first N of the split; each costs one forward pass).')
+
+
+def define_flags() -> None:
+  """The command's flags, defined only when it runs, so other programs (alexnet_jax.ablate)
+  can import this module's functions beside flags of the same names."""
+  flags.DEFINE_string('workdir', None, 'A training workdir (config.json, metrics.jsonl, '
+                      'checkpoints/).')
+  flags.DEFINE_string('out', None, 'Where the figures go (default: WORKDIR/figures).')
+  flags.DEFINE_string('data_dir', None, "The tfds data dir, if not the run's config.data_dir.")
+  flags.DEFINE_integer('num_predictions', 8, 'Validation images in predictions.png.')
+  flags.DEFINE_integer('num_queries', 5, 'Validation images (rows) in neighbours.png.')
+  flags.DEFINE_integer('num_neighbours', 6, 'Nearest training images shown per query.')
+  flags.DEFINE_integer('num_train_images', 1000, 'Training images scanned for neighbours (the '
+                       'first N of the split; each costs one forward pass).')
+  flags.mark_flags_as_required(['workdir'])
 
 
 def main(argv):
@@ -468,5 +474,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['workdir'])
+  define_flags()
   app.run(main)

@@ -18,9 +18,14 @@ devices inside `shard_map` (partitioning.py), or a concatenation when one device
 
 fc8 is split by class: each tower computes the logits of half of the classes (the paper leaves
 where fc8 lives free; the parameter count is the same), so `num_classes` must be even.
+
+The paper's design choices are fields of `Tower` (defaults: the paper's), so each can be turned
+off for an ablation (alexnet_jax/ablate.py): `lrn`, `pool_window` / `pool_stride`, and `towers`
+(2, or 1: the paper's one-GPU net, see `one_tower_widths`).
 """
 
 import functools
+import math
 from typing import Callable, Mapping, Optional, Sequence
 
 import flax.linen as nn
@@ -59,9 +64,9 @@ def local_response_norm(x: Array, k: float = LRN_K, n: int = LRN_N, alpha: float
 
 
 def max_pool(x: Array, window: int = POOL_WINDOW, stride: int = POOL_STRIDE) -> Array:
-  """Overlapping max pooling (window 3, stride 2, no padding).
+  """Max pooling, no padding: overlapping (the paper's window 3, stride 2) or not (2, 2).
 
-  Written as the maximum of the window's 9 strided views: the same values as
+  Written as the maximum of the window's window x window strided views: the same values as
   `lax.reduce_window`, but its gradient is elementwise selects that XLA fuses, where
   reduce_window's select-and-scatter ran 5x slower on CPU.
   """
@@ -118,6 +123,13 @@ class Tower(nn.Module):
   # start with positive input), 0 elsewhere. 'he': N(0, 2 / fan_in) weights and zero biases, for
   # narrow layers and short runs, where 0.01 lets the signal die out (see configs/tiny.py).
   init_scheme: str = 'paper'
+  # The design choices the paper measures (section 3), for ablations. `towers` is how many
+  # towers the network has (the parameters are stacked on a leading axis of that size): 2, or 1
+  # for one tower whose widths `make_tower` sets (see `one_tower_widths`).
+  lrn: bool = True
+  pool_window: int = POOL_WINDOW
+  pool_stride: int = POOL_STRIDE
+  towers: int = 2
 
   def setup(self):
     if self.init_scheme == 'paper':
@@ -151,18 +163,24 @@ class Tower(nn.Module):
   # The stages between cross-tower reads. A strategy that holds both towers on one device
   # calls these directly; `__call__` strings them together with `exchange` between them.
 
+  def _norm(self, x: Array) -> Array:
+    return local_response_norm(x) if self.lrn else x
+
+  def _pool(self, x: Array) -> Array:
+    return max_pool(x, self.pool_window, self.pool_stride)
+
   def conv1_conv2(self, image: Array) -> Array:
     """Own tower: conv1 (from the image) and conv2; 13 x 13 x 128 out."""
     p = conv1_padding(image.shape[-2])
     x = jnp.pad(image.astype(self.dtype), ((0, 0), (0, p), (0, p), (0, 0)))
-    x = max_pool(local_response_norm(nn.relu(self.conv1(x))))
-    return max_pool(local_response_norm(nn.relu(self.conv2(x))))
+    x = self._pool(self._norm(nn.relu(self.conv1(x))))
+    return self._pool(self._norm(nn.relu(self.conv2(x))))
 
   def conv3_conv5(self, both: Array) -> Array:
     """conv3 reads both towers' conv2; conv4 and conv5 their own tower; pool5 (6 x 6 x 128) out."""
     x = nn.relu(self.conv3(both))
     x = nn.relu(self.conv4(x))
-    x = max_pool(nn.relu(self.conv5(x)))
+    x = self._pool(nn.relu(self.conv5(x)))
     return x
 
   def fc6_fc7(self, both: Array, keep: Optional[Array], layer: str) -> Array:
@@ -191,30 +209,103 @@ class Tower(nn.Module):
     return self.logits(exchange(x))  # fc8: cross-tower
 
 
+def one_tower_widths(conv_features: Sequence[int], fc_features: Sequence[int]
+                     ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+  """The paper's one-GPU net, from the two-tower net's per-tower widths.
+
+  "Two towers against one tower with half the kernels" (section 3.2, -1.7 / -1.2 points). The
+  paper's footnote: the one-GPU net keeps the two-tower net's full size in the LAST conv layer
+  and the fully-connected layers after it (most parameters are in fc6, which reads conv5), so
+  the two nets have about the same number of parameters, a comparison biased in the one-GPU
+  net's favour. (PAPER.md and its Korean source review say only "half the kernels"; the
+  footnote is the paper's.) So conv1-conv4 have one tower's widths (half of each layer's
+  kernels), conv5, fc6, fc7 both towers' widths, fc8 all the classes: 48-128-192-192-256
+  kernels, 4096-4096-1000 neurons, 59,798,312 parameters at 1000 classes (two towers:
+  60,965,224). No second tower, so no cross-tower layers: conv3 reads conv2's 128 maps, not 256.
+  """
+  c1, c2, c3, c4, c5 = conv_features
+  f6, f7 = fc_features
+  return (c1, c2, c3, c4, 2 * c5), (2 * f6, 2 * f7)
+
+
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 
 
 def make_tower(model_config, num_classes: int) -> Tower:
-  """The tower for a config's `model` section (`dtype`: the compute dtype, default float32)."""
+  """The tower for a config's `model` section (`dtype`: the compute dtype, default float32).
+
+  `model.towers` = 1 makes the one-tower net of `one_tower_widths`; its fc6 and fc7 keep the
+  two-tower net's total widths, so the dropout masks (2 x config fc widths) are the same shape.
+  """
   dtype = model_config.get('dtype', 'float32')
   if dtype not in COMPUTE_DTYPES:
     raise ValueError(f"config.model.dtype={dtype!r}: use 'float32' or 'bfloat16' (parameters "
                      'and the optimizer state stay float32 either way).')
-  return Tower(conv_features=tuple(model_config.conv_features),
-               fc_features=tuple(model_config.fc_features),
-               classes_per_tower=num_classes // 2,
-               dropout_rate=model_config.dropout_rate,
-               dtype=jnp.dtype(dtype),
-               init_scheme=model_config.get('init_scheme', 'paper'))
+  towers = model_config.get('towers', 2)
+  conv_features, fc_features = model_config.conv_features, model_config.fc_features
+  if towers == 1:
+    conv_features, fc_features = one_tower_widths(conv_features, fc_features)
+  return Tower(conv_features=tuple(conv_features),
+               fc_features=tuple(fc_features),
+               classes_per_tower=num_classes // towers,
+               dropout_rate=model_config.dropout_rate, dtype=jnp.dtype(dtype),
+               init_scheme=model_config.get('init_scheme', 'paper'),
+               lrn=model_config.get('lrn', True),
+               pool_window=model_config.get('pool_window', POOL_WINDOW),
+               pool_stride=model_config.get('pool_stride', POOL_STRIDE),
+               towers=towers)
+
+
+def self_exchange(tower: Tower) -> Exchange:
+  """The cross-tower read where only shapes matter (or with one tower: there is no other):
+  the tower's activations concatenated with themselves, once per tower."""
+  return lambda x: jnp.concatenate([x] * tower.towers, axis=-1)
 
 
 def init_params(tower: Tower, rng: Array, image_size: int) -> dict:
-  """Both towers' parameters, stacked on a leading axis of size 2 (tower 1, tower 2).
+  """All towers' parameters, stacked on a leading axis of size `tower.towers` (the paper's
+  2: tower 1, tower 2).
 
   Each tower draws from its own key. Initialisation needs only shapes, so the cross-tower read
   is stood in for by concatenating the tower's activations with themselves.
   """
   image = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-  self_exchange = lambda x: jnp.concatenate([x, x], axis=-1)
-  init_one = lambda key: tower.init(key, image, self_exchange)['params']
-  return jax.vmap(init_one)(jax.random.split(rng, 2))
+  init_one = lambda key: tower.init(key, image, self_exchange(tower))['params']
+  return jax.vmap(init_one)(jax.random.split(rng, tower.towers))
+
+
+def pool5_size(image_size: int, pool_window: int = POOL_WINDOW,
+               pool_stride: int = POOL_STRIDE) -> int:
+  """Height (= width) of pool5 for a crop of `image_size` (6 for the paper's 224)."""
+  size = -(-(image_size - 11) // 4) + 1  # conv1, with `conv1_padding`
+  for _ in range(3):  # pool1, pool2, pool5; conv2-conv5 keep the size (padding)
+    size = (size - pool_window) // pool_stride + 1
+  return size
+
+
+def layer_macs(tower: Tower, image_size: int) -> dict[str, int]:
+  """Multiply-adds per image of each conv and fc layer, all towers, read off the model itself.
+
+  An output value of a layer whose kernel has shape (..., fan_in, out) costs fan_in
+  multiply-adds, so a layer costs (its output positions per image) x (its kernel's size); both
+  come from tracing the network (shapes only), so every variant (towers, pooling) is counted as
+  it is built. ReLU, LRN, pooling and softmax are not counted. The paper's network: 724,406,816
+  at 224 x 224 (the paper: "about 724 million").
+  """
+  params = jax.eval_shape(lambda k: init_params(tower, k, image_size), jax.random.key(0))
+  one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), params)
+  image = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+  _, state = jax.eval_shape(
+      lambda p, x: tower.apply({'params': p}, x, self_exchange(tower),
+                               capture_intermediates=True, mutable=['intermediates']),
+      one, image)
+  out = state['intermediates']
+  positions = lambda name: math.prod(out[name]['__call__'][0].shape[1:-1])  # H x W, or 1
+  return {name: tower.towers * positions(name) * math.prod(one[name]['kernel'].shape)
+          for name in ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8')}
+
+
+def param_count(tower: Tower, image_size: int) -> int:
+  """Parameters of all towers (60,965,224 for the paper's network at 1000 classes)."""
+  params = jax.eval_shape(lambda k: init_params(tower, k, image_size), jax.random.key(0))
+  return sum(math.prod(a.shape) for a in jax.tree.leaves(params))

@@ -4,8 +4,9 @@ A strategy turns the one `Tower` definition (model.py) into a forward function
 
     forward(params, images, keep) -> logits
 
-over global arrays, where `params` holds both towers stacked on a leading axis of size 2,
-`images` is the global batch and `keep` the global dropout masks (model.dropout_masks). Each
+over global arrays, where `params` holds both towers stacked on a leading axis of size 2 (of
+size 1 for the one-tower ablation, model.towers = 1, which `data` and `fsdp` run), `images` is
+the global batch and `keep` the global dropout masks (model.dropout_masks). Each
 strategy is a `jax.shard_map` whose `in_specs`/`out_specs` and collectives are its
 communication; gradients come from differentiating through it (the transpose of an all-gather is
 a reduce-scatter, and a parameter replicated over a batch axis gets its gradient all-reduced).
@@ -37,6 +38,7 @@ Forward = Callable[[Any, jax.Array, Any], jax.Array]
 ParamSpec = Callable[[str, str, tuple[int, ...]], P]
 
 STRATEGIES = ('towers', 'data', 'hybrid', 'towers_data', 'fsdp')
+TOWER_STRATEGIES = ('towers', 'hybrid', 'towers_data')  # a `tower` mesh axis of size 2
 CONV_LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
 FC_LAYERS = ('fc6', 'fc7', 'fc8')
 LAYERS = CONV_LAYERS + FC_LAYERS
@@ -137,6 +139,9 @@ def fit_error(parallelism: str, num_devices: int, tower: Optional[model_lib.Towe
     return (f'{parallelism} on {n} devices needs {n} devices but only {available} are visible; on '
             f"CPU, simulate more with jax.config.update('jax_num_cpu_devices', {n}) before JAX "
             'starts')
+  if tower is not None and tower.towers != 2 and parallelism in TOWER_STRATEGIES:
+    return (f'{parallelism} puts the two towers on different devices, but model.towers='
+            f'{tower.towers} has no second tower; use parallelism data or fsdp')
   if parallelism == 'towers' and n != 2:
     return f'towers puts one tower on each of exactly 2 devices, not {n} (use towers_data)'
   if parallelism in ('hybrid', 'towers_data') and n % 2:
@@ -205,7 +210,9 @@ def one_tower(tower: model_lib.Tower):
 
 
 def _tower_slices(params) -> list:
-  return [jax.tree.map(lambda a, t=t: a[t], params) for t in range(2)]
+  """Each tower's parameters, from the leading (tower) axis: 2 towers, or 1 (model.towers)."""
+  towers = jax.tree.leaves(params)[0].shape[0]
+  return [jax.tree.map(lambda a, t=t: a[t], params) for t in range(towers)]
 
 
 def both_towers_convs(tower: model_lib.Tower, params, images: jax.Array) -> jax.Array:
@@ -236,7 +243,7 @@ def both_towers_fc7(tower: model_lib.Tower, params, x: jax.Array, keep) -> jax.A
   for layer in ('fc6', 'fc7'):
     x = jnp.concatenate([
         tower.apply({'params': pt}, x, k, layer, method=model_lib.Tower.fc6_fc7)
-        for pt, k in zip(p, _split_keep(keep, layer, 2))], -1)
+        for pt, k in zip(p, _split_keep(keep, layer, len(p)))], -1)
   return x
 
 

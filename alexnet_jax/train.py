@@ -55,6 +55,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.parallelism not in partitioning.STRATEGIES:
     raise ConfigError(f'config.parallelism={config.parallelism!r} is not a strategy; use one of '
                       f'{", ".join(partitioning.STRATEGIES)}.')
+  _validate_model_switches(config)
   num_devices = partitioning.resolve_num_devices(config.parallelism,
                                                  config.get('num_devices', 0))
   tower = model_lib.make_tower(config.model, config.model.num_classes)
@@ -62,16 +63,19 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if error:
     raise ConfigError(f'config.parallelism={config.parallelism!r} with config.num_devices='
                       f'{config.get("num_devices", 0)} cannot run: {error}.')
-  if config.model.num_classes % 2:
+  if config.model.num_classes % config.model.get('towers', 2):
     raise ConfigError(
         f'config.model.num_classes={config.model.num_classes} is odd, but fc8 splits the classes '
         'between the two towers; use an even number of classes.')
   if config.image_size > config.resize_size:
     raise ConfigError(f'config.image_size={config.image_size} is larger than '
                       f'config.resize_size={config.resize_size}; the crop must fit in the image.')
-  if config.image_size < 35:
+  pooling = (config.model.get('pool_window', model_lib.POOL_WINDOW),
+             config.model.get('pool_stride', model_lib.POOL_STRIDE))
+  if model_lib.pool5_size(config.image_size, *pooling) < 1:
+    smallest = next(s for s in range(11, 4096) if model_lib.pool5_size(s, *pooling) >= 1)
     raise ConfigError(f'config.image_size={config.image_size} is too small for the network '
-                      '(pool5 needs at least 1 x 1); use 35 or more.')
+                      f'(pool5 needs at least 1 x 1); use {smallest} or more.')
   _validate_loop_fields(config)
   _validate_preprocessing(config)
   strategy = partitioning.make_strategy(config.parallelism, tower,
@@ -112,6 +116,27 @@ def _validate_loop_fields(config: ml_collections.ConfigDict) -> None:
                   or not 1 <= profile[0] <= profile[1]):
     raise ConfigError(f'config.profile_steps={profile} must be () or (first, last) with '
                       '1 <= first <= last, e.g. --config.profile_steps="(10, 12)".')
+
+
+def _validate_model_switches(config: ml_collections.ConfigDict) -> None:
+  """The design choices of configs/default.py's `model` section that ablations turn off."""
+  model = config.model
+  towers = model.get('towers', 2)
+  if towers not in (1, 2):
+    raise ConfigError(f'config.model.towers={towers}: use 2 (the paper\'s two towers) or 1 (one '
+                      'tower with half the kernels, the paper\'s one-GPU net).')
+  if towers == 1 and config.parallelism in partitioning.TOWER_STRATEGIES:
+    raise ConfigError(
+        f'config.model.towers=1 has no second tower for parallelism={config.parallelism!r} to '
+        'put on another device; use --config.parallelism=data (or fsdp) with one tower.')
+  window = model.get('pool_window', model_lib.POOL_WINDOW)
+  stride = model.get('pool_stride', model_lib.POOL_STRIDE)
+  if not 1 <= stride <= window:
+    raise ConfigError(f'config.model.pool_window={window}, pool_stride={stride}: use '
+                      '1 <= stride <= window (the paper: 3 and 2; non-overlapping: 2 and 2).')
+  if not 0 <= model.dropout_rate < 1:
+    raise ConfigError(f'config.model.dropout_rate={model.dropout_rate} must be in [0, 1) '
+                      '(0 turns dropout off; the paper uses 0.5).')
 
 
 def _validate_preprocessing(config: ml_collections.ConfigDict) -> None:

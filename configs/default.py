@@ -52,6 +52,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.num_classes = 1000
   c.model.conv_features = (48, 128, 192, 192, 128)
   c.model.fc_features = (2048, 2048)
+  # The design choices the paper measures, each switchable for ablations (alexnet_jax/ablate.py):
+  # LRN after conv1 and conv2; max pooling window / stride (3 / 2 overlapping; 2 / 2 is the
+  # non-overlapping one it beat); towers: 2, or 1 tower with half the kernels (the paper's one-GPU
+  # net, model.one_tower_widths; runs with parallelism data or fsdp). Dropout: dropout_rate = 0.
+  c.model.lrn = True
+  c.model.pool_window = 3
+  c.model.pool_stride = 2
+  c.model.towers = 2
   c.model.dropout_rate = 0.5
   c.model.init_scheme = 'paper'  # or 'he' (see model.Tower.init_scheme)
   # Compute dtype of activations and matrix products: 'float32' or 'bfloat16' (for GPUs and

@@ -32,7 +32,7 @@ def test_flops_of_the_paper_network_match_the_layer_table_by_hand():
   forward = conv1 + conv2 + conv3 + conv4 + conv5 + fc6 + fc7 + fc8
   assert forward == 724_406_816  # "about 724 million multiply-adds" (PAPER.md)
   tower = model_lib.Tower()
-  assert bench.layer_macs(tower, 224) == {
+  assert model_lib.layer_macs(tower, 224) == {
       'conv1': conv1, 'conv2': conv2, 'conv3': conv3, 'conv4': conv4, 'conv5': conv5,
       'fc6': fc6, 'fc7': fc7, 'fc8': fc8}
   # Forward + backward (input and weight gradients), 2 FLOPs a multiply-add; conv1 has no input

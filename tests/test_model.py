@@ -1,6 +1,7 @@
 """The network of Fig. 2: sizes, LRN, init, and the two-tower split against a one-device net."""
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +10,7 @@ import pytest
 
 from alexnet_jax import model as model_lib
 from alexnet_jax import partitioning
+from configs import default
 
 PAPER_PARAMS = 60_965_224
 
@@ -111,8 +113,9 @@ SMALL = dict(conv_features=(8, 16, 24, 24, 16), fc_features=(32, 32), classes_pe
 SMALL_SIZE = 67  # conv1 -> 15, pool -> 7, pool -> 3, pool5 -> 1
 
 
-def pool(x):
-  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), 'VALID')
+def pool(x, window=3, stride=2):
+  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, window, window, 1),
+                               (1, stride, stride, 1), 'VALID')
 
 
 def conv(x, w, b, stride, pad, groups=1):
@@ -122,9 +125,9 @@ def conv(x, w, b, stride, pad, groups=1):
   return y + b
 
 
-def lrn_by_group(x):
+def lrn_by_group(x, groups=2):
   """LRN on each tower's channels separately (channel loop, like numpy_lrn, in jnp)."""
-  halves = jnp.split(x, 2, axis=-1)
+  halves = jnp.split(x, groups, axis=-1)
   out = []
   for h in halves:
     sq = h ** 2
@@ -134,20 +137,26 @@ def lrn_by_group(x):
   return jnp.concatenate(out, -1)
 
 
-@jax.jit
-def one_device_alexnet(stacked, x, keep=None, rate=0.5):
+@functools.partial(jax.jit, static_argnames=('rate', 'lrn', 'window', 'stride'))
+def one_device_alexnet(stacked, x, keep=None, rate=0.5, lrn=True, window=3, stride=2):
   """AlexNet as one network with grouped convolutions (Caffe's group=2), from the stacked
-  two-tower parameters: tower 1's kernels are the first half of every layer."""
-  cat = lambda name, what: jnp.concatenate([stacked[name][what][0], stacked[name][what][1]], -1)
+  two-tower parameters: tower 1's kernels are the first half of every layer. With parameters
+  stacked on an axis of 1 (model.towers = 1): one group, the plain one-tower network. `lrn`,
+  `window`, `stride`: the ablation switches, written independently of model.py."""
+  groups = stacked['conv1']['kernel'].shape[0]
+  cat = lambda name, what: jnp.concatenate(list(stacked[name][what]), -1)
   relu = jax.nn.relu
+  norm = (lambda y: lrn_by_group(y, groups)) if lrn else (lambda y: y)
+  mp = lambda y: pool(y, window, stride)
   pad = model_lib.conv1_padding(x.shape[1])
-  x = pool(lrn_by_group(relu(conv(x, cat('conv1', 'kernel'), cat('conv1', 'bias'), 4,
-                                      ((0, pad), (0, pad))))))
-  x = pool(lrn_by_group(relu(conv(x, cat('conv2', 'kernel'), cat('conv2', 'bias'), 1,
-                                  ((2, 2), (2, 2)), groups=2))))
+  x = mp(norm(relu(conv(x, cat('conv1', 'kernel'), cat('conv1', 'bias'), 4,
+                        ((0, pad), (0, pad))))))
+  x = mp(norm(relu(conv(x, cat('conv2', 'kernel'), cat('conv2', 'bias'), 1,
+                        ((2, 2), (2, 2)), groups=groups))))
   x = relu(conv(x, cat('conv3', 'kernel'), cat('conv3', 'bias'), 1, ((1, 1), (1, 1))))
-  x = relu(conv(x, cat('conv4', 'kernel'), cat('conv4', 'bias'), 1, ((1, 1), (1, 1)), 2))
-  x = pool(relu(conv(x, cat('conv5', 'kernel'), cat('conv5', 'bias'), 1, ((1, 1), (1, 1)), 2)))
+  x = relu(conv(x, cat('conv4', 'kernel'), cat('conv4', 'bias'), 1, ((1, 1), (1, 1)), groups))
+  x = mp(relu(conv(x, cat('conv5', 'kernel'), cat('conv5', 'bias'), 1, ((1, 1), (1, 1)),
+                   groups)))
   x = x.reshape(x.shape[0], -1)
   hp = jax.lax.Precision.HIGHEST
   for name in ('fc6', 'fc7'):
@@ -229,3 +238,145 @@ def test_he_init_scheme_scales_by_fan_in_with_zero_biases():
     assert abs(w.std() - np.sqrt(2.0 / fan_in)) < 0.15 * np.sqrt(2.0 / fan_in), name
   for leaf in jax.tree.leaves({k: v['bias'] for k, v in params.items()}):
     np.testing.assert_array_equal(np.asarray(leaf), 0.0)
+
+
+# --- The ablation switches (alexnet_jax/ablate.py): each changes exactly what it names. ---
+
+def model_config(widths=None, **switches):
+  """configs/default.py's model section (the paper's), with the switches changed."""
+  c = default.get_config().model
+  if widths is not None:
+    c.conv_features, c.fc_features = widths
+  for k, v in switches.items():
+    c[k] = v
+  return c
+
+
+def shapes(tower, size):
+  """Kernel shapes (stacked axis first) and each layer's output per image, all towers."""
+  params = jax.eval_shape(lambda k: model_lib.init_params(tower, k, size), jax.random.key(0))
+  one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), params)
+  _, state = jax.eval_shape(
+      lambda p, x: tower.apply({'params': p}, x, model_lib.self_exchange(tower),
+                               capture_intermediates=True, mutable=['intermediates']),
+      one, jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
+  out = {name: v['__call__'][0].shape[1:] for name, v in state['intermediates'].items()
+         if name in params}
+  out = {name: s[:-1] + (tower.towers * s[-1],) for name, s in out.items()}
+  return {name: p['kernel'].shape for name, p in params.items()}, out
+
+
+# By hand, from the paper's table: (kernel h, w, in, out) per tower, and outputs H x W x C.
+TWO_TOWERS_224 = (
+    {'conv1': (2, 11, 11, 3, 48), 'conv2': (2, 5, 5, 48, 128), 'conv3': (2, 3, 3, 256, 192),
+     'conv4': (2, 3, 3, 192, 192), 'conv5': (2, 3, 3, 192, 128), 'fc6': (2, 9216, 2048),
+     'fc7': (2, 4096, 2048), 'fc8': (2, 4096, 500)},
+    {'conv1': (55, 55, 96), 'conv2': (27, 27, 256), 'conv3': (13, 13, 384),
+     'conv4': (13, 13, 384), 'conv5': (13, 13, 256), 'fc6': (4096,), 'fc7': (4096,),
+     'fc8': (1000,)})
+# The paper's one-GPU net: half the kernels in conv1-conv4, conv5 and the fc layers full.
+ONE_TOWER_224 = (
+    {'conv1': (1, 11, 11, 3, 48), 'conv2': (1, 5, 5, 48, 128), 'conv3': (1, 3, 3, 128, 192),
+     'conv4': (1, 3, 3, 192, 192), 'conv5': (1, 3, 3, 192, 256), 'fc6': (1, 9216, 4096),
+     'fc7': (1, 4096, 4096), 'fc8': (1, 4096, 1000)},
+    {'conv1': (55, 55, 48), 'conv2': (27, 27, 128), 'conv3': (13, 13, 192),
+     'conv4': (13, 13, 192), 'conv5': (13, 13, 256), 'fc6': (4096,), 'fc7': (4096,),
+     'fc8': (1000,)})
+
+
+def hand_params(kernels):
+  return sum(k[0] * (math.prod(k[1:]) + k[-1]) for k in kernels.values())
+
+
+def hand_macs(kernels, outputs):
+  """H x W x C_out x (kernel h x w x C_in) per layer: the paper's "multiply-adds"."""
+  return sum(math.prod(outputs[n]) * math.prod(k[1:-1]) for n, k in kernels.items())
+
+
+@pytest.mark.parametrize('switches,expected,params,macs', [
+    ({}, TWO_TOWERS_224, PAPER_PARAMS, 724_406_816),
+    ({'lrn': False}, TWO_TOWERS_224, PAPER_PARAMS, 724_406_816),
+    ({'pool_window': 2, 'pool_stride': 2}, TWO_TOWERS_224, PAPER_PARAMS, 724_406_816),
+    ({'towers': 1}, ONE_TOWER_224, 59_798_312, 391_514_384),
+])
+def test_switch_changes_exactly_the_layers_it_names_at_224(switches, expected, params, macs):
+  """LRN and 2 x 2 pooling keep every shape at 224 (55 -> 27 -> 13 -> 6 either way, as the
+  paper says: "equivalent dimensions"); one tower halves conv1-conv4 only."""
+  tower = model_lib.make_tower(model_config(**switches), 1000)
+  kernels, outputs = shapes(tower, 224)
+  assert (kernels, outputs) == expected
+  assert hand_params(expected[0]) == params == model_lib.param_count(tower, 224)
+  assert hand_macs(*expected) == macs == sum(model_lib.layer_macs(tower, 224).values())
+
+
+def test_non_overlapping_pooling_changes_only_the_pooled_sizes_where_they_differ():
+  """At 231 (conv1 -> 56 x 56, no padding) 2 x 2 / 2 pooling gives 28 -> 14 -> 7 where 3 x 3 / 2
+  gives 27 -> 13 -> 6: the spatial sizes after each pool change, and so does fc6's fan-in
+  (7 x 7 x 256 = 12544); no kernel width or other layer does."""
+  base = shapes(model_lib.make_tower(model_config(), 1000), 231)
+  two = shapes(model_lib.make_tower(model_config(pool_window=2, pool_stride=2), 1000), 231)
+  assert base[1]['conv1'] == two[1]['conv1'] == (56, 56, 96)
+  assert [base[1][n][:2] for n in ('conv2', 'conv3', 'conv5')] == [(27, 27), (13, 13), (13, 13)]
+  assert [two[1][n][:2] for n in ('conv2', 'conv3', 'conv5')] == [(28, 28), (14, 14), (14, 14)]
+  assert base[0]['fc6'] == (2, 9216, 2048) and two[0]['fc6'] == (2, 12544, 2048)
+  assert {n: k for n, k in base[0].items() if n != 'fc6'} == {
+      n: k for n, k in two[0].items() if n != 'fc6'}
+  tower = model_lib.make_tower(model_config(pool_window=2, pool_stride=2), 1000)
+  assert model_lib.param_count(tower, 231) == PAPER_PARAMS + 2 * (12544 - 9216) * 2048
+  assert model_lib.pool5_size(231, 2, 2) == 7 and model_lib.pool5_size(231) == 6
+
+
+def _switched_setup(**switches):
+  """The SMALL network with `switches`, its strategy (two towers: `towers`; one: `data`, both
+  on 2 devices) and host parameters of its shapes, N(0, 0.1^2) (no initialiser to compile)."""
+  tower = model_lib.make_tower(model_config((SMALL['conv_features'], SMALL['fc_features']),
+                                            **switches), 10)
+  strategy = (partitioning.data(tower, num_devices=2) if tower.towers == 1
+              else partitioning.towers(tower))
+  abstract = jax.eval_shape(lambda k: model_lib.init_params(tower, k, SMALL_SIZE),
+                            jax.random.key(0))
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda a: rng.normal(scale=0.1, size=a.shape).astype(np.float32),
+                        abstract)
+  images = np.random.default_rng(1).normal(size=(4, SMALL_SIZE, SMALL_SIZE, 3)) * 50
+  return tower, strategy, params, images.astype(np.float32)
+
+
+@pytest.mark.parametrize('switches,reference', [
+    ({'lrn': False}, {'lrn': False}),
+    ({'pool_window': 2, 'pool_stride': 2}, {'window': 2, 'stride': 2}),
+    ({'towers': 1}, {}),
+])
+def test_switched_network_equals_the_independent_one_device_network(switches, reference):
+  """Forward with dropout against `one_device_alexnet` given the same switch; and the switch
+  changes the output (the reference without it differs)."""
+  tower, strategy, params, images = _switched_setup(**switches)
+  fc_total = tuple(tower.towers * f for f in tower.fc_features)
+  assert fc_total == (64, 64)  # one tower keeps fc6 and fc7 at both towers' width
+  keep = model_lib.dropout_masks(jax.random.key(7), 4, fc_total, 0.5)
+  got = jax.jit(strategy.forward)(jax.device_put(params, strategy.param_sharding(params)),
+                                  images, keep)
+  want = one_device_alexnet(params, images, keep, **reference)
+  assert got.shape == (4, 10)
+  assert rel_err(got, want) <= 1e-5
+  assert np.std(np.asarray(want)) > 1e-3  # not two near-zero arrays
+  if reference:  # a two-tower switch: the paper's setting gives another output
+    assert rel_err(one_device_alexnet(params, images, keep), want) > 1e-3
+
+
+def test_lrn_off_leaves_everything_before_the_lrn_unchanged():
+  """Same parameters and image: conv1 (the only layer before the first LRN) is bit-identical
+  with and without LRN; conv2, which reads the normalised (or not) maps, differs."""
+  _, _, params, images = _switched_setup()
+  one = jax.tree.map(lambda a: a[0], params)
+  outs = {}
+  for lrn in (True, False):
+    tower = model_lib.make_tower(model_config((SMALL['conv_features'], SMALL['fc_features']),
+                                              lrn=lrn), 10)
+    _, state = jax.jit(lambda p, x, t=tower: t.apply(
+        {'params': p}, x, model_lib.self_exchange(t), capture_intermediates=True,
+        mutable=['intermediates']))(one, images)
+    outs[lrn] = {n: np.asarray(v['__call__'][0]) for n, v in state['intermediates'].items()
+                 if n.startswith(('conv', 'fc'))}
+  np.testing.assert_array_equal(outs[True]['conv1'], outs[False]['conv1'])
+  assert rel_err(outs[False]['conv2'], outs[True]['conv2']) > 1e-3

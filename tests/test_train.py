@@ -46,6 +46,59 @@ def test_tiny_config_is_accepted():
   train.validate_config(tiny.get_config())  # no exception
 
 
+@pytest.mark.parametrize('parallelism', ['towers', 'hybrid', 'towers_data'])
+def test_one_tower_with_a_tower_strategy_is_refused_naming_the_fix(parallelism):
+  config = tiny.get_config()
+  config.model.towers = 1
+  config.parallelism = parallelism
+  with pytest.raises(train.ConfigError) as e:
+    train.validate_config(config)
+  assert 'model.towers=1' in str(e.value) and '--config.parallelism=data' in str(e.value)
+  # The strategy itself refuses too, whoever builds it.
+  tower = model_lib.make_tower(config.model, config.model.num_classes)
+  with pytest.raises(ValueError, match='no second tower'):
+    partitioning.make_strategy(parallelism, tower, num_devices=4)
+
+
+@pytest.mark.parametrize('parallelism', ['data', 'fsdp'])
+def test_one_tower_runs_data_parallel(parallelism):
+  config = tiny.get_config()
+  config.model.towers = 1
+  config.parallelism = parallelism
+  train.validate_config(config)  # no exception
+
+
+@pytest.mark.parametrize('changes,words', [
+    ({'towers': 3}, ['model.towers=3', 'use 2']),
+    ({'pool_window': 2, 'pool_stride': 3}, ['pool_stride=3', 'stride <= window']),
+    ({'dropout_rate': 1.0}, ['dropout_rate=1.0', '[0, 1)']),
+])
+def test_bad_model_switch_is_refused(changes, words):
+  config = tiny.get_config()
+  for k, v in changes.items():
+    config.model[k] = v
+  with pytest.raises(train.ConfigError) as e:
+    train.validate_config(config)
+  for word in words:
+    assert word in str(e.value)
+
+
+@pytest.mark.parametrize('window,stride,smallest', [(3, 2, 64), (2, 2, 36)])
+def test_crop_too_small_for_pool5_is_refused_with_the_smallest_that_works(window, stride,
+                                                                         smallest):
+  """By hand: conv1 gives ceil((S - 11) / 4) + 1; three pools must leave 1 x 1. With 3 / 2
+  pooling conv1 needs 15 (15 -> 7 -> 3 -> 1; 14 -> 6 -> 2 -> 0), so S >= 64; with 2 / 2 it
+  needs 8 (8 -> 4 -> 2 -> 1), so S >= 36."""
+  config = tiny.get_config()
+  config.model.pool_window, config.model.pool_stride = window, stride
+  config.image_size = smallest - 1
+  with pytest.raises(train.ConfigError, match=f'image_size={smallest - 1} is too small.*use '
+                     f'{smallest} or more'):
+    train.validate_config(config)
+  config.image_size = smallest
+  train.validate_config(config)  # no exception
+
+
 def test_batch_the_data_axis_cannot_split_is_refused():
   config = tiny.get_config()
   config.parallelism, config.num_devices, config.batch_size = 'data', 4, 30
