@@ -32,6 +32,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from alexnet_jax import convolution
+
 Array = jax.Array
 Exchange = Callable[[Array], Array]
 
@@ -130,6 +132,9 @@ class Tower(nn.Module):
   pool_window: int = POOL_WINDOW
   pool_stride: int = POOL_STRIDE
   towers: int = 2
+  # How the conv kernels' gradients are computed (convolution.py): 'auto' = per-offset matrix
+  # products on CPU, XLA's own elsewhere. The same numbers either way, to float rounding.
+  weight_grad: str = 'auto'
 
   def setup(self):
     if self.init_scheme == 'paper':
@@ -144,7 +149,8 @@ class Tower(nn.Module):
     def conv(name, features, kernel, stride, padding, bias):
       return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding,
                      kernel_init=weights, bias_init=nn.initializers.constant(bias),
-                     dtype=self.dtype, name=name)
+                     dtype=self.dtype, name=name,
+                     conv_general_dilated=convolution.flax_conv_general_dilated(self.weight_grad))
 
     def dense(name, features, bias):
       return nn.Dense(features, kernel_init=weights, bias_init=nn.initializers.constant(bias),
@@ -253,7 +259,7 @@ def make_tower(model_config, num_classes: int) -> Tower:
                lrn=model_config.get('lrn', True),
                pool_window=model_config.get('pool_window', POOL_WINDOW),
                pool_stride=model_config.get('pool_stride', POOL_STRIDE),
-               towers=towers)
+               towers=towers, weight_grad=model_config.get('weight_grad', 'auto'))
 
 
 def self_exchange(tower: Tower) -> Exchange:
