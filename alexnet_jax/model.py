@@ -24,7 +24,6 @@ off for an ablation (alexnet_jax/ablate.py): `lrn`, `pool_window` / `pool_stride
 (2, or 1: the paper's one-GPU net, see `one_tower_widths`).
 """
 
-import functools
 import math
 from typing import Callable, Mapping, Optional, Sequence
 
@@ -32,7 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from alexnet_jax import convolution
+from alexnet_jax import ops
 
 Array = jax.Array
 Exchange = Callable[[Array], Array]
@@ -48,35 +47,15 @@ def local_response_norm(x: Array, k: float = LRN_K, n: int = LRN_N, alpha: float
   """b_i = a_i / (k + alpha * sum_{|j - i| <= n/2} a_j^2)^beta over the channels of `x`.
 
   `x` holds ONE tower's channels, so the window stops at the tower's edges as on the two GPUs.
-  The windowed sum is one product with a banded 0/1 matrix: a single pass on any backend, no
-  loop over channels. It is computed in float32 at HIGHEST precision whatever the compute dtype
-  (bfloat16 squares summed in bfloat16, or float32 ones in TF32 on a GPU, would lose the digits
-  the normalisation needs); only the result is cast back. On XLA:CPU, float32 is float32 at any
-  precision setting, and the product runs in YNNPACK like the convolutions. (n shifted slices
-  added instead, the other one-pass form, measured slower on XLA:CPU: its backward fused into
-  the max-pool's select and was recomputed per pooling view; README, "Performance".)
+  One pass over the channels (n shifted slices), in float32 whatever the compute dtype, with a
+  hand-written gradient (ops.py).
   """
-  c = x.shape[-1]
-  idx = jnp.arange(c)
-  band = (jnp.abs(idx[:, None] - idx[None, :]) <= n // 2).astype(jnp.float32)
-  x32 = x.astype(jnp.float32)
-  sum_sq = jnp.einsum('...c,cd->...d', jnp.square(x32), band,
-                      precision=jax.lax.Precision.HIGHEST)
-  return (x32 * jnp.power(k + alpha * sum_sq, -beta)).astype(x.dtype)
+  return ops.local_response_norm(x, k, n, alpha, beta)
 
 
 def max_pool(x: Array, window: int = POOL_WINDOW, stride: int = POOL_STRIDE) -> Array:
-  """Max pooling, no padding: overlapping (the paper's window 3, stride 2) or not (2, 2).
-
-  Written as the maximum of the window's window x window strided views: the same values as
-  `lax.reduce_window`, but its gradient is elementwise selects that XLA fuses, where
-  reduce_window's select-and-scatter ran 5x slower on CPU.
-  """
-  out_h = (x.shape[1] - window) // stride + 1
-  out_w = (x.shape[2] - window) // stride + 1
-  views = [x[:, i:i + stride * (out_h - 1) + 1:stride, j:j + stride * (out_w - 1) + 1:stride]
-           for i in range(window) for j in range(window)]
-  return functools.reduce(jnp.maximum, views)
+  """Max pooling, no padding: overlapping (the paper's window 3, stride 2) or not (2, 2)."""
+  return ops.max_pool(x, window, stride)
 
 
 def conv1_padding(image_size: int, kernel: int = 11, stride: int = 4) -> int:
@@ -132,7 +111,7 @@ class Tower(nn.Module):
   pool_window: int = POOL_WINDOW
   pool_stride: int = POOL_STRIDE
   towers: int = 2
-  # How the conv kernels' gradients are computed (convolution.py): 'auto' = per-offset matrix
+  # How the conv kernels' gradients are computed (ops.py): 'auto' = per-offset matrix
   # products on CPU, XLA's own elsewhere. The same numbers either way, to float rounding.
   weight_grad: str = 'auto'
 
@@ -150,7 +129,7 @@ class Tower(nn.Module):
       return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding,
                      kernel_init=weights, bias_init=nn.initializers.constant(bias),
                      dtype=self.dtype, name=name,
-                     conv_general_dilated=convolution.flax_conv_general_dilated(self.weight_grad))
+                     conv_general_dilated=ops.flax_conv_general_dilated(self.weight_grad))
 
     def dense(name, features, bias):
       return nn.Dense(features, kernel_init=weights, bias_init=nn.initializers.constant(bias),
