@@ -29,6 +29,7 @@ from alexnet_jax import checkpointing
 from alexnet_jax import input_pipeline
 from alexnet_jax import model as model_lib
 from alexnet_jax import optimizer as optimizer_lib
+from alexnet_jax import ops
 from alexnet_jax import partitioning
 from alexnet_jax import schedules
 
@@ -137,6 +138,10 @@ def _validate_model_switches(config: ml_collections.ConfigDict) -> None:
   if not 0 <= model.dropout_rate < 1:
     raise ConfigError(f'config.model.dropout_rate={model.dropout_rate} must be in [0, 1) '
                       '(0 turns dropout off; the paper uses 0.5).')
+  weight_grad = model.get('weight_grad', 'auto')
+  if weight_grad not in ops.WEIGHT_GRADS:
+    raise ConfigError(f'config.model.weight_grad={weight_grad!r}: use one of {ops.WEIGHT_GRADS} '
+                      "('auto': per-offset products on CPU, XLA's own elsewhere).")
 
 
 def _validate_preprocessing(config: ml_collections.ConfigDict) -> None:

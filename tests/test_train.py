@@ -72,6 +72,7 @@ def test_one_tower_runs_data_parallel(parallelism):
     ({'towers': 3}, ['model.towers=3', 'use 2']),
     ({'pool_window': 2, 'pool_stride': 3}, ['pool_stride=3', 'stride <= window']),
     ({'dropout_rate': 1.0}, ['dropout_rate=1.0', '[0, 1)']),
+    ({'weight_grad': 'cudnn'}, ["weight_grad='cudnn'", "'offsets'", "'xla'"]),
 ])
 def test_bad_model_switch_is_refused(changes, words):
   config = tiny.get_config()
