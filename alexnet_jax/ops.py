@@ -31,6 +31,7 @@ of their own. A convolution's forward pass and input gradient are XLA's either w
 """
 
 import functools
+import math
 from typing import Sequence
 
 import jax
@@ -73,12 +74,17 @@ def kernel_grad_by_offsets(x: Array, dy: Array, kernel_shape: Sequence[int], str
   bh, bw = -(-kh // stride), -(-kw // stride)
   x = space_to_depth(x, stride, out_h - 1 + bh, out_w - 1 + bw) if stride > 1 else x
   channels = x.shape[-1]
-  dy2 = dy.reshape(batch * out_h * out_w, c_out)
+  groups = math.gcd(batch, 8)
+  dy3 = dy.reshape(groups, -1, c_out)
 
   def offset(k):
     i, j = k // bw, k % bw
     window = lax.dynamic_slice(x, (0, i, j, 0), (batch, out_h, out_w, channels))
-    return window.reshape(-1, channels).T @ dy2
+    # A fixed number of partial products (groups of images), then their sum: one product over
+    # all positions let the matmul library split the long sum across threads differently for
+    # different device counts (a 1-process and a 2-process run of a config then drifted apart).
+    partial = jnp.einsum('gpc,gpd->gcd', window.reshape(groups, -1, channels), dy3)
+    return partial.sum(0)
 
   grads = lax.map(offset, jnp.arange(bh * bw))  # [offsets, channels, c_out]
   if stride == 1:
