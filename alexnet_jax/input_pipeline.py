@@ -180,21 +180,12 @@ def _check_imagenet_archives(manual_dir: str, builder: tfds.core.DatasetBuilder)
                     len(numbers))
 
 
-def prepare_dataset(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
-  """Returns the builder of `config.dataset`, generating/preparing its files on first use, and
-  computing the training-set statistics the config asks for (mean image, RGB PCA) if they are
-  not cached yet."""
-  builder = _prepare_files(config)
-  if _needs_stats(config):
-    load_or_compute_stats(config, builder)
-  return builder
-
-
-def _prepare_files(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+def open_dataset(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  """The builder of `config.dataset` (its metadata: classes, splits), writing nothing; refuses
+  (DatasetNotReadyError, saying which files to put where) a dataset that is not prepared and
+  cannot be prepared here, so that a run stops before it writes or compiles anything."""
   builder = tfds.builder(config.dataset, data_dir=_data_dir(config))
-  if builder.is_prepared():
-    return builder
-  if builder.name == 'imagenet2012':
+  if not builder.is_prepared() and builder.name == 'imagenet2012':
     manual_dir = _check_imagenet_manual_files(config, builder)
     _check_imagenet_archives(manual_dir, builder)
     if importlib.util.find_spec('importlib_resources') is None:
@@ -202,10 +193,24 @@ def _prepare_files(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilde
       raise DatasetNotReadyError(
           'Preparing imagenet2012 with tensorflow-datasets needs the `importlib_resources` '
           'package: pip install importlib_resources, then re-run: ' + _current_command())
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-  else:
-    builder.download_and_prepare()  # synthetic_shapes: generated locally, nothing downloaded
+  return builder
+
+
+def prepare_dataset(config: ml_collections.ConfigDict,
+                    builder: tfds.core.DatasetBuilder | None = None
+                    ) -> tfds.core.DatasetBuilder:
+  """Returns the builder of `config.dataset` (`builder`: open_dataset's, if already opened),
+  generating/preparing its files on first use, and computing the training-set statistics the
+  config asks for (mean image, RGB PCA) if they are not cached yet."""
+  builder = builder or open_dataset(config)
+  if not builder.is_prepared():
+    if builder.name == 'imagenet2012':
+      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+          manual_dir=_check_imagenet_manual_files(config, builder)))
+    else:
+      builder.download_and_prepare()  # synthetic_shapes: generated locally, nothing downloaded
+  if _needs_stats(config):
+    load_or_compute_stats(config, builder)
   return builder
 
 

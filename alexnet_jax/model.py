@@ -104,6 +104,10 @@ class Tower(nn.Module):
   # start with positive input), 0 elsewhere. 'he': N(0, 2 / fan_in) weights and zero biases, for
   # narrow layers and short runs, where 0.01 lets the signal die out (see configs/tiny.py).
   init_scheme: str = 'paper'
+  # fc8's kernel at zero (as big_vision's `head_zeroinit`), whatever the scheme: the first
+  # logits are all 0 (loss log C) instead of large ones from 4096 inputs whose first updates
+  # knock the net off course; the gradient reaches fc7 from the second step on.
+  head_zeroinit: bool = False
   # The design choices the paper measures (section 3), for ablations. `towers` is how many
   # towers the network has (the parameters are stacked on a leading axis of that size): 2, or 1
   # for one tower whose widths `make_tower` sets (see `one_tower_widths`).
@@ -131,9 +135,9 @@ class Tower(nn.Module):
                      dtype=self.dtype, name=name,
                      conv_general_dilated=ops.flax_conv_general_dilated(self.weight_grad))
 
-    def dense(name, features, bias):
-      return nn.Dense(features, kernel_init=weights, bias_init=nn.initializers.constant(bias),
-                      dtype=self.dtype, name=name)
+    def dense(name, features, bias, kernel_init=weights):
+      return nn.Dense(features, kernel_init=kernel_init,
+                      bias_init=nn.initializers.constant(bias), dtype=self.dtype, name=name)
 
     c1, c2, c3, c4, c5 = self.conv_features
     self.conv1 = conv('conv1', c1, 11, 4, 'VALID', 0.0)  # padding applied in `conv1_conv2`
@@ -143,7 +147,8 @@ class Tower(nn.Module):
     self.conv5 = conv('conv5', c5, 3, 1, ((1, 1), (1, 1)), positive)
     self.fc6 = dense('fc6', self.fc_features[0], positive)
     self.fc7 = dense('fc7', self.fc_features[1], positive)
-    self.fc8 = dense('fc8', self.classes_per_tower, 0.0)
+    self.fc8 = dense('fc8', self.classes_per_tower, 0.0,
+                     nn.initializers.zeros if self.head_zeroinit else weights)
 
   # The stages between cross-tower reads. A strategy that holds both towers on one device
   # calls these directly; `__call__` strings them together with `exchange` between them.
@@ -235,6 +240,7 @@ def make_tower(model_config, num_classes: int) -> Tower:
                classes_per_tower=num_classes // towers,
                dropout_rate=model_config.dropout_rate, dtype=jnp.dtype(dtype),
                init_scheme=model_config.get('init_scheme', 'paper'),
+               head_zeroinit=model_config.get('head_zeroinit', False),
                lrn=model_config.get('lrn', True),
                pool_window=model_config.get('pool_window', POOL_WINDOW),
                pool_stride=model_config.get('pool_stride', POOL_STRIDE),

@@ -62,6 +62,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.towers = 2
   c.model.dropout_rate = 0.5
   c.model.init_scheme = 'paper'  # or 'he' (see model.Tower.init_scheme)
+  c.model.head_zeroinit = False  # fc8's kernel at zero (not the paper; model.Tower.head_zeroinit)
   # Compute dtype of activations and matrix products: 'float32' or 'bfloat16' (for GPUs and
   # TPUs). Parameters, gradients and the optimizer state stay float32 either way.
   c.model.dtype = 'float32'

@@ -240,6 +240,26 @@ def test_he_init_scheme_scales_by_fan_in_with_zero_biases():
     np.testing.assert_array_equal(np.asarray(leaf), 0.0)
 
 
+
+def test_head_zeroinit_zeroes_fc8_only_and_starts_at_loss_log_classes():
+  config = model_config(head_zeroinit=True, init_scheme='he')
+  config.conv_features, config.fc_features = SMALL['conv_features'], SMALL['fc_features']
+  tower = model_lib.make_tower(config, 10)
+  plain = model_lib.make_tower(model_config(init_scheme='he', widths=(
+      SMALL['conv_features'], SMALL['fc_features'])), 10)
+  key = jax.random.key(0)
+  params = model_lib.init_params(tower, key, SMALL_SIZE)
+  reference = model_lib.init_params(plain, key, SMALL_SIZE)
+  np.testing.assert_array_equal(np.asarray(params['fc8']['kernel']), 0.0)
+  assert np.abs(np.asarray(reference['fc8']['kernel'])).max() > 0
+  for name in ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7'):  # same draws
+    np.testing.assert_array_equal(np.asarray(params[name]['kernel']),
+                                  np.asarray(reference[name]['kernel']))
+  strategy = partitioning.make_strategy('towers', tower)
+  images = jax.random.normal(jax.random.key(1), (4, SMALL_SIZE, SMALL_SIZE, 3))
+  logits = strategy.forward(jax.device_put(params, strategy.param_sharding(params)), images, None)
+  np.testing.assert_array_equal(np.asarray(logits), 0.0)  # softmax loss: log 10 exactly
+
 # --- The ablation switches (alexnet_jax/ablate.py): each changes exactly what it names. ---
 
 def model_config(widths=None, **switches):

@@ -1,6 +1,8 @@
 """Config checks that refuse a run before anything is compiled or written; evaluation against
 a by-hand computation."""
 
+import logging
+
 import jax
 import numpy as np
 import pytest
@@ -185,3 +187,35 @@ def test_evaluate_counts_every_image_once_and_averages_the_ten_softmaxes(eval_se
   if crops == 'ten':  # not the centre crop's numbers: the ten patches were averaged
     centre = _by_hand(config, params, forward, examples, 'center')
     assert abs(centre['val_loss'] - metrics['val_loss']) > 1e-4
+
+
+def test_programs_compile_once_on_the_background_thread(tmp_path, tiny_data_dir):
+  """train_and_evaluate compiles initialisation, train step and both evaluation crop modes on
+  its compile_ahead thread while the dataset is prepared; the loop finds them compiled (a
+  second lowering of a step would mean a second compilation)."""
+  config = tiny.get_config()
+  config.data_dir = tiny_data_dir
+  config.num_train_steps = config.log_every_steps = 4
+  config.eval_every_steps = config.checkpoint_every_steps = 2
+  config.final_eval_crops = 'ten'
+  records = []
+  handler = logging.Handler()
+  handler.emit = records.append
+  logger = logging.getLogger('jax._src.interpreters.pxla')
+  logger.addHandler(handler)
+  jax.config.update('jax_log_compiles', True)  # global: a context would be this thread's only
+  try:
+    metrics = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  finally:
+    jax.config.update('jax_log_compiles', False)
+    logger.removeHandler(handler)
+  assert metrics['val_examples'] == 80
+  lowered = [(r.threadName, r.getMessage()) for r in records
+             if r.getMessage().startswith('Compiling')]
+  def threads(text):
+    return [thread for thread, message in lowered if text in message]
+  size = config.image_size
+  assert threads('types (ShapedArray(key<fry>[]),)') == ['compile_ahead_0']  # initialisation
+  assert threads(f'float32[{config.batch_size},{size},{size},3]') == ['compile_ahead_0']
+  assert threads(f'float32[{config.eval_batch_size},{size},{size},3]') == ['compile_ahead_0']
+  assert threads(f'float32[{config.eval_batch_size},10,{size},{size},3]') == ['compile_ahead_0']
