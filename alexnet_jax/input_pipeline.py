@@ -324,10 +324,10 @@ def ten_crop(image: tf.Tensor, image_size: int) -> tf.Tensor:
 
 
 def normalize(image: tf.Tensor, mean: Any, std_rgb: Sequence[float] | None = None) -> tf.Tensor:
-  """float32 pixels in [0, 255] minus the mean: per channel ([3]) or the mean image (same
-  shape as `image`, so subtract it before cropping and both are cropped alike). The paper stops
-  there (`std_rgb=None`); dividing by a std is for the 'he' init of short runs (configs/tiny.py)."""
-  image = tf.cast(image, tf.float32) - tf.constant(mean, tf.float32)
+  """float32 pixels in [0, 255] minus the mean: per channel ([3]) or the mean image (cropped
+  like `image`). The paper stops there (`std_rgb=None`); dividing by a std is for the 'he' init
+  of short runs (configs/tiny.py)."""
+  image = tf.cast(image, tf.float32) - tf.cast(mean, tf.float32)
   if std_rgb is not None and len(std_rgb):
     image = image / tf.constant(std_rgb, tf.float32)
   return image
@@ -427,31 +427,38 @@ def pixel_transform(config: ml_collections.ConfigDict,
 def train_example(image_or_jpeg: tf.Tensor, seed: tf.Tensor, config: ml_collections.ConfigDict,
                   transform: PixelTransform) -> tf.Tensor:
   """One training image, float32 [S, S, 3]. `config.train_crop`:
-  'random_crop' (the paper): the decoded resize_size square (uint8) -> colour noise -> minus the
-    mean (image) -> a random image_size crop, flipped with probability 1/2;
+  'random_crop' (the paper): the decoded resize_size square (uint8) -> a random image_size
+    crop, flipped with probability 1/2 -> colour noise -> minus the mean (image, cropped and
+    flipped alike);
   'random_resized_crop': JPEG bytes -> a random box decoded and resized -> flip -> colour noise
-    -> minus the per-channel mean (config.mean_subtraction 'image' is refused for it)."""
+    -> minus the per-channel mean (config.mean_subtraction 'image' is refused for it).
+  Cropping first gives the numbers of normalising the whole square then cropping (every later
+  step is per pixel) on 224^2 pixels instead of 256^2, and moves uint8s, not floats."""
   crop_seed, colour_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
+  mean = transform.mean
   if config.train_crop == 'random_resized_crop':
     image = decode_random_resized_crop(image_or_jpeg, crop_seed, config.image_size,
                                        area_range=config.rrc_area_range)
   else:
-    image = image_or_jpeg
+    image = random_crop_and_flip(image_or_jpeg, crop_seed, config.image_size)
+    if mean.ndim == 3:
+      mean = random_crop_and_flip(tf.constant(mean), crop_seed, config.image_size)
   if transform.pca_std > 0:
     image = pca_lighting(image, colour_seed, transform.pca_std, transform.eigval,
                          transform.eigvec)
-  image = normalize(image, transform.mean, transform.std)
-  if config.train_crop == 'random_crop':
-    image = random_crop_and_flip(image, crop_seed, config.image_size)
-  return image
+  return normalize(image, mean, transform.std)
 
 
 def eval_example(image: tf.Tensor, crops: str, image_size: int,
                  transform: PixelTransform) -> tf.Tensor:
-  """A decoded resize_size square -> minus the mean -> the central crop [S, S, 3] ('center') or
-  the paper's ten patches [10, S, S, 3] ('ten')."""
-  image = normalize(image, transform.mean, transform.std)
-  return ten_crop(image, image_size) if crops == 'ten' else center_crop(image, image_size)
+  """A decoded resize_size square -> the central crop [S, S, 3] ('center') or the paper's ten
+  patches [10, S, S, 3] ('ten') -> minus the mean (image, cropped alike)."""
+  mean = transform.mean
+  if crops == 'ten':  # the square once, not ten overlapping patches
+    return ten_crop(normalize(image, mean, transform.std), image_size)
+  return normalize(center_crop(image, image_size),
+                   center_crop(tf.constant(mean), image_size) if mean.ndim == 3 else mean,
+                   transform.std)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -463,6 +463,25 @@ def test_train_example_subtracts_the_mean_image_cropped_like_the_input():
   assert len(placements) > 6
 
 
+
+def test_eval_example_subtracts_the_mean_image_cropped_like_the_input():
+  """Centre crop and ten patches of (image - mean image) / std, by NumPy slicing."""
+  rng = np.random.default_rng(5)
+  image = rng.integers(0, 256, size=(40, 40, 3), dtype=np.uint8)
+  mean_image = rng.uniform(50, 200, size=(40, 40, 3)).astype(np.float32)
+  std = np.array([50.0, 60.0, 70.0], np.float32)
+  transform = input_pipeline.PixelTransform(mean=mean_image, std=std, pca_std=0.0,
+                                            eigval=np.ones(3, np.float32),
+                                            eigvec=np.eye(3, dtype=np.float32))
+  centred = (image.astype(np.float32) - mean_image) / std
+  centre = input_pipeline.eval_example(tf.constant(image), 'center', 32, transform).numpy()
+  np.testing.assert_allclose(centre, centred[4:36, 4:36], rtol=1e-6, atol=1e-6)
+  ten = input_pipeline.eval_example(tf.constant(image), 'ten', 32, transform).numpy()
+  corners = [(0, 0), (0, 8), (8, 0), (8, 8), (4, 4)]
+  want = [centred[t:t + 32, l:l + 32] for t, l in corners]
+  want += [w[:, ::-1] for w in want]
+  np.testing.assert_allclose(ten, np.stack(want), rtol=1e-6, atol=1e-6)
+
 def test_eval_iterator_ten_crops_every_image_once(builder, data_dir):
   config = _config(data_dir, resize_size=72, image_size=64, mean_subtraction='image',
                    stats_num_images=100, eval_crops='ten')
