@@ -204,9 +204,9 @@ def prepare_dataset(config: ml_collections.ConfigDict,
   config asks for (mean image, RGB PCA) if they are not cached yet."""
   builder = builder or open_dataset(config)
   if not builder.is_prepared():
-    if builder.name == 'imagenet2012':
+    if builder.name == 'imagenet2012':  # open_dataset has checked the manual files
       builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-          manual_dir=_check_imagenet_manual_files(config, builder)))
+          manual_dir=_imagenet_manual_dir(config, builder)))
     else:
       builder.download_and_prepare()  # synthetic_shapes: generated locally, nothing downloaded
   if _needs_stats(config):
@@ -440,9 +440,8 @@ def train_example(image_or_jpeg: tf.Tensor, seed: tf.Tensor, config: ml_collecti
     image = decode_random_resized_crop(image_or_jpeg, crop_seed, config.image_size,
                                        area_range=config.rrc_area_range)
   else:
-    image = random_crop_and_flip(image_or_jpeg, crop_seed, config.image_size)
-    if mean.ndim == 3:
-      mean = random_crop_and_flip(tf.constant(mean), crop_seed, config.image_size)
+    crop = lambda x: random_crop_and_flip(x, crop_seed, config.image_size)
+    image, mean = crop(image_or_jpeg), _cropped_mean(mean, crop)
   if transform.pca_std > 0:
     image = pca_lighting(image, colour_seed, transform.pca_std, transform.eigval,
                          transform.eigvec)
@@ -456,9 +455,13 @@ def eval_example(image: tf.Tensor, crops: str, image_size: int,
   mean = transform.mean
   if crops == 'ten':  # the square once, not ten overlapping patches
     return ten_crop(normalize(image, mean, transform.std), image_size)
-  return normalize(center_crop(image, image_size),
-                   center_crop(tf.constant(mean), image_size) if mean.ndim == 3 else mean,
-                   transform.std)
+  crop = lambda x: center_crop(x, image_size)
+  return normalize(crop(image), _cropped_mean(mean, crop), transform.std)
+
+
+def _cropped_mean(mean: np.ndarray, crop) -> Any:
+  """The mean to subtract from `crop(image)`: the mean image cropped alike, or the [3] mean."""
+  return crop(tf.constant(mean)) if mean.ndim == 3 else mean
 
 
 # ---------------------------------------------------------------------------------------------

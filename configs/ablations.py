@@ -7,9 +7,9 @@ Starts from configs/quickstart.py (the full network on the generated 10-class da
 configs/tiny.py with `--config=configs/ablations.py:tiny` (narrow layers, 64 px crops: minutes
 on a CPU). What the paper uses and quickstart / tiny do not: PCA colour noise with std 0.1
 (quickstart and tiny train without it) and fc8 drawn like the other layers (quickstart starts
-it at zero). LRN, 3 / 2 pooling, two towers and dropout 0.5 are
-already every config's defaults (configs/default.py); they are set here again so the baseline
-is the paper's whatever the defaults become. Every run is evaluated on the centre crop; the
+it at zero). LRN, 3 / 2 pooling, two towers and dropout 0.5 are already every config's defaults
+(configs/default.py); they are set here again so the baseline is the paper's whatever the
+defaults become. Every run is evaluated on the centre crop; the
 `tencrop` variant evaluates the baseline on the ten patches (alexnet_jax/ablate.py).
 """
 
