@@ -169,6 +169,25 @@ def _softmax(logits):
   return e / e.sum(-1, keepdims=True)
 
 
+def test_top_k_counts_a_tie_with_the_label_against_it():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(64, 10)).astype(np.float32)
+  labels = rng.integers(0, 10, size=64)
+  # Distinct logits: the label's rank by sorting (0 = the largest).
+  ranks = np.argsort(np.argsort(-logits, axis=-1), axis=-1)[np.arange(64), labels]
+  for k in (1, 5):
+    np.testing.assert_array_equal(train.top_k_correct(logits, labels, k), ranks < k)
+  # fc8 at zero: every class ties, so nothing is right at k < 10; k = 10 is always right.
+  zeros, labels = np.zeros((4, 10), np.float32), np.array([0, 3, 7, 9])
+  np.testing.assert_array_equal(train.top_k_correct(zeros, labels, 1), np.zeros(4))
+  np.testing.assert_array_equal(train.top_k_correct(zeros, labels, 5), np.zeros(4))
+  np.testing.assert_array_equal(train.top_k_correct(zeros, labels, 10), np.ones(4))
+  # A tie below the label does not matter; a tie with it does.
+  tied = np.array([[3.0, 1.0, 1.0, 0.0], [1.0, 3.0, 3.0, 0.0]], np.float32)
+  np.testing.assert_array_equal(train.top_k_correct(tied, np.array([0, 1]), 1), [1.0, 0.0])
+  np.testing.assert_array_equal(train.top_k_correct(tied, np.array([0, 1]), 2), [1.0, 1.0])
+
+
 @pytest.mark.parametrize('parallelism,crops', [('towers', 'ten'), ('data', 'ten')])
 def test_evaluate_counts_every_image_once_and_averages_the_ten_softmaxes(eval_setup, parallelism,
                                                                         crops):
