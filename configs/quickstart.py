@@ -5,12 +5,14 @@
 Needs no download: the first run writes `synthetic_shapes/default` (JPEGs of 200-500 px) into
 the tfds data dir, later runs reuse it. The same full network (two towers, 60.9M parameters at
 1000 classes), update rule and preprocessing as configs/paper.py. What differs, and why:
-- 10 classes, 2,600 training images, and a budget of a few thousand images instead of 90 epochs;
+- 10 classes, 2,600 training images, and 120 steps of 32 (1.5 epochs) instead of 90 epochs.
+  120, not fewer: at step 80 the result was the seed's luck (seeds 0, 1, 2: 56.8, 43.6, 35.0 %
+  top-1), at step 100 54.2-72.4 %, at step 120 63.0-71.0 % (measured, 2026-11-23);
 - the 'he' init with unit-variance inputs instead of N(0, 0.01^2) on raw pixels: with 10
   classes the paper's init makes the first updates of fc8 (4096 inputs near 1, from the bias-1
   fc7) swing the logits by tens, and the run sits at chance for hundreds of steps;
 - no dropout: the paper notes dropout roughly doubles the iterations needed to converge; a run
-  of 80 steps cannot afford that (measured: 56.8 % top-1 at step 80 without it, against 30.2 %
+  this short cannot afford that (measured: 56.8 % top-1 at step 80 without it, against 30.2 %
   at step 100 with it and learning rate 0.003; 59.6 % and 52.0 % at step 80 with ops.py's
   gradients, two summation orders);
 - learning rate 0.005, constant, and batch 32: more, smaller steps in a short run (0.008 with
@@ -21,7 +23,9 @@ the tfds data dir, later runs reuse it. The same full network (two towers, 60.9M
   of 23-28 %, 56.8 % at step 80 instead of 52.0 %).
 The decoded images are not cached: the training stream is the same (one file, a shuffle buffer
 larger than the split), and the first step no longer waits for all 2,600 to be decoded.
-Expected (2-core CPU, two simulated devices): see README, "Measured results".
+Expected (2-core CPU, two simulated devices): 71.0 % top-1 with this seed on the machine it was
+tuned on; another CPU rounds the matrix products differently and so follows another trajectory,
+like another seed (63.0 and 67.4 % for seeds 2 and 1). Time: README, "Measured results".
 """
 
 from configs import default
@@ -39,8 +43,8 @@ def get_config():
   c.lr_schedule.kind = 'constant'
   c.batch_size = 32
   c.eval_batch_size = 100
-  c.num_train_steps = 80
+  c.num_train_steps = 120
   c.log_every_steps = 10
-  c.eval_every_steps = 80
-  c.checkpoint_every_steps = 80
+  c.eval_every_steps = 120
+  c.checkpoint_every_steps = 120
   return c
