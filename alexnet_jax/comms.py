@@ -243,8 +243,7 @@ def build_train_step(config, parallelism: str, num_devices: int, devices=None, p
     raise ValueError(f'batch_size={config.batch_size} cannot be split over the '
                      f'{strategy.batch_shards} batch shards of {parallelism} on {num_devices} '
                      f'devices; use a multiple of {strategy.batch_shards}.')
-  tx = optimizer_lib.paper_sgd(learning_rate=config.learning_rate, momentum=config.momentum,
-                               weight_decay=config.weight_decay)
+  tx = optimizer_lib.from_config(config)
   if params is None:
     state = train.create_train_state(config, tower, strategy, tx, jax.random.key(config.seed))
   else:  # as create_train_state places them: momentum beside its parameter

@@ -10,6 +10,7 @@ the update) and, as in Caffe and cuda-convnet, biases are exempt.
 """
 
 import jax
+import ml_collections
 import optax
 
 
@@ -29,6 +30,12 @@ def paper_sgd(learning_rate: float, momentum: float = 0.9,
       optax.scale_by_learning_rate(learning_rate),  # -eps (g + 0.0005 w)
       optax.trace(decay=momentum),  # v <- 0.9 v - eps (g + 0.0005 w); update = v
   )
+
+
+def from_config(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """The update rule with a config's learning rate, momentum and weight decay."""
+  return paper_sgd(learning_rate=config.learning_rate, momentum=config.momentum,
+                   weight_decay=config.weight_decay)
 
 
 def learning_rate(opt_state) -> jax.Array:

@@ -509,8 +509,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   tower = model_lib.make_tower(config.model, config.model.num_classes)
   strategy = partitioning.make_strategy(config.parallelism, tower,
                                         num_devices=config.get('num_devices', 0))
-  tx = optimizer_lib.paper_sgd(learning_rate=config.learning_rate, momentum=config.momentum,
-                               weight_decay=config.weight_decay)
+  tx = optimizer_lib.from_config(config)
   group, groups = strategy.input_group(config.batch_size)  # which rows this process reads
   stream_shards = input_pipeline.input_shards(config, groups)
   rng = jax.random.key(config.seed)
