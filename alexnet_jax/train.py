@@ -438,6 +438,15 @@ def prepare_dataset_once(config: ml_collections.ConfigDict,
   return builder
 
 
+def planned_steps(config: ml_collections.ConfigDict, builder) -> tuple[int, int]:
+  """(steps per epoch, steps the run trains): config.num_train_steps, or num_epochs epochs."""
+  steps_per_epoch = max(input_pipeline.num_examples(builder, config.train_split)
+                        // config.batch_size, 1)
+  num_steps = (config.num_train_steps if config.num_train_steps > 0
+               else int(config.num_epochs * steps_per_epoch))
+  return steps_per_epoch, num_steps
+
+
 def abstract_batch(config: ml_collections.ConfigDict, strategy: partitioning.Strategy, *,
                    crops: str | None = None) -> dict:
   """The global batch's shapes, dtypes and sharding, as the input pipeline yields them: a
@@ -538,20 +547,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if jax.process_index() == 0:
       with open(os.path.join(workdir, 'config.json'), 'w') as f:
         f.write(config.to_json_best_effort(indent=2))
-    init_compiled, steps_compiled = compile_ahead(
-        config, strategy, abstract_state, step_fn, eval_fn,
-        init_program(config, tower, tx, abstract_state) if state is None else None)
-    builder = prepare_dataset_once(config, builder)  # generated on first use, while compiling
     if state is None:
+      init_compiled, steps_compiled = compile_ahead(
+          config, strategy, abstract_state, step_fn, eval_fn,
+          init_program(config, tower, tx, abstract_state))
+      builder = prepare_dataset_once(config, builder)  # generated on first use, while compiling
       state = init_compiled.result()(rng)
+    else:  # the dataset exists; a finished run (the same command again) compiles nothing
+      builder = prepare_dataset_once(config, builder)
+      steps_compiled = None
+      if int(state.step) < planned_steps(config, builder)[1]:
+        _, steps_compiled = compile_ahead(config, strategy, abstract_state, step_fn, eval_fn,
+                                          None)
   except BaseException:
     checkpoints.close()
     raise
 
-  steps_per_epoch = max(input_pipeline.num_examples(builder, config.train_split)
-                        // config.batch_size, 1)
-  num_steps = (config.num_train_steps if config.num_train_steps > 0
-               else int(config.num_epochs * steps_per_epoch))
+  steps_per_epoch, num_steps = planned_steps(config, builder)
   eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
   profile = tuple(config.get('profile_steps', ()) or ())
 
@@ -663,8 +675,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   checkpoints.close()
   writer.close()
   if start_step >= num_steps:
-    logging.info('Nothing to train: the checkpoint is at step %d, config.num_train_steps is '
-                 '%d.', start_step, num_steps)
+    logging.info('Nothing to train: the checkpoint is at step %d of the run\'s %d.%s', start_step,
+                 num_steps, ' Its evaluation: top-1 %.4f  top-5 %.4f.' % (
+                     eval_metrics['val_top1'], eval_metrics['val_top5'])
+                 if 'val_top1' in eval_metrics else '')
   if preempted_at is not None:
     return {**eval_metrics, 'preempted_at_step': preempted_at}
   return eval_metrics

@@ -225,16 +225,23 @@ def test_programs_compile_once_on_the_background_thread(tmp_path, tiny_data_dir)
   jax.config.update('jax_log_compiles', True)  # global: a context would be this thread's only
   try:
     metrics = train.train_and_evaluate(config, str(tmp_path / 'run'))
+    first_run = list(records)
+    records.clear()
+    again = train.train_and_evaluate(config, str(tmp_path / 'run'))  # finished: the same command
   finally:
     jax.config.update('jax_log_compiles', False)
     logger.removeHandler(handler)
   assert metrics['val_examples'] == 80
-  lowered = [(r.threadName, r.getMessage()) for r in records
-             if r.getMessage().startswith('Compiling')]
-  def threads(text):
-    return [thread for thread, message in lowered if text in message]
   size = config.image_size
-  assert threads('types (ShapedArray(key<fry>[]),)') == ['compile_ahead_0']  # initialisation
-  assert threads(f'float32[{config.batch_size},{size},{size},3]') == ['compile_ahead_0']
-  assert threads(f'float32[{config.eval_batch_size},{size},{size},3]') == ['compile_ahead_0']
-  assert threads(f'float32[{config.eval_batch_size},10,{size},{size},3]') == ['compile_ahead_0']
+  programs = {'initialisation': 'types (ShapedArray(key<fry>[]),)',
+              'train step': f'float32[{config.batch_size},{size},{size},3]',
+              'eval step': f'float32[{config.eval_batch_size},{size},{size},3]',
+              'ten-crop eval step': f'float32[{config.eval_batch_size},10,{size},{size},3]'}
+  def threads(records, text):
+    return [r.threadName for r in records
+            if r.getMessage().startswith('Compiling') and text in r.getMessage()]
+  for name, signature in programs.items():
+    assert threads(first_run, signature) == ['compile_ahead_0'], name
+    assert threads(records, signature) == [], f'the finished run compiled its {name} again'
+  # It reports the evaluation its last checkpoint holds: the first run's final one.
+  assert again == metrics
