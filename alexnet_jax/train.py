@@ -675,10 +675,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   checkpoints.close()
   writer.close()
   if start_step >= num_steps:
-    logging.info('Nothing to train: the checkpoint is at step %d of the run\'s %d.%s', start_step,
-                 num_steps, ' Its evaluation: top-1 %.4f  top-5 %.4f.' % (
-                     eval_metrics['val_top1'], eval_metrics['val_top5'])
-                 if 'val_top1' in eval_metrics else '')
+    result = (f' Its evaluation: top-1 {eval_metrics["val_top1"]:.4f}  top-5 '
+              f'{eval_metrics["val_top5"]:.4f}.' if 'val_top1' in eval_metrics else '')
+    logging.info("Nothing to train: the checkpoint is at step %d of the run's %d.%s", start_step,
+                 num_steps, result)
   if preempted_at is not None:
     return {**eval_metrics, 'preempted_at_step': preempted_at}
   return eval_metrics

@@ -211,7 +211,8 @@ def test_evaluate_counts_every_image_once_and_averages_the_ten_softmaxes(eval_se
 def test_programs_compile_once_on_the_background_thread(tmp_path, tiny_data_dir):
   """train_and_evaluate compiles initialisation, train step and both evaluation crop modes on
   its compile_ahead thread while the dataset is prepared; the loop finds them compiled (a
-  second lowering of a step would mean a second compilation)."""
+  second lowering of a step would mean a second compilation). The same call again, on the
+  finished run, compiles none of them."""
   config = tiny.get_config()
   config.data_dir = tiny_data_dir
   config.num_train_steps = config.log_every_steps = 4
