@@ -556,14 +556,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     else:  # the dataset exists; a finished run (the same command again) compiles nothing
       builder = prepare_dataset_once(config, builder)
       steps_compiled = None
-      if int(state.step) < planned_steps(config, builder)[1]:
-        _, steps_compiled = compile_ahead(config, strategy, abstract_state, step_fn, eval_fn,
-                                          None)
+    steps_per_epoch, num_steps = planned_steps(config, builder)
+    if steps_compiled is None and int(state.step) < num_steps:
+      _, steps_compiled = compile_ahead(config, strategy, abstract_state, step_fn, eval_fn, None)
   except BaseException:
     checkpoints.close()
     raise
 
-  steps_per_epoch, num_steps = planned_steps(config, builder)
   eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
   profile = tuple(config.get('profile_steps', ()) or ())
 
