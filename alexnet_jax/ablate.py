@@ -366,6 +366,8 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  from alexnet_jax import allocator  # pylint: disable=g-import-not-at-top
+  allocator.keep_freed_memory()  # before other threads allocate (allocator.py)
   config_flags.DEFINE_config_file(
       'config', None, 'The baseline config (configs/ablations.py: the paper\'s switches; '
       'configs/ablations.py:tiny for small images).', lock_config=True)

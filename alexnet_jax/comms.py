@@ -507,6 +507,8 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  from alexnet_jax import allocator  # pylint: disable=g-import-not-at-top
+  allocator.keep_freed_memory()  # before other threads allocate (allocator.py)
   from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top

@@ -12,6 +12,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from alexnet_jax import allocator
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training config (a configs/*.py file).',
                                 lock_config=True)
@@ -79,4 +81,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  # Before any other thread allocates: the step's buffers stay in the heap (allocator.py).
+  allocator.keep_freed_memory()
   app.run(main)

@@ -169,6 +169,23 @@ def test_max_pool_value_and_gradient_match_reduce_window(shape, window, stride):
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
+def test_max_pool_training_forward_matches_reduce_window_with_ties_and_nan():
+  """The forward pass under differentiation (the custom VJP's, which also finds the maximum's
+  view) gives reduce_window's values: ties from rounding and ReLU zeros, and a NaN that
+  propagates as jnp.maximum's does; the gradients still match where there is no NaN."""
+  x = jnp.round(jax.random.normal(jax.random.key(2), (2, 27, 27, 3)) * 2) / 2
+  x = jax.nn.relu(x)  # many tied zeros
+  y, vjp = jax.vjp(lambda v: ops.max_pool(v, 3, 2), x)
+  np.testing.assert_array_equal(y, window_pool(x, 3, 2))
+  g = jax.random.normal(jax.random.key(3), y.shape)
+  want = jax.vjp(lambda v: window_pool(v, 3, 2), x)[1](g)[0]
+  np.testing.assert_allclose(vjp(g)[0], want, rtol=1e-6, atol=1e-6)
+  with_nan = x.at[0, 5, 6, 1].set(jnp.nan)
+  y_nan = jax.vjp(lambda v: ops.max_pool(v, 3, 2), with_nan)[0]
+  np.testing.assert_array_equal(np.isnan(y_nan), np.isnan(window_pool(with_nan, 3, 2)))
+  assert np.isnan(y_nan).sum() == 2  # pixel (5, 6): row 5 in one window, column 6 in two
+
+
 def test_max_pool_gives_a_tied_window_gradient_to_its_first_maximum_only():
   """All-equal input (a ReLU's zeros): each output's gradient lands on its window's top-left
   input, once, so overlapping windows add up where they share that pixel."""
