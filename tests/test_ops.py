@@ -170,9 +170,9 @@ def test_max_pool_value_and_gradient_match_reduce_window(shape, window, stride):
 
 
 def test_max_pool_training_forward_matches_reduce_window_with_ties_and_nan():
-  """The forward pass under differentiation (the custom VJP's, which also finds the maximum's
-  view) gives reduce_window's values: ties from rounding and ReLU zeros, and a NaN that
-  propagates as jnp.maximum's does; the gradients still match where there is no NaN."""
+  """The forward pass under differentiation (the custom VJP's forward rule, not the primal that
+  the plain value test runs) gives reduce_window's values: ties from rounding and ReLU zeros,
+  and a NaN that propagates as jnp.maximum's does; the gradients match where there is no NaN."""
   x = jnp.round(jax.random.normal(jax.random.key(2), (2, 27, 27, 3)) * 2) / 2
   x = jax.nn.relu(x)  # many tied zeros
   y, vjp = jax.vjp(lambda v: ops.max_pool(v, 3, 2), x)
