@@ -1,6 +1,6 @@
 """Trains AlexNet: `python -m alexnet_jax.main --config=configs/quickstart.py --workdir=DIR`.
 
-Only parses flags, joins a multi-process run if there is one (alexnet_jax/distributed.py) and
+Only parses flags, joins a multi-process run if there is one (alexnet_jax/runtime/distributed.py) and
 calls `train.train_and_evaluate`, which the tests call too.
 """
 
@@ -12,7 +12,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from alexnet_jax import allocator
+from alexnet_jax.runtime import allocator
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training config (a configs/*.py file).',
@@ -39,12 +39,12 @@ def _fail(message: str, code: int) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  from alexnet_jax import checkpointing
+  from alexnet_jax.core import checkpointing
   checkpointing.quiet_orbax_logs()
   # Before JAX starts a backend: a CPU-only machine simulates the devices the strategy needs,
   # then the processes of a multi-process run find each other.
-  from alexnet_jax import devices
-  from alexnet_jax import distributed
+  from alexnet_jax.runtime import devices
+  from alexnet_jax.runtime import distributed
   devices.simulate_cpu_devices(FLAGS.config, FLAGS.num_processes or 1, FLAGS.cpu_devices)
   try:
     joined = distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
@@ -56,9 +56,9 @@ def main(argv):
   if jax.process_index() > 0:
     logging.set_verbosity(logging.WARNING)  # process 0 speaks for the run
 
-  from alexnet_jax import checkpointing
-  from alexnet_jax import input_pipeline
-  from alexnet_jax import train
+  from alexnet_jax.core import checkpointing
+  from alexnet_jax.data import input_pipeline
+  from alexnet_jax.core import train
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (train.ConfigError, input_pipeline.DatasetNotReadyError) as e:

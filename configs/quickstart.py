@@ -15,7 +15,7 @@ the tfds data dir, later runs reuse it. The same full network (two towers, 60.9M
   fc7) swing the logits by tens, and the run sits at chance for hundreds of steps;
 - no dropout: the paper notes dropout roughly doubles the iterations needed to converge; a run
   this short cannot afford that (measured: 56.8 % top-1 at step 80 without it, against 30.2 %
-  at step 100 with it and learning rate 0.003; 59.6 % and 52.0 % at step 80 with ops.py's
+  at step 100 with it and learning rate 0.003; 59.6 % and 52.0 % at step 80 with kernels.py's
   gradients, two summation orders);
 - learning rate 0.005, constant, and batch 32: more, smaller steps in a short run (0.008 with
   64 steps reached 30.6 %, batch 24 with 80 steps 39.6 %, 0.007 and 0.01 with a warm-up were

@@ -12,7 +12,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from alexnet_jax import ablate
+from alexnet_jax.tools import ablate
 from configs import ablations
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _PROBE = r'''
 import ctypes, json, resource, sys, threading
-from alexnet_jax import allocator
+from alexnet_jax.runtime import allocator
 applied = allocator.keep_freed_memory() if sys.argv[1] == 'on' else None
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p

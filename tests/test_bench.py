@@ -11,9 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import bench
-from alexnet_jax import comms
-from alexnet_jax import model as model_lib
+from alexnet_jax.tools import bench
+from alexnet_jax.tools import comms
+from alexnet_jax.core import model as model_lib
 from configs import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from alexnet_jax import checkpointing
-from alexnet_jax import train
+from alexnet_jax.core import checkpointing
+from alexnet_jax.core import train
 from configs import tiny
 
 # 30 steps; a checkpoint every 5, an evaluation every 10; warm-up over 3 steps, and a plateau

@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from alexnet_jax import comms
-from alexnet_jax import partitioning
-import test_partitioning
+from alexnet_jax.tools import comms
+from alexnet_jax.core import strategies
+import test_strategies
 
 
 def compiled_collectives(fn, *args, num_devices=4):
@@ -20,7 +20,7 @@ def compiled_collectives(fn, *args, num_devices=4):
 
 
 def test_parser_on_known_collectives():
-  mesh = partitioning.make_mesh((2, 2), ('a', 'b'))
+  mesh = strategies.make_mesh((2, 2), ('a', 'b'))
 
   def body(x, y):
     g = jax.lax.all_gather(x, 'b', axis=1, tiled=True)  # f32[4, 6] -> [4, 12] over 2 devices
@@ -69,10 +69,10 @@ def test_parser_reads_every_replica_group_spelling_and_combined_ops():
 
 @functools.lru_cache(maxsize=None)
 def measured(name, num_devices, batch_size):
-  config = test_partitioning.small_config(batch_size)
+  config = test_strategies.small_config(batch_size)
   return comms.measure(config, name, num_devices, steps=0,
-                       compiler_options=test_partitioning.FAST_COMPILE,
-                       params=test_partitioning.initial_params())
+                       compiler_options=test_strategies.FAST_COMPILE,
+                       params=test_strategies.initial_params())
 
 
 @pytest.mark.parametrize('name,num_devices', [('towers', 2), ('data', 2)])
@@ -90,7 +90,7 @@ def test_measured_bytes_equal_the_formula(name, num_devices, batch_size):
   if name == 'towers':  # per tower: pool2 3x3x16, pool5 1x1x16, fc6 32, fc7 32; f32, fwd + bwd
     assert entry['model_bytes_per_step'] == 2 * 4 * batch_size * (3 * 3 * 16 + 16 + 32 + 32)
   else:  # one all-reduce of all parameters over 2 devices: 2 (2-1)/2 * 4 bytes * count
-    count = sum(comms.layer_table(partitioning.model_lib.Tower(
+    count = sum(comms.layer_table(strategies.model_lib.Tower(
         conv_features=(8, 16, 24, 24, 16), fc_features=(32, 32), classes_per_tower=4),
         67)[layer]['params'] for layer in comms.LAYERS)
     assert entry['model_bytes_per_step'] == 4 * count
@@ -110,7 +110,7 @@ def test_nothing_unexplained(name, num_devices):
 def test_paper_formula_volumes():
   """The paper's numbers: data parallelism all-reduces 60,965,224 parameters (244 MB on 2
   devices); the towers move a few hundred kB per image."""
-  table = comms.layer_table(partitioning.model_lib.Tower(), 224)
+  table = comms.layer_table(strategies.model_lib.Tower(), 224)
   assert sum(row['params'] for row in table.values()) == 60_965_224
   data = sum(comms.analytic_bytes('data', 2, 128, table).values())
   assert data == 4 * 60_965_224
@@ -119,10 +119,10 @@ def test_paper_formula_volumes():
 
 
 def test_report_files(tmp_path):
-  config = test_partitioning.small_config(8)
+  config = test_strategies.small_config(8)
   result = comms.report(config, 2, steps=1, warmup=1, strategies=['towers', 'towers_data'],
-                        log=lambda _: None, compiler_options=test_partitioning.FAST_COMPILE,
-                        params=test_partitioning.initial_params())
+                        log=lambda _: None, compiler_options=test_strategies.FAST_COMPILE,
+                        params=test_strategies.initial_params())
   comms.write(result, str(tmp_path))
   data = json.load(open(os.path.join(tmp_path, 'comms.json')))
   assert {'devices', 'batch_size', 'strategies'} <= set(data)
@@ -141,11 +141,11 @@ def test_report_files(tmp_path):
 
 def test_both_towers_executors_agree():
   """The timing comparison behind the stage-by-stage executor compares equal computations."""
-  tower = partitioning.model_lib.Tower(conv_features=(8, 16, 24, 24, 16), fc_features=(32, 32),
+  tower = strategies.model_lib.Tower(conv_features=(8, 16, 24, 24, 16), fc_features=(32, 32),
                                        classes_per_tower=4)
   out = comms.time_both_towers_executors(tower, 2, 67, repeats=1,
-                                         compiler_options=test_partitioning.FAST_COMPILE,
-                                         params=test_partitioning.initial_params())
+                                         compiler_options=test_strategies.FAST_COMPILE,
+                                         params=test_strategies.initial_params())
   assert out['max_abs_difference'] <= 1e-5 * out['max_abs_value'] and out['max_abs_value'] > 0
   assert out['split_grouped_convolutions'] == 0 < out['vmapped_grouped_convolutions']
   assert out['split_seconds'] > 0 and out['vmapped_seconds'] > 0

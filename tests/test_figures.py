@@ -11,10 +11,10 @@ import orbax.checkpoint as ocp
 from PIL import Image
 import pytest
 
-from alexnet_jax import figures
-from alexnet_jax import input_pipeline
-from alexnet_jax import model as model_lib
-from alexnet_jax import partitioning
+from alexnet_jax.tools import figures
+from alexnet_jax.data import input_pipeline
+from alexnet_jax.core import model as model_lib
+from alexnet_jax.core import strategies
 from configs import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -95,7 +95,7 @@ def test_figures_json_matches_the_checkpoint_and_the_towers_forward(run, made):
 
   # The top-5 probabilities, against the paper's two-device forward (towers strategy).
   tower = model_lib.make_tower(config.model, config.model.num_classes)
-  strategy = partitioning.make_strategy('towers', tower)
+  strategy = strategies.make_strategy('towers', tower)
   builder = input_pipeline.prepare_dataset(config)
   batch = next(input_pipeline.eval_iterator(config, builder))
   params = jax.device_put(params, strategy.param_sharding(params))

@@ -13,7 +13,7 @@ from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
 
-from alexnet_jax import input_pipeline
+from alexnet_jax.data import input_pipeline
 from configs import paper
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

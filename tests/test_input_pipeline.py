@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from alexnet_jax import input_pipeline
-from alexnet_jax import shapes_dataset
+from alexnet_jax.data import input_pipeline
+from alexnet_jax.data import shapes_dataset
 from configs import default
 
 MEAN_RGB = np.array(default.get_config().mean_rgb, np.float32)

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import model as model_lib
-from alexnet_jax import partitioning
+from alexnet_jax.core import model as model_lib
+from alexnet_jax.core import strategies
 from configs import default
 
 PAPER_PARAMS = 60_965_224
@@ -80,7 +80,7 @@ def test_full_paper_network_parameter_count_and_layer_shapes():
 def test_full_paper_network_runs_on_two_towers():
   """The real network at 224 on 2 devices: logits of the right shape, towers on their devices."""
   tower = paper_tower()
-  strategy = partitioning.towers(tower)
+  strategy = strategies.towers(tower)
   params = jax.jit(lambda k: model_lib.init_params(tower, k, 224),
                    out_shardings=strategy.param_sharding(
                        jax.eval_shape(lambda k: model_lib.init_params(tower, k, 224),
@@ -170,7 +170,7 @@ def one_device_alexnet(stacked, x, keep=None, rate=0.5, lrn=True, window=3, stri
 def small_setup(batch=4):
   """Built once per test session: compiling an initialisation costs seconds on CPU."""
   tower = model_lib.Tower(**SMALL)
-  strategy = partitioning.towers(tower)
+  strategy = strategies.towers(tower)
   abstract = jax.eval_shape(lambda k: model_lib.init_params(tower, k, SMALL_SIZE),
                             jax.random.key(0))
   params = jax.jit(lambda k: model_lib.init_params(tower, k, SMALL_SIZE),
@@ -255,12 +255,12 @@ def test_head_zeroinit_zeroes_fc8_only_and_starts_at_loss_log_classes():
   for name in ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7'):  # same draws
     np.testing.assert_array_equal(np.asarray(params[name]['kernel']),
                                   np.asarray(reference[name]['kernel']))
-  strategy = partitioning.make_strategy('towers', tower)
+  strategy = strategies.make_strategy('towers', tower)
   images = jax.random.normal(jax.random.key(1), (4, SMALL_SIZE, SMALL_SIZE, 3))
   logits = strategy.forward(jax.device_put(params, strategy.param_sharding(params)), images, None)
   np.testing.assert_array_equal(np.asarray(logits), 0.0)  # softmax loss: log 10 exactly
 
-# --- The ablation switches (alexnet_jax/ablate.py): each changes exactly what it names. ---
+# --- The ablation switches (alexnet_jax/tools/ablate.py): each changes exactly what it names. ---
 
 def model_config(widths=None, **switches):
   """configs/default.py's model section (the paper's), with the switches changed."""
@@ -351,8 +351,8 @@ def _switched_setup(**switches):
   on 2 devices) and host parameters of its shapes, N(0, 0.1^2) (no initialiser to compile)."""
   tower = model_lib.make_tower(model_config((SMALL['conv_features'], SMALL['fc_features']),
                                             **switches), 10)
-  strategy = (partitioning.data(tower, num_devices=2) if tower.towers == 1
-              else partitioning.towers(tower))
+  strategy = (strategies.data(tower, num_devices=2) if tower.towers == 1
+              else strategies.towers(tower))
   abstract = jax.eval_shape(lambda k: model_lib.init_params(tower, k, SMALL_SIZE),
                             jax.random.key(0))
   rng = np.random.default_rng(0)

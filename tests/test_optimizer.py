@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from alexnet_jax import optimizer
+from alexnet_jax.core import optimizer
 
 
 def numpy_paper_rule(w, v, g, eps, decay=5e-4, momentum=0.9, is_bias=False):

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from alexnet_jax import schedules
-from alexnet_jax import train
+from alexnet_jax.core import schedules
+from alexnet_jax.core import train
 from configs import paper
 from configs import tiny
 

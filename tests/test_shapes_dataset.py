@@ -10,7 +10,7 @@ from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
 
-from alexnet_jax import shapes_dataset
+from alexnet_jax.data import shapes_dataset
 
 TINY = 'synthetic_shapes/tiny'
 TINY_SIDES = (40, 80)

@@ -9,11 +9,11 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from alexnet_jax import input_pipeline
-from alexnet_jax import model as model_lib
-from alexnet_jax import optimizer as optimizer_lib
-from alexnet_jax import partitioning
-from alexnet_jax import train
+from alexnet_jax.data import input_pipeline
+from alexnet_jax.core import model as model_lib
+from alexnet_jax.core import optimizer as optimizer_lib
+from alexnet_jax.core import strategies
+from alexnet_jax.core import train
 from configs import tiny
 
 
@@ -59,7 +59,7 @@ def test_one_tower_with_a_tower_strategy_is_refused_naming_the_fix(parallelism):
   # The strategy itself refuses too, whoever builds it.
   tower = model_lib.make_tower(config.model, config.model.num_classes)
   with pytest.raises(ValueError, match='no second tower'):
-    partitioning.make_strategy(parallelism, tower, num_devices=4)
+    strategies.make_strategy(parallelism, tower, num_devices=4)
 
 
 @pytest.mark.parametrize('parallelism', ['data', 'fsdp'])
@@ -134,7 +134,7 @@ def eval_setup(tmp_path_factory):
   config.eval_batch_size = 24  # 80 validation images: no batch of 24 divides them
   builder = input_pipeline.prepare_dataset(config)
   tower = model_lib.make_tower(config.model, config.model.num_classes)
-  strategy = partitioning.make_strategy('towers', tower, num_devices=2)
+  strategy = strategies.make_strategy('towers', tower, num_devices=2)
   tx = optimizer_lib.paper_sgd(learning_rate=0.01)
   params = train.create_train_state(config, tower, strategy, tx, jax.random.key(3)).params
   ds = builder.as_dataset(split='validation', shuffle_files=False,
@@ -192,7 +192,7 @@ def test_top_k_counts_a_tie_with_the_label_against_it():
 def test_evaluate_counts_every_image_once_and_averages_the_ten_softmaxes(eval_setup, parallelism,
                                                                         crops):
   config, builder, tower, params, examples = eval_setup
-  strategy = partitioning.make_strategy(parallelism, tower, num_devices=2)
+  strategy = strategies.make_strategy(parallelism, tower, num_devices=2)
   params = jax.device_put(params, strategy.param_sharding(params))
   eval_fn = jax.jit(lambda p, b: train.eval_step(p, b, strategy=strategy))
   metrics = train.evaluate(params, eval_fn, config, builder, strategy, crops=crops)

@@ -12,7 +12,7 @@ integer `label`. Every image is resized so its shorter side is `resize_size` (25
   the modern random-resized crop (`train_crop='random_resized_crop'`);
 - evaluation: the central 224 x 224 patch, or the paper's ten patches ([B, 10, S, S, 3]).
 Statistics of the training set (mean image, RGB PCA) are computed once and cached beside the
-dataset (`load_or_compute_stats`; the arithmetic and file format are in dataset_stats.py).
+dataset (`load_or_compute_stats`; the arithmetic and file format are in stats.py).
 
 The training stream is a pure function of the config and the step. It is made of
 `config.input_shards` logical shards (0: one per process), each an endless run of epochs; epoch e
@@ -41,8 +41,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from alexnet_jax import dataset_stats
-from alexnet_jax import shapes_dataset  # noqa: F401  (registers `synthetic_shapes` with tfds)
+from alexnet_jax.data import stats as dataset_stats
+from alexnet_jax.data import shapes_dataset  # noqa: F401  (registers `synthetic_shapes` with tfds)
 
 IMAGENET_MANUAL_FILES = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
 _VAL_NAME = re.compile(r'ILSVRC2012_val_(\d{8})\.JPEG')
@@ -381,7 +381,7 @@ def compute_stats(config: ml_collections.ConfigDict,
 
 
 def load_or_compute_stats(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder
-                          ) -> tuple[dataset_stats.DatasetStats, str]:
+                          ) -> tuple[stats.DatasetStats, str]:
   """The cached stats for (train split, resize_size, stats_num_images), computed and saved on
   first use. Returns them and the cache file's path."""
   path = dataset_stats.cache_path(os.fspath(builder.data_dir), config.train_split,

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from alexnet_jax import model as model_lib
+from alexnet_jax.core import model as model_lib
 
 Forward = Callable[[Any, jax.Array, Any], jax.Array]
 # (layer, 'kernel' | 'bias', shape of the stacked (2, ...) leaf) -> where the leaf lives.

@@ -1,4 +1,4 @@
-"""ops.py's hand-written gradients against independent computations: NumPy sums written from the
+"""kernels.py's hand-written gradients against independent computations: NumPy sums written from the
 definitions, and JAX's automatic differentiation of the plain formulas (lax.conv, a banded LRN,
 lax.reduce_window)."""
 
@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import ops
+from alexnet_jax.core import kernels
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -54,7 +54,7 @@ def test_kernel_grad_by_offsets_equals_the_definition_and_xla(x_shape, w_shape, 
   w = jax.random.normal(jax.random.key(1), w_shape)
   dy = jax.random.normal(jax.random.key(2), plain_conv(x, w, stride, padding).shape)
   want = numpy_kernel_grad(x, dy, w_shape, stride, padding)
-  got = np.asarray(jax.jit(ops.kernel_grad_by_offsets, static_argnums=(2, 3, 4))(
+  got = np.asarray(jax.jit(kernels.kernel_grad_by_offsets, static_argnums=(2, 3, 4))(
       x, dy, w_shape, stride, padding))
   assert got.shape == w_shape
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
@@ -70,7 +70,7 @@ def test_conv2d_value_and_both_gradients_match_the_plain_convolution(x_shape, w_
   w = jax.random.normal(jax.random.key(1), w_shape)
   r = jax.random.normal(jax.random.key(2), plain_conv(x, w, stride, padding).shape)
   loss = lambda conv, x_, w_: jnp.sum(conv(x_, w_) * r)
-  ours = functools.partial(ops.conv2d, stride=stride, padding=padding, weight_grad=weight_grad)
+  ours = functools.partial(kernels.conv2d, stride=stride, padding=padding, weight_grad=weight_grad)
   plain = functools.partial(plain_conv, stride=stride, padding=padding)
   np.testing.assert_allclose(ours(x, w), plain(x, w), rtol=1e-5, atol=1e-4)
   got = jax.jit(jax.grad(functools.partial(loss, ours), argnums=(0, 1)))(x, w)
@@ -84,26 +84,26 @@ def test_auto_takes_the_offsets_on_cpu_and_xla_keeps_its_own():
   x, w = jnp.ones((1, 8, 8, 2)), jnp.ones((3, 3, 2, 4))
 
   def loops_over_offsets(weight_grad):  # the offsets' loop is a scan in the backward pass
-    grad = jax.grad(lambda w_: ops.conv2d(x, w_, 1, ((1, 1), (1, 1)), weight_grad).sum())
+    grad = jax.grad(lambda w_: kernels.conv2d(x, w_, 1, ((1, 1), (1, 1)), weight_grad).sum())
     return 'scan' in str(jax.make_jaxpr(grad)(w))
 
   assert loops_over_offsets('auto') and loops_over_offsets('offsets')
   assert not loops_over_offsets('xla')
   with pytest.raises(ValueError, match="weight_grad='cudnn'.*'offsets'"):
-    ops.uses_offsets('cudnn')
+    kernels.uses_offsets('cudnn')
 
 
 def test_flax_conv_keeps_its_parameters_and_refuses_what_it_cannot_do():
   x = jax.random.normal(jax.random.key(0), (2, 9, 9, 3))
   ours = nn.Conv(4, (3, 3), padding=((1, 1), (1, 1)),
-                 conv_general_dilated=ops.flax_conv_general_dilated('offsets'))
+                 conv_general_dilated=kernels.flax_conv_general_dilated('offsets'))
   plain = nn.Conv(4, (3, 3), padding=((1, 1), (1, 1)))
   params = plain.init(jax.random.key(1), x)
   assert jax.tree.map(jnp.shape, ours.init(jax.random.key(1), x)) == jax.tree.map(
       jnp.shape, params)
   np.testing.assert_allclose(ours.apply(params, x), plain.apply(params, x), rtol=1e-5, atol=1e-5)
   dilated = nn.Conv(4, (3, 3), kernel_dilation=2,
-                    conv_general_dilated=ops.flax_conv_general_dilated('offsets'))
+                    conv_general_dilated=kernels.flax_conv_general_dilated('offsets'))
   with pytest.raises(ValueError, match='no dilation'):
     dilated.init(jax.random.key(1), x)
 
@@ -125,7 +125,7 @@ def test_lrn_value_and_gradient_match_the_banded_formula(k, n, alpha, beta):
   # Large activations so that the normalisation, and its gradient term, matter.
   a = jax.random.normal(jax.random.key(0), (2, 5, 5, 16)) * 60.0
   g = jax.random.normal(jax.random.key(1), a.shape)
-  ours = lambda x: ops.local_response_norm(x, k, n, alpha, beta)
+  ours = lambda x: kernels.local_response_norm(x, k, n, alpha, beta)
   plain = lambda x: banded_lrn(x, k, n, alpha, beta)
   np.testing.assert_allclose(ours(a), plain(a), rtol=1e-5)
   got = jax.jit(lambda x: jax.vjp(ours, x)[1](g)[0])(a)
@@ -139,11 +139,11 @@ def test_lrn_value_and_gradient_match_the_banded_formula(k, n, alpha, beta):
 
 def test_lrn_in_bfloat16_computes_in_float32_and_returns_bfloat16():
   a = (jax.random.normal(jax.random.key(0), (2, 3, 3, 8)) * 30).astype(jnp.bfloat16)
-  out = ops.local_response_norm(a, 2.0, 5, 1e-4, 0.75)
+  out = kernels.local_response_norm(a, 2.0, 5, 1e-4, 0.75)
   assert out.dtype == jnp.bfloat16
   np.testing.assert_allclose(np.asarray(out, np.float32),
                              banded_lrn(a.astype(jnp.float32), 2.0, 5, 1e-4, 0.75), rtol=1e-2)
-  grad = jax.grad(lambda x: ops.local_response_norm(x, 2.0, 5, 1e-4, 0.75).astype(
+  grad = jax.grad(lambda x: kernels.local_response_norm(x, 2.0, 5, 1e-4, 0.75).astype(
       jnp.float32).sum())(a)
   assert grad.dtype == jnp.bfloat16
 
@@ -161,10 +161,10 @@ def window_pool(x, window, stride):
     ((2, 27, 27, 2), 2, 2), ((1, 9, 8, 2), 3, 1), ((1, 10, 10, 2), 3, 3)])
 def test_max_pool_value_and_gradient_match_reduce_window(shape, window, stride):
   x = jax.random.normal(jax.random.key(0), shape)  # no ties
-  y = ops.max_pool(x, window, stride)
+  y = kernels.max_pool(x, window, stride)
   np.testing.assert_array_equal(y, window_pool(x, window, stride))
   g = jax.random.normal(jax.random.key(1), y.shape)
-  got = jax.jit(lambda x_: jax.vjp(lambda v: ops.max_pool(v, window, stride), x_)[1](g)[0])(x)
+  got = jax.jit(lambda x_: jax.vjp(lambda v: kernels.max_pool(v, window, stride), x_)[1](g)[0])(x)
   want = jax.vjp(lambda v: window_pool(v, window, stride), x)[1](g)[0]
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
@@ -175,13 +175,13 @@ def test_max_pool_training_forward_matches_reduce_window_with_ties_and_nan():
   and a NaN that propagates as jnp.maximum's does; the gradients match where there is no NaN."""
   x = jnp.round(jax.random.normal(jax.random.key(2), (2, 27, 27, 3)) * 2) / 2
   x = jax.nn.relu(x)  # many tied zeros
-  y, vjp = jax.vjp(lambda v: ops.max_pool(v, 3, 2), x)
+  y, vjp = jax.vjp(lambda v: kernels.max_pool(v, 3, 2), x)
   np.testing.assert_array_equal(y, window_pool(x, 3, 2))
   g = jax.random.normal(jax.random.key(3), y.shape)
   want = jax.vjp(lambda v: window_pool(v, 3, 2), x)[1](g)[0]
   np.testing.assert_allclose(vjp(g)[0], want, rtol=1e-6, atol=1e-6)
   with_nan = x.at[0, 5, 6, 1].set(jnp.nan)
-  y_nan = jax.vjp(lambda v: ops.max_pool(v, 3, 2), with_nan)[0]
+  y_nan = jax.vjp(lambda v: kernels.max_pool(v, 3, 2), with_nan)[0]
   np.testing.assert_array_equal(np.isnan(y_nan), np.isnan(window_pool(with_nan, 3, 2)))
   assert np.isnan(y_nan).sum() == 2  # pixel (5, 6): row 5 in one window, column 6 in two
 
@@ -191,7 +191,7 @@ def test_max_pool_gives_a_tied_window_gradient_to_its_first_maximum_only():
   input, once, so overlapping windows add up where they share that pixel."""
   x = jnp.zeros((1, 7, 7, 1))
   g = jnp.arange(1.0, 10.0).reshape(1, 3, 3, 1)
-  got = np.asarray(jax.grad(lambda v: jnp.sum(ops.max_pool(v, 3, 2) * g))(x))[0, :, :, 0]
+  got = np.asarray(jax.grad(lambda v: jnp.sum(kernels.max_pool(v, 3, 2) * g))(x))[0, :, :, 0]
   want = np.zeros((7, 7))
   for a in range(3):
     for b in range(3):

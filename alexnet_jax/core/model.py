@@ -4,7 +4,7 @@ The network is two identical towers ("GPU 1" and "GPU 2") with their own paramet
 computes half of every layer's kernels; conv3, fc6, fc7 and fc8 read BOTH towers' previous
 layer. Those cross-tower reads are the only places the towers talk, so `Tower.__call__` takes
 the read as a function, `exchange`, supplied by the partitioning strategy: an all-gather across
-devices inside `shard_map` (partitioning.py), or a concatenation when one device holds both.
+devices inside `shard_map` (strategies.py), or a concatenation when one device holds both.
 
     layer  kernels total (per tower)  kernel / stride            input from
     conv1  96 (48)                    11 x 11 x 3 / 4            the image
@@ -20,7 +20,7 @@ fc8 is split by class: each tower computes the logits of half of the classes (th
 where fc8 lives free; the parameter count is the same), so `num_classes` must be even.
 
 The paper's design choices are fields of `Tower` (defaults: the paper's), so each can be turned
-off for an ablation (alexnet_jax/ablate.py): `lrn`, `pool_window` / `pool_stride`, and `towers`
+off for an ablation (alexnet_jax/tools/ablate.py): `lrn`, `pool_window` / `pool_stride`, and `towers`
 (2, or 1: the paper's one-GPU net, see `one_tower_widths`).
 """
 
@@ -31,7 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from alexnet_jax import ops
+from alexnet_jax.core import kernels
 
 Array = jax.Array
 Exchange = Callable[[Array], Array]
@@ -48,14 +48,14 @@ def local_response_norm(x: Array, k: float = LRN_K, n: int = LRN_N, alpha: float
 
   `x` holds ONE tower's channels, so the window stops at the tower's edges as on the two GPUs.
   One pass over the channels (n shifted slices), in float32 whatever the compute dtype, with a
-  hand-written gradient (ops.py).
+  hand-written gradient (kernels.py).
   """
-  return ops.local_response_norm(x, k, n, alpha, beta)
+  return kernels.local_response_norm(x, k, n, alpha, beta)
 
 
 def max_pool(x: Array, window: int = POOL_WINDOW, stride: int = POOL_STRIDE) -> Array:
   """Max pooling, no padding: overlapping (the paper's window 3, stride 2) or not (2, 2)."""
-  return ops.max_pool(x, window, stride)
+  return kernels.max_pool(x, window, stride)
 
 
 def conv1_padding(image_size: int, kernel: int = 11, stride: int = 4) -> int:
@@ -115,7 +115,7 @@ class Tower(nn.Module):
   pool_window: int = POOL_WINDOW
   pool_stride: int = POOL_STRIDE
   towers: int = 2
-  # How the conv kernels' gradients are computed (ops.py): 'auto' = per-offset matrix
+  # How the conv kernels' gradients are computed (kernels.py): 'auto' = per-offset matrix
   # products on CPU, XLA's own elsewhere. The same numbers either way, to float rounding.
   weight_grad: str = 'auto'
 
@@ -133,7 +133,7 @@ class Tower(nn.Module):
       return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding,
                      kernel_init=weights, bias_init=nn.initializers.constant(bias),
                      dtype=self.dtype, name=name,
-                     conv_general_dilated=ops.flax_conv_general_dilated(self.weight_grad))
+                     conv_general_dilated=kernels.flax_conv_general_dilated(self.weight_grad))
 
     def dense(name, features, bias, kernel_init=weights):
       return nn.Dense(features, kernel_init=kernel_init,

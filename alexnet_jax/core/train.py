@@ -27,13 +27,13 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from tensorflow.core.framework import summary_pb2
 
-from alexnet_jax import checkpointing
-from alexnet_jax import input_pipeline
-from alexnet_jax import model as model_lib
-from alexnet_jax import optimizer as optimizer_lib
-from alexnet_jax import ops
-from alexnet_jax import partitioning
-from alexnet_jax import schedules
+from alexnet_jax.core import checkpointing
+from alexnet_jax.data import input_pipeline
+from alexnet_jax.core import model as model_lib
+from alexnet_jax.core import optimizer as optimizer_lib
+from alexnet_jax.core import kernels
+from alexnet_jax.core import strategies
+from alexnet_jax.core import schedules
 
 
 class ConfigError(ValueError):
@@ -55,14 +55,14 @@ class TrainState:
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Refuse a config that cannot run, naming the field and the fix, before any work."""
-  if config.parallelism not in partitioning.STRATEGIES:
+  if config.parallelism not in strategies.STRATEGIES:
     raise ConfigError(f'config.parallelism={config.parallelism!r} is not a strategy; use one of '
-                      f'{", ".join(partitioning.STRATEGIES)}.')
+                      f'{", ".join(strategies.STRATEGIES)}.')
   _validate_model_switches(config)
-  num_devices = partitioning.resolve_num_devices(config.parallelism,
+  num_devices = strategies.resolve_num_devices(config.parallelism,
                                                  config.get('num_devices', 0))
   tower = model_lib.make_tower(config.model, config.model.num_classes)
-  error = partitioning.fit_error(config.parallelism, num_devices, tower, jax.device_count())
+  error = strategies.fit_error(config.parallelism, num_devices, tower, jax.device_count())
   if error:
     raise ConfigError(f'config.parallelism={config.parallelism!r} with config.num_devices='
                       f'{config.get("num_devices", 0)} cannot run: {error}.')
@@ -81,7 +81,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                       f'(pool5 needs at least 1 x 1); use {smallest} or more.')
   _validate_loop_fields(config)
   _validate_preprocessing(config)
-  strategy = partitioning.make_strategy(config.parallelism, tower,
+  strategy = strategies.make_strategy(config.parallelism, tower,
                                         num_devices=config.get('num_devices', 0))
   data_parallel = strategy.batch_shards
   for field in ('batch_size', 'eval_batch_size'):
@@ -128,7 +128,7 @@ def _validate_model_switches(config: ml_collections.ConfigDict) -> None:
   if towers not in (1, 2):
     raise ConfigError(f'config.model.towers={towers}: use 2 (the paper\'s two towers) or 1 (one '
                       'tower with half the kernels, the paper\'s one-GPU net).')
-  if towers == 1 and config.parallelism in partitioning.TOWER_STRATEGIES:
+  if towers == 1 and config.parallelism in strategies.TOWER_STRATEGIES:
     raise ConfigError(
         f'config.model.towers=1 has no second tower for parallelism={config.parallelism!r} to '
         'put on another device; use --config.parallelism=data (or fsdp) with one tower.')
@@ -141,8 +141,8 @@ def _validate_model_switches(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f'config.model.dropout_rate={model.dropout_rate} must be in [0, 1) '
                       '(0 turns dropout off; the paper uses 0.5).')
   weight_grad = model.get('weight_grad', 'auto')
-  if weight_grad not in ops.WEIGHT_GRADS:
-    raise ConfigError(f'config.model.weight_grad={weight_grad!r}: use one of {ops.WEIGHT_GRADS} '
+  if weight_grad not in kernels.WEIGHT_GRADS:
+    raise ConfigError(f'config.model.weight_grad={weight_grad!r}: use one of {kernels.WEIGHT_GRADS} '
                       "('auto': per-offset products on CPU, XLA's own elsewhere).")
 
 
@@ -187,7 +187,7 @@ def top_k_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
   return (others_at_least < k).astype(jnp.float32)
 
 
-def train_step(state: TrainState, batch: dict, *, strategy: partitioning.Strategy,
+def train_step(state: TrainState, batch: dict, *, strategy: strategies.Strategy,
                tx: optax.GradientTransformation, fc_features_total: tuple[int, int],
                dropout_rate: float) -> tuple[TrainState, dict]:
   """One SGD step on one global batch: forward, backward, the paper's update."""
@@ -211,7 +211,7 @@ def train_step(state: TrainState, batch: dict, *, strategy: partitioning.Strateg
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def eval_step(params, batch: dict, *, strategy: partitioning.Strategy) -> dict:
+def eval_step(params, batch: dict, *, strategy: strategies.Strategy) -> dict:
   """Sums over the real (mask = 1) examples of a padded batch: loss, top-1 and top-5 hits.
 
   `batch['image']` is [B, S, S, 3] (one crop per image) or [B, N, S, S, 3]: N crops per image
@@ -236,7 +236,7 @@ def eval_step(params, batch: dict, *, strategy: partitioning.Strategy) -> dict:
           'count': jnp.sum(mask)}
 
 
-def state_sharding(strategy: partitioning.Strategy, tx: optax.GradientTransformation,
+def state_sharding(strategy: strategies.Strategy, tx: optax.GradientTransformation,
                    abstract: TrainState) -> TrainState:
   """Where each part of the state lives: each tower's parameters and momentum on its devices,
   the step, the learning rate and the key on every device (also across processes)."""
@@ -447,7 +447,7 @@ def planned_steps(config: ml_collections.ConfigDict, builder) -> tuple[int, int]
   return steps_per_epoch, num_steps
 
 
-def abstract_batch(config: ml_collections.ConfigDict, strategy: partitioning.Strategy, *,
+def abstract_batch(config: ml_collections.ConfigDict, strategy: strategies.Strategy, *,
                    crops: str | None = None) -> dict:
   """The global batch's shapes, dtypes and sharding, as the input pipeline yields them: a
   training batch, or (`crops` 'center' / 'ten') an evaluation batch."""
@@ -462,7 +462,7 @@ def abstract_batch(config: ml_collections.ConfigDict, strategy: partitioning.Str
           'label': spec((batch,), jnp.int32), 'mask': spec((batch,), jnp.float32)}
 
 
-def compile_ahead(config: ml_collections.ConfigDict, strategy: partitioning.Strategy,
+def compile_ahead(config: ml_collections.ConfigDict, strategy: strategies.Strategy,
                   abstract_state: TrainState, step_fn, eval_fn, init_fn
                   ) -> tuple[concurrent.futures.Future, concurrent.futures.Future]:
   """Compiles the run's programs on a background thread: the initialisation (`init_fn`; None
@@ -516,7 +516,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   workdir = _open_workdir(workdir)
 
   tower = model_lib.make_tower(config.model, config.model.num_classes)
-  strategy = partitioning.make_strategy(config.parallelism, tower,
+  strategy = strategies.make_strategy(config.parallelism, tower,
                                         num_devices=config.get('num_devices', 0))
   tx = optimizer_lib.from_config(config)
   group, groups = strategy.input_group(config.batch_size)  # which rows this process reads

@@ -7,10 +7,10 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import comms
-from alexnet_jax import model as model_lib
-from alexnet_jax import partitioning
-from alexnet_jax import train
+from alexnet_jax.tools import comms
+from alexnet_jax.core import model as model_lib
+from alexnet_jax.core import strategies
+from alexnet_jax.core import train
 from configs import default
 import test_model  # the independent one-device network (tests/ is on sys.path under pytest)
 
@@ -103,16 +103,16 @@ def test_strategy_equals_towers(name, num_devices):
 def test_parameters_live_where_the_strategy_says():
   tower = model_lib.Tower(**test_model.SMALL)
   abstract = jax.eval_shape(lambda k: model_lib.init_params(tower, k, 67), jax.random.key(0))
-  hybrid = partitioning.make_strategy('hybrid', tower, num_devices=4)
+  hybrid = strategies.make_strategy('hybrid', tower, num_devices=4)
   specs = hybrid.param_specs(abstract)
-  assert specs['conv3']['kernel'] == partitioning.P()
-  assert specs['fc6']['kernel'] == partitioning.P('tower', None, 'block')
+  assert specs['conv3']['kernel'] == strategies.P()
+  assert specs['fc6']['kernel'] == strategies.P('tower', None, 'block')
   assert hybrid.mesh.shape == {'tower': 2, 'block': 2} and hybrid.batch_shards == 4
-  fsdp = partitioning.make_strategy('fsdp', tower, num_devices=8)
+  fsdp = strategies.make_strategy('fsdp', tower, num_devices=8)
   specs = fsdp.param_specs(abstract)
-  assert specs['conv1']['kernel'] == partitioning.P(None, None, None, None, 'data')  # 8 kernels
-  assert specs['fc8']['bias'] == partitioning.P()  # (2, 5): nothing divisible by 8
-  pod = partitioning.make_strategy('towers_data', tower, num_devices=8)
+  assert specs['conv1']['kernel'] == strategies.P(None, None, None, None, 'data')  # 8 kernels
+  assert specs['fc8']['bias'] == strategies.P()  # (2, 5): nothing divisible by 8
+  pod = strategies.make_strategy('towers_data', tower, num_devices=8)
   assert pod.mesh.shape == {'data': 4, 'tower': 2} and pod.batch_shards == 4
 
 
@@ -122,13 +122,13 @@ def test_parameters_live_where_the_strategy_says():
 def test_device_count_a_strategy_cannot_use_is_refused(name, num_devices, match):
   tower = model_lib.Tower(**test_model.SMALL)
   with pytest.raises(ValueError, match=match):
-    partitioning.make_strategy(name, tower, num_devices=num_devices)
+    strategies.make_strategy(name, tower, num_devices=num_devices)
 
 
 def test_hybrid_refuses_fc_widths_it_cannot_split():
   tower = model_lib.Tower(conv_features=(8, 16, 24, 24, 16), fc_features=(30, 32))
-  assert 'not divisible' in partitioning.fit_error('hybrid', 8, tower)
-  assert partitioning.fit_error('hybrid', 4, tower) is None
+  assert 'not divisible' in strategies.fit_error('hybrid', 8, tower)
+  assert strategies.fit_error('hybrid', 4, tower) is None
 
 
 def test_config_errors_come_before_compiling():
@@ -153,9 +153,9 @@ def test_batch_shards_and_devices_needed():
                           ('towers_data', 8, 4), ('fsdp', 2, 2)]:
     config.parallelism, config.num_devices = name, n
     tower = model_lib.make_tower(config.model, config.model.num_classes)
-    strategy = partitioning.make_strategy(name, tower, num_devices=n)
+    strategy = strategies.make_strategy(name, tower, num_devices=n)
     assert strategy.batch_shards == shards, name
     assert strategy.input_group(16) == (0, 1)  # one process feeds every row
-  assert partitioning.devices_needed('towers') == 2
-  assert partitioning.devices_needed('towers_data') == 4
-  assert partitioning.devices_needed('data', 8) == 8
+  assert strategies.devices_needed('towers') == 2
+  assert strategies.devices_needed('towers_data') == 4
+  assert strategies.devices_needed('data', 8) == 8

@@ -1,0 +1,1 @@
+"""The network, the strategies, the update rule, the schedules, the builder of a run, the training loop, checkpoints and metrics."""

@@ -1,0 +1,1 @@
+"""The input pipeline, the generated dataset and the training-set statistics."""

@@ -1,0 +1,103 @@
+"""Training-set pixel statistics the paper's preprocessing needs, computed once and cached.
+
+Section 2 subtracts "the mean activity over the training set from each pixel" (the mean
+256 x 256 x 3 image), and section 4.1 adds colour noise along the principal components of "the
+set of RGB pixel values throughout the ImageNet training set". Both are statistics of the
+images as the network sees them: decoded, shorter side `resize_size`, central square.
+
+`compute` makes one pass over (a prefix of) the training split; `load_or_compute` caches the
+result as an .npz beside the dataset's tfds files (the dataset's versioned directory, e.g.
+~/tensorflow_datasets/imagenet2012/5.1.0/), keyed by split, resize size and image count, and
+loads it on later runs. Ahead of training (it is also done by the first run that needs it):
+
+    python -m alexnet_jax.dataset_stats --config=configs/paper.py [--config.data_dir=...]
+
+The eigenvalues are those of the 3 x 3 covariance of pixel values in [0, 1], the unit of the
+published values in PAPER.md, so the two are directly comparable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from typing import Iterable
+
+import numpy as np
+
+STATS_VERSION = 1  # bump when the computation changes: old cache files are then ignored
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetStats:
+  """Pixel statistics of a training split, pixels in [0, 255] unless said otherwise."""
+  mean_image: np.ndarray  # [R, R, 3] float32: the mean of every decoded R x R image
+  mean_rgb: np.ndarray  # [3] float32: the mean pixel (the mean image's spatial average)
+  eigval: np.ndarray  # [3] float32, descending: RGB covariance eigenvalues, pixels in [0, 1]
+  eigvec: np.ndarray  # [3, 3] float32: column i is the eigenvector of eigval[i]
+  num_images: int
+
+  def save(self, path: str) -> None:
+    """Atomically (write aside, then rename): concurrent processes never see half a file."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp_stats_', suffix='.npz')
+    try:
+      with os.fdopen(fd, 'wb') as f:
+        np.savez(f, version=STATS_VERSION, **{k: np.asarray(v) for k, v in
+                                              dataclasses.asdict(self).items()})
+      os.replace(tmp, path)
+    except BaseException:
+      if os.path.exists(tmp):
+        os.remove(tmp)
+      raise
+
+  @classmethod
+  def load(cls, path: str) -> DatasetStats:
+    with np.load(path) as data:
+      if int(data['version']) != STATS_VERSION:
+        raise ValueError(f'{path} has stats version {int(data["version"])}, '
+                         f'not {STATS_VERSION}.')
+      return cls(mean_image=data['mean_image'], mean_rgb=data['mean_rgb'],
+                 eigval=data['eigval'], eigvec=data['eigvec'],
+                 num_images=int(data['num_images']))
+
+
+def accumulate(batches: Iterable[np.ndarray]) -> DatasetStats:
+  """Stats of uint8 image batches [B, R, R, 3], summed in float64 (1.2M images x 65,536
+  pixels: float32 sums would lose the low digits)."""
+  count = 0
+  image_sum = None
+  pixel_sum = np.zeros(3, np.float64)
+  outer_sum = np.zeros((3, 3), np.float64)
+  for batch in batches:
+    batch = np.asarray(batch, np.float64) / 255.0
+    count += batch.shape[0]
+    batch_sum = batch.sum(axis=0)
+    image_sum = batch_sum if image_sum is None else image_sum + batch_sum
+    pixels = batch.reshape(-1, 3)
+    pixel_sum += pixels.sum(axis=0)
+    outer_sum += pixels.T @ pixels
+  if not count:
+    raise ValueError('No images to compute statistics from.')
+  num_pixels = count * image_sum.shape[0] * image_sum.shape[1]
+  mean = pixel_sum / num_pixels
+  covariance = outer_sum / num_pixels - np.outer(mean, mean)
+  eigval, eigvec = np.linalg.eigh(covariance)
+  order = np.argsort(eigval)[::-1]
+  eigval, eigvec = eigval[order], eigvec[:, order]
+  # An eigenvector's sign is arbitrary; fix it so the first component is negative, as in the
+  # published vectors (the noise is symmetric in alpha, so this changes no distribution).
+  eigvec = eigvec * np.where(eigvec[0] > 0, -1.0, 1.0)
+  return DatasetStats(mean_image=(image_sum / count * 255.0).astype(np.float32),
+                      mean_rgb=(mean * 255.0).astype(np.float32),
+                      eigval=np.maximum(eigval, 0.0).astype(np.float32),
+                      eigvec=eigvec.astype(np.float32), num_images=count)
+
+
+def cache_path(dataset_dir: str, split: str, resize_size: int, num_images: int) -> str:
+  """Where the stats of `split` live, beside the dataset's own files."""
+  count = 'all' if num_images <= 0 else str(num_images)
+  safe_split = split.replace('/', '_').replace(':', '-').replace('[', '_').replace(']', '')
+  return os.path.join(dataset_dir,
+                      f'alexnet_jax_stats-{safe_split}-r{resize_size}-n{count}.npz')
