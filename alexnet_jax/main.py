@@ -12,7 +12,16 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+import jax
+
+from alexnet_jax.core import checkpointing
+from alexnet_jax.core import config as config_lib
+from alexnet_jax.core import metrics as metrics_lib
+from alexnet_jax.core import train
+from alexnet_jax.data import input_pipeline
 from alexnet_jax.runtime import allocator
+from alexnet_jax.runtime import devices
+from alexnet_jax.runtime import distributed
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training config (a configs/*.py file).',
@@ -39,12 +48,9 @@ def _fail(message: str, code: int) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  from alexnet_jax.core import checkpointing
   checkpointing.quiet_orbax_logs()
   # Before JAX starts a backend: a CPU-only machine simulates the devices the strategy needs,
   # then the processes of a multi-process run find each other.
-  from alexnet_jax.runtime import devices
-  from alexnet_jax.runtime import distributed
   devices.simulate_cpu_devices(FLAGS.config, FLAGS.num_processes or 1, FLAGS.cpu_devices)
   try:
     joined = distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
@@ -52,18 +58,14 @@ def main(argv):
                                     heartbeat_timeout_s=FLAGS.heartbeat_timeout_s)
   except ValueError as e:
     _fail(str(e), 2)
-  import jax
   if jax.process_index() > 0:
     logging.set_verbosity(logging.WARNING)  # process 0 speaks for the run
 
-  from alexnet_jax.core import checkpointing
-  from alexnet_jax.data import input_pipeline
-  from alexnet_jax.core import train
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (train.ConfigError, input_pipeline.DatasetNotReadyError) as e:
+  except (config_lib.ConfigError, input_pipeline.DatasetNotReadyError) as e:
     _fail(str(e), 2)  # nothing ran: fix the command
-  except (FloatingPointError, checkpointing.CheckpointError, train.WorkdirError) as e:
+  except (FloatingPointError, checkpointing.CheckpointError, metrics_lib.WorkdirError) as e:
     _fail(str(e), 1)  # the run stopped; the checkpoints it saved are intact
   except jax.errors.JaxRuntimeError as e:
     if not joined:
@@ -83,4 +85,4 @@ def main(argv):
 if __name__ == '__main__':
   # Before any other thread allocates: the step's buffers stay in the heap (allocator.py).
   allocator.keep_freed_memory()
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)

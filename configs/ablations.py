@@ -1,7 +1,7 @@
 """The ablation runner's baseline: the paper's setting of every switch it turns off.
 
     python -m alexnet_jax.ablate --config=configs/ablations.py --workdir=/tmp/alexnet_ablations \
-        --variants=lrn,overlap,towers,pca,tencrop
+        --variants=lrn,overlap,one_tower,pca,tencrop
 
 Starts from configs/quickstart.py (the full network on the generated 10-class dataset), or from
 configs/tiny.py with `--config=configs/ablations.py:tiny` (narrow layers, 64 px crops: minutes
@@ -26,7 +26,7 @@ def get_config(base: str = 'quickstart'):
   c.model.lrn = True
   c.model.pool_window = 3
   c.model.pool_stride = 2
-  c.model.towers = 2
+  c.model.num_towers = 2
   c.model.dropout_rate = 0.5
   c.model.head_zeroinit = False  # quickstart's short-run start; the paper draws fc8 like the rest
   c.cache_decoded = True  # several epochs: decode each image once (2,600 of them: about 0.5 GB)

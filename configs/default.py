@@ -27,8 +27,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.mean_rgb = (123.68, 116.78, 103.94)
   c.std_rgb = ()  # () = the paper: no division. Set with model.init_scheme = 'he'.
   # The paper's colour noise (section 4.1): alpha ~ N(0, pca_lighting_std) along the RGB
-  # principal components, per image per use; 0 = off. `pca_eigen`: 'published' (PAPER.md's
-  # ImageNet values) or 'dataset' (computed from the training set like the mean image).
+  # principal components, per image per use; 0 = off. `pca_eigen`: 'published' (the paper's
+  # ImageNet values, docs/paper.md section 4.1) or 'dataset' (computed from the training set like the mean image).
   c.pca_lighting_std = 0.0
   c.pca_eigen = 'published'
   c.stats_num_images = -1  # training images the mean image and PCA use; -1: all of them
@@ -59,18 +59,19 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.lrn = True
   c.model.pool_window = 3
   c.model.pool_stride = 2
-  c.model.towers = 2
+  c.model.num_towers = 2
   c.model.dropout_rate = 0.5
   c.model.init_scheme = 'paper'  # or 'he' (see model.Tower.init_scheme)
   c.model.head_zeroinit = False  # fc8's kernel at zero (not the paper; model.Tower.head_zeroinit)
   # Compute dtype of activations and matrix products: 'float32' or 'bfloat16' (for GPUs and
   # TPUs). Parameters, gradients and the optimizer state stay float32 either way.
   c.model.dtype = 'float32'
-  # How conv kernel gradients are computed (alexnet_jax/core/kernels.py): 'auto' = one matrix product per
-  # kernel offset on CPU (4x faster for conv1 there), XLA's own on GPU/TPU; or 'offsets' / 'xla'.
-  c.model.weight_grad = 'auto'
+  # LRN, max pooling and the convolutions (alexnet_jax/core/kernels.py): 'reference' = the paper's
+  # formulas, differentiated by JAX (what GPUs and TPUs run); 'cpu' = hand-written gradients for
+  # XLA:CPU; 'auto' = 'cpu' on the CPU backend, 'reference' elsewhere.
+  c.model.kernels = 'auto'
 
-  # Partitioning: the mesh and which strategy maps the model onto it (alexnet_jax/core/strategies.py).
+  # Partitioning: the mesh and which strategy maps the model onto it (core/strategies.py).
   #   towers: the paper's two towers on 2 devices, the batch on both;
   #   data: the whole model on every device, the batch split over all of them;
   #   hybrid: Krizhevsky 2014, convolutions data-parallel, fc layers' neurons split (even N);

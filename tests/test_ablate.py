@@ -18,8 +18,8 @@ from configs import ablations
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The paper's five claims (dropout, which has no number in the paper, is checked without
 # training, in the last test: each run costs seconds of compilation on a CPU).
-VARIANTS = ('lrn', 'overlap', 'towers', 'pca', 'tencrop')
-TRAINED = ('baseline', 'lrn', 'overlap', 'towers', 'pca')
+VARIANTS = ('lrn', 'overlap', 'one_tower', 'pca', 'tencrop')
+TRAINED = ('baseline', 'lrn', 'overlap', 'one_tower', 'pca')
 # Few steps and one evaluation batch per run: the test is about the runner, not the numbers.
 OVERRIDES = {'num_train_steps': 4, 'log_every_steps': 2, 'eval_every_steps': 4,
              'checkpoint_every_steps': 4, 'num_eval_examples': 48}
@@ -105,7 +105,7 @@ def test_table_has_every_variant_with_deltas_from_the_runs_themselves(ablation):
                                                         - base['top1_error'])
   assert not os.path.exists(os.path.join(workdir, 'tencrop', 'checkpoints'))  # not trained
   assert (rows['lrn']['paper_delta_top1'], rows['lrn']['paper_delta_top5']) == (-1.4, -1.2)
-  assert (rows['towers']['paper_delta_top1'], rows['towers']['paper_delta_top5']) == (-1.7, -1.2)
+  assert (rows['one_tower']['paper_delta_top1'], rows['one_tower']['paper_delta_top5']) == (-1.7, -1.2)
   assert (rows['tencrop']['paper_delta_top1'], rows['overlap']['paper_delta_top1']) == (-1.5, -0.4)
 
   # The markdown table: one line per run, printed and written.
@@ -125,7 +125,7 @@ def test_each_run_trained_what_its_switch_names(ablation):
     with open(os.path.join(workdir, name, 'config.json')) as f:
       configs[name] = json.load(f)
   base = configs['baseline']
-  assert (base['model']['lrn'], base['model']['pool_window'], base['model']['towers'],
+  assert (base['model']['lrn'], base['model']['pool_window'], base['model']['num_towers'],
           base['pca_lighting_std'], base['model']['dropout_rate'],
           base['parallelism']) == (True, 3, 2, 0.1, 0.5, 'towers')
 
@@ -135,7 +135,7 @@ def test_each_run_trained_what_its_switch_names(ablation):
   diff = lambda name: {k: v for k, v in flat(configs[name]).items() if flat(base)[k] != v}
   assert diff('lrn') == {'model.lrn': False}
   assert diff('overlap') == {'model.pool_window': 2}  # stride is 2 in both
-  assert diff('towers') == {'model.towers': 1, 'parallelism': 'data', 'num_devices': 2}
+  assert diff('one_tower') == {'model.num_towers': 1, 'parallelism': 'data', 'num_devices': 2}
   assert diff('pca') == {'pca_lighting_std': 0.0}
 
   with open(os.path.join(workdir, 'ablations.json')) as f:
@@ -147,8 +147,8 @@ def test_each_run_trained_what_its_switch_names(ablation):
   one = ((11 * 11 * 3 * 16 + 16) + (5 * 5 * 16 * 32 + 32) + (3 * 3 * 32 * 48 + 48)
          + (3 * 3 * 48 * 48 + 48) + (3 * 3 * 48 * 64 + 64) + (64 * 256 + 256)
          + (256 * 256 + 256) + (256 * 10 + 10))
-  assert (rows['baseline']['params'], rows['towers']['params']) == (two, one)
-  for name, want in (('baseline', two), ('towers', one)):
+  assert (rows['baseline']['params'], rows['one_tower']['params']) == (two, one)
+  for name, want in (('baseline', two), ('one_tower', one)):
     # Read back with orbax directly (the 'state' item, see checkpointing.py), not the code.
     path = os.path.join(workdir, name, 'checkpoints', '4', 'state')
     tree = ocp.PyTreeCheckpointer().metadata(path).item_metadata.tree
@@ -162,7 +162,7 @@ def test_each_run_trained_what_its_switch_names(ablation):
 def test_rerun_trains_nothing_and_a_changed_budget_is_refused(ablation):
   workdir, data_dir, _, _, _ = ablation
   before = {n: open(os.path.join(workdir, n, 'metrics.jsonl')).read()
-            for n in ('baseline', 'towers')}
+            for n in ('baseline', 'one_tower')}
   result = ablate.run(same_config(data_dir), VARIANTS, workdir)  # everything finished
   assert [r['name'] for r in result['rows']] == ['baseline', *VARIANTS]
   for n, text in before.items():

@@ -12,9 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from alexnet_jax.tools import bench
-from alexnet_jax.tools import comms
 from alexnet_jax.core import model as model_lib
+from alexnet_jax.core import run as run_lib
 from configs import tiny
+import test_model  # the network helper (tests/ is on sys.path under pytest)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIELDS = ('images_per_second', 'compile_seconds', 'peak_memory_bytes', 'model_flop_rate',
@@ -31,15 +32,15 @@ def test_flops_of_the_paper_network_match_the_layer_table_by_hand():
   fc6, fc7, fc8 = 9216 * 4096, 4096 * 4096, 4096 * 1000
   forward = conv1 + conv2 + conv3 + conv4 + conv5 + fc6 + fc7 + fc8
   assert forward == 724_406_816  # "about 724 million multiply-adds" (PAPER.md)
-  tower = model_lib.Tower()
-  assert model_lib.layer_macs(tower, 224) == {
+  net = test_model.network()
+  assert model_lib.layer_macs(net, 224) == {
       'conv1': conv1, 'conv2': conv2, 'conv3': conv3, 'conv4': conv4, 'conv5': conv5,
       'fc6': fc6, 'fc7': fc7, 'fc8': fc8}
   # Forward + backward (input and weight gradients), 2 FLOPs a multiply-add; conv1 has no input
   # gradient to compute.
-  assert bench.train_flops_per_image(tower, 224) == 2 * (3 * forward - conv1)
+  assert bench.train_flops_per_image(net, 224) == 2 * (3 * forward - conv1)
   # Caffe's 227 crop without padding gives the same network.
-  assert bench.train_flops_per_image(tower, 227) == 2 * (3 * forward - conv1)
+  assert bench.train_flops_per_image(net, 227) == 2 * (3 * forward - conv1)
 
 
 def test_bench_command_writes_every_field_for_towers_and_data(tmp_path):
@@ -53,7 +54,7 @@ def test_bench_command_writes_every_field_for_towers_and_data(tmp_path):
   result = json.loads((out / 'bench.json').read_text())
   assert sorted(result['strategies']) == ['data', 'towers']
   flops = bench.train_flops_per_image(
-      model_lib.make_tower(tiny.get_config().model, 10), tiny.get_config().image_size)
+      model_lib.make_network(tiny.get_config().model, 10), tiny.get_config().image_size)
   for name, entry in result['strategies'].items():
     for field in FIELDS:
       assert math.isfinite(entry[field]) and entry[field] > 0, (name, field, entry[field])
@@ -81,17 +82,19 @@ def _first_step(dtype: str, params):
   config = tiny.get_config()
   config.model.dtype = dtype
   config.batch_size = 8
-  _, _, step, state, batch = comms.build_train_step(config, 'towers', 2, params=params)
-  hlo = step.lower(state, batch).as_text()
-  state, metrics = step(state, batch)
+  config.parallelism, config.num_devices = 'towers', 2
+  run = run_lib.build(config)
+  state, batch = run.state_from_params(params), run.synthetic_batch(config.seed)
+  hlo = run.train_step.lower(state, batch).as_text()
+  state, metrics = run.train_step(state, batch)
   return state, metrics, hlo
 
 
 def test_bfloat16_compute_keeps_float32_state_and_a_close_loss():
   config = tiny.get_config()
-  tower = model_lib.make_tower(config.model, config.model.num_classes)
+  net = model_lib.make_network(config.model, config.model.num_classes)
   params = jax.tree.map(np.asarray, jax.jit(
-      lambda k: model_lib.init_params(tower, k, config.image_size))(jax.random.key(0)))
+      lambda k: model_lib.init_params(net, k, config.image_size))(jax.random.key(0)))
   state32, metrics32, hlo32 = _first_step('float32', params)
   state16, metrics16, hlo16 = _first_step('bfloat16', params)
   # The bfloat16 program really convolves in bfloat16; the float32 one has no bfloat16 at all.

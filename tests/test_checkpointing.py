@@ -18,6 +18,7 @@ import pytest
 import tensorflow as tf
 
 from alexnet_jax.core import checkpointing
+from alexnet_jax.core import config as config_lib
 from alexnet_jax.core import train
 from configs import tiny
 
@@ -310,5 +311,5 @@ def test_resume_with_another_training_stream_is_refused(reference, tmp_path, tin
 def test_unwritable_workdir_is_refused_before_any_work(tmp_path, tiny_data_dir):
   blocker = tmp_path / 'a_file'
   blocker.write_text('not a directory')
-  with pytest.raises(train.ConfigError, match=r'--workdir=.*a_file/run cannot be written'):
+  with pytest.raises(config_lib.ConfigError, match=r'--workdir=.*a_file/run cannot be written'):
     train.train_and_evaluate(_config(tiny_data_dir), str(blocker / 'run'))

@@ -13,6 +13,7 @@ from jax.sharding import PartitionSpec as P
 from alexnet_jax.tools import comms
 from alexnet_jax.core import strategies
 import test_strategies
+import test_model  # the network helper (tests/ is on sys.path under pytest)
 
 
 def compiled_collectives(fn, *args, num_devices=4):
@@ -90,7 +91,7 @@ def test_measured_bytes_equal_the_formula(name, num_devices, batch_size):
   if name == 'towers':  # per tower: pool2 3x3x16, pool5 1x1x16, fc6 32, fc7 32; f32, fwd + bwd
     assert entry['model_bytes_per_step'] == 2 * 4 * batch_size * (3 * 3 * 16 + 16 + 32 + 32)
   else:  # one all-reduce of all parameters over 2 devices: 2 (2-1)/2 * 4 bytes * count
-    count = sum(comms.layer_table(strategies.model_lib.Tower(
+    count = sum(comms.layer_table(test_model.network(
         conv_features=(8, 16, 24, 24, 16), fc_features=(32, 32), classes_per_tower=4),
         67)[layer]['params'] for layer in comms.LAYERS)
     assert entry['model_bytes_per_step'] == 4 * count
@@ -110,7 +111,7 @@ def test_nothing_unexplained(name, num_devices):
 def test_paper_formula_volumes():
   """The paper's numbers: data parallelism all-reduces 60,965,224 parameters (244 MB on 2
   devices); the towers move a few hundred kB per image."""
-  table = comms.layer_table(strategies.model_lib.Tower(), 224)
+  table = comms.layer_table(test_model.network(), 224)
   assert sum(row['params'] for row in table.values()) == 60_965_224
   data = sum(comms.analytic_bytes('data', 2, 128, table).values())
   assert data == 4 * 60_965_224
@@ -141,9 +142,9 @@ def test_report_files(tmp_path):
 
 def test_both_towers_executors_agree():
   """The timing comparison behind the stage-by-stage executor compares equal computations."""
-  tower = strategies.model_lib.Tower(conv_features=(8, 16, 24, 24, 16), fc_features=(32, 32),
+  net = test_model.network(conv_features=(8, 16, 24, 24, 16), fc_features=(32, 32),
                                        classes_per_tower=4)
-  out = comms.time_both_towers_executors(tower, 2, 67, repeats=1,
+  out = comms.time_both_towers_executors(net, 2, 67, repeats=1,
                                          compiler_options=test_strategies.FAST_COMPILE,
                                          params=test_strategies.initial_params())
   assert out['max_abs_difference'] <= 1e-5 * out['max_abs_value'] and out['max_abs_value'] > 0

@@ -94,8 +94,8 @@ def test_figures_json_matches_the_checkpoint_and_the_towers_forward(run, made):
     np.testing.assert_allclose(result['colour_specificity']['per_kernel'][t], want, atol=1e-4)
 
   # The top-5 probabilities, against the paper's two-device forward (towers strategy).
-  tower = model_lib.make_tower(config.model, config.model.num_classes)
-  strategy = strategies.make_strategy('towers', tower)
+  net = model_lib.make_network(config.model, config.model.num_classes)
+  strategy = strategies.make_strategy('towers', net)
   builder = input_pipeline.prepare_dataset(config)
   batch = next(input_pipeline.eval_iterator(config, builder))
   params = jax.device_put(params, strategy.param_sharding(params))
@@ -138,7 +138,7 @@ def test_nearest_neighbour_of_an_image_in_its_own_set_is_itself(run):
   params, step = figures.restore_params(workdir, config)
   assert step == STEPS
   builder = input_pipeline.prepare_dataset(config)
-  feature_fn = figures.make_feature_fn(config)
+  feature_fn = figures.make_feature_fn(config, jax.devices()[0])
   batches = lambda: figures.iterate_features(config, builder, params, feature_fn, 'validation', 80)
   val = figures.concatenate(batches())
   assert val['fc7'].shape == (80, 2 * 128) and val['image'].dtype == np.uint8

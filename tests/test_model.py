@@ -27,11 +27,12 @@ def numpy_lrn(a, k=2.0, n=5, alpha=1e-4, beta=0.75):
   return out
 
 
-def test_lrn_matches_paper_formula_including_tower_edges():
+@pytest.mark.parametrize('impl', ['reference', 'cpu'])
+def test_lrn_matches_paper_formula_including_tower_edges(impl):
   rng = np.random.default_rng(0)
   # Large activations so the denominator differs from k**beta noticeably.
   a = rng.normal(scale=60.0, size=(2, 3, 3, 48)).astype(np.float32)
-  got = np.asarray(model_lib.local_response_norm(jnp.asarray(a)))
+  got = np.asarray(model_lib.local_response_norm(jnp.asarray(a), impl=impl))
   want = numpy_lrn(a)
   np.testing.assert_allclose(got, want, rtol=1e-5)
   # The edge channels sum over 3 neighbours, not 5: check channel 0 by hand.
@@ -45,13 +46,20 @@ def test_conv1_padding_gives_55(size, pad):
   assert (size + pad - 11) // 4 + 1 == 55
 
 
+def network(**fields) -> model_lib.Tower:
+  """The paper's network (configs/default.py's model section, 1000 classes, the reference
+  kernels) with `fields` of its Tower changed."""
+  config = default.get_config().model
+  return model_lib.make_network(config, config.num_classes).clone(**fields)
+
+
 def paper_tower():
-  return model_lib.Tower()
+  return network()
 
 
 def test_full_paper_network_parameter_count_and_layer_shapes():
-  tower = paper_tower()
-  params = jax.eval_shape(lambda k: model_lib.init_params(tower, k, 224), jax.random.key(0))
+  net = paper_tower()
+  params = jax.eval_shape(lambda k: model_lib.init_params(net, k, 224), jax.random.key(0))
   assert sum(x.size for x in jax.tree.leaves(params)) == PAPER_PARAMS
   # Per layer: (kernel shape per tower, bias) as in the paper's table.
   expected = {'conv1': (11, 11, 3, 48), 'conv2': (5, 5, 48, 128), 'conv3': (3, 3, 256, 192),
@@ -65,7 +73,7 @@ def test_full_paper_network_parameter_count_and_layer_shapes():
   concat_self = lambda x: jnp.concatenate([x, x], axis=-1)
   one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), params)
   _, state = jax.eval_shape(
-      lambda p, x: tower.apply({'params': p}, x, concat_self, capture_intermediates=True,
+      lambda p, x: net.apply({'params': p}, x, concat_self, capture_intermediates=True,
                                mutable=['intermediates']),
       one, jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32))
   inter = state['intermediates']
@@ -79,11 +87,11 @@ def test_full_paper_network_parameter_count_and_layer_shapes():
 
 def test_full_paper_network_runs_on_two_towers():
   """The real network at 224 on 2 devices: logits of the right shape, towers on their devices."""
-  tower = paper_tower()
-  strategy = strategies.towers(tower)
-  params = jax.jit(lambda k: model_lib.init_params(tower, k, 224),
+  net = paper_tower()
+  strategy = strategies.towers_strategy(net)
+  params = jax.jit(lambda k: model_lib.init_params(net, k, 224),
                    out_shardings=strategy.param_sharding(
-                       jax.eval_shape(lambda k: model_lib.init_params(tower, k, 224),
+                       jax.eval_shape(lambda k: model_lib.init_params(net, k, 224),
                                       jax.random.key(0))))(jax.random.key(0))
   conv1 = params['conv1']['kernel']
   assert [s.data.shape for s in conv1.addressable_shards] == [(1, 11, 11, 3, 48)] * 2
@@ -95,8 +103,8 @@ def test_full_paper_network_runs_on_two_towers():
 
 
 def test_init_follows_section_5():
-  tower = paper_tower()
-  params = jax.jit(lambda k: model_lib.init_params(tower, k, 224))(jax.random.key(0))
+  net = paper_tower()
+  params = jax.jit(lambda k: model_lib.init_params(net, k, 224))(jax.random.key(0))
   for name in ('conv2', 'conv4', 'conv5', 'fc6', 'fc7'):
     np.testing.assert_array_equal(np.asarray(params[name]['bias']), 1.0)
   for name in ('conv1', 'conv3', 'fc8'):
@@ -141,7 +149,7 @@ def lrn_by_group(x, groups=2):
 def one_device_alexnet(stacked, x, keep=None, rate=0.5, lrn=True, window=3, stride=2):
   """AlexNet as one network with grouped convolutions (Caffe's group=2), from the stacked
   two-tower parameters: tower 1's kernels are the first half of every layer. With parameters
-  stacked on an axis of 1 (model.towers = 1): one group, the plain one-tower network. `lrn`,
+  stacked on an axis of 1 (model.num_towers = 1): one group, the plain one-tower network. `lrn`,
   `window`, `stride`: the ablation switches, written independently of model.py."""
   groups = stacked['conv1']['kernel'].shape[0]
   cat = lambda name, what: jnp.concatenate(list(stacked[name][what]), -1)
@@ -169,16 +177,16 @@ def one_device_alexnet(stacked, x, keep=None, rate=0.5, lrn=True, window=3, stri
 @functools.lru_cache(maxsize=None)
 def small_setup(batch=4):
   """Built once per test session: compiling an initialisation costs seconds on CPU."""
-  tower = model_lib.Tower(**SMALL)
-  strategy = strategies.towers(tower)
-  abstract = jax.eval_shape(lambda k: model_lib.init_params(tower, k, SMALL_SIZE),
+  net = network(**SMALL)
+  strategy = strategies.towers_strategy(net)
+  abstract = jax.eval_shape(lambda k: model_lib.init_params(net, k, SMALL_SIZE),
                             jax.random.key(0))
-  params = jax.jit(lambda k: model_lib.init_params(tower, k, SMALL_SIZE),
+  params = jax.jit(lambda k: model_lib.init_params(net, k, SMALL_SIZE),
                    out_shardings=strategy.param_sharding(abstract))(jax.random.key(0))
   # Larger weights than the paper's 0.01 so every layer's signal is far from zero.
   params = jax.tree.map(lambda p: p * 10.0, params)
   images = jax.random.normal(jax.random.key(1), (batch, SMALL_SIZE, SMALL_SIZE, 3)) * 50
-  return tower, strategy, params, images
+  return net, strategy, params, images
 
 
 def rel_err(a, b):
@@ -231,8 +239,8 @@ def test_two_towers_gradients_equal_one_device_network():
 
 
 def test_he_init_scheme_scales_by_fan_in_with_zero_biases():
-  tower = model_lib.Tower(**SMALL, init_scheme='he')
-  params = jax.jit(lambda k: model_lib.init_params(tower, k, SMALL_SIZE))(jax.random.key(0))
+  net = network(**SMALL, init_scheme='he')
+  params = jax.jit(lambda k: model_lib.init_params(net, k, SMALL_SIZE))(jax.random.key(0))
   for name, fan_in in (('conv1', 11 * 11 * 3), ('conv3', 3 * 3 * 32), ('fc6', 32)):
     w = np.asarray(params[name]['kernel'])
     assert abs(w.std() - np.sqrt(2.0 / fan_in)) < 0.15 * np.sqrt(2.0 / fan_in), name
@@ -244,18 +252,18 @@ def test_he_init_scheme_scales_by_fan_in_with_zero_biases():
 def test_head_zeroinit_zeroes_fc8_only_and_starts_at_loss_log_classes():
   config = model_config(head_zeroinit=True, init_scheme='he')
   config.conv_features, config.fc_features = SMALL['conv_features'], SMALL['fc_features']
-  tower = model_lib.make_tower(config, 10)
-  plain = model_lib.make_tower(model_config(init_scheme='he', widths=(
+  net = model_lib.make_network(config, 10)
+  plain = model_lib.make_network(model_config(init_scheme='he', widths=(
       SMALL['conv_features'], SMALL['fc_features'])), 10)
   key = jax.random.key(0)
-  params = model_lib.init_params(tower, key, SMALL_SIZE)
+  params = model_lib.init_params(net, key, SMALL_SIZE)
   reference = model_lib.init_params(plain, key, SMALL_SIZE)
   np.testing.assert_array_equal(np.asarray(params['fc8']['kernel']), 0.0)
   assert np.abs(np.asarray(reference['fc8']['kernel'])).max() > 0
   for name in ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7'):  # same draws
     np.testing.assert_array_equal(np.asarray(params[name]['kernel']),
                                   np.asarray(reference[name]['kernel']))
-  strategy = strategies.make_strategy('towers', tower)
+  strategy = strategies.make_strategy('towers', net)
   images = jax.random.normal(jax.random.key(1), (4, SMALL_SIZE, SMALL_SIZE, 3))
   logits = strategy.forward(jax.device_put(params, strategy.param_sharding(params)), images, None)
   np.testing.assert_array_equal(np.asarray(logits), 0.0)  # softmax loss: log 10 exactly
@@ -272,17 +280,17 @@ def model_config(widths=None, **switches):
   return c
 
 
-def shapes(tower, size):
+def shapes(net, size):
   """Kernel shapes (stacked axis first) and each layer's output per image, all towers."""
-  params = jax.eval_shape(lambda k: model_lib.init_params(tower, k, size), jax.random.key(0))
+  params = jax.eval_shape(lambda k: model_lib.init_params(net, k, size), jax.random.key(0))
   one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), params)
   _, state = jax.eval_shape(
-      lambda p, x: tower.apply({'params': p}, x, model_lib.self_exchange(tower),
+      lambda p, x: net.apply({'params': p}, x, model_lib.self_exchange(net),
                                capture_intermediates=True, mutable=['intermediates']),
       one, jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
   out = {name: v['__call__'][0].shape[1:] for name, v in state['intermediates'].items()
          if name in params}
-  out = {name: s[:-1] + (tower.towers * s[-1],) for name, s in out.items()}
+  out = {name: s[:-1] + (net.num_towers * s[-1],) for name, s in out.items()}
   return {name: p['kernel'].shape for name, p in params.items()}, out
 
 
@@ -317,61 +325,61 @@ def hand_macs(kernels, outputs):
     ({}, TWO_TOWERS_224, PAPER_PARAMS, 724_406_816),
     ({'lrn': False}, TWO_TOWERS_224, PAPER_PARAMS, 724_406_816),
     ({'pool_window': 2, 'pool_stride': 2}, TWO_TOWERS_224, PAPER_PARAMS, 724_406_816),
-    ({'towers': 1}, ONE_TOWER_224, 59_798_312, 391_514_384),
+    ({'num_towers': 1}, ONE_TOWER_224, 59_798_312, 391_514_384),
 ])
 def test_switch_changes_exactly_the_layers_it_names_at_224(switches, expected, params, macs):
   """LRN and 2 x 2 pooling keep every shape at 224 (55 -> 27 -> 13 -> 6 either way, as the
   paper says: "equivalent dimensions"); one tower halves conv1-conv4 only."""
-  tower = model_lib.make_tower(model_config(**switches), 1000)
-  kernels, outputs = shapes(tower, 224)
+  net = model_lib.make_network(model_config(**switches), 1000)
+  kernels, outputs = shapes(net, 224)
   assert (kernels, outputs) == expected
-  assert hand_params(expected[0]) == params == model_lib.param_count(tower, 224)
-  assert hand_macs(*expected) == macs == sum(model_lib.layer_macs(tower, 224).values())
+  assert hand_params(expected[0]) == params == model_lib.param_count(net, 224)
+  assert hand_macs(*expected) == macs == sum(model_lib.layer_macs(net, 224).values())
 
 
 def test_non_overlapping_pooling_changes_only_the_pooled_sizes_where_they_differ():
   """At 231 (conv1 -> 56 x 56, no padding) 2 x 2 / 2 pooling gives 28 -> 14 -> 7 where 3 x 3 / 2
   gives 27 -> 13 -> 6: the spatial sizes after each pool change, and so does fc6's fan-in
   (7 x 7 x 256 = 12544); no kernel width or other layer does."""
-  base = shapes(model_lib.make_tower(model_config(), 1000), 231)
-  two = shapes(model_lib.make_tower(model_config(pool_window=2, pool_stride=2), 1000), 231)
+  base = shapes(model_lib.make_network(model_config(), 1000), 231)
+  two = shapes(model_lib.make_network(model_config(pool_window=2, pool_stride=2), 1000), 231)
   assert base[1]['conv1'] == two[1]['conv1'] == (56, 56, 96)
   assert [base[1][n][:2] for n in ('conv2', 'conv3', 'conv5')] == [(27, 27), (13, 13), (13, 13)]
   assert [two[1][n][:2] for n in ('conv2', 'conv3', 'conv5')] == [(28, 28), (14, 14), (14, 14)]
   assert base[0]['fc6'] == (2, 9216, 2048) and two[0]['fc6'] == (2, 12544, 2048)
   assert {n: k for n, k in base[0].items() if n != 'fc6'} == {
       n: k for n, k in two[0].items() if n != 'fc6'}
-  tower = model_lib.make_tower(model_config(pool_window=2, pool_stride=2), 1000)
-  assert model_lib.param_count(tower, 231) == PAPER_PARAMS + 2 * (12544 - 9216) * 2048
-  assert model_lib.pool5_size(231, 2, 2) == 7 and model_lib.pool5_size(231) == 6
+  net = model_lib.make_network(model_config(pool_window=2, pool_stride=2), 1000)
+  assert model_lib.param_count(net, 231) == PAPER_PARAMS + 2 * (12544 - 9216) * 2048
+  assert model_lib.pool5_size(231, 2, 2) == 7 and model_lib.pool5_size(231, 3, 2) == 6
 
 
 def _switched_setup(**switches):
   """The SMALL network with `switches`, its strategy (two towers: `towers`; one: `data`, both
   on 2 devices) and host parameters of its shapes, N(0, 0.1^2) (no initialiser to compile)."""
-  tower = model_lib.make_tower(model_config((SMALL['conv_features'], SMALL['fc_features']),
+  net = model_lib.make_network(model_config((SMALL['conv_features'], SMALL['fc_features']),
                                             **switches), 10)
-  strategy = (strategies.data(tower, num_devices=2) if tower.towers == 1
-              else strategies.towers(tower))
-  abstract = jax.eval_shape(lambda k: model_lib.init_params(tower, k, SMALL_SIZE),
+  strategy = (strategies.data_strategy(net, num_devices=2) if net.num_towers == 1
+              else strategies.towers_strategy(net))
+  abstract = jax.eval_shape(lambda k: model_lib.init_params(net, k, SMALL_SIZE),
                             jax.random.key(0))
   rng = np.random.default_rng(0)
   params = jax.tree.map(lambda a: rng.normal(scale=0.1, size=a.shape).astype(np.float32),
                         abstract)
   images = np.random.default_rng(1).normal(size=(4, SMALL_SIZE, SMALL_SIZE, 3)) * 50
-  return tower, strategy, params, images.astype(np.float32)
+  return net, strategy, params, images.astype(np.float32)
 
 
 @pytest.mark.parametrize('switches,reference', [
     ({'lrn': False}, {'lrn': False}),
     ({'pool_window': 2, 'pool_stride': 2}, {'window': 2, 'stride': 2}),
-    ({'towers': 1}, {}),
+    ({'num_towers': 1}, {}),
 ])
 def test_switched_network_equals_the_independent_one_device_network(switches, reference):
   """Forward with dropout against `one_device_alexnet` given the same switch; and the switch
   changes the output (the reference without it differs)."""
-  tower, strategy, params, images = _switched_setup(**switches)
-  fc_total = tuple(tower.towers * f for f in tower.fc_features)
+  net, strategy, params, images = _switched_setup(**switches)
+  fc_total = tuple(net.num_towers * f for f in net.fc_features)
   assert fc_total == (64, 64)  # one tower keeps fc6 and fc7 at both towers' width
   keep = model_lib.dropout_masks(jax.random.key(7), 4, fc_total, 0.5)
   got = jax.jit(strategy.forward)(jax.device_put(params, strategy.param_sharding(params)),
@@ -391,9 +399,9 @@ def test_lrn_off_leaves_everything_before_the_lrn_unchanged():
   one = jax.tree.map(lambda a: a[0], params)
   outs = {}
   for lrn in (True, False):
-    tower = model_lib.make_tower(model_config((SMALL['conv_features'], SMALL['fc_features']),
+    net = model_lib.make_network(model_config((SMALL['conv_features'], SMALL['fc_features']),
                                               lrn=lrn), 10)
-    _, state = jax.jit(lambda p, x, t=tower: t.apply(
+    _, state = jax.jit(lambda p, x, t=net: t.apply(
         {'params': p}, x, model_lib.self_exchange(t), capture_intermediates=True,
         mutable=['intermediates']))(one, images)
     outs[lrn] = {n: np.asarray(v['__call__'][0]) for n, v in state['intermediates'].items()

@@ -3,10 +3,11 @@ warm-up), and the refusal of bad schedule fields before any work."""
 
 import json
 
+import jax
 import pytest
 
 from alexnet_jax.core import schedules
-from alexnet_jax.core import train
+from alexnet_jax.core import config as config_lib
 from configs import paper
 from configs import tiny
 
@@ -70,13 +71,13 @@ def test_constant_ignores_evaluations():
 ])
 def test_bad_schedule_field_is_refused_by_validate_config(field, value, words):
   config = _config(**{field: value})
-  with pytest.raises(train.ConfigError) as e:
-    train.validate_config(config)
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.check(config, jax.devices())
   for word in words:
     assert word in str(e.value)
 
 
 def test_step_kind_needs_increasing_boundaries():
   config = _config(kind='step', boundaries=(60, 30))
-  with pytest.raises(train.ConfigError, match=r'boundaries=\(60, 30\).*increasing'):
-    train.validate_config(config)
+  with pytest.raises(config_lib.ConfigError, match=r'boundaries=\(60, 30\).*increasing'):
+    config_lib.check(config, jax.devices())

@@ -7,10 +7,11 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax.tools import comms
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import strategies
-from alexnet_jax.core import train
+from alexnet_jax.core import config as config_lib
+from alexnet_jax.core import run as run_lib
+from alexnet_jax.core import steps
 from configs import default
 import test_model  # the independent one-device network (tests/ is on sys.path under pytest)
 
@@ -40,8 +41,8 @@ def initial_params():
   """One initialisation for every strategy, with larger weights than the paper's 0.01 so every
   layer's signal is far from zero."""
   config = small_config()
-  tower = model_lib.make_tower(config.model, config.model.num_classes)
-  params = jax.jit(lambda k: model_lib.init_params(tower, k, config.image_size))(
+  net = model_lib.make_network(config.model, config.model.num_classes)
+  params = jax.jit(lambda k: model_lib.init_params(net, k, config.image_size))(
       jax.random.key(config.seed))
   return jax.tree.map(lambda p: np.asarray(p) * 10.0, params)
 
@@ -53,13 +54,14 @@ def one_step(name: str, num_devices: int):
   The gradient is read from the velocity the step leaves: v = 0.9 * 0 - lr * g.
   """
   config = small_config()
-  _, _, step, state, batch = comms.build_train_step(config, name, num_devices,
-                                                    params=initial_params())
+  config.parallelism, config.num_devices = name, num_devices
+  run = run_lib.build(config)
+  state, batch = run.state_from_params(initial_params()), run.synthetic_batch(config.seed)
   before = jax.tree.map(np.asarray, state.params)
   keep = model_lib.dropout_masks(jax.random.fold_in(state.rng, state.step), config.batch_size,
                                  (64, 64), config.model.dropout_rate)
   host_batch = jax.tree.map(np.asarray, batch)
-  new_state, metrics = step.lower(state, batch).compile(FAST_COMPILE)(state, batch)
+  new_state, metrics = run.train_step.lower(state, batch).compile(FAST_COMPILE)(state, batch)
   velocity = [s for s in new_state.opt_state.inner_state if hasattr(s, 'trace')][0].trace
   grads = jax.tree.map(lambda v: -np.asarray(v) / config.learning_rate, velocity)
   return (float(metrics['loss']), before, grads, jax.tree.map(np.asarray, new_state.params),
@@ -77,7 +79,7 @@ def test_towers_step_equals_one_device_network():
 
   def ref_loss(p):
     logits = test_model.one_device_alexnet(p, batch['image'], keep)
-    return train.cross_entropy(logits, batch['label']).mean()
+    return steps.cross_entropy(logits, batch['label']).mean()
 
   want_loss, want_grad = jax.jit(jax.value_and_grad(ref_loss))(before)
   assert rel_err(loss, want_loss) <= 1e-5
@@ -101,18 +103,18 @@ def test_strategy_equals_towers(name, num_devices):
 
 
 def test_parameters_live_where_the_strategy_says():
-  tower = model_lib.Tower(**test_model.SMALL)
-  abstract = jax.eval_shape(lambda k: model_lib.init_params(tower, k, 67), jax.random.key(0))
-  hybrid = strategies.make_strategy('hybrid', tower, num_devices=4)
+  net = test_model.network(**test_model.SMALL)
+  abstract = jax.eval_shape(lambda k: model_lib.init_params(net, k, 67), jax.random.key(0))
+  hybrid = strategies.make_strategy('hybrid', net, num_devices=4)
   specs = hybrid.param_specs(abstract)
   assert specs['conv3']['kernel'] == strategies.P()
   assert specs['fc6']['kernel'] == strategies.P('tower', None, 'block')
   assert hybrid.mesh.shape == {'tower': 2, 'block': 2} and hybrid.batch_shards == 4
-  fsdp = strategies.make_strategy('fsdp', tower, num_devices=8)
+  fsdp = strategies.make_strategy('fsdp', net, num_devices=8)
   specs = fsdp.param_specs(abstract)
   assert specs['conv1']['kernel'] == strategies.P(None, None, None, None, 'data')  # 8 kernels
   assert specs['fc8']['bias'] == strategies.P()  # (2, 5): nothing divisible by 8
-  pod = strategies.make_strategy('towers_data', tower, num_devices=8)
+  pod = strategies.make_strategy('towers_data', net, num_devices=8)
   assert pod.mesh.shape == {'data': 4, 'tower': 2} and pod.batch_shards == 4
 
 
@@ -120,31 +122,31 @@ def test_parameters_live_where_the_strategy_says():
     ('towers', 4, 'exactly 2'), ('hybrid', 3, 'even'), ('towers_data', 5, 'even'),
     ('data', 16, 'only 8 are visible'), ('pipeline', 2, 'nknown parallelism')])
 def test_device_count_a_strategy_cannot_use_is_refused(name, num_devices, match):
-  tower = model_lib.Tower(**test_model.SMALL)
+  net = test_model.network(**test_model.SMALL)
   with pytest.raises(ValueError, match=match):
-    strategies.make_strategy(name, tower, num_devices=num_devices)
+    strategies.make_strategy(name, net, num_devices=num_devices)
 
 
 def test_hybrid_refuses_fc_widths_it_cannot_split():
-  tower = model_lib.Tower(conv_features=(8, 16, 24, 24, 16), fc_features=(30, 32))
-  assert 'not divisible' in strategies.fit_error('hybrid', 8, tower)
-  assert strategies.fit_error('hybrid', 4, tower) is None
+  net = test_model.network(conv_features=(8, 16, 24, 24, 16), fc_features=(30, 32))
+  assert 'not divisible' in strategies.fit_error('hybrid', 8, net)
+  assert strategies.fit_error('hybrid', 4, net) is None
 
 
 def test_config_errors_come_before_compiling():
   config = small_config()
   config.parallelism, config.num_devices = 'data', 4
   config.batch_size = 6
-  with pytest.raises(train.ConfigError, match='multiple of 4'):
-    train.validate_config(config)
+  with pytest.raises(config_lib.ConfigError, match='multiple of 4'):
+    config_lib.check(config, jax.devices())
   config.batch_size, config.parallelism = 8, 'towers'
-  with pytest.raises(train.ConfigError, match='exactly 2'):
-    train.validate_config(config)
+  with pytest.raises(config_lib.ConfigError, match='exactly 2'):
+    config_lib.check(config, jax.devices())
   config.parallelism = 'hybrid'
-  train.validate_config(config)  # fits
-  with pytest.raises(ValueError, match='batch_size=6'):
-    config.batch_size = 6
-    comms.build_train_step(config, 'data', 4)
+  config_lib.check(config, jax.devices())  # fits
+  config.batch_size, config.parallelism = 6, 'data'
+  with pytest.raises(config_lib.ConfigError, match='batch_size=6'):
+    run_lib.build(config)  # the builder checks first, before tracing anything
 
 
 def test_batch_shards_and_devices_needed():
@@ -152,8 +154,8 @@ def test_batch_shards_and_devices_needed():
   for name, n, shards in [('towers', 0, 1), ('data', 4, 4), ('hybrid', 8, 8),
                           ('towers_data', 8, 4), ('fsdp', 2, 2)]:
     config.parallelism, config.num_devices = name, n
-    tower = model_lib.make_tower(config.model, config.model.num_classes)
-    strategy = strategies.make_strategy(name, tower, num_devices=n)
+    net = model_lib.make_network(config.model, config.model.num_classes)
+    strategy = strategies.make_strategy(name, net, num_devices=n)
     assert strategy.batch_shards == shards, name
     assert strategy.input_group(16) == (0, 1)  # one process feeds every row
   assert strategies.devices_needed('towers') == 2

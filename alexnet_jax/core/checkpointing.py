@@ -39,6 +39,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from alexnet_jax.core import config as config_lib
+
 # The config fields the training stream is a function of (with the step): a resume that changes
 # one would continue a different stream than the checkpoint's run saw.
 STREAM_FIELDS = ('dataset', 'train_split', 'seed', 'batch_size', 'input_shards', 'cache_decoded',
@@ -61,14 +63,6 @@ def _plain(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json_best_effort())
 
 
-def _tuples(value: Any) -> Any:
-  if isinstance(value, dict):
-    return {k: _tuples(v) for k, v in value.items()}
-  if isinstance(value, list):
-    return tuple(_tuples(v) for v in value)
-  return value
-
-
 def _flat(tree: dict, prefix: str = '') -> dict:
   out = {}
   for key, value in tree.items():
@@ -81,7 +75,7 @@ def _flat(tree: dict, prefix: str = '') -> dict:
 
 def config_differences(saved: dict, current: ml_collections.ConfigDict) -> list[str]:
   """'field: checkpoint value -> this config's value' for every field that differs."""
-  old, new = _flat(saved), _flat(_plain(current))
+  old, new = _flat(_plain(config_lib.complete(saved))), _flat(_plain(current))
   return [f'{k}: {old.get(k, "(absent)")!r} -> {new.get(k, "(absent)")!r}'
           for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
@@ -118,6 +112,19 @@ def _shapes(tree) -> dict:
           for path, leaf in leaves}
 
 
+class _Manager(ocp.CheckpointManager):
+  """orbax's manager, minus its own calls to JAX's preemption sync point: the training loop is
+  the one caller (runtime/preemption.py), with the step it is at. orbax calls it again from the
+  thread that finishes an asynchronous save, with that save's older step, which would move the
+  processes' agreed stopping step into the past (and a missed notice would leave the others
+  waiting in a collective save). Every save here is asked for explicitly, so nothing else
+  changes."""
+
+  def reached_preemption(self, step: int) -> bool:
+    del step
+    return False
+
+
 class Checkpoints:
   """The run's checkpoints: asynchronous saves that never hold a NaN, and checked restores."""
 
@@ -132,8 +139,7 @@ class Checkpoints:
         best_fn=error, best_mode='min',  # only so that orbax records the metrics of a save
         create=True, cleanup_tmp_directories=True)
     try:
-      self._manager = ocp.CheckpointManager(self.directory, item_handlers=_handlers(),
-                                             options=options)
+      self._manager = _Manager(self.directory, item_handlers=_handlers(), options=options)
     except Exception as e:  # a permission, a full disk, unreadable orbax metadata
       raise CheckpointError(f'Cannot open the checkpoint directory {self.directory}: {e}. '
                             'Fix it or use another --workdir.') from e
@@ -254,7 +260,7 @@ def saved_steps(workdir: str) -> list[int]:
 def restore_params(workdir: str, step: int | None = None
                    ) -> tuple[ml_collections.ConfigDict, dict]:
   """(config, params) of checkpoint `step` (default: the latest) in `workdir`: the config that
-  wrote it and its parameters as NumPy arrays (towers stacked on axis 0), on any machine."""
+  wrote it (completed from today's defaults, config.complete) and its parameters as NumPy arrays (towers stacked on axis 0), on any machine."""
   directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
   if not os.path.isdir(directory):
     raise CheckpointError(f'No checkpoints in {workdir}: {directory} does not exist.')
@@ -284,7 +290,7 @@ def restore_params(workdir: str, step: int | None = None
                             f'({type(e).__name__}: {e}).') from e
   finally:
     manager.close()
-  return ml_collections.ConfigDict(_tuples(meta['config'])), restored['params']
+  return config_lib.complete(meta['config']), restored['params']
 
 
 def quiet_orbax_logs() -> None:

@@ -1,33 +1,47 @@
-"""The network's three costly operations, each with a gradient written for the hardware.
+"""The network's three costly operations, LRN, max pooling and convolution, in two
+implementations that compute the same function:
 
-Automatic differentiation of the plain formulas is correct but slow on XLA:CPU, where the
-project's tests and quick start run (README, "Performance", has the profiles):
+- 'reference': the paper's formulas, differentiated by JAX. LRN by its formula (docs/paper.md,
+  sec. 3.3), max pooling by `lax.reduce_window` (sec. 3.4), convolutions by
+  `lax.conv_general_dilated`, with XLA's own gradients for all three. This runs on GPU and TPU:
+  cuDNN and the TPU compiler have fast gradients of their own, and nothing there needs the
+  materialisation barriers of the CPU kernels (which would only stop fusions).
+- 'cpu': hand-written gradients for XLA:CPU, where the project's tests and quick start run and
+  automatic differentiation of the formulas is correct but slow (docs/performance.md has the
+  measurements):
 
-- `conv2d`: XLA computes a convolution's kernel gradient as another convolution, with the batch
-  as the contracted axis and the input's channels as the batch. On XLA:CPU (YNNPACK) that ran
-  conv3-conv5's kernel gradients at 31-38 GFLOP/s where their forward passes reach 90-100, and
-  conv1's at 5 (its 3 input channels make a batch of 3). The same gradient is a sum over the
-  kernel's offsets (i, j):
+  - `conv2d`: XLA computes a convolution's kernel gradient as another convolution, with the
+    batch as the contracted axis and the input's channels as the batch. XLA:CPU runs that
+    convolution far below the speed of the forward pass, and conv1's worst of all (its 3 input
+    channels make a batch of 3). The same gradient is a sum over the kernel's offsets (i, j):
 
-      dW[i, j] = sum over (image, y, x) of  input[image, s*y + i, s*x + j, :]^T  dY[image, y, x, :]
+        dW[i, j] = sum over (image, y, x) of input[image, s*y + i, s*x + j, :]^T dY[image, y, x, :]
 
-  one (C_in x positions) by (positions x C_out) matrix product per offset, at matmul speed. A
-  stride s > 1 (conv1's 4) is first made stride 1 by space-to-depth: s x s blocks of the input
-  become s*s*C_in channels and a k x k kernel a ceil(k/s) x ceil(k/s) one over them, so
-  conv1's 121 offsets with C_in = 3 become 9 with 48.
-- `local_response_norm`: XLA fused its forward formula into every consumer, so the max pool
-  after it recomputed the power once per pooling view (9 times), forward and backward.
-- `max_pool`: the gradient of a strided view is a strided scatter (a `pad` with interior
-  padding), 9 of them, each a pass over the pool's whole input at ~1 GB/s.
+    one (C_in x positions) by (positions x C_out) matrix product per offset, at matmul speed.
+    A stride s > 1 (conv1's 4) is first made stride 1 by space-to-depth: s x s blocks of the
+    input become s*s*C_in channels and a k x k kernel a ceil(k/s) x ceil(k/s) one over them, so
+    conv1's 121 offsets with C_in = 3 become 9 with 48. The forward pass and the input gradient
+    stay XLA's.
+  - `local_response_norm`: XLA fused the forward formula into every consumer, so the max pool
+    after it recomputed the power once per pooling view (9 times), forward and backward.
+  - `max_pool`: the gradient of a strided view is a strided scatter (a `pad` with interior
+    padding), 9 of them, each a slow pass over the pool's whole input; `reduce_window`'s own
+    select-and-scatter gradient is slower still on XLA:CPU.
 
-LRN and max pooling therefore have a custom VJP whose saved values and incoming gradients are
-materialised (`optimization_barrier`: nothing is recomputed inside a fusion), with hand-written
-backward passes: LRN's in one elementwise pass, the pool's by stride phases (below). Tests
-compare every gradient with automatic differentiation of the plain formula.
+  LRN and max pooling therefore have a custom VJP whose saved values and incoming gradients are
+  materialised (`optimization_barrier`: nothing is recomputed inside a fusion), with
+  hand-written backward passes: LRN's in one elementwise pass, the pool's by stride phases.
 
-`weight_grad='offsets'` uses the per-offset kernel gradient; 'xla' keeps XLA's own; 'auto' (the
-default) takes the offsets on CPU only: cuDNN and the TPU compiler have fast kernel gradients
-of their own. A convolution's forward pass and input gradient are XLA's either way.
+The two agree to float rounding, ties included (a max pool's gradient goes to the first maximum
+of its window, as `reduce_window`'s does); tests/test_kernels.py compares them on every op. One
+difference: a NaN input always reaches the outputs of the cpu pool's windows that hold it, where
+XLA:CPU's `reduce_window` may drop it (a 2 x 2 window [[0, 0], [nan, 1.5]] gives 1.5).
+
+The choice is a config field, `config.model.kernels` in `KERNEL_CHOICES`; `resolve` turns it
+into 'reference' or 'cpu' for the platform of the devices a run is built for ('auto': 'cpu' on
+CPU, 'reference' elsewhere). That is the only place it is made: the devices may be a TPU or GPU
+topology this process compiles for but does not run on, so nothing here asks JAX for its
+default backend. Every op below takes the resolved choice as `impl`.
 """
 
 import functools
@@ -41,8 +55,30 @@ from jax import lax
 Array = jax.Array
 Padding = tuple[tuple[int, int], tuple[int, int]]
 
-WEIGHT_GRADS = ('auto', 'offsets', 'xla')
+KERNEL_CHOICES = ('auto', 'reference', 'cpu')
+IMPLS = ('reference', 'cpu')
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+
+def resolve(choice: str, platform: str) -> str:
+  """`config.model.kernels` -> the implementation for devices of `platform` ('cpu', 'gpu',
+  'cuda', 'rocm', 'tpu', as `jax.Device.platform`): 'auto' is 'cpu' on CPU and 'reference'
+  elsewhere; 'reference' and 'cpu' are taken as they are (either runs on any platform)."""
+  if choice not in KERNEL_CHOICES:
+    raise ValueError(f'config.model.kernels={choice!r}: use one of {KERNEL_CHOICES}.')
+  if choice == 'auto':
+    return 'cpu' if platform == 'cpu' else 'reference'
+  return choice
+
+
+def _check(impl: str) -> str:
+  if impl not in IMPLS:
+    raise ValueError(f'impl={impl!r}: use one of {IMPLS} (resolve config.model.kernels, one of '
+                     f'{KERNEL_CHOICES}, with kernels.resolve first).')
+  return impl
+
+
+# --- Convolution ----------------------------------------------------------------------------------
 
 
 def _conv(x: Array, w: Array, stride: int, padding: Padding) -> Array:
@@ -84,7 +120,7 @@ def kernel_grad_by_offsets(x: Array, dy: Array, kernel_shape: Sequence[int], str
     # all positions let the matmul library split the long sum across threads differently for
     # different device counts (a 1-process and a 2-process run of a config then drifted apart).
     # Separate 2-D products, not one batched einsum: XLA:CPU gives 2-D ones to YNNPACK and
-    # batched ones to Eigen, 5-10 % of the quickstart's whole train step slower.
+    # batched ones to Eigen, which made the quickstart's whole train step slower.
     groups_of_window = window.reshape(groups, -1, channels)
     return functools.reduce(jnp.add, [groups_of_window[g].T @ dy3[g] for g in range(groups)])
 
@@ -114,24 +150,26 @@ def _conv_offsets_bwd(stride, padding, residuals, dy):
 _conv_offsets.defvjp(_conv_offsets_fwd, _conv_offsets_bwd)
 
 
-def uses_offsets(weight_grad: str) -> bool:
-  """'auto' -> the offsets on CPU (decided when the step is traced, for its backend)."""
-  if weight_grad not in WEIGHT_GRADS:
-    raise ValueError(f'config.model.weight_grad={weight_grad!r}: use one of {WEIGHT_GRADS}.')
-  return weight_grad == 'offsets' or (weight_grad == 'auto' and jax.default_backend() == 'cpu')
+def conv2d(x: Array, w: Array, stride: int, padding: Padding, impl: str) -> Array:
+  """NHWC input, HWIO kernel, square stride, explicit (low, high) padding per spatial axis.
 
-
-def conv2d(x: Array, w: Array, stride: int, padding: Padding, weight_grad: str = 'auto') -> Array:
-  """NHWC input, HWIO kernel, square stride, explicit (low, high) padding per spatial axis."""
+  Forward pass and input gradient are XLA's in both implementations; the kernel gradient is
+  XLA's ('reference') or `kernel_grad_by_offsets` ('cpu')."""
   padding = tuple(tuple(int(p) for p in pair) for pair in padding)
-  if uses_offsets(weight_grad):
+  if _check(impl) == 'cpu':
     return _conv_offsets(x, w, int(stride), padding)
-  return _conv(x, w, stride, padding)
+  return _conv(x, w, int(stride), padding)
 
 
-def flax_conv_general_dilated(weight_grad: str):
+def flax_conv_general_dilated(impl: str):
   """`conv2d` with `lax.conv_general_dilated`'s signature, for `flax.linen.Conv`'s
-  `conv_general_dilated` field (the parameters keep their names and shapes)."""
+  `conv_general_dilated` field (the parameters keep their names and shapes).
+
+  'reference' is `lax.conv_general_dilated` itself (every argument passed on). 'cpu' takes the
+  convolutions AlexNet has (NHWC/HWIO, square stride, explicit or 'VALID' padding, no dilation,
+  no feature groups) and refuses others."""
+  if _check(impl) == 'reference':
+    return lax.conv_general_dilated
 
   def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                            rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
@@ -143,26 +181,33 @@ def flax_conv_general_dilated(weight_grad: str):
               and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
               == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
     if not simple:
-      raise ValueError('alexnet_jax.convolution supports NHWC/HWIO convolutions with a square '
-                       "stride, explicit or 'VALID' padding, no dilation and no feature groups.")
-    return conv2d(lhs, rhs, window_strides[0], padding, weight_grad)
+      raise ValueError("alexnet_jax's 'cpu' convolution supports NHWC/HWIO convolutions with a "
+                       "square stride, explicit or 'VALID' padding, no dilation and no feature "
+                       'groups.')
+    return conv2d(lhs, rhs, window_strides[0], padding, 'cpu')
 
   return conv_general_dilated
 
 
-# --- Local response normalisation (section 3.3) -------------------------------------------------
+# --- Local response normalisation (docs/paper.md, sec. 3.3) --------------------------------------
 
 
 def _window_sum(v: Array, n: int) -> Array:
-  """sum_{|j - i| <= n/2} v_j over the last axis, zero beyond its edges: n shifted slices."""
+  """sum_{|j - i| <= n/2} v_j over the last axis, zero beyond its edges (the channels of one
+  tower): 2 * (n // 2) + 1 shifted slices, n of them for the paper's odd n."""
   c, h = v.shape[-1], n // 2
   padded = jnp.pad(v, ((0, 0),) * (v.ndim - 1) + ((h, h),))
-  return functools.reduce(jnp.add, [padded[..., i:i + c] for i in range(n)])
+  return functools.reduce(jnp.add, [padded[..., i:i + c] for i in range(2 * h + 1)])
+
+
+def _lrn_reference(x: Array, k: float, n: int, alpha: float, beta: float) -> Array:
+  a = x.astype(jnp.float32)
+  return (a / (k + alpha * _window_sum(a * a, n)) ** beta).astype(x.dtype)
 
 
 def _power(t: Array, exponent: float) -> Array:
-  """t ** exponent; the paper's -0.75 as rsqrt(t) * sqrt(rsqrt(t)), several times cheaper than
-  the exp and log of a general power on CPU."""
+  """t ** exponent; the paper's -0.75 as rsqrt(t) * sqrt(rsqrt(t)), cheaper on CPU than the exp
+  and log of a general power."""
   if exponent == -0.75:
     r = lax.rsqrt(t)
     return r * jnp.sqrt(r)
@@ -175,19 +220,19 @@ def _lrn_terms(a: Array, k: float, n: int, alpha: float, beta: float) -> tuple[A
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
-def _lrn(x: Array, k: float, n: int, alpha: float, beta: float) -> Array:
+def _lrn_cpu(x: Array, k: float, n: int, alpha: float, beta: float) -> Array:
   a = x.astype(jnp.float32)
   return (a * _lrn_terms(a, k, n, alpha, beta)[1]).astype(x.dtype)
 
 
-def _lrn_fwd(x, k, n, alpha, beta):
+def _lrn_cpu_fwd(x, k, n, alpha, beta):
   a = x.astype(jnp.float32)
   t, u = _lrn_terms(a, k, n, alpha, beta)
   a, t, u = lax.optimization_barrier((a, t, u))
   return (a * u).astype(x.dtype), (a, t, u, jnp.zeros((), x.dtype))
 
 
-def _lrn_bwd(k, n, alpha, beta, residuals, g):
+def _lrn_cpu_bwd(k, n, alpha, beta, residuals, g):
   # b_i = a_i u_i, u_i = t_i^-beta, t_i = k + alpha sum_{j near i} a_j^2, so
   # db_i/da_m = [i == m] u_i - 2 alpha beta a_i a_m u_i / t_i for m near i: the window is
   # symmetric, so dL/da_m = g_m u_m - 2 alpha beta a_m sum_{i near m} g_i a_i u_i / t_i.
@@ -197,19 +242,32 @@ def _lrn_bwd(k, n, alpha, beta, residuals, g):
   return (da.astype(like.dtype),)
 
 
-_lrn.defvjp(_lrn_fwd, _lrn_bwd)
+_lrn_cpu.defvjp(_lrn_cpu_fwd, _lrn_cpu_bwd)
 
 
-def local_response_norm(x: Array, k: float, n: int, alpha: float, beta: float) -> Array:
-  """b_i = a_i / (k + alpha * sum_{|j - i| <= n/2} a_j^2)^beta over the last axis of `x`.
+def local_response_norm(x: Array, k: float, n: int, alpha: float, beta: float,
+                        impl: str) -> Array:
+  """b_i = a_i / (k + alpha * sum_{|j - i| <= n/2} a_j^2)^beta over the last axis of `x`, the
+  sum clipped at that axis's edges (`x` holds one tower's channels, so the window stops at the
+  tower's edges).
 
-  Computed in float32 whatever the compute dtype (bfloat16 squares summed in bfloat16 lose
-  the digits the normalisation needs); only the result is cast back.
-  """
-  return _lrn(x, float(k), int(n), float(alpha), float(beta))
+  Computed in float32 whatever the input dtype (bfloat16 squares summed in bfloat16 lose the
+  digits the normalisation needs); only the result is cast back. 'cpu': a custom VJP with
+  materialised terms and a one-pass backward (module docstring)."""
+  args = (float(k), int(n), float(alpha), float(beta))
+  if _check(impl) == 'cpu':
+    return _lrn_cpu(x, *args)
+  return _lrn_reference(x, *args)
 
 
-# --- Max pooling (section 3.4) --------------------------------------------------------------------
+# --- Max pooling (docs/paper.md, sec. 3.4) -------------------------------------------------------
+
+
+def _max_pool_reference(x: Array, window: int, stride: int) -> Array:
+  # A Python -inf (not an array) as the initial value, so that JAX sees the max monoid and
+  # uses its differentiable `reduce_window_max` (a first-maximum select-and-scatter gradient).
+  return lax.reduce_window(x, -jnp.inf, lax.max, (1, window, window, 1), (1, stride, stride, 1),
+                           'VALID')
 
 
 def _pool_views(x: Array, window: int, stride: int) -> list[Array]:
@@ -221,19 +279,19 @@ def _pool_views(x: Array, window: int, stride: int) -> list[Array]:
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def _max_pool(x: Array, window: int, stride: int) -> Array:
+def _max_pool_cpu(x: Array, window: int, stride: int) -> Array:
   return functools.reduce(jnp.maximum, _pool_views(x, window, stride))
 
 
-def _max_pool_fwd(x, window, stride):
+def _max_pool_cpu_fwd(x, window, stride):
   y = functools.reduce(jnp.maximum, _pool_views(x, window, stride))
   x, y = lax.optimization_barrier((x, y))
   return y, (x, y)
 
 
-def _max_pool_bwd(window, stride, residuals, g):
-  """Each output's gradient goes to the first input of its window that holds the maximum (as
-  `lax.reduce_window`'s gradient does; a plain `jnp.maximum` chain would split ties).
+def _max_pool_cpu_bwd(window, stride, residuals, g):
+  """Each output's gradient goes to the first input of its window (row-major) that holds the
+  maximum, as `lax.reduce_window`'s gradient does (a plain `jnp.maximum` chain would split ties).
 
   Input pixel (s*a + p, s*b + q) is phase (p, q) of the stride, and view (i, j) of the pool
   reads phase (i % s, j % s) shifted by (i // s, j // s): each phase's gradient is a sum of
@@ -262,10 +320,15 @@ def _max_pool_bwd(window, stride, residuals, g):
   return (dx[:, :height, :width],)
 
 
-_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+_max_pool_cpu.defvjp(_max_pool_cpu_fwd, _max_pool_cpu_bwd)
 
 
-def max_pool(x: Array, window: int, stride: int) -> Array:
-  """Max pooling of an NHWC map, no padding: the same values as `lax.reduce_window` (whose
-  select-and-scatter gradient ran 5x slower than this one on CPU)."""
-  return _max_pool(x, int(window), int(stride))
+def max_pool(x: Array, window: int, stride: int, impl: str) -> Array:
+  """Max pooling of an NHWC map, window x window every `stride` pixels, no padding (the
+  paper's overlapping 3 / 2, or a non-overlapping 2 / 2). 'reference': `lax.reduce_window`;
+  'cpu': the elementwise maximum of the window's strided views, with a custom VJP (module
+  docstring). The same values, and the same gradient, ties included."""
+  window, stride = int(window), int(stride)
+  if _check(impl) == 'cpu':
+    return _max_pool_cpu(x, window, stride)
+  return _max_pool_reference(x, window, stride)

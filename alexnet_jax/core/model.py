@@ -31,31 +31,30 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from alexnet_jax.core import kernels
+from alexnet_jax.core import kernels as kernels_lib
 
 Array = jax.Array
 Exchange = Callable[[Array], Array]
 
 # Section 3.3: k = 2, n = 5, alpha = 1e-4, beta = 0.75 (alpha NOT divided by n).
 LRN_K, LRN_N, LRN_ALPHA, LRN_BETA = 2.0, 5, 1e-4, 0.75
-# Section 3.4: overlapping pooling, z = 3, s = 2.
-POOL_WINDOW, POOL_STRIDE = 3, 2
 
 
 def local_response_norm(x: Array, k: float = LRN_K, n: int = LRN_N, alpha: float = LRN_ALPHA,
-                        beta: float = LRN_BETA) -> Array:
+                        beta: float = LRN_BETA, *, impl: str) -> Array:
   """b_i = a_i / (k + alpha * sum_{|j - i| <= n/2} a_j^2)^beta over the channels of `x`.
 
   `x` holds ONE tower's channels, so the window stops at the tower's edges as on the two GPUs.
-  One pass over the channels (n shifted slices), in float32 whatever the compute dtype, with a
-  hand-written gradient (kernels.py).
+  In float32 whatever the compute dtype. `impl`: 'reference' (the formula, differentiated by
+  JAX) or 'cpu' (a hand-written gradient), see kernels.py.
   """
-  return kernels.local_response_norm(x, k, n, alpha, beta)
+  return kernels_lib.local_response_norm(x, k, n, alpha, beta, impl)
 
 
-def max_pool(x: Array, window: int = POOL_WINDOW, stride: int = POOL_STRIDE) -> Array:
-  """Max pooling, no padding: overlapping (the paper's window 3, stride 2) or not (2, 2)."""
-  return kernels.max_pool(x, window, stride)
+def max_pool(x: Array, window: int, stride: int, impl: str) -> Array:
+  """Max pooling, no padding: overlapping (the paper's window 3, stride 2) or not (2, 2).
+  `impl`: 'reference' (`lax.reduce_window`) or 'cpu' (a hand-written gradient), see kernels.py."""
+  return kernels_lib.max_pool(x, window, stride, impl)
 
 
 def conv1_padding(image_size: int, kernel: int = 11, stride: int = 4) -> int:
@@ -94,30 +93,31 @@ def dropout_masks(rng: Array, batch_size: int, fc_features_total: Sequence[int],
 
 
 class Tower(nn.Module):
-  """One tower of Fig. 2. Widths are per tower; the paper's are the defaults."""
-  conv_features: Sequence[int] = (48, 128, 192, 192, 128)
-  fc_features: Sequence[int] = (2048, 2048)
-  classes_per_tower: int = 500
-  dropout_rate: float = 0.5
-  dtype: jnp.dtype = jnp.float32  # compute dtype; parameters stay float32
+  """One tower of Fig. 2 (widths per tower). The network is `num_towers` of these with their own
+  parameters; `make_network` builds it from a config, whose defaults (configs/default.py) are the
+  paper's."""
+  conv_features: Sequence[int]
+  fc_features: Sequence[int]
+  classes_per_tower: int
+  dropout_rate: float
+  dtype: jnp.dtype  # compute dtype; parameters stay float32
   # 'paper': section 5, N(0, 0.01^2) weights, bias 1 in conv2, conv4, conv5, fc6, fc7 (so ReLUs
   # start with positive input), 0 elsewhere. 'he': N(0, 2 / fan_in) weights and zero biases, for
   # narrow layers and short runs, where 0.01 lets the signal die out (see configs/tiny.py).
-  init_scheme: str = 'paper'
+  init_scheme: str
   # fc8's kernel at zero (as big_vision's `head_zeroinit`), whatever the scheme: the first
   # logits are all 0 (loss log C) instead of large ones from 4096 inputs whose first updates
   # knock the net off course; the gradient reaches fc7 from the second step on.
-  head_zeroinit: bool = False
-  # The design choices the paper measures (section 3), for ablations. `towers` is how many
-  # towers the network has (the parameters are stacked on a leading axis of that size): 2, or 1
-  # for one tower whose widths `make_tower` sets (see `one_tower_widths`).
-  lrn: bool = True
-  pool_window: int = POOL_WINDOW
-  pool_stride: int = POOL_STRIDE
-  towers: int = 2
-  # How the conv kernels' gradients are computed (kernels.py): 'auto' = per-offset matrix
-  # products on CPU, XLA's own elsewhere. The same numbers either way, to float rounding.
-  weight_grad: str = 'auto'
+  head_zeroinit: bool
+  # The design choices the paper measures (section 3), for ablations. `num_towers`: 2, or 1 for
+  # one tower whose widths `make_network` sets (see `one_tower_widths`).
+  lrn: bool
+  pool_window: int
+  pool_stride: int
+  num_towers: int
+  # Which implementation of LRN, max pooling and the convolutions' gradients (kernels.py):
+  # 'reference' (the paper's formulas, differentiated by JAX) or 'cpu' (hand-written gradients).
+  kernels: str
 
   def setup(self):
     if self.init_scheme == 'paper':
@@ -133,7 +133,7 @@ class Tower(nn.Module):
       return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding,
                      kernel_init=weights, bias_init=nn.initializers.constant(bias),
                      dtype=self.dtype, name=name,
-                     conv_general_dilated=kernels.flax_conv_general_dilated(self.weight_grad))
+                     conv_general_dilated=kernels_lib.flax_conv_general_dilated(self.kernels))
 
     def dense(name, features, bias, kernel_init=weights):
       return nn.Dense(features, kernel_init=kernel_init,
@@ -154,10 +154,10 @@ class Tower(nn.Module):
   # calls these directly; `__call__` strings them together with `exchange` between them.
 
   def _norm(self, x: Array) -> Array:
-    return local_response_norm(x) if self.lrn else x
+    return local_response_norm(x, impl=self.kernels) if self.lrn else x
 
   def _pool(self, x: Array) -> Array:
-    return max_pool(x, self.pool_window, self.pool_stride)
+    return max_pool(x, self.pool_window, self.pool_stride, self.kernels)
 
   def conv1_conv2(self, image: Array) -> Array:
     """Own tower: conv1 (from the image) and conv2; 13 x 13 x 128 out."""
@@ -207,8 +207,7 @@ def one_tower_widths(conv_features: Sequence[int], fc_features: Sequence[int]
   paper's footnote: the one-GPU net keeps the two-tower net's full size in the LAST conv layer
   and the fully-connected layers after it (most parameters are in fc6, which reads conv5), so
   the two nets have about the same number of parameters, a comparison biased in the one-GPU
-  net's favour. (PAPER.md and its Korean source review say only "half the kernels"; the
-  footnote is the paper's.) So conv1-conv4 have one tower's widths (half of each layer's
+  net's favour (docs/paper.md, section 3.2). So conv1-conv4 have one tower's widths (half of each layer's
   kernels), conv5, fc6, fc7 both towers' widths, fc8 all the classes: 48-128-192-192-256
   kernels, 4096-4096-1000 neurons, 59,798,312 parameters at 1000 classes (two towers:
   60,965,224). No second tower, so no cross-tower layers: conv3 reads conv2's 128 maps, not 256.
@@ -221,52 +220,48 @@ def one_tower_widths(conv_features: Sequence[int], fc_features: Sequence[int]
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 
 
-def make_tower(model_config, num_classes: int) -> Tower:
-  """The tower for a config's `model` section (`dtype`: the compute dtype, default float32).
+def make_network(model_config, num_classes: int, kernels: str = 'reference') -> Tower:
+  """The network a config's `model` section describes: the Tower definition its `num_towers`
+  towers share (their parameters are stacked on a leading axis). `kernels` is the resolved
+  implementation ('reference' or 'cpu', see kernels.py); the run builder picks it for its devices.
 
-  `model.towers` = 1 makes the one-tower net of `one_tower_widths`; its fc6 and fc7 keep the
+  `model.num_towers` = 1 makes the one-tower net of `one_tower_widths`; its fc6 and fc7 keep the
   two-tower net's total widths, so the dropout masks (2 x config fc widths) are the same shape.
   """
-  dtype = model_config.get('dtype', 'float32')
-  if dtype not in COMPUTE_DTYPES:
-    raise ValueError(f"config.model.dtype={dtype!r}: use 'float32' or 'bfloat16' (parameters "
-                     'and the optimizer state stay float32 either way).')
-  towers = model_config.get('towers', 2)
   conv_features, fc_features = model_config.conv_features, model_config.fc_features
-  if towers == 1:
+  if model_config.num_towers == 1:
     conv_features, fc_features = one_tower_widths(conv_features, fc_features)
   return Tower(conv_features=tuple(conv_features),
                fc_features=tuple(fc_features),
-               classes_per_tower=num_classes // towers,
-               dropout_rate=model_config.dropout_rate, dtype=jnp.dtype(dtype),
-               init_scheme=model_config.get('init_scheme', 'paper'),
-               head_zeroinit=model_config.get('head_zeroinit', False),
-               lrn=model_config.get('lrn', True),
-               pool_window=model_config.get('pool_window', POOL_WINDOW),
-               pool_stride=model_config.get('pool_stride', POOL_STRIDE),
-               towers=towers, weight_grad=model_config.get('weight_grad', 'auto'))
+               classes_per_tower=num_classes // model_config.num_towers,
+               dropout_rate=model_config.dropout_rate, dtype=jnp.dtype(model_config.dtype),
+               init_scheme=model_config.init_scheme,
+               head_zeroinit=model_config.head_zeroinit,
+               lrn=model_config.lrn,
+               pool_window=model_config.pool_window,
+               pool_stride=model_config.pool_stride,
+               num_towers=model_config.num_towers, kernels=kernels)
 
 
-def self_exchange(tower: Tower) -> Exchange:
+def self_exchange(net: Tower) -> Exchange:
   """The cross-tower read where only shapes matter (or with one tower: there is no other):
   the tower's activations concatenated with themselves, once per tower."""
-  return lambda x: jnp.concatenate([x] * tower.towers, axis=-1)
+  return lambda x: jnp.concatenate([x] * net.num_towers, axis=-1)
 
 
-def init_params(tower: Tower, rng: Array, image_size: int) -> dict:
-  """All towers' parameters, stacked on a leading axis of size `tower.towers` (the paper's
+def init_params(net: Tower, rng: Array, image_size: int) -> dict:
+  """All towers' parameters, stacked on a leading axis of size `net.num_towers` (the paper's
   2: tower 1, tower 2).
 
   Each tower draws from its own key. Initialisation needs only shapes, so the cross-tower read
   is stood in for by concatenating the tower's activations with themselves.
   """
   image = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-  init_one = lambda key: tower.init(key, image, self_exchange(tower))['params']
-  return jax.vmap(init_one)(jax.random.split(rng, tower.towers))
+  init_one = lambda key: net.init(key, image, self_exchange(net))['params']
+  return jax.vmap(init_one)(jax.random.split(rng, net.num_towers))
 
 
-def pool5_size(image_size: int, pool_window: int = POOL_WINDOW,
-               pool_stride: int = POOL_STRIDE) -> int:
+def pool5_size(image_size: int, pool_window: int, pool_stride: int) -> int:
   """Height (= width) of pool5 for a crop of `image_size` (6 for the paper's 224)."""
   size = -(-(image_size - 11) // 4) + 1  # conv1, with `conv1_padding`
   for _ in range(3):  # pool1, pool2, pool5; conv2-conv5 keep the size (padding)
@@ -274,7 +269,7 @@ def pool5_size(image_size: int, pool_window: int = POOL_WINDOW,
   return size
 
 
-def layer_macs(tower: Tower, image_size: int) -> dict[str, int]:
+def layer_macs(net: Tower, image_size: int) -> dict[str, int]:
   """Multiply-adds per image of each conv and fc layer, all towers, read off the model itself.
 
   An output value of a layer whose kernel has shape (..., fan_in, out) costs fan_in
@@ -283,20 +278,20 @@ def layer_macs(tower: Tower, image_size: int) -> dict[str, int]:
   it is built. ReLU, LRN, pooling and softmax are not counted. The paper's network: 724,406,816
   at 224 x 224 (the paper: "about 724 million").
   """
-  params = jax.eval_shape(lambda k: init_params(tower, k, image_size), jax.random.key(0))
+  params = jax.eval_shape(lambda k: init_params(net, k, image_size), jax.random.key(0))
   one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), params)
   image = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
   _, state = jax.eval_shape(
-      lambda p, x: tower.apply({'params': p}, x, self_exchange(tower),
+      lambda p, x: net.apply({'params': p}, x, self_exchange(net),
                                capture_intermediates=True, mutable=['intermediates']),
       one, image)
   out = state['intermediates']
   positions = lambda name: math.prod(out[name]['__call__'][0].shape[1:-1])  # H x W, or 1
-  return {name: tower.towers * positions(name) * math.prod(one[name]['kernel'].shape)
+  return {name: net.num_towers * positions(name) * math.prod(one[name]['kernel'].shape)
           for name in ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8')}
 
 
-def param_count(tower: Tower, image_size: int) -> int:
+def param_count(net: Tower, image_size: int) -> int:
   """Parameters of all towers (60,965,224 for the paper's network at 1000 classes)."""
-  params = jax.eval_shape(lambda k: init_params(tower, k, image_size), jax.random.key(0))
+  params = jax.eval_shape(lambda k: init_params(net, k, image_size), jax.random.key(0))
   return sum(math.prod(a.shape) for a in jax.tree.leaves(params))

@@ -14,7 +14,6 @@ at evaluations (plateau), lives on the host, is a JSON-able dict, and is saved i
 so a resumed run uses exactly the rates an uninterrupted run would.
 """
 
-import math
 from typing import Any
 
 import ml_collections
@@ -53,34 +52,3 @@ def after_evaluation(config: ml_collections.ConfigDict, state: dict[str, Any],
   if waited >= schedule.patience and state['drops'] < schedule.max_drops:
     return dict(state, evals_since_best=0, drops=state['drops'] + 1)
   return dict(state, evals_since_best=waited)
-
-
-def config_error(config: ml_collections.ConfigDict) -> str | None:
-  """What is wrong with config.lr_schedule (a message naming the field and the fix), or None."""
-  s = config.lr_schedule
-  if s.kind not in KINDS:
-    return f'config.lr_schedule.kind={s.kind!r} is not a schedule; use one of {", ".join(KINDS)}.'
-  if not (config.learning_rate > 0 and math.isfinite(config.learning_rate)):
-    return f'config.learning_rate={config.learning_rate} must be a positive number.'
-  if not (s.factor > 0 and math.isfinite(s.factor)):
-    return f'config.lr_schedule.factor={s.factor} must be a positive number (0.1 in the paper).'
-  if s.kind == 'plateau':
-    if s.factor >= 1:
-      return (f'config.lr_schedule.factor={s.factor} does not lower the rate; the plateau rule '
-              'needs a factor below 1 (0.1 in the paper).')
-    if int(s.patience) != s.patience or s.patience < 1:
-      return (f'config.lr_schedule.patience={s.patience} must be a whole number of evaluations, '
-              '1 or more.')
-    if s.threshold < 0:
-      return f'config.lr_schedule.threshold={s.threshold} must be 0 or more (an error fraction).'
-    if int(s.max_drops) != s.max_drops or s.max_drops < 0:
-      return f'config.lr_schedule.max_drops={s.max_drops} must be a whole number, 0 or more.'
-  if s.kind == 'step':
-    bounds = list(s.boundaries)
-    if (not bounds or any(int(b) != b or b < 1 for b in bounds)
-        or bounds != sorted(set(bounds))):
-      return (f'config.lr_schedule.boundaries={tuple(bounds)} must be increasing step counts, '
-              '1 or more, e.g. --config.lr_schedule.boundaries="(30000, 60000)".')
-  if int(s.warmup_steps) != s.warmup_steps or s.warmup_steps < 0:
-    return f'config.lr_schedule.warmup_steps={s.warmup_steps} must be a whole number, 0 or more.'
-  return None

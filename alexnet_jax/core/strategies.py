@@ -5,7 +5,7 @@ A strategy turns the one `Tower` definition (model.py) into a forward function
     forward(params, images, keep) -> logits
 
 over global arrays, where `params` holds both towers stacked on a leading axis of size 2 (of
-size 1 for the one-tower ablation, model.towers = 1, which `data` and `fsdp` run), `images` is
+size 1 for the one-tower ablation, model.num_towers = 1, which `data` and `fsdp` run), `images` is
 the global batch and `keep` the global dropout masks (model.dropout_masks). Each
 strategy is a `jax.shard_map` whose `in_specs`/`out_specs` and collectives are its
 communication; gradients come from differentiating through it (the transpose of an all-gather is
@@ -124,7 +124,7 @@ def resolve_num_devices(parallelism: str, num_devices: int = 0,
   return available if available is not None else jax.device_count()
 
 
-def fit_error(parallelism: str, num_devices: int, tower: Optional[model_lib.Tower] = None,
+def fit_error(parallelism: str, num_devices: int, net: Optional[model_lib.Tower] = None,
               available: Optional[int] = None) -> Optional[str]:
   """Why `parallelism` cannot run on `num_devices` devices (None when it can).
 
@@ -139,31 +139,18 @@ def fit_error(parallelism: str, num_devices: int, tower: Optional[model_lib.Towe
     return (f'{parallelism} on {n} devices needs {n} devices but only {available} are visible; on '
             f"CPU, simulate more with jax.config.update('jax_num_cpu_devices', {n}) before JAX "
             'starts')
-  if tower is not None and tower.towers != 2 and parallelism in TOWER_STRATEGIES:
-    return (f'{parallelism} puts the two towers on different devices, but model.towers='
-            f'{tower.towers} has no second tower; use parallelism data or fsdp')
+  if net is not None and net.num_towers != 2 and parallelism in TOWER_STRATEGIES:
+    return (f'{parallelism} puts the two towers on different devices, but model.num_towers='
+            f'{net.num_towers} has no second tower; use parallelism data or fsdp')
   if parallelism == 'towers' and n != 2:
     return f'towers puts one tower on each of exactly 2 devices, not {n} (use towers_data)'
   if parallelism in ('hybrid', 'towers_data') and n % 2:
     return f'{parallelism} needs an even number of devices (a tower axis of 2), not {n}'
-  if parallelism == 'hybrid' and tower is not None:
-    for layer, width in zip(('fc6', 'fc7'), tower.fc_features):
+  if parallelism == 'hybrid' and net is not None:
+    for layer, width in zip(('fc6', 'fc7'), net.fc_features):
       if width % (n // 2):
         return (f'hybrid splits {layer}\'s {width} neurons per tower over {n // 2} devices; '
                 f'{width} is not divisible by {n // 2}')
-  return None
-
-
-def run_error(parallelism: str, num_devices: int, tower: Optional[model_lib.Tower],
-              batch_size: int, available: Optional[int] = None) -> Optional[str]:
-  """fit_error, plus whether `batch_size` splits over the strategy's batch shards: why a tool
-  (comms, bench) must skip this strategy on these devices, or None."""
-  error = fit_error(parallelism, num_devices, tower, available)
-  if error:
-    return error
-  shards = make_strategy(parallelism, tower, num_devices=num_devices).batch_shards
-  if batch_size % shards:
-    return f'batch {batch_size} is not divisible by its {shards} batch shards'
   return None
 
 
@@ -187,7 +174,8 @@ def gather_towers(x: jax.Array) -> jax.Array:
 
   Gathered on a new leading axis, then concatenated on the channels: gathering on the channel
   axis itself led XLA:CPU to store pool2 channels-major for the collective, and the max pool
-  writing that layout and its gradient reading it cost ~1 s of a 10 s step.
+  writing that layout and its gradient reading it were a large part of the step
+  (docs/performance.md).
   """
   both = jax.lax.all_gather(x, 'tower', axis=0)
   return jnp.concatenate(list(both), axis=-1)
@@ -206,30 +194,30 @@ def named_exchange(exchange: model_lib.Exchange) -> model_lib.Exchange:
   return named
 
 
-def one_tower(tower: model_lib.Tower):
+def body_one_tower(net: model_lib.Tower):
   """The body of a device holding ONE tower: its parameter slice, the other tower via all-gather."""
 
   def run(params, images, keep):
     params = jax.tree.map(lambda a: a[0], params)  # this tower's slice of the stacked axis
-    return tower.apply({'params': params}, images, named_exchange(gather_towers), keep)
+    return net.apply({'params': params}, images, named_exchange(gather_towers), keep)
   return run
 
 
 def _tower_slices(params) -> list:
-  """Each tower's parameters, from the leading (tower) axis: 2 towers, or 1 (model.towers)."""
-  towers = jax.tree.leaves(params)[0].shape[0]
-  return [jax.tree.map(lambda a, t=t: a[t], params) for t in range(towers)]
+  """Each tower's parameters, from the leading (tower) axis: 2 towers, or 1 (model.num_towers)."""
+  num_towers = jax.tree.leaves(params)[0].shape[0]
+  return [jax.tree.map(lambda a, t=t: a[t], params) for t in range(num_towers)]
 
 
-def both_towers_convs(tower: model_lib.Tower, params, images: jax.Array) -> jax.Array:
+def both_towers_convs(net: model_lib.Tower, params, images: jax.Array) -> jax.Array:
   """conv1-conv5 of BOTH towers on one device: pool5 of both, flattened to [B, features].
 
   The two towers run as two plain sets of convolutions, stage by stage: on XLA:CPU, vmapping one
   tower over the stacked parameters (XLA makes conv2, conv4, conv5 feature_group_count=2
-  convolutions) ran conv1-conv5 forward + backward 3.3x slower at batch 8, 224 x 224
-  (comms.time_both_towers_executors; `python -m alexnet_jax.comms ... --time_convs=8`).
+  convolutions) ran conv1-conv5 forward + backward several times slower (measure it with
+  `python -m alexnet_jax.comms ... --time_convs=8`; figures in docs/communication.md).
   """
-  apply = lambda p, *args, method: tower.apply({'params': p}, *args, method=method)
+  apply = lambda p, *args, method: net.apply({'params': p}, *args, method=method)
   p = _tower_slices(params)
   x = jnp.concatenate([apply(pt, images, method=model_lib.Tower.conv1_conv2) for pt in p], -1)
   x = jnp.concatenate([apply(pt, x, method=model_lib.Tower.conv3_conv5) for pt in p], -1)
@@ -242,33 +230,33 @@ def _split_keep(keep, layer: str, parts: int) -> list:
   return jnp.split(keep[layer], parts, axis=1)
 
 
-def both_towers_fc7(tower: model_lib.Tower, params, x: jax.Array, keep) -> jax.Array:
+def both_towers_fc7(net: model_lib.Tower, params, x: jax.Array, keep) -> jax.Array:
   """fc6 and fc7 of BOTH towers on one device, from flattened pool5: fc7 of both [B, 2 x fc7]
   (with `keep=None`, the features the paper's Fig. 4 compares)."""
   p = _tower_slices(params)
   for layer in ('fc6', 'fc7'):
     x = jnp.concatenate([
-        tower.apply({'params': pt}, x, k, layer, method=model_lib.Tower.fc6_fc7)
+        net.apply({'params': pt}, x, k, layer, method=model_lib.Tower.fc6_fc7)
         for pt, k in zip(p, _split_keep(keep, layer, len(p)))], -1)
   return x
 
 
-def both_towers_logits(tower: model_lib.Tower, params, fc7: jax.Array) -> jax.Array:
+def both_towers_logits(net: model_lib.Tower, params, fc7: jax.Array) -> jax.Array:
   """fc8 of BOTH towers on one device, from both towers' fc7: global logits [B, C]."""
-  return jnp.concatenate([tower.apply({'params': pt}, fc7, method=model_lib.Tower.logits)
+  return jnp.concatenate([net.apply({'params': pt}, fc7, method=model_lib.Tower.logits)
                           for pt in _tower_slices(params)], -1)
 
 
-def both_towers_fcs(tower: model_lib.Tower, params, x: jax.Array, keep) -> jax.Array:
+def both_towers_fcs(net: model_lib.Tower, params, x: jax.Array, keep) -> jax.Array:
   """fc6, fc7, fc8 of BOTH towers on one device, from flattened pool5: global logits [B, C]."""
-  return both_towers_logits(tower, params, both_towers_fc7(tower, params, x, keep))
+  return both_towers_logits(net, params, both_towers_fc7(net, params, x, keep))
 
 
-def both_towers(tower: model_lib.Tower):
+def body_both_towers(net: model_lib.Tower):
   """The body of a device holding both towers (whole model) on its batch shard."""
 
   def run(params, images, keep):
-    return both_towers_fcs(tower, params, both_towers_convs(tower, params, images), keep)
+    return both_towers_fcs(net, params, both_towers_convs(net, params, images), keep)
   return run
 
 
@@ -287,7 +275,7 @@ def _vary(params, axes) -> Any:
 
 # --- The strategies. ---
 
-def towers(tower: model_lib.Tower, devices=None, num_devices: int = 2) -> Strategy:
+def towers_strategy(net: model_lib.Tower, devices=None, num_devices: int = 2) -> Strategy:
   """The paper's split: tower t's parameters on device t, the whole batch on both.
 
   conv1, conv2, conv4, conv5 run in their tower without communication. conv3, fc6, fc7 and fc8
@@ -296,7 +284,7 @@ def towers(tower: model_lib.Tower, devices=None, num_devices: int = 2) -> Strate
   """
   mesh = make_mesh((2,), ('tower',), devices)
   forward = jax.shard_map(
-      one_tower(tower), mesh=mesh,
+      body_one_tower(net), mesh=mesh,
       in_specs=(P('tower'),  # parameters: tower t on device t
                 P(),  # images: the whole batch on both towers
                 P(None, 'tower')),  # dropout masks: each tower's own fc6/fc7 units
@@ -305,14 +293,14 @@ def towers(tower: model_lib.Tower, devices=None, num_devices: int = 2) -> Strate
                   forward=forward)
 
 
-def data(tower: model_lib.Tower, devices=None, num_devices: int = 2) -> Strategy:
+def data_strategy(net: model_lib.Tower, devices=None, num_devices: int = 2) -> Strategy:
   """Pure data parallelism: the whole model on every device, the batch split N ways.
 
   No communication in the forward pass; the backward all-reduces every parameter's gradient
   (the transpose of using replicated parameters on a split batch).
   """
   mesh = make_mesh((num_devices,), ('data',), devices)
-  run = both_towers(tower)
+  run = body_both_towers(net)
   forward = jax.shard_map(
       lambda params, images, keep: run(_vary(params, 'data'), images, keep), mesh=mesh,
       in_specs=(P(),  # parameters: replicated
@@ -323,14 +311,14 @@ def data(tower: model_lib.Tower, devices=None, num_devices: int = 2) -> Strategy
                   forward=forward)
 
 
-def towers_data(tower: model_lib.Tower, devices=None, num_devices: int = 4) -> Strategy:
+def towers_data_strategy(net: model_lib.Tower, devices=None, num_devices: int = 4) -> Strategy:
   """The pod layout: a (data, tower=2) mesh; each model replica is the paper's two towers.
 
   Inside a replica the towers talk as in `towers` (on the replica's share of the batch);
   across replicas each tower's gradients are all-reduced over `data`.
   """
   mesh = make_mesh((num_devices // 2, 2), ('data', 'tower'), devices)
-  run = one_tower(tower)
+  run = body_one_tower(net)
   forward = jax.shard_map(
       lambda params, images, keep: run(_vary(params, 'data'), images, keep), mesh=mesh,
       in_specs=(P('tower'),  # parameters: tower t on row t of every replica
@@ -341,7 +329,7 @@ def towers_data(tower: model_lib.Tower, devices=None, num_devices: int = 4) -> S
                   forward=forward)
 
 
-def hybrid(tower: model_lib.Tower, devices=None, num_devices: int = 2) -> Strategy:
+def hybrid_strategy(net: model_lib.Tower, devices=None, num_devices: int = 2) -> Strategy:
   """Krizhevsky 2014, "one weird trick": convolutions data-parallel, fc layers model-parallel.
 
   Mesh (tower=2, block=N/2); `ALL` = both axes, N devices. conv1-conv5 of both towers run on
@@ -354,7 +342,7 @@ def hybrid(tower: model_lib.Tower, devices=None, num_devices: int = 2) -> Strate
   k = num_devices // 2
   mesh = make_mesh((2, k), ('tower', 'block'), devices)
   all_axes = ('tower', 'block')
-  fc_tower = tower.clone(fc_features=tuple(f // k for f in tower.fc_features))
+  fc_tower = net.clone(fc_features=tuple(f // k for f in net.fc_features))
 
   def param_spec(layer, what, shape):
     if layer in CONV_LAYERS:
@@ -365,7 +353,7 @@ def hybrid(tower: model_lib.Tower, devices=None, num_devices: int = 2) -> Strate
 
   def run(params, images, keep):
     convs = _vary({n: params[n] for n in CONV_LAYERS}, all_axes)
-    x = both_towers_convs(tower, convs, images)  # [B / N, pool5 features]
+    x = both_towers_convs(net, convs, images)  # [B / N, pool5 features]
     for layer in ('fc6', 'fc7'):
       with jax.named_scope(layer):  # the whole batch, all of the previous layer's features
         x = jax.lax.all_gather(x, all_axes, axis=0 if layer == 'fc6' else 1, tiled=True)
@@ -378,7 +366,7 @@ def hybrid(tower: model_lib.Tower, devices=None, num_devices: int = 2) -> Strate
     rows = x.shape[0] // k  # this block's share of the batch
     x = jax.lax.dynamic_slice_in_dim(x, jax.lax.axis_index('block') * rows, rows, axis=0)
     p = jax.tree.map(lambda a: a[0], fc8)
-    return tower.apply({'params': {'fc8': p}}, x, method=model_lib.Tower.logits)
+    return net.apply({'params': {'fc8': p}}, x, method=model_lib.Tower.logits)
 
   def forward(params, images, keep):
     return jax.shard_map(
@@ -402,7 +390,7 @@ def fsdp_spec(num_devices: int) -> ParamSpec:
   return spec
 
 
-def fsdp(tower: model_lib.Tower, devices=None, num_devices: int = 2) -> Strategy:
+def fsdp_strategy(net: model_lib.Tower, devices=None, num_devices: int = 2) -> Strategy:
   """Fully sharded data parallelism: every parameter (and its momentum) split over `data`.
 
   Each layer's weights are all-gathered just before the layer and its gradients
@@ -427,8 +415,8 @@ def fsdp(tower: model_lib.Tower, devices=None, num_devices: int = 2) -> Strategy
 
     def run(params, images, keep):
       convs = gather({n: params[n] for n in CONV_LAYERS}, specs)
-      x = both_towers_convs(tower, convs, images)
-      return both_towers_fcs(tower, gather({n: params[n] for n in FC_LAYERS}, specs), x, keep)
+      x = both_towers_convs(net, convs, images)
+      return both_towers_fcs(net, gather({n: params[n] for n in FC_LAYERS}, specs), x, keep)
 
     return jax.shard_map(
         run, mesh=mesh,
@@ -438,19 +426,19 @@ def fsdp(tower: model_lib.Tower, devices=None, num_devices: int = 2) -> Strategy
   return Strategy('fsdp', mesh, param_spec=param_spec, batch_spec=P('data'), forward=forward)
 
 
-def make_strategy(parallelism: str, tower: model_lib.Tower, devices=None,
+def make_strategy(parallelism: str, net: model_lib.Tower, devices=None,
                   num_devices: int = 0) -> Strategy:
   """The strategy a config names, on the first `num_devices` devices (0: see resolve_num_devices).
 
   Raises ValueError, before anything is traced, when the strategy cannot use that many devices.
   """
-  builders = {'towers': towers, 'data': data, 'hybrid': hybrid, 'towers_data': towers_data,
-              'fsdp': fsdp}
+  builders = {'towers': towers_strategy, 'data': data_strategy, 'hybrid': hybrid_strategy,
+              'towers_data': towers_data_strategy, 'fsdp': fsdp_strategy}
   if parallelism not in builders:
     raise ValueError(f'Unknown parallelism {parallelism!r}; choose one of {STRATEGIES}.')
   available = len(devices) if devices is not None else jax.device_count()
   n = resolve_num_devices(parallelism, num_devices, available)
-  error = fit_error(parallelism, n, tower, available)
+  error = fit_error(parallelism, n, net, available)
   if error:
     raise ValueError(error[0].upper() + error[1:] + '.')
-  return builders[parallelism](tower, devices, n)
+  return builders[parallelism](net, devices, n)

@@ -47,7 +47,7 @@ from alexnet_jax.data import shapes_dataset  # noqa: F401  (registers `synthetic
 IMAGENET_MANUAL_FILES = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
 _VAL_NAME = re.compile(r'ILSVRC2012_val_(\d{8})\.JPEG')
 
-# Eigen-decomposition of the RGB covariance of ImageNet pixels in [0, 1] (PAPER.md, "Data"):
+# Eigen-decomposition of the RGB covariance of ImageNet pixels in [0, 1] (docs/paper.md, section 4.1):
 # the published values, used when config.pca_eigen = 'published'.
 PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
 PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009),
@@ -224,6 +224,15 @@ def num_examples(builder: tfds.core.DatasetBuilder, split: str) -> int:
   return builder.info.splits[split].num_examples
 
 
+def planned_steps(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder
+                  ) -> tuple[int, int]:
+  """(steps per epoch, steps the run trains): config.num_train_steps, or num_epochs epochs."""
+  steps_per_epoch = max(num_examples(builder, config.train_split) // config.batch_size, 1)
+  num_steps = (config.num_train_steps if config.num_train_steps > 0
+               else int(config.num_epochs * steps_per_epoch))
+  return steps_per_epoch, num_steps
+
+
 # ---------------------------------------------------------------------------------------------
 # Pure per-example functions (tests call them directly).
 
@@ -347,7 +356,7 @@ def pca_noise(seed: tf.Tensor, alpha_std: float, eigval: Any = PCA_EIGVAL,
 def pca_lighting(image: tf.Tensor, seed: tf.Tensor, alpha_std: float, eigval: Any = PCA_EIGVAL,
                  eigvec: Any = PCA_EIGVEC) -> tf.Tensor:
   """The paper's colour augmentation: the same `pca_noise` added to every pixel of `image`
-  (float, [0, 255]). Defaults: PAPER.md's published ImageNet values."""
+  (float, [0, 255]). Defaults: the paper's published ImageNet values (docs/paper.md, section 4.1)."""
   return tf.cast(image, tf.float32) + pca_noise(seed, alpha_std, eigval, eigvec)
 
 
@@ -508,7 +517,7 @@ def input_shards(config: ml_collections.ConfigDict, process_count: int) -> int:
   """How many logical shards the training stream is made of (`config.input_shards`, 0 = one per
   process). The global batch sequence depends on this number, never on the process count: a run
   on 2 processes and one on 1 process with the same `input_shards` see the same batches."""
-  shards = int(config.get('input_shards', 0) or 0) or process_count
+  shards = config.input_shards or process_count
   if shards % process_count:
     raise ValueError(f'config.input_shards={shards} cannot be divided among {process_count} '
                      f'processes; use a multiple of {process_count} (or 0: one per process).')

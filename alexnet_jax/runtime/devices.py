@@ -11,7 +11,7 @@ def simulate_cpu_devices(config: ml_collections.ConfigDict, num_processes: int =
   """Lets the CPU backend present as many devices as the strategy needs (one CPU, two
   'GPUs'), split evenly over `num_processes` processes, or `per_process` if given. Does nothing
   for accelerators, which keep their real devices. Returns the per-process count."""
-  needed = strategies.devices_needed(config.parallelism, config.get('num_devices', 0))
+  needed = strategies.devices_needed(config.parallelism, config.num_devices)
   wanted = per_process or -(-needed // max(num_processes, 1))
   jax.config.update('jax_num_cpu_devices', wanted)
   return wanted

@@ -17,10 +17,13 @@ message that says what to do.
 """
 
 import os
-from typing import Optional
+from typing import Callable, Optional, TypeVar
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
+
+T = TypeVar('T')
 
 
 def _cluster_detected() -> Optional[str]:
@@ -65,3 +68,15 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
   logging.info('Process %d of %d joined: %d local device(s), %d in all.', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
   return True
+
+
+def process_zero_first(prepare: Callable[[bool], T], what: str) -> T:
+  """`prepare(True)` on process 0 (and in a one-process run), then `prepare(False)` on the others
+  once process 0 has finished: for work that writes shared files (generating or converting a
+  dataset), which processes doing at once would collide on. The flag says whether the caller may
+  reuse what it opened before (the others must look afresh at what process 0 wrote)."""
+  if jax.process_count() == 1:
+    return prepare(True)
+  result = prepare(True) if jax.process_index() == 0 else None
+  multihost_utils.sync_global_devices(f'alexnet_jax: {what} by process 0')
+  return prepare(False) if jax.process_index() != 0 else result

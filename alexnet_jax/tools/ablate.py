@@ -1,7 +1,7 @@
 """The paper's design claims as ablations: each measured on your data and hardware.
 
     python -m alexnet_jax.ablate --config=configs/ablations.py \
-        --variants=lrn,overlap,towers,pca,tencrop --workdir=DIR
+        --variants=lrn,overlap,one_tower,pca,tencrop --workdir=DIR
 
 trains the baseline (the config, which has the paper's setting of every switch) and one run per
 variant, each with ONE switch turned off and everything else equal: the same seed (the same
@@ -13,8 +13,8 @@ parameter and FLOP counts, the delta against the baseline, and the paper's delta
     variant  what the run changes                       paper (top-1 / top-5 points)
     lrn      model.lrn = False (no LRN)                 -1.4 / -1.2   (section 3.3)
     overlap  model.pool_window = pool_stride = 2        -0.4 / -0.3   (section 3.4)
-    towers   model.towers = 1: one tower, half the      -1.7 / -1.2   (section 3.2)
-             kernels (model.one_tower_widths); run
+    one_tower model.num_towers = 1: one tower, half    -1.7 / -1.2   (section 3.2)
+             the kernels (model.one_tower_widths); run
              data-parallel on the same devices
     pca      pca_lighting_std = 0 (no colour noise)     over -1 top-1 (section 4.1)
     dropout  model.dropout_rate = 0                     no number     (section 4.2)
@@ -50,6 +50,8 @@ import ml_collections
 from ml_collections import config_flags
 
 from alexnet_jax.core import checkpointing
+from alexnet_jax.core import config as config_lib
+from alexnet_jax.core import run as run_lib
 from alexnet_jax.runtime import devices
 from alexnet_jax.data import input_pipeline
 from alexnet_jax.core import model as model_lib
@@ -75,8 +77,8 @@ VARIANTS = {v.name: v for v in (
             'section 3.3'),
     Variant('overlap', 'max pooling 2 x 2, stride 2 (not overlapping)',
             {'model.pool_window': 2, 'model.pool_stride': 2}, (-0.4, -0.3), 'section 3.4'),
-    Variant('towers', 'one tower, half the kernels (conv5, fc6, fc7 full width)',
-            {'model.towers': 1}, (-1.7, -1.2), 'section 3.2'),
+    Variant('one_tower', 'one tower, half the kernels (conv5, fc6, fc7 full width)',
+            {'model.num_towers': 1}, (-1.7, -1.2), 'section 3.2'),
     Variant('pca', 'no PCA colour noise', {'pca_lighting_std': 0.0}, (-1.0, None),
             'section 4.1: "over 1%" top-1'),
     Variant('dropout', 'no dropout on fc6, fc7', {'model.dropout_rate': 0.0}, (None, None),
@@ -85,7 +87,7 @@ VARIANTS = {v.name: v for v in (
             (-1.5, -1.3), 'section 6: 37.5 / 17.0 against 39.0 / 18.3 (ILSVRC-2010 test)',
             eval_crops='ten'),
 )}
-DEFAULT_VARIANTS = ('lrn', 'overlap', 'towers', 'pca', 'tencrop')
+DEFAULT_VARIANTS = ('lrn', 'overlap', 'one_tower', 'pca', 'tencrop')
 
 
 class AblationError(ValueError):
@@ -121,9 +123,9 @@ def variant_config(baseline: ml_collections.ConfigDict, variant: Variant
   config = baseline.copy_and_resolve_references()
   for field, value in variant.overrides.items():
     _set(config, field, value)
-  if config.model.towers == 1 and config.parallelism in strategies.TOWER_STRATEGIES:
-    config.num_devices = strategies.resolve_num_devices(config.parallelism,
-                                                          config.get('num_devices', 0))
+  if config.model.num_towers == 1 and config.parallelism in strategies.TOWER_STRATEGIES:
+    config.num_devices = strategies.resolve_num_devices(config.parallelism, config.num_devices,
+                                                        jax.device_count())
     config.parallelism = 'data'
   return config
 
@@ -177,21 +179,18 @@ def _write_json(path: str, value) -> None:
 
 def model_cost(config: ml_collections.ConfigDict) -> dict:
   """Parameters and forward FLOPs per image (2 per multiply-add, model.layer_macs)."""
-  tower = model_lib.make_tower(config.model, config.model.num_classes)
-  return {'params': model_lib.param_count(tower, config.image_size),
-          'forward_flops': 2 * sum(model_lib.layer_macs(tower, config.image_size).values())}
+  net = model_lib.make_network(config.model, config.model.num_classes)
+  return {'params': model_lib.param_count(net, config.image_size),
+          'forward_flops': 2 * sum(model_lib.layer_macs(net, config.image_size).values())}
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, run_dir: str, crops: str) -> dict:
   """The latest checkpoint of a finished run, evaluated with `crops` ('center' or 'ten')."""
   builder = input_pipeline.prepare_dataset(config)
-  tower = model_lib.make_tower(config.model, config.model.num_classes)
-  strategy = strategies.make_strategy(config.parallelism, tower,
-                                        num_devices=config.get('num_devices', 0))
+  run = run_lib.build(config)
   _, params = checkpointing.restore_params(run_dir)
-  params = jax.device_put(params, strategy.param_sharding(params))
-  eval_fn = jax.jit(lambda p, b: train.eval_step(p, b, strategy=strategy))
-  return train.evaluate(params, eval_fn, config, builder, strategy, crops=crops)
+  params = jax.device_put(params, run.state_sharding.params)
+  return train.evaluate(run, params, builder, crops=crops)
 
 
 def run_one(name: str, config: ml_collections.ConfigDict, workdir: str,
@@ -324,7 +323,7 @@ def run(config: ml_collections.ConfigDict, names: Sequence[str], workdir: str,
   if only and only not in configs:
     raise AblationError(f'--only={only} is not one of the runs asked for: {", ".join(configs)}.')
   for c in configs.values():  # every run checked before the first one trains
-    train.validate_config(c)
+    config_lib.check(c, jax.devices())
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   for name, c in configs.items():
@@ -356,7 +355,7 @@ def main(argv):
   devices.simulate_cpu_devices(FLAGS.config)  # before JAX starts a backend; every run uses them
   try:
     result = run(FLAGS.config, FLAGS.variants, FLAGS.workdir, FLAGS.only)
-  except (AblationError, train.ConfigError, input_pipeline.DatasetNotReadyError,
+  except (AblationError, config_lib.ConfigError, input_pipeline.DatasetNotReadyError,
           checkpointing.CheckpointError) as e:
     logging.error('%s', e)
     print(f'error: {e}', file=sys.stderr, flush=True)
@@ -374,4 +373,4 @@ def cli() -> None:
   flags.DEFINE_list('variants', list(DEFAULT_VARIANTS), f'Among {", ".join(VARIANTS)}.')
   flags.DEFINE_string('only', '', 'Train only this run (baseline or a variant) and exit.')
   flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)

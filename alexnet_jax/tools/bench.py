@@ -3,19 +3,19 @@
     python -m alexnet_jax.bench --config=configs/paper.py --strategies=towers,data --devices=2 \
         --out=/tmp/bench
 
-For each strategy: the jitted `train.train_step` (forward, backward, the paper's update, built by
-`comms.build_train_step` exactly as `train.train_and_evaluate` builds it, parameters donated) on
+For each strategy: the jitted train step (forward, backward, the paper's update, built by
+run.build as the training loop builds it, parameters donated) on
 one synthetic global batch that stays on the devices (no input pipeline, no host transfer). Each
-timed step is waited for on its own and the fastest is reported (the mean is in bench.json), as
-the matrix product's best round is: both are then the least disturbed measurement on a shared
-machine. It reports images/s, compile seconds,
+timed step is waited for on its own and the fastest is reported (the mean is in bench.json;
+tools/measure.py times comms's steps the same way), as the matrix product's best round is: both
+are then the least disturbed measurement on a shared machine. It reports images/s, compile seconds,
 memory per device, the model FLOP rate and, measured in the same run on the same devices, the
 FLOP rate of a large matrix product, and their ratio. The dataset is not needed.
 
 Model FLOPs (`train_flops_per_image`): 2 FLOPs per multiply-add of every conv and fc layer of
 the layer table, forward (1x) plus backward (2x: input gradient and weight gradient), except
 conv1, whose input gradient (the image's) is never computed: 2x. ReLU, LRN, pooling, softmax
-and the update are not counted. 4.14 GFLOP per image for the paper's network at 224.
+and the update are not counted (the paper's network: 4.14 GFLOP per image at 224).
 
 The matrix-product rate "on the same devices": the train step runs on N devices at once (on a
 CPU-only machine, N simulated devices sharing the machine's cores and one thread pool), so the
@@ -29,8 +29,9 @@ Memory (`peak_memory_bytes`): per device, from XLA's analysis of the compiled st
 outputs + temporaries - donated aliases); where the backend reports live memory (GPU, TPU), the
 device's `peak_bytes_in_use` after the run is recorded beside it.
 
-XLA flags: none is set. The XLA:CPU flags tried (README, "Performance") did not make the step
-faster here; pass your own through XLA_FLAGS, which the result records.
+XLA flags: none is set (docs/performance.md has the XLA:CPU flags that were measured); pass your
+own through XLA_FLAGS, which the result records. The kernels (config.model.kernels) are recorded
+too: 'auto' takes the CPU kernels on the CPU backend and the reference ones elsewhere.
 """
 
 import json
@@ -40,22 +41,31 @@ import time
 from typing import Sequence
 
 from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+from ml_collections import config_flags
 
-# Matmul sizes: large enough to reach the machine's rate, small enough to take ~0.1-1 s.
+from alexnet_jax.core import config as config_lib
+from alexnet_jax.core import model as model_lib
+from alexnet_jax.core import run as run_lib
+from alexnet_jax.core import strategies as strategies_lib
+from alexnet_jax.tools import measure as measure_lib
+
+# Matmul sizes: large enough to reach the machine's rate, small enough to time quickly.
 _CPU_MATMUL_SIZE = 2048
 _ACCELERATOR_MATMUL_SIZE = 8192
 
 
-def train_flops_per_image(tower, image_size: int) -> int:
+def train_flops_per_image(net, image_size: int) -> int:
   """Forward + backward FLOPs per training image (see the module docstring for what counts)."""
-  from alexnet_jax.core import model as model_lib  # pylint: disable=g-import-not-at-top
-  macs = model_lib.layer_macs(tower, image_size)
+  macs = model_lib.layer_macs(net, image_size)
   return sum(2 * m * (2 if layer == 'conv1' else 3) for layer, m in macs.items())
 
 
 def _best_seconds(fn, repeats: int, min_seconds: float = 0.3) -> float:
   """Best time per call over `repeats` rounds, each round long enough to time reliably."""
-  import jax  # pylint: disable=g-import-not-at-top
   jax.block_until_ready(fn())
   start = time.perf_counter()
   jax.block_until_ready(fn())
@@ -73,12 +83,8 @@ def _best_seconds(fn, repeats: int, min_seconds: float = 0.3) -> float:
 def matmul_flop_rate(devices: Sequence, size: int, dtype: str = 'float32',
                      repeats: int = 5) -> float:
   """FLOP/s of every device in `devices` multiplying its own size x size matrices at once."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
-  from alexnet_jax.core import strategies  # pylint: disable=g-import-not-at-top
   n = len(devices)
-  mesh = strategies.make_mesh((n,), ('d',), devices)
+  mesh = strategies_lib.make_mesh((n,), ('d',), devices)
   sharding = NamedSharding(mesh, P('d'))
   make = jax.jit(lambda k: jax.random.normal(k, (n, size, size), jnp.dtype(dtype)),
                  out_shardings=sharding)
@@ -89,59 +95,30 @@ def matmul_flop_rate(devices: Sequence, size: int, dtype: str = 'float32',
   return n * 2.0 * size ** 3 / seconds
 
 
-def _memory(compiled, devices) -> dict:
-  out = {}
-  try:
-    mem = compiled.memory_analysis()
-    fields = {f: int(getattr(mem, f'{f}_size_in_bytes', 0) or 0)
-              for f in ('argument', 'output', 'temp', 'alias', 'generated_code')}
-    out.update({f'{k}_bytes': v for k, v in fields.items()})
-    out['peak_memory_bytes'] = fields['argument'] + fields['output'] + fields['temp'] - fields[
-        'alias']
-  except Exception as e:  # pylint: disable=broad-except  # not every backend reports it
-    out['memory_analysis_error'] = str(e)
-  stats = [d.memory_stats() for d in devices]
-  if all(stats) and all('peak_bytes_in_use' in s for s in stats):
-    out['device_peak_bytes_in_use'] = max(int(s['peak_bytes_in_use']) for s in stats)
-    out.setdefault('peak_memory_bytes', out['device_peak_bytes_in_use'])
-  return out
-
-
 def measure(config, parallelism: str, num_devices: int, steps: int = 5, warmup: int = 2,
             matmul_size: int = 0) -> dict:
   """One strategy's entry: the train step's speed, compile time, memory, and the matmul rate."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from alexnet_jax.tools import comms  # pylint: disable=g-import-not-at-top
-  tower, strategy, step, state, batch = comms.build_train_step(config, parallelism, num_devices)
-  devices = list(strategy.mesh.devices.flat)
-  start = time.perf_counter()
-  compiled = step.lower(state, batch).compile()
-  compile_seconds = time.perf_counter() - start
-  for _ in range(warmup):
-    state, metrics = compiled(state, batch)
-  jax.block_until_ready(state)
-  # Each step timed on its own and the fastest kept, as for the matrix product: on a shared
-  # machine, the least disturbed measurement of each is the one closest to the hardware.
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    state, metrics = compiled(state, batch)
-    jax.block_until_ready((state, metrics))
-    times.append(time.perf_counter() - start)
-  step_seconds = min(times)
-  loss = float(metrics['loss'])
+  run = run_lib.build(measure_lib.strategy_config(config, parallelism, num_devices))
+  state, batch = run.init_state(), run.synthetic_batch(config.seed)
+  compiled, compile_seconds = measure_lib.compile_train_step(run, state, batch)
+  timing = measure_lib.time_steps(compiled, state, batch, steps, warmup)
+  step_seconds = timing['step_seconds']
   images_per_second = config.batch_size / step_seconds
-  flops = train_flops_per_image(tower, config.image_size)
-  dtype = config.model.get('dtype', 'float32')
+  flops = train_flops_per_image(run.net, config.image_size)
+  dtype = config.model.dtype
+  devices = run.devices
   size = matmul_size or (_CPU_MATMUL_SIZE if devices[0].platform == 'cpu'
                          else _ACCELERATOR_MATMUL_SIZE)
   matmul_rate = matmul_flop_rate(devices, size, dtype)
   model_rate = images_per_second * flops
+  memory = measure_lib.memory(compiled, devices)
+  if 'peak_memory_bytes' not in memory and 'device_peak_bytes_in_use' in memory:
+    memory['peak_memory_bytes'] = memory['device_peak_bytes_in_use']
   return {
-      'devices': len(devices), 'mesh': dict(strategy.mesh.shape),
+      'devices': len(devices), 'mesh': dict(run.mesh.shape), 'kernels': run.kernels,
       'batch_size': config.batch_size, 'image_size': config.image_size, 'dtype': dtype,
       'steps': steps, 'warmup': warmup, 'step_seconds': step_seconds,
-      'mean_step_seconds': sum(times) / len(times),
+      'mean_step_seconds': timing['mean_step_seconds'],
       'images_per_second': images_per_second,
       'compile_seconds': compile_seconds,
       'train_flops_per_image': flops,
@@ -149,18 +126,14 @@ def measure(config, parallelism: str, num_devices: int, steps: int = 5, warmup: 
       'matmul_size': size, 'matmul_dtype': dtype,
       'matmul_flop_rate': matmul_rate,
       'ratio': model_rate / matmul_rate,
-      'final_loss': loss,
-      **_memory(compiled, devices),
+      'final_loss': float(timing['metrics']['loss']),
+      **memory,
   }
 
 
 def run(config, strategies: Sequence[str], num_devices: int = 0, steps: int = 5,
         warmup: int = 2, matmul_size: int = 0, log=print) -> dict:
   """Every named strategy that can run here (the others listed under 'skipped' with why)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from alexnet_jax.core import model as model_lib  # pylint: disable=g-import-not-at-top
-  from alexnet_jax.core import strategies  # pylint: disable=g-import-not-at-top
-  tower = model_lib.make_tower(config.model, config.model.num_classes)
   first = jax.devices()[0]
   result = {'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
             'platform': first.platform, 'device_kind': first.device_kind,
@@ -168,22 +141,21 @@ def run(config, strategies: Sequence[str], num_devices: int = 0, steps: int = 5,
             'load_average': list(os.getloadavg()) if hasattr(os, 'getloadavg') else None,
             'config': {'batch_size': config.batch_size, 'image_size': config.image_size,
                        'num_classes': config.model.num_classes,
-                       'dtype': config.model.get('dtype', 'float32')},
+                       'dtype': config.model.dtype, 'kernels': config.model.kernels},
             'strategies': {}, 'skipped': {}}
-  for name in strategies:
-    n = strategies.resolve_num_devices(name, num_devices, jax.device_count())
-    error = strategies.run_error(name, n, tower, config.batch_size, jax.device_count())
-    if error:
-      result['skipped'][name] = error
-      log(f'{name}: skipped ({error})')
-      continue
-    log(f'{name}: compiling and timing on {n} {first.platform} device(s) ...')
-    entry = measure(config, name, n, steps=steps, warmup=warmup, matmul_size=matmul_size)
-    result['strategies'][name] = entry
-    log(f'{name}: {entry["images_per_second"]:.2f} images/s, compile '
-        f'{entry["compile_seconds"]:.1f} s, peak {entry.get("peak_memory_bytes", 0) / 2**20:.0f} '
-        f'MiB/device, model {entry["model_flop_rate"] / 1e9:.1f} GFLOP/s, matmul '
+
+  def measure_one(config_n):
+    entry = measure(config_n, config_n.parallelism, num_devices, steps=steps, warmup=warmup,
+                    matmul_size=matmul_size)
+    log(f'{config_n.parallelism}: {entry["images_per_second"]:.2f} images/s, compile '
+        f'{entry["compile_seconds"]:.1f} s, peak '
+        f'{entry.get("peak_memory_bytes", 0) / 2**20:.0f} MiB/device, model '
+        f'{entry["model_flop_rate"] / 1e9:.1f} GFLOP/s, matmul '
         f'{entry["matmul_flop_rate"] / 1e9:.1f} GFLOP/s, ratio {entry["ratio"]:.3f}')
+    return entry
+
+  result['strategies'], result['skipped'] = measure_lib.each_strategy(
+      config, strategies, num_devices, measure_one, log=log)
   result['load_average_after'] = list(os.getloadavg()) if hasattr(os, 'getloadavg') else None
   return result
 
@@ -204,23 +176,20 @@ def markdown(result: dict) -> str:
 
 
 def main(argv):
-  from absl import flags  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
   config = f.config
-  strategies = [s for s in f.strategies.split(',') if s]
-  from alexnet_jax.core import strategies  # pylint: disable=g-import-not-at-top
-  unknown = [s for s in strategies if s not in strategies.STRATEGIES]
+  names = [s for s in f.strategies.split(',') if s]
+  unknown = [s for s in names if s not in strategies_lib.STRATEGIES]
   if unknown:
     raise app.UsageError(f'Unknown strategies {unknown}; choose from '
-                         f'{",".join(strategies.STRATEGIES)}.')
+                         f'{",".join(strategies_lib.STRATEGIES)}.')
   # Before JAX starts a backend: as many simulated CPU devices as the largest strategy asks for
   # (accelerators keep their real devices).
-  import jax  # pylint: disable=g-import-not-at-top
   jax.config.update('jax_num_cpu_devices', max(
-      [strategies.devices_needed(s, f.devices) for s in strategies] + [1]))
-  result = run(config, strategies, f.devices, steps=f.steps, warmup=f.warmup,
+      [strategies_lib.devices_needed(s, f.devices) for s in names] + [1]))
+  result = run(config, names, f.devices, steps=f.steps, warmup=f.warmup,
                matmul_size=f.matmul_size)
   os.makedirs(f.out, exist_ok=True)
   with open(os.path.join(f.out, 'bench.json'), 'w') as fh:
@@ -232,8 +201,6 @@ def main(argv):
 
 def cli() -> None:
   """`python -m alexnet_jax.bench` (alexnet_jax/bench.py): defines the flags and runs `main`."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   config_flags.DEFINE_config_file('config', None, 'A configs/*.py file.', lock_config=True)
   flags.DEFINE_string('strategies', 'towers,data', 'Comma-separated strategies to time.')
   flags.DEFINE_integer('devices', 0, 'Devices per strategy (0: 2 for towers, all visible for '
@@ -244,4 +211,4 @@ def cli() -> None:
   flags.DEFINE_integer('matmul_size', 0, f'S of the S x S matrix product (0: '
                        f'{_CPU_MATMUL_SIZE} on CPU, {_ACCELERATOR_MATMUL_SIZE} on accelerators).')
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)

@@ -22,6 +22,20 @@ import re
 import time
 from typing import Any, Optional
 
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+from ml_collections import config_flags
+from PIL import Image, ImageDraw
+
+from alexnet_jax.core import config as config_lib
+from alexnet_jax.core import model as model_lib
+from alexnet_jax.core import run as run_lib
+from alexnet_jax.core import strategies as strategies_lib
+from alexnet_jax.tools import measure as measure_lib
+from alexnet_jax.tools.drawing import COLOURS, png_bytes
+
 DTYPE_BYTES = {'pred': 1, 's8': 1, 'u8': 1, 's16': 2, 'u16': 2, 'f16': 2, 'bf16': 2, 's32': 4,
                'u32': 4, 'f32': 4, 's64': 8, 'u64': 8, 'f64': 8, 'c64': 8, 'c128': 16}
 KINDS = ('all-gather', 'all-reduce', 'reduce-scatter', 'all-to-all', 'collective-permute')
@@ -159,20 +173,18 @@ def bytes_by_layer(collectives: list[Collective]) -> dict[str, float]:
 
 # --- The formula: what each strategy should move, from the layer table. ---
 
-def layer_table(tower, image_size: int) -> dict:
+def layer_table(net, image_size: int) -> dict:
   """Per layer: parameters (both towers) and the per-tower width of the activation it reads
   from the other tower (conv3: pool2, fc6: pool5, fc7: fc6, fc8: fc7)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from alexnet_jax.core import model as model_lib  # pylint: disable=g-import-not-at-top
-  params = jax.eval_shape(lambda k: model_lib.init_params(tower, k, image_size),
+  params = jax.eval_shape(lambda k: model_lib.init_params(net, k, image_size),
                           jax.random.key(0))
   pool = lambda s: (s - 3) // 2 + 1
   conv1 = (image_size + model_lib.conv1_padding(image_size) - 11) // 4 + 1
   s2 = pool(pool(conv1))  # conv2 keeps the size (pad 2), so do conv3-conv5 (pad 1)
   s5 = pool(s2)
-  c = tower.conv_features
-  reads = {'conv3': s2 * s2 * c[1], 'fc6': s5 * s5 * c[4], 'fc7': tower.fc_features[0],
-           'fc8': tower.fc_features[1]}
+  c = net.conv_features
+  reads = {'conv3': s2 * s2 * c[1], 'fc6': s5 * s5 * c[4], 'fc7': net.fc_features[0],
+           'fc8': net.fc_features[1]}
   return {layer: {'params': sum(math.prod(a.shape) for a in params[layer].values()),
                   'reads_per_tower': reads.get(layer, 0),
                   'leaves': {w: tuple(a.shape) for w, a in params[layer].items()}}
@@ -220,96 +232,33 @@ def loss_bytes_bound(batch_size: int, num_leaves: int = 16) -> float:
   return 2.0 * 4 * (16 * batch_size + 3 * num_leaves + 16)
 
 
-# --- Building and measuring the real train step. ---
-
-def build_train_step(config, parallelism: str, num_devices: int, devices=None, params=None):
-  """(tower, strategy, jitted train step, state, batch) as train.train_and_evaluate builds them,
-  with a synthetic batch of the config's shape.
-
-  `params` (host arrays, both towers stacked) replaces the initialisation: the tests start every
-  strategy from the same values and skip compiling an initialiser per sharding.
-  """
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
-  from alexnet_jax.core import model as model_lib  # pylint: disable=g-import-not-at-top
-  from alexnet_jax.core import optimizer as optimizer_lib  # pylint: disable=g-import-not-at-top
-  from alexnet_jax.core import strategies  # pylint: disable=g-import-not-at-top
-  from alexnet_jax.core import train  # pylint: disable=g-import-not-at-top
-
-  tower = model_lib.make_tower(config.model, config.model.num_classes)
-  strategy = strategies.make_strategy(parallelism, tower, devices, num_devices)
-  if config.batch_size % strategy.batch_shards:
-    raise ValueError(f'batch_size={config.batch_size} cannot be split over the '
-                     f'{strategy.batch_shards} batch shards of {parallelism} on {num_devices} '
-                     f'devices; use a multiple of {strategy.batch_shards}.')
-  tx = optimizer_lib.from_config(config)
-  if params is None:
-    state = train.create_train_state(config, tower, strategy, tx, jax.random.key(config.seed))
-  else:  # as create_train_state places them: momentum beside its parameter
-    param_sharding = strategy.param_sharding(params)
-    params = jax.device_put(params, param_sharding)
-    opt_sharding = optax.tree_map_params(
-        tx, lambda _, s: s, jax.eval_shape(tx.init, params), param_sharding,
-        transform_non_params=lambda _: strategy.replicated)
-    replicate = lambda x: jax.device_put(x, strategy.replicated)
-    state = train.TrainState(
-        step=replicate(np.zeros((), np.int32)), params=params,
-        opt_state=jax.jit(tx.init, out_shardings=opt_sharding)(params),
-        rng=replicate(jax.random.split(jax.random.key(config.seed))[1]))
-  state_sharding = jax.tree.map(lambda x: x.sharding, state)
-  fc_total = tuple(2 * f for f in config.model.fc_features)
-  step = jax.jit(
-      lambda s, b: train.train_step(s, b, strategy=strategy, tx=tx, fc_features_total=fc_total,
-                                    dropout_rate=config.model.dropout_rate),
-      in_shardings=(state_sharding, strategy.batch_sharding),
-      out_shardings=(state_sharding, strategy.replicated), donate_argnums=0)
-  rng = np.random.default_rng(config.seed)
-  s = config.image_size
-  batch = {'image': rng.normal(size=(config.batch_size, s, s, 3)).astype(np.float32) * 50,
-           'label': rng.integers(0, config.model.num_classes, config.batch_size).astype(np.int32)}
-  batch = jax.device_put(batch, strategy.batch_sharding)
-  return tower, strategy, step, state, batch
-
+# --- Measuring the real train step. ---
 
 def measure(config, parallelism: str, num_devices: int, steps: int = 3, warmup: int = 1,
             devices=None, compiler_options: Optional[dict] = None, params=None) -> dict:
-  """One strategy's entry of the report (compiled HLO, its collectives, timings, memory).
+  """One strategy's entry of the report: the train step built by run.build, compiled; its
+  collectives, their bytes against the formula, memory, and (steps > 0) its time on a synthetic
+  batch.
 
-  `compiler_options` go to XLA (the tests lower XLA:CPU's optimisation to compile faster).
+  `params` (host arrays, towers stacked) replaces the initialisation (the tests start every
+  strategy from the same values); `compiler_options` go to XLA (the tests lower XLA:CPU's
+  optimisation to compile faster).
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  tower, strategy, step, state, batch = build_train_step(config, parallelism, num_devices,
-                                                         devices, params)
-  start = time.perf_counter()
-  compiled = step.lower(state, batch).compile(compiler_options=compiler_options)
-  compile_seconds = time.perf_counter() - start
-  collectives = parse_collectives(compiled.as_text(), num_devices)
+  run = run_lib.build(measure_lib.strategy_config(config, parallelism, num_devices), devices)
+  state = run.state_from_params(params) if params is not None else run.init_state()
+  batch = run.synthetic_batch(config.seed)
+  compiled, compile_seconds = measure_lib.compile_train_step(run, state, batch, compiler_options)
+  collectives = parse_collectives(compiled.as_text(), run.strategy.num_devices)
   measured = bytes_by_layer(collectives)
-  table = layer_table(tower, config.image_size)
-  analytic = analytic_bytes(parallelism, num_devices, config.batch_size, table)
-  memory = {}
-  try:
-    mem = compiled.memory_analysis()
-    for field in ('argument_size_in_bytes', 'output_size_in_bytes', 'temp_size_in_bytes',
-                  'alias_size_in_bytes', 'generated_code_size_in_bytes'):
-      memory[field] = int(getattr(mem, field, 0) or 0)
-  except Exception as e:  # pylint: disable=broad-except  # some backends do not report it
-    memory['error'] = str(e)
-  step_seconds = None
-  if steps > 0:
-    for _ in range(warmup):
-      state, metrics = compiled(state, batch)
-    jax.block_until_ready(metrics if warmup else state)
-    start = time.perf_counter()
-    for _ in range(steps):
-      state, metrics = compiled(state, batch)
-    jax.block_until_ready(metrics)
-    step_seconds = (time.perf_counter() - start) / steps
+  table = layer_table(run.net, config.image_size)
+  analytic = analytic_bytes(parallelism, run.strategy.num_devices, config.batch_size, table)
+  timing = (measure_lib.time_steps(compiled, state, batch, steps, warmup) if steps > 0
+            else {'step_seconds': None, 'mean_step_seconds': None})
+  step_seconds = timing['step_seconds']
   model_bytes = sum(v for k, v in measured.items() if k != LOSS)
   return {
-      'devices': num_devices, 'mesh': dict(strategy.mesh.shape),
-      'batch_shards': strategy.batch_shards,
+      'devices': run.strategy.num_devices, 'mesh': dict(run.mesh.shape),
+      'batch_shards': run.strategy.batch_shards,
       'collectives': [c.to_json() for c in collectives],
       'bytes_per_step': sum(measured.values()),
       'bytes_per_step_by_layer': measured,
@@ -319,8 +268,9 @@ def measure(config, parallelism: str, num_devices: int, steps: int = 3, warmup: 
       'loss_metrics_bound': loss_bytes_bound(config.batch_size),
       'unexplained_bytes': measured.get('?', 0.0),
       'compile_seconds': compile_seconds,
-      'memory_per_device': memory,
+      'memory_per_device': measure_lib.memory(compiled, run.devices),
       'step_seconds': step_seconds,
+      'mean_step_seconds': timing['mean_step_seconds'],
       'images_per_second': config.batch_size / step_seconds if step_seconds else None,
   }
 
@@ -328,33 +278,27 @@ def measure(config, parallelism: str, num_devices: int, steps: int = 3, warmup: 
 def report(config, num_devices: int, steps: int = 3, warmup: int = 1, strategies=None,
            log=print, compiler_options: Optional[dict] = None, params=None) -> dict:
   """Every strategy that fits `num_devices` (the rest listed with the reason)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from alexnet_jax.core import model as model_lib  # pylint: disable=g-import-not-at-top
-  from alexnet_jax.core import strategies  # pylint: disable=g-import-not-at-top
-  tower = model_lib.make_tower(config.model, config.model.num_classes)
+  first = jax.devices()[0]
   result = {'devices': num_devices, 'batch_size': config.batch_size,
-            'image_size': config.image_size, 'platform': jax.devices()[0].platform,
-            'device_kind': jax.devices()[0].device_kind,
+            'image_size': config.image_size, 'platform': first.platform,
+            'device_kind': first.device_kind,
             'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
             'strategies': {}, 'skipped': {}}
-  for name in strategies or strategies.STRATEGIES:
-    error = strategies.run_error(name, num_devices, tower, config.batch_size,
-                                   jax.device_count())
-    if error:
-      result['skipped'][name] = error
-      log(f'{name}: skipped ({error})')
-      continue
-    log(f'{name}: compiling and timing on {num_devices} devices ...')
-    entry = measure(config, name, num_devices, steps=steps, warmup=warmup,
+
+  def measure_one(config_n):
+    entry = measure(config_n, config_n.parallelism, num_devices, steps=steps, warmup=warmup,
                     compiler_options=compiler_options, params=params)
-    result['strategies'][name] = entry
-    log(f'{name}: {entry["bytes_per_step"] / 1e6:.3f} MB/step measured, '
+    log(f'{config_n.parallelism}: {entry["bytes_per_step"] / 1e6:.3f} MB/step measured, '
         f'{entry["analytic_bytes_per_step"] / 1e6:.3f} MB/step analytic, '
         f'{entry["step_seconds"] or 0:.3f} s/step')
+    return entry
+
+  result['strategies'], result['skipped'] = measure_lib.each_strategy(
+      config, strategies or strategies_lib.STRATEGIES, num_devices, measure_one, log=log)
   return result
 
 
-def time_both_towers_executors(tower, batch_size: int, image_size: int, repeats: int = 3,
+def time_both_towers_executors(net, batch_size: int, image_size: int, repeats: int = 3,
                                seed: int = 0, compiler_options: Optional[dict] = None,
                                params=None) -> dict:
   """Seconds for conv1-conv5 forward + backward of both towers on ONE device, two ways.
@@ -363,26 +307,22 @@ def time_both_towers_executors(tower, batch_size: int, image_size: int, repeats:
   two plain convolution sets); 'vmapped' maps one tower over the stacked parameters, which XLA
   turns into feature_group_count=2 convolutions for conv2, conv4 and conv5. Best of `repeats`.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from alexnet_jax.core import model as model_lib  # pylint: disable=g-import-not-at-top
-  from alexnet_jax.core import strategies  # pylint: disable=g-import-not-at-top
   device = jax.devices()[0]
   if params is None:
-    params = jax.jit(lambda k: model_lib.init_params(tower, k, image_size))(jax.random.key(seed))
+    params = jax.jit(lambda k: model_lib.init_params(net, k, image_size))(jax.random.key(seed))
   params = jax.device_put(params, device)
   images = jax.device_put(jax.random.normal(jax.random.key(seed + 1),
                                             (batch_size, image_size, image_size, 3)), device)
 
   def vmapped(p, x):
     stage = lambda method: jax.vmap(
-        lambda pt, y: tower.apply({'params': pt}, y, method=method), in_axes=(0, None),
+        lambda pt, y: net.apply({'params': pt}, y, method=method), in_axes=(0, None),
         out_axes=-2)  # [..., tower, channels]: tower 1's channels first once flattened
     y = stage(model_lib.Tower.conv1_conv2)(p, x)
     y = stage(model_lib.Tower.conv3_conv5)(p, y.reshape(y.shape[:3] + (-1,)))
     return y.reshape(y.shape[0], -1)
 
-  split = lambda p, x: strategies.both_towers_convs(tower, p, x)
+  split = lambda p, x: strategies_lib.both_towers_convs(net, p, x)
   out = {'batch_size': batch_size, 'image_size': image_size, 'device': device.device_kind}
   for name, fn in (('split', split), ('vmapped', vmapped)):
     step = jax.jit(jax.grad(lambda p, x, fn=fn: jnp.sum(fn(p, x) ** 2)))
@@ -444,8 +384,6 @@ def markdown(result: dict) -> str:
 def chart(result: dict) -> bytes:
   """comms.png: per strategy a bar of MB per step stacked by layer (linear), and the step time
   beside it. Drawn with Pillow (see drawing.py)."""
-  from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
-  from alexnet_jax.tools.drawing import COLOURS, png_bytes  # pylint: disable=g-import-not-at-top
   names = list(result['strategies'])
   parts = LAYERS + (LOSS,)
   width, left, top, bar_h, gap = 900, 130, 40, 24, 16
@@ -488,18 +426,15 @@ def write(result: dict, out_dir: str) -> None:
 
 
 def main(argv):
-  from absl import flags  # pylint: disable=g-import-not-at-top
   del argv
   config = flags.FLAGS.config
-  import jax  # pylint: disable=g-import-not-at-top
   jax.config.update('jax_num_cpu_devices', flags.FLAGS.devices)  # only the CPU backend uses it
   strategies = [s for s in flags.FLAGS.strategies.split(',') if s] or None
   result = report(config, flags.FLAGS.devices, steps=flags.FLAGS.steps,
                   warmup=flags.FLAGS.warmup, strategies=strategies)
   if flags.FLAGS.time_convs:
-    from alexnet_jax.core import model as model_lib  # pylint: disable=g-import-not-at-top
     result['both_towers_executor'] = time_both_towers_executors(
-        model_lib.make_tower(config.model, config.model.num_classes), flags.FLAGS.time_convs,
+        run_lib.network(config, jax.devices()[0].platform), flags.FLAGS.time_convs,
         config.image_size)
     print('both towers on one device:', result['both_towers_executor'])
   write(result, flags.FLAGS.out)
@@ -508,9 +443,6 @@ def main(argv):
 
 def cli() -> None:
   """`python -m alexnet_jax.comms` (alexnet_jax/comms.py): defines the flags and runs `main`."""
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   config_flags.DEFINE_config_file('config', None, 'A configs/*.py file.', lock_config=False)
   flags.DEFINE_integer('devices', 2, 'Devices (simulated on CPU when there are fewer).')
   flags.DEFINE_string('out', None, 'Where comms.json, comms.md and comms.png go.')
@@ -520,4 +452,4 @@ def cli() -> None:
   flags.DEFINE_integer('time_convs', 0, 'If > 0: also time the two ways one device can '
                        'run both towers (split vs vmapped) at this batch size.')
   flags.mark_flags_as_required(['config', 'out'])
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)

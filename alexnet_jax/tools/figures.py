@@ -34,7 +34,8 @@ from PIL import Image, ImageDraw
 from alexnet_jax.core import checkpointing
 from alexnet_jax.tools import drawing
 from alexnet_jax.data import input_pipeline
-from alexnet_jax.core import model as model_lib
+from alexnet_jax.core import config as config_lib
+from alexnet_jax.core import run as run_lib
 from alexnet_jax.core import strategies
 from alexnet_jax.tools.drawing import LINE_HEIGHT
 
@@ -58,14 +59,15 @@ class FiguresError(Exception):
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The run's config, rebuilt from the config.json that train.train_and_evaluate wrote."""
+  """The run's config, rebuilt from the config.json that train.train_and_evaluate wrote
+  (completed from today's defaults, config.complete)."""
   path = os.path.join(workdir, 'config.json')
   if not os.path.isfile(path):
     raise FiguresError(
         f'{path} does not exist: {workdir} is not a training workdir. Train into it first: '
         f'python -m alexnet_jax.main --config=configs/quickstart.py --workdir={workdir}')
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    return config_lib.complete(json.load(f))
 
 
 def restore_params(workdir: str, config: ml_collections.ConfigDict) -> tuple[dict, int]:
@@ -181,21 +183,21 @@ class NeighbourScan:
 def display_images(images: np.ndarray, config: ml_collections.ConfigDict) -> np.ndarray:
   """Network inputs back to uint8 pixels: the normalisation of input_pipeline.normalize undone."""
   pixels = np.asarray(images, np.float32)
-  if config.get('std_rgb'):
+  if config.std_rgb:
     pixels = pixels * np.asarray(config.std_rgb, np.float32)
   pixels = pixels + np.asarray(config.mean_rgb, np.float32)
   return np.clip(np.round(pixels), 0, 255).astype(np.uint8)
 
 
-def make_feature_fn(config: ml_collections.ConfigDict) -> Callable:
+def make_feature_fn(config: ml_collections.ConfigDict, device) -> Callable:
   """jit(params, images) -> (fc7 of both towers [B, 2 x fc7 width], class probabilities [B, C]),
-  with no dropout, from the one-device forward of partitioning (both towers on this device)."""
-  tower = model_lib.make_tower(config.model, config.model.num_classes)
+  with no dropout, from the one-device forward of the strategies (both towers on `device`)."""
+  net = run_lib.network(config, device.platform)
 
   def features(params, images):
-    x = strategies.both_towers_convs(tower, params, images)
-    fc7 = strategies.both_towers_fc7(tower, params, x, None)
-    return fc7, jax.nn.softmax(strategies.both_towers_logits(tower, params, fc7), axis=-1)
+    x = strategies.both_towers_convs(net, params, images)
+    fc7 = strategies.both_towers_fc7(net, params, x, None)
+    return fc7, jax.nn.softmax(strategies.both_towers_logits(net, params, fc7), axis=-1)
   return jax.jit(features)
 
 
@@ -386,11 +388,12 @@ def make_figures(workdir: str, out_dir: Optional[str] = None, data_dir: Optional
   builder = input_pipeline.prepare_dataset(config)
   class_names = list(builder.info.features['label'].names)
 
-  kernel = pixel_space_kernels(params['conv1']['kernel'], config.get('std_rgb'))
+  kernel = pixel_space_kernels(params['conv1']['kernel'], config.std_rgb)
   scores = np.stack([colour_specificity(kernel[t]) for t in range(2)])
 
-  device_params = jax.device_put(params, jax.devices()[0])
-  feature_fn = make_feature_fn(config)
+  device = jax.devices()[0]
+  device_params = jax.device_put(params, device)
+  feature_fn = make_feature_fn(config, device)
   val = concatenate(iterate_features(config, builder, device_params, feature_fn,
                                      config.eval_split, max(num_predictions, num_queries)))
   preds, queries = slice(0, num_predictions), slice(0, num_queries)

@@ -1,0 +1,346 @@
+"""The config a run is built from: completed from the defaults, and refused in one place.
+
+Every default lives in configs/default.py; the other configs start from it and change what
+differs. Two functions stand between a config and a run:
+
+- `complete(saved)` turns a config read back from a checkpoint (a plain dict, possibly written
+  before a field existed or was renamed) into today's config: the defaults, overlaid with what
+  was saved, old names translated (`RENAMED`).
+- `check(config, devices)` finds EVERY problem a config has for the devices a run is built on,
+  each as one line naming the field and the fix, and raises one `ConfigError` listing them all,
+  before anything is compiled or written. Refusals that need the dataset (`check_dataset`) are
+  here too, so every message a user can get about a config is in this file.
+
+`parse_flags` makes the commands' `--config.FIELD=VALUE` overrides fail with one line (an unknown
+field, with the closest known one) instead of a traceback.
+"""
+
+import difflib
+import math
+import re
+import sys
+from typing import Any, Optional, Sequence
+
+from absl import flags
+import ml_collections
+
+from alexnet_jax.core import kernels as kernels_lib
+from alexnet_jax.core import model as model_lib
+from alexnet_jax.core import schedules
+from alexnet_jax.core import strategies
+from alexnet_jax.data import input_pipeline
+from configs import default
+
+# Fields that were renamed: old dotted name -> (new name, {old value: new value} or None).
+RENAMED = {
+    'model.towers': ('model.num_towers', None),
+    'model.weight_grad': ('model.kernels', {'auto': 'auto', 'offsets': 'cpu', 'xla': 'reference'}),
+}
+
+COMPUTE_DTYPES = ('float32', 'bfloat16')
+INIT_SCHEMES = ('paper', 'he')
+
+
+class ConfigError(ValueError):
+  """A config that cannot run; raised before anything is compiled or written. The message has
+  one line per problem, each naming the field and the fix."""
+
+
+def defaults() -> ml_collections.ConfigDict:
+  """configs/default.py's config: every field there is, with its default."""
+  return default.get_config()
+
+
+def _flat(tree: Any, prefix: str = '') -> dict:
+  """{'model.lrn': True, ...} for a ConfigDict or a nested dict."""
+  items = tree.items() if hasattr(tree, 'items') else ()
+  out = {}
+  for key, value in items:
+    if hasattr(value, 'items'):
+      out.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def _set(config: ml_collections.ConfigDict, field: str, value: Any) -> None:
+  *path, last = field.split('.')
+  node = config
+  for part in path:
+    node = node[part]
+  node[last] = tuple(value) if isinstance(value, list) else value
+
+
+def complete(saved: Any) -> ml_collections.ConfigDict:
+  """Today's config for one read back from a checkpoint or a config.json (a dict or ConfigDict):
+  the defaults, overlaid with every saved field that still exists, renamed fields translated.
+  Fields that no longer exist are dropped (they cannot change what today's code does)."""
+  config = defaults()
+  known = _flat(config)
+  for field, value in _flat(saved).items():
+    if field in RENAMED:
+      field, values = RENAMED[field]
+      value = values.get(value, value) if values else value
+    if field in known:
+      _set(config, field, value)
+  return config
+
+
+def unknown_fields(config: Any) -> list[str]:
+  """Fields of `config` that configs/default.py does not have: each a problem line."""
+  known = _flat(defaults())
+  problems = []
+  for field in _flat(config):
+    if field not in known:
+      problems.append(_unknown(field, known))
+  return problems
+
+
+def _unknown(field: str, known: dict) -> str:
+  close = difflib.get_close_matches(field, list(known) + list(RENAMED), n=1)
+  hint = ''
+  if close and close[0] in RENAMED:
+    hint = f' (renamed: use config.{RENAMED[close[0]][0]})'
+  elif close:
+    hint = f' (did you mean config.{close[0]}?)'
+  return (f'config.{field} is not a field{hint}; every field and its default is in '
+          'configs/default.py.')
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+  """absl's flag parsing for the commands (app.run's `flags_parser`), with a one-line error for a
+  `--config.FIELD=VALUE` that names no field or holds a malformed value."""
+  known = _flat(defaults())
+  for arg in argv[1:]:
+    match = re.match(r'--config\.([\w.]+)=?', arg)
+    if match and match.group(1) not in known:
+      _exit_with(_unknown(match.group(1), known))
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _exit_with(str(e))
+  except (AttributeError, KeyError, TypeError, ValueError) as e:  # raised by a config override
+    _exit_with(f'a --config override cannot be applied: {e}')
+  return []  # not reached
+
+
+def _exit_with(message: str) -> None:
+  print(f'error: {message}', file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+# --- The checks. Each returns a list of problem lines (empty: fine). ---
+
+
+def _types(config: ml_collections.ConfigDict) -> list[str]:
+  """Every field holds a value of its default's kind (a number, a string, a tuple, ...)."""
+  problems = []
+  for field, value in _flat(config).items():
+    expected = _flat(defaults()).get(field)
+    if expected is None:
+      continue
+    numbers = (int, float)
+    ok = (isinstance(value, numbers) and not isinstance(value, bool)
+          if isinstance(expected, numbers) and not isinstance(expected, bool)
+          else isinstance(value, (tuple, list)) if isinstance(expected, (tuple, list))
+          else isinstance(value, type(expected)))
+    if isinstance(expected, int) and not isinstance(expected, bool) and isinstance(value, float):
+      ok = value == int(value)
+    if not ok:
+      problems.append(f'config.{field}={value!r} should be {type(expected).__name__} like its '
+                      f'default ({expected!r}).')
+  return problems
+
+
+def _choices(config: ml_collections.ConfigDict) -> list[str]:
+  choices = {'parallelism': strategies.STRATEGIES,
+             'mean_subtraction': input_pipeline.MEAN_SUBTRACTIONS,
+             'pca_eigen': input_pipeline.PCA_EIGENS,
+             'train_crop': input_pipeline.TRAIN_CROPS,
+             'eval_crops': input_pipeline.EVAL_CROPS,
+             'final_eval_crops': input_pipeline.EVAL_CROPS,
+             'model.dtype': COMPUTE_DTYPES,
+             'model.init_scheme': INIT_SCHEMES,
+             'model.kernels': kernels_lib.KERNEL_CHOICES,
+             'model.num_towers': (2, 1),
+             'lr_schedule.kind': schedules.KINDS}
+  flat = _flat(config)
+  explain = {'model.num_towers': " (2: the paper's two towers; 1: one tower with half the "
+                                 "kernels, the paper's one-GPU net)",
+             'model.kernels': " ('auto': the CPU kernels on the CPU backend, the paper's "
+                              "formulas elsewhere)"}
+  return [f'config.{field}={flat[field]!r} is not one of {", ".join(map(repr, allowed))}'
+          f'{explain.get(field, "")}.'
+          for field, allowed in choices.items() if flat[field] not in allowed]
+
+
+def _model(config: ml_collections.ConfigDict) -> list[str]:
+  model, problems = config.model, []
+  if model.num_towers == 1 and config.parallelism in strategies.TOWER_STRATEGIES:
+    problems.append(
+        f'config.model.num_towers=1 has no second tower for parallelism={config.parallelism!r} '
+        'to put on another device; use --config.parallelism=data (or fsdp) with one tower.')
+  if model.num_classes % model.num_towers:
+    problems.append(
+        f'config.model.num_classes={model.num_classes} is odd, but fc8 splits the classes '
+        'between the two towers; use an even number of classes.')
+  window, stride = model.pool_window, model.pool_stride
+  if not 1 <= stride <= window:
+    problems.append(f'config.model.pool_window={window}, pool_stride={stride}: use '
+                    '1 <= stride <= window (the paper: 3 and 2; non-overlapping: 2 and 2).')
+  elif model_lib.pool5_size(config.image_size, window, stride) < 1:
+    smallest = next(s for s in range(11, 4096) if model_lib.pool5_size(s, window, stride) >= 1)
+    problems.append(f'config.image_size={config.image_size} is too small for the network '
+                    f'(pool5 needs at least 1 x 1); use {smallest} or more.')
+  if not 0 <= model.dropout_rate < 1:
+    problems.append(f'config.model.dropout_rate={model.dropout_rate} must be in [0, 1) '
+                    '(0 turns dropout off; the paper uses 0.5).')
+  if len(model.conv_features) != 5 or len(model.fc_features) != 2 or min(
+      tuple(model.conv_features) + tuple(model.fc_features)) < 1:
+    problems.append(f'config.model.conv_features={tuple(model.conv_features)} and fc_features='
+                    f'{tuple(model.fc_features)} must be 5 and 2 positive widths per tower.')
+  return problems
+
+
+def _data(config: ml_collections.ConfigDict) -> list[str]:
+  problems = []
+  if config.image_size > config.resize_size:
+    problems.append(f'config.image_size={config.image_size} is larger than '
+                    f'config.resize_size={config.resize_size}; the crop must fit in the image.')
+  if not config.pca_lighting_std >= 0:
+    problems.append(f'config.pca_lighting_std={config.pca_lighting_std} must be >= 0 '
+                    '(0 turns the colour noise off; the paper uses 0.1).')
+  if config.train_crop == 'random_resized_crop':
+    if config.mean_subtraction == 'image':
+      problems.append(
+          "config.train_crop='random_resized_crop' resizes a random box of the photograph, "
+          "which has no place in the mean image; use --config.mean_subtraction=channel (or "
+          "'constant') with it.")
+    low, high = config.rrc_area_range
+    if not 0 < low <= high <= 1:
+      problems.append(f'config.rrc_area_range={tuple(config.rrc_area_range)} must satisfy '
+                      '0 < low <= high <= 1 (fractions of the image area).')
+  if config.input_shards < 0:
+    problems.append(f'config.input_shards={config.input_shards}: use 0 (one per process) or '
+                    'a positive number of shards.')
+  return problems
+
+
+def _loop(config: ml_collections.ConfigDict) -> list[str]:
+  """The schedule, the step counts and intervals, checkpoints and the profiler window."""
+  problems = [p for p in [schedule_error(config)] if p]
+  if config.num_train_steps <= 0 and not (0 < config.num_epochs < math.inf):
+    problems.append(f'config.num_train_steps={config.num_train_steps} and config.num_epochs='
+                    f'{config.num_epochs} give no training; set --config.num_train_steps=N or '
+                    'a positive --config.num_epochs.')
+  for field in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
+    if int(config[field]) != config[field] or config[field] < 1:
+      problems.append(f'config.{field}={config[field]} must be a whole number, 1 or more.')
+  profile = tuple(config.profile_steps)
+  if profile and (len(profile) != 2 or any(int(p) != p for p in profile)
+                  or not 1 <= profile[0] <= profile[1]):
+    problems.append(f'config.profile_steps={profile} must be () or (first, last) with '
+                    '1 <= first <= last, e.g. --config.profile_steps="(10, 12)".')
+  return problems
+
+
+def schedule_error(config: ml_collections.ConfigDict) -> Optional[str]:
+  """What is wrong with config.learning_rate and config.lr_schedule, or None."""
+  s = config.lr_schedule
+  if not (config.learning_rate > 0 and math.isfinite(config.learning_rate)):
+    return f'config.learning_rate={config.learning_rate} must be a positive number.'
+  if not (s.factor > 0 and math.isfinite(s.factor)):
+    return f'config.lr_schedule.factor={s.factor} must be a positive number (0.1 in the paper).'
+  if s.kind == 'plateau':
+    if s.factor >= 1:
+      return (f'config.lr_schedule.factor={s.factor} does not lower the rate; the plateau rule '
+              'needs a factor below 1 (0.1 in the paper).')
+    if int(s.patience) != s.patience or s.patience < 1:
+      return (f'config.lr_schedule.patience={s.patience} must be a whole number of evaluations, '
+              '1 or more.')
+    if s.threshold < 0:
+      return f'config.lr_schedule.threshold={s.threshold} must be 0 or more (an error fraction).'
+    if int(s.max_drops) != s.max_drops or s.max_drops < 0:
+      return f'config.lr_schedule.max_drops={s.max_drops} must be a whole number, 0 or more.'
+  if s.kind == 'step':
+    bounds = list(s.boundaries)
+    if (not bounds or any(int(b) != b or b < 1 for b in bounds)
+        or bounds != sorted(set(bounds))):
+      return (f'config.lr_schedule.boundaries={tuple(bounds)} must be increasing step counts, '
+              '1 or more, e.g. --config.lr_schedule.boundaries="(30000, 60000)".')
+  if int(s.warmup_steps) != s.warmup_steps or s.warmup_steps < 0:
+    return f'config.lr_schedule.warmup_steps={s.warmup_steps} must be a whole number, 0 or more.'
+  return None
+
+
+def _placement(config: ml_collections.ConfigDict, devices: Sequence) -> list[str]:
+  """The strategy on these devices, and the batches it must split."""
+  n = strategies.resolve_num_devices(config.parallelism, config.num_devices, len(devices))
+  net = model_lib.make_network(config.model, config.model.num_classes)
+  error = strategies.fit_error(config.parallelism, n, net, len(devices))
+  if error:
+    return [f'config.parallelism={config.parallelism!r} with config.num_devices='
+            f'{config.num_devices} cannot run: {error}.']
+  strategy = strategies.make_strategy(config.parallelism, net, devices[:n])
+  problems = []
+  shards = strategy.batch_shards
+  for field in ('batch_size', 'eval_batch_size'):
+    value = config[field]
+    if value <= 0 or value % shards:
+      problems.append(
+          f'config.{field}={value} cannot be split over the {shards} batch shard(s) of '
+          f'parallelism={config.parallelism!r}; use a positive multiple of {shards}.')
+  if problems:
+    return problems
+  try:
+    _, groups = strategy.input_group(config.batch_size)
+  except ValueError as e:
+    return [f'config.parallelism={config.parallelism!r} cannot be fed: {e}']
+  shards = config.input_shards or groups
+  if shards % groups or config.batch_size % shards:
+    problems.append(
+        f'config.input_shards={config.input_shards} does not fit the {groups} input '
+        f'group(s) (processes feeding different rows) and config.batch_size={config.batch_size}: '
+        f'use 0 (one per group) or a multiple of {groups} that divides the batch.')
+  return problems
+
+
+def problems(config: ml_collections.ConfigDict, devices: Sequence) -> list[str]:
+  """Every problem of `config` for a run on `devices`, one line each (empty: it can run)."""
+  found = unknown_fields(config) + _types(config)
+  if found:  # the checks below read fields by name and type
+    return found
+  found = _choices(config)
+  if found:
+    return found
+  found = _model(config) + _data(config) + _loop(config)
+  if not found:
+    found = _placement(config, devices)
+  return found
+
+
+def check(config: ml_collections.ConfigDict, devices: Sequence) -> None:
+  """ConfigError listing every problem of `config` for a run on `devices`, or nothing."""
+  found = problems(config, devices)
+  if found:
+    raise ConfigError(_message(found))
+
+
+def _message(found: list[str]) -> str:
+  if len(found) == 1:
+    return found[0]
+  return f'the config has {len(found)} problems:\n' + '\n'.join(f'  - {p}' for p in found)
+
+
+def check_dataset(config: ml_collections.ConfigDict, dataset_classes: int) -> None:
+  """ConfigError if the network's classes are not the dataset's."""
+  if config.model.num_classes != dataset_classes:
+    raise ConfigError(
+        f'config.model.num_classes={config.model.num_classes} but {config.dataset} has '
+        f'{dataset_classes} classes; set --config.model.num_classes={dataset_classes}.')
+
+
+def check_workdir_error(workdir: str, error: OSError) -> ConfigError:
+  """The refusal of a workdir that cannot be written."""
+  return ConfigError(f'--workdir={workdir} cannot be written ({error.strerror or error}); use a '
+                     'directory you can write to.')
