@@ -21,7 +21,7 @@ all 2,600 to be decoded.
 
 Expected: about 64-70 % top-1 on the centre crop (seed 0: 69.0 % on the machine it was tuned on;
 another CPU rounds the matrix products differently and follows another trajectory, like another
-seed). Time on a 2-core CPU: about 7 minutes. Every measured recipe and timing, with dates:
+seed). Its run time, every measured recipe and each figure's date and machine:
 docs/performance.md.
 """
 

@@ -69,7 +69,7 @@ def test_constant_ignores_evaluations():
     ('threshold', -0.1, ['lr_schedule.threshold=-0.1']),
     ('warmup_steps', -5, ['lr_schedule.warmup_steps=-5']),
 ])
-def test_bad_schedule_field_is_refused_by_validate_config(field, value, words):
+def test_bad_schedule_field_is_refused_by_the_config_check(field, value, words):
   config = _config(**{field: value})
   with pytest.raises(config_lib.ConfigError) as e:
     config_lib.check(config, jax.devices())

@@ -115,18 +115,6 @@ def network(config: ml_collections.ConfigDict, platform: str) -> model_lib.Tower
   return model_lib.make_network(config.model, config.model.num_classes, kernels)
 
 
-def _state_sharding(strategy: strategies.Strategy, tx: optax.GradientTransformation,
-                    shapes: steps.TrainState) -> steps.TrainState:
-  """Where each part of the state lives: each tower's parameters and momentum as the strategy
-  places the parameters; the step, the learning rate and the key on every device."""
-  param_sharding = strategy.param_sharding(shapes.params)
-  opt_sharding = optax.tree_map_params(
-      tx, lambda _, s: s, shapes.opt_state, param_sharding,
-      transform_non_params=lambda _: strategy.replicated)
-  return steps.TrainState(step=strategy.replicated, params=param_sharding,
-                          opt_state=opt_sharding, rng=strategy.replicated)
-
-
 def build(config: ml_collections.ConfigDict, devices: Optional[Sequence] = None) -> Run:
   """The run `config` describes on `devices` (default: every device of this process's backend).
 
@@ -134,12 +122,13 @@ def build(config: ml_collections.ConfigDict, devices: Optional[Sequence] = None)
   first call, or when a caller lowers and compiles)."""
   devices = list(jax.devices() if devices is None else devices)
   config_lib.check(config, devices)
-  net = network(config, devices[0].platform)
+  kernels = kernels_lib.resolve(config.model.kernels, devices[0].platform)
+  net = model_lib.make_network(config.model, config.model.num_classes, kernels)
   strategy = strategies.make_strategy(config.parallelism, net, devices, config.num_devices)
   tx = optimizer_lib.from_config(config)
   shapes = jax.eval_shape(
       lambda: steps.initial_state(net, tx, jax.random.key(0), config.image_size))
-  shardings = _state_sharding(strategy, tx, shapes)
+  shardings = strategy.state_sharding(tx, shapes)
   abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                                 shapes, shardings)
   # fc6 and fc7 of the whole network (one tower keeps the two-tower widths, model.py).
@@ -152,5 +141,5 @@ def build(config: ml_collections.ConfigDict, devices: Optional[Sequence] = None)
   eval_step = jax.jit(lambda p, b: steps.eval_step(p, b, strategy=strategy),
                       in_shardings=(shardings.params, strategy.batch_sharding),
                       out_shardings=strategy.replicated)
-  return Run(config=config, kernels=net.kernels, net=net, strategy=strategy, tx=tx,
+  return Run(config=config, kernels=kernels, net=net, strategy=strategy, tx=tx,
              abstract_state=abstract_state, train_step=train_step, eval_step=eval_step)

@@ -29,6 +29,7 @@ from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from alexnet_jax.core import model as model_lib
@@ -61,6 +62,17 @@ class Strategy:
 
   def param_sharding(self, params) -> Any:
     return jax.tree.map(lambda s: NamedSharding(self.mesh, s), self.param_specs(params))
+
+  def state_sharding(self, tx: optax.GradientTransformation, state: Any) -> Any:
+    """Where each part of a train state (steps.TrainState, or its shapes) lives: the parameters
+    as `param_spec` says, each momentum buffer beside its parameter, the step, the learning rate
+    and the dropout key on every device."""
+    param_sharding = self.param_sharding(state.params)
+    opt_sharding = optax.tree_map_params(
+        tx, lambda _, s: s, state.opt_state, param_sharding,
+        transform_non_params=lambda _: self.replicated)
+    return state.replace(step=self.replicated, params=param_sharding, opt_state=opt_sharding,
+                         rng=self.replicated)
 
   @property
   def batch_sharding(self) -> NamedSharding:

@@ -10,7 +10,7 @@ Generation is deterministic: example `i` of split `s` is drawn from a numpy RNG 
 (config.seed, s, i), and PIL's JPEG encoder is deterministic, so the same config gives identical
 bytes on every machine. Importing this module registers the builder with tfds:
 
-  import alexnet_jax.shapes_dataset  # noqa: F401
+  import alexnet_jax.data.shapes_dataset  # noqa: F401
   builder = tfds.builder('synthetic_shapes/tiny', data_dir=...)
   builder.download_and_prepare()  # generates once; later calls reuse the files
 """

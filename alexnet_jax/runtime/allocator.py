@@ -1,11 +1,11 @@
 """Host memory: keep XLA:CPU's per-step buffers in the heap instead of fresh pages every step.
 
-XLA:CPU allocates each execution's temporary buffer with malloc on a worker thread: 275 MB per
-device for the quickstart's train step. glibc serves a block that large from a fresh mapping
+XLA:CPU allocates each execution's temporary buffer with malloc on a worker thread: hundreds of
+MB per device for the paper's network. glibc serves a block that large from a fresh mapping
 (`mmap`, also on a worker thread's own arena, whatever the thresholds) and returns it to the
-kernel on free, so every step the kernel zero-fills ~550 MB of new pages: ~120,000 page faults
-a step, 18-20 % of the wall time spent in the kernel (perf and strace, README "Performance").
-One arena, no `mmap`, and no trimming make glibc keep the freed block for the next step.
+kernel on free, so every step the kernel zero-fills all those pages again: a large share of the
+wall time spent in page faults (the measurements: docs/performance.md). One arena, no `mmap`,
+and no trimming make glibc keep the freed block for the next step.
 
 This must run before other threads allocate (first thing in an entry point): glibc fixes the
 number of arenas when a second thread first allocates. The same settings for a program that
