@@ -13,6 +13,7 @@ from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
 
+from alexnet_jax.core import checkpointing
 from alexnet_jax.data import input_pipeline
 from configs import paper
 
@@ -53,10 +54,12 @@ def _write_train_tar(path, members: dict) -> None:
       _add(outer, name, buffer.getvalue())
 
 
-def _write_val_tar(path, names) -> None:
+def _write_val_tar(path, names, replace=None) -> None:
+  """ILSVRC2012_img_val.tar: a JPEG per name, or replace[name] where given."""
   with tarfile.open(path, 'w') as tar:
     for i, name in enumerate(names):
-      _add(tar, name, _jpeg(1000 + i, 96 + 8 * (i % 3), 128 - 8 * (i % 4)))
+      _add(tar, name, (replace or {}).get(name) or _jpeg(1000 + i, 96 + 8 * (i % 3),
+                                                         128 - 8 * (i % 4)))
 
 
 def _train_members():
@@ -191,3 +194,96 @@ def test_a_file_that_is_not_a_tar_is_refused(tmp_path, manual_dir):
       (manual_dir / 'ILSVRC2012_img_val.tar').read_bytes())
   message = _prepare(tmp_path, manual)
   assert 'not a readable tar' in message and 'ILSVRC2012_img_train.tar' in message
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaged JPEGs in the archives: tfds prepares them without complaint.
+
+TRUNCATED = 'n01443537_10027.JPEG'  # a training JPEG cut to a third of its bytes
+UNDECODABLE = 'n01484850_10028.JPEG'  # a training "JPEG" that is a web page
+UNDECODABLE_VAL = 'ILSVRC2012_val_00000003.JPEG'  # a validation "JPEG" that is a PNG
+
+
+def _manual_with(directory, train_changes, val_replace=None):
+  """The miniature archives with training JPEGs changed: train_changes = {name: fn(bytes)}."""
+  directory.mkdir()
+  members = _train_members()
+  for images in members.values():
+    for name in images.keys() & train_changes.keys():
+      images[name] = train_changes[name](images[name])
+  _write_train_tar(directory / 'ILSVRC2012_img_train.tar', members)
+  _write_val_tar(directory / 'ILSVRC2012_img_val.tar', _val_names(range(1, NUM_VAL + 1)),
+                 val_replace)
+  return directory
+
+
+def _png() -> bytes:
+  buffer = io.BytesIO()
+  Image.fromarray(np.full((100, 120, 3), 90, np.uint8)).save(buffer, 'PNG')
+  return buffer.getvalue()
+
+
+@pytest.fixture(scope='module')
+def truncated_run(tmp_path_factory):
+  """`main` trained on a miniature ImageNet whose one training JPEG is cut to a third of its
+  bytes: (its CompletedProcess, workdir, data dir)."""
+  root = tmp_path_factory.mktemp('truncated')
+  manual = _manual_with(root / 'manual', {TRUNCATED: lambda jpeg: jpeg[:len(jpeg) // 3]})
+  return _run_main(root / 'work', root / 'tfds', manual), root / 'work', root / 'tfds'
+
+
+def test_a_truncated_jpeg_is_trained_on_as_far_as_it_goes_and_counted(truncated_run):
+  proc, workdir, data_dir = truncated_run
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  assert '1 of the 16 images of imagenet2012 train are truncated JPEGs' in proc.stderr
+  assert TRUNCATED in proc.stderr
+  builder = tfds.builder('imagenet2012', data_dir=str(data_dir))
+  saved = json.load(open(input_pipeline.image_check_path(builder, 'train')))
+  assert [name for name, _ in saved['truncated']] == [TRUNCATED] and not saved['undecodable']
+  assert 0 < saved['truncated'][0][1] < 0.9 and saved['num_images'] == 16
+  # Every image, the truncated one included, went into the statistics, 3 steps of 8 (more than
+  # an epoch) and the evaluation.
+  stats = input_pipeline.dataset_stats.DatasetStats.load(
+      os.path.join(builder.data_dir, 'alexnet_jax_stats-train-r72-nall.npz'))
+  assert stats.num_images == 16 and np.isfinite(stats.mean_image).all()
+  records = [json.loads(line) for line in open(workdir / 'metrics.jsonl')]
+  assert [r['step'] for r in records if 'loss' in r] == [1, 2, 3]
+  assert all(np.isfinite(r['loss']) for r in records if 'loss' in r)
+  assert [r['val_examples'] for r in records if 'val_top1' in r] == [NUM_VAL]
+
+
+def _files(directory):
+  """{path: (size, modification time)} of every file under `directory`."""
+  stat = lambda path: (os.stat(path).st_size, os.stat(path).st_mtime_ns)
+  return {os.path.relpath(os.path.join(d, f), directory): stat(os.path.join(d, f))
+          for d, _, files in os.walk(directory) for f in files}
+
+
+def test_undecodable_jpegs_are_named_before_training_and_checkpoints_are_kept(tmp_path,
+                                                                              truncated_run):
+  manual = _manual_with(tmp_path / 'manual',
+                        {UNDECODABLE: lambda _: b'<html>Please log in</html>' * 40},
+                        {UNDECODABLE_VAL: _png()})
+  data_dir, fresh = tmp_path / 'tfds', tmp_path / 'work'
+  # A new run: one `error:` line names the files, before the first checkpoint.
+  proc = _run_main(fresh, data_dir, manual)
+  assert proc.returncode == 2, proc.stderr[-4000:]
+  assert 'Traceback' not in proc.stderr
+  errors = [line for line in proc.stderr.splitlines() if line.startswith('error: ')]
+  assert len(errors) == 1
+  assert errors[0].startswith('error: 2 images of imagenet2012 cannot be decoded as JPEG')
+  assert UNDECODABLE in errors[0] and UNDECODABLE_VAL in errors[0]
+  builder = tfds.builder('imagenet2012', data_dir=str(data_dir))
+  for words in [input_pipeline.IMAGENET_MD5['ILSVRC2012_img_train.tar'], os.fspath(manual),
+                f'rm -r {builder.data_dir}']:
+    assert words in proc.stderr
+  assert checkpointing.saved_steps(fresh) == [] and _files(fresh / 'checkpoints') == {}
+  # A run with checkpoints, pointed at the damaged dataset: refused the same way (from the saved
+  # check), its checkpoints untouched.
+  _, workdir, _ = truncated_run
+  assert checkpointing.saved_steps(workdir) == [3]
+  before = _files(workdir / 'checkpoints')
+  proc = _run_main(workdir, data_dir, manual)
+  assert proc.returncode == 2, proc.stderr[-4000:]
+  assert 'Traceback' not in proc.stderr and UNDECODABLE in proc.stderr
+  assert _files(workdir / 'checkpoints') == before

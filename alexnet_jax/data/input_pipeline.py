@@ -12,7 +12,10 @@ integer `label`. Every image is resized so its shorter side is `resize_size` (25
   the modern random-resized crop (`train_crop='random_resized_crop'`);
 - evaluation: the central 224 x 224 patch, or the paper's ten patches ([B, 10, S, S, 3]).
 Statistics of the training set (mean image, RGB PCA) are computed once and cached beside the
-dataset (`load_or_compute_stats`; the arithmetic and file format are in stats.py).
+dataset (`load_or_compute_stats`; the arithmetic and file format are in stats.py). Before them,
+every JPEG of the training and evaluation splits is tried once (`check_images`, saved likewise):
+truncated ones are decoded as far as their data goes and counted; ones that cannot be decoded at
+all are named in a DatasetNotReadyError before training.
 
 The training stream is a pure function of the config and the step. It is made of
 `config.input_shards` logical shards (0: one per process), each an endless run of epochs; epoch e
@@ -27,12 +30,16 @@ batches do not depend on how many processes read them.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.util
+import json
 import os
 import re
 import shlex
 import sys
 import tarfile
+import tempfile
+import time
 from typing import Any, Iterator, Sequence
 
 from absl import logging
@@ -200,8 +207,10 @@ def prepare_dataset(config: ml_collections.ConfigDict,
                     builder: tfds.core.DatasetBuilder | None = None
                     ) -> tfds.core.DatasetBuilder:
   """Returns the builder of `config.dataset` (`builder`: open_dataset's, if already opened),
-  generating/preparing its files on first use, and computing the training-set statistics the
-  config asks for (mean image, RGB PCA) if they are not cached yet."""
+  generating/preparing its files on first use, checking once that every JPEG of its training and
+  evaluation splits decodes (check_images: DatasetNotReadyError names those that do not), and
+  computing the training-set statistics the config asks for (mean image, RGB PCA) if they are
+  not cached yet."""
   builder = builder or open_dataset(config)
   if not builder.is_prepared():
     if builder.name == 'imagenet2012':  # open_dataset has checked the manual files
@@ -209,6 +218,7 @@ def prepare_dataset(config: ml_collections.ConfigDict,
           manual_dir=_imagenet_manual_dir(config, builder)))
     else:
       builder.download_and_prepare()  # synthetic_shapes: generated locally, nothing downloaded
+  check_images(config, builder)  # refuses undecodable JPEGs before the stats pass meets them
   if _needs_stats(config):
     load_or_compute_stats(config, builder)
   return builder
@@ -244,6 +254,7 @@ def decode_and_resize(jpeg_bytes: tf.Tensor, resize_size: int) -> tf.Tensor:
   margin for the resampling kernel) and resamples it with the scale and offset of resizing the
   whole image: the same pixels as resizing everything then cropping (up to float rounding, 1 level
   on about 1 pixel in 10^4), without decoding the discarded sides of a landscape photograph.
+  A truncated JPEG is decoded as far as its data goes, the rest filled (see check_images).
   """
   shape = tf.image.extract_jpeg_shape(jpeg_bytes)
   size = shape[:2]  # [height, width]
@@ -261,7 +272,7 @@ def decode_and_resize(jpeg_bytes: tf.Tensor, resize_size: int) -> tf.Tensor:
       tf.cast(tf.math.ceil(tf.cast(start + resize_size, tf.float32) / scale), tf.int32) + margin,
       size)
   window = tf.image.decode_and_crop_jpeg(jpeg_bytes, tf.concat([low, high - low], 0), channels=3,
-                                         dct_method='INTEGER_ACCURATE')
+                                         dct_method='INTEGER_ACCURATE', try_recover_truncated=True)
   # What tf.image.resize(..., 'bilinear', antialias=True) runs, shifted to the window.
   image = tf.raw_ops.ScaleAndTranslate(
       images=tf.cast(window, tf.float32)[None], size=[resize_size, resize_size], scale=scale,
@@ -285,7 +296,7 @@ def decode_random_resized_crop(jpeg_bytes: tf.Tensor, seed: tf.Tensor, image_siz
       area_range=tuple(area_range), max_attempts=10, use_image_if_no_bounding_boxes=True)
   window = tf.concat([begin[:2], box_size[:2]], 0)
   image = tf.image.decode_and_crop_jpeg(jpeg_bytes, window, channels=3,
-                                        dct_method='INTEGER_ACCURATE')
+                                        dct_method='INTEGER_ACCURATE', try_recover_truncated=True)
   image = tf.image.resize(image, [image_size, image_size], method='bilinear', antialias=True)
   image = _flip(image, flip_seed)
   return tf.ensure_shape(image, [image_size, image_size, 3])
@@ -405,6 +416,229 @@ def load_or_compute_stats(config: ml_collections.ConfigDict, builder: tfds.core.
   stats = compute_stats(config, builder)
   stats.save(path)
   return stats, path
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaged JPEGs: every image a run reads is tried once, before training (check_images).
+#
+# Every decode in this file passes try_recover_truncated=True: a JPEG cut short (an interrupted
+# copy) decodes as far as its data goes, and libjpeg fills the rest (each missing block repeats
+# the colour of the last one decoded). TF's `acceptable_fraction` is not used: with recovery TF
+# counts every row as read, so it rejects nothing; without recovery a crop window below the cut
+# fails whatever the fraction. A JPEG whose header cannot be read (not a JPEG, or cut inside its
+# header) cannot be decoded at all; the training stream being a pure function of the step, it
+# would stop every resumed run at the same step, so check_images refuses the dataset first.
+
+IMAGE_CHECK_VERSION = 1  # bump when the check changes: old cache files are then ignored
+# What `md5sum` prints for the archives image-net.org serves.
+IMAGENET_MD5 = {'ILSVRC2012_img_train.tar': '1d675b47d978889d74fa0da5fadfb00e',
+                'ILSVRC2012_img_val.tar': '29b22e2961454d5413ddabcf34fc5622'}
+_INTACT, _TRUNCATED, _UNDECODABLE = 0, 1, 2
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageCheck:
+  """What trying every JPEG of a split once found. Images are named by the dataset's
+  `file_name` feature (ImageNet's records carry it) or else as `split[index]`, tfds's slicing
+  (builder.as_dataset(split=f'{split}[{index}:{index + 1}]') reads it)."""
+  split: str
+  num_images: int
+  truncated: tuple[tuple[str, float], ...]  # (name, fraction of its rows its data holds)
+  undecodable: tuple[str, ...]
+  seconds: float  # how long the pass took
+
+
+def _attempt(fn, x, fallback):
+  """fn(x) in a tf.data function, or `fallback` where fn raises: fn runs in a one-element dataset
+  whose error is dropped (ignore_errors), so a failed decode is a value, not the pass's end."""
+  return (tf.data.Dataset.from_tensors(x).map(_no_autograph(fn)).ignore_errors()
+          .concatenate(tf.data.Dataset.from_tensors(fallback)).take(1).get_single_element())
+
+
+def _decodes(jpeg: tf.Tensor, recover: bool) -> tf.Tensor:
+  """True, or an error: the ops the pipeline decodes with (the header, then every pixel)."""
+  shape = tf.image.extract_jpeg_shape(jpeg)
+  image = tf.image.decode_and_crop_jpeg(jpeg, tf.stack([0, 0, shape[0], shape[1]]), channels=3,
+                                        try_recover_truncated=recover)
+  return tf.reduce_all(tf.shape(image)[:2] == shape[:2])
+
+
+def _rows_present(jpeg: tf.Tensor) -> tf.Tensor:
+  """About which fraction of a truncated JPEG's rows its data holds: decoded without recovery but
+  with acceptable_fraction=0, TF returns the rows it could read and zeros below them."""
+  image = tf.io.decode_jpeg(jpeg, channels=3, acceptable_fraction=0.0)
+  height = tf.shape(image)[0]
+  nonzero = tf.cast(tf.reduce_max(image, axis=[1, 2]) > 0, tf.int32)
+  return (tf.cast(tf.reduce_max(tf.range(1, height + 1) * nonzero), tf.float32)
+          / tf.cast(height, tf.float32))
+
+
+def _jpeg_status(jpeg: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+  """(_INTACT, _TRUNCATED or _UNDECODABLE, fraction of rows present) of one JPEG. An intact one
+  is decoded once; only a damaged one is tried again with recovery."""
+  intact = _attempt(lambda b: _decodes(b, recover=False), jpeg, False)
+
+  def damaged():
+    readable = _attempt(lambda b: _decodes(b, recover=True), jpeg, False)
+    return (tf.where(readable, _TRUNCATED, _UNDECODABLE),
+            tf.where(readable, _attempt(_rows_present, jpeg, 0.0), 0.0))
+
+  return tf.cond(intact, lambda: (tf.constant(_INTACT), tf.constant(1.0)), damaged)
+
+
+def _indexed_records(builder: tfds.core.DatasetBuilder, split: str) -> tf.data.Dataset:
+  """(index in `split`, serialized record) of every example of `split`, read in parallel in no
+  particular order: the index says which one it is."""
+  instructions = builder.info.splits[split].file_instructions
+  offsets = np.cumsum([0] + [i.take for i in instructions])[:-1]
+  files = tf.data.Dataset.from_tensor_slices((
+      [i.filename for i in instructions],
+      tf.constant([i.skip for i in instructions], tf.int64),
+      tf.constant([i.take for i in instructions], tf.int64),
+      tf.constant(offsets, tf.int64)))
+  return files.interleave(
+      lambda f, skip, take, offset: tf.data.Dataset.zip(
+          tf.data.Dataset.range(offset, offset + take),
+          tf.data.TFRecordDataset(f).skip(skip).take(take)),
+      cycle_length=min(16, len(instructions)), num_parallel_calls=tf.data.AUTOTUNE,
+      deterministic=False)
+
+
+def scan_images(builder: tfds.core.DatasetBuilder, split: str) -> ImageCheck:
+  """Tries every JPEG of `split` with the pipeline's decoding ops, in one parallel pass that
+  records failures instead of stopping at them. DatasetNotReadyError if the dataset's own files
+  cannot be read."""
+  _hide_gpus_from_tf()
+  features = builder.info.features
+  named = 'file_name' in features
+
+  @_no_autograph
+  def check(index, record):
+    ex = features.deserialize_example(record, decoders={'image': tfds.decode.SkipDecoding()})
+    status, rows = _jpeg_status(ex['image'])
+    return index, ex['file_name'] if named else tf.constant(''), status, rows
+
+  num_images = num_examples(builder, split)
+  ds = _indexed_records(builder, split).map(check, num_parallel_calls=tf.data.AUTOTUNE,
+                                            deterministic=False)
+  ds = ds.batch(1024).prefetch(tf.data.AUTOTUNE).with_options(_options())
+  start = last_log = time.perf_counter()
+  done, damaged = 0, []
+  try:
+    for index, name, status, rows in tfds.as_numpy(ds):
+      done += len(index)
+      for k in np.flatnonzero(status != _INTACT):
+        label = name[k].decode() if named else f'{split}[{index[k]}]'
+        damaged.append((int(index[k]), label, int(status[k]), float(rows[k])))
+      if time.perf_counter() - last_log > 60:
+        last_log = time.perf_counter()
+        logging.info('Checked %d of the %d images of %s %s (%.0f images/s).', done, num_images,
+                     builder.name, split, done / (last_log - start))
+  except tf.errors.OpError as e:
+    raise DatasetNotReadyError(
+        f'The prepared files of {builder.name} in {builder.data_dir} cannot be read '
+        f'({e.message.splitlines()[0][:300]}). Delete that directory and re-run '
+        f'{_current_command()} to prepare them again.') from e
+  damaged.sort()
+  return ImageCheck(
+      split=split, num_images=done,
+      truncated=tuple((n, round(r, 3)) for _, n, s, r in damaged if s == _TRUNCATED),
+      undecodable=tuple(n for _, n, s, _ in damaged if s == _UNDECODABLE),
+      seconds=round(time.perf_counter() - start, 3))
+
+
+def _split_fingerprint(builder: tfds.core.DatasetBuilder, split: str) -> str:
+  """Of the files `split` is read from (names, sizes, ranges): a saved check is for these."""
+  files = [(os.path.basename(i.filename), tf.io.gfile.stat(i.filename).length, i.skip, i.take)
+           for i in builder.info.splits[split].file_instructions]
+  return hashlib.sha256(json.dumps(files).encode()).hexdigest()
+
+
+def image_check_path(builder: tfds.core.DatasetBuilder, split: str) -> str:
+  """Where the check of `split` is saved: beside the dataset's files, like its statistics."""
+  safe_split = split.replace('/', '_').replace(':', '-').replace('[', '_').replace(']', '')
+  return os.path.join(os.fspath(builder.data_dir), f'alexnet_jax_images-{safe_split}.json')
+
+
+def load_or_scan_images(builder: tfds.core.DatasetBuilder, split: str
+                        ) -> tuple[ImageCheck, str]:
+  """The saved check of `split`, or a new one (scan_images) saved for later runs; and the path."""
+  path = image_check_path(builder, split)
+  fingerprint = _split_fingerprint(builder, split)
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+    if (saved['version'], saved['fingerprint']) == (IMAGE_CHECK_VERSION, fingerprint):
+      return ImageCheck(split=saved['split'], num_images=saved['num_images'],
+                        truncated=tuple((n, r) for n, r in saved['truncated']),
+                        undecodable=tuple(saved['undecodable']), seconds=saved['seconds']), path
+  except FileNotFoundError:
+    pass
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    logging.warning('Checking the images again: cannot use %s (%s).', path, e)
+  logging.info('Checking that every image of %s %s decodes (once; saved in %s).', builder.name,
+               split, path)
+  check = scan_images(builder, split)
+  logging.info('Checked the %d images of %s %s in %.1f s: %d truncated, %d undecodable.',
+               check.num_images, builder.name, split, check.seconds, len(check.truncated),
+               len(check.undecodable))
+  tmp = None
+  try:  # atomically: concurrent processes never read half a file
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.tmp_images_', suffix='.json')
+    with os.fdopen(fd, 'w') as f:
+      json.dump({'version': IMAGE_CHECK_VERSION, 'fingerprint': fingerprint,
+                 **dataclasses.asdict(check)}, f, indent=1)
+    os.replace(tmp, path)
+  except OSError as e:
+    logging.warning('Cannot save the image check in %s (%s); later runs will check again.',
+                    path, e)
+    if tmp and os.path.exists(tmp):
+      os.remove(tmp)
+  return check, path
+
+
+def check_images(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder
+                 ) -> dict[str, ImageCheck]:
+  """Every JPEG of the training and evaluation splits, tried once (saved beside the dataset).
+  Logs the truncated ones (trained and evaluated on as far as their data goes) and refuses, with
+  DatasetNotReadyError naming them and saying what to do, a dataset with JPEGs that cannot be
+  decoded at all: before training, not at the step that would reach them."""
+  checks = {split: load_or_scan_images(builder, split)
+            for split in dict.fromkeys((config.train_split, config.eval_split))}
+  for split, (check, path) in checks.items():
+    if check.truncated:
+      logging.warning(
+          '%d of the %d images of %s %s are truncated JPEGs, decoded as far as their data goes '
+          '(the rest of each filled with its last decoded colours): %s. All are listed in %s.',
+          len(check.truncated), check.num_images, builder.name, split,
+          _listing([f'{n} ({r:.0%} of its rows)' for n, r in check.truncated], 10), path)
+  bad = {split: (check, path) for split, (check, path) in checks.items() if check.undecodable}
+  if bad:
+    raise DatasetNotReadyError(_undecodable_message(config, builder, bad))
+  return {split: check for split, (check, _) in checks.items()}
+
+
+def _undecodable_message(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder,
+                         bad: dict[str, tuple[ImageCheck, str]]) -> str:
+  count = sum(len(check.undecodable) for check, _ in bad.values())
+  names = '; '.join(f'{split}: {_listing(list(check.undecodable), 10)}'
+                    for split, (check, _) in bad.items())
+  head = (f'{count} image{"s" if count > 1 else ""} of {builder.name} cannot be decoded as JPEG '
+          f'(training or evaluation would stop at {"them" if count > 1 else "it"}): {names}. '
+          f'All are listed in {", ".join(path for _, path in bad.values())}.')
+  if builder.name != 'imagenet2012':
+    return (f'{head}\nThe prepared files are damaged: delete {builder.data_dir} and re-run '
+            f'{_current_command()} to prepare them again.')
+  manual_dir = _imagenet_manual_dir(config, builder)
+  train_tar, val_tar = IMAGENET_MANUAL_FILES
+  return (f'{head}\n'
+          f'They come from a damaged archive in {manual_dir}: md5sum prints '
+          f'{IMAGENET_MD5[train_tar]} for an intact {train_tar} and {IMAGENET_MD5[val_tar]} for '
+          f'{val_tar}.\n'
+          f'1. Download each archive whose md5sum differs again from https://image-net.org '
+          f'into {manual_dir}.\n'
+          f'2. Delete the dataset prepared from it: rm -r {builder.data_dir}\n'
+          f'3. Re-run (it prepares the dataset again): {_current_command()}')
 
 
 @dataclasses.dataclass(frozen=True)
