@@ -41,7 +41,10 @@ flags.DEFINE_integer('heartbeat_timeout_s', 100, 'How soon a dead process stops 
 
 def _fail(message: str, code: int) -> None:
   logging.error('%s', message)
-  print(f'error: {message}', file=sys.stderr, flush=True)
+  # One write to the descriptor: other threads (tensorstore's, after a failed save) print to the
+  # same stderr, and a buffered print could be glued onto the end of their half-written line.
+  sys.stderr.flush()
+  os.write(2, f'error: {message}\n'.encode())
   sys.exit(code)
 
 

@@ -119,7 +119,12 @@ def test_preempted_then_killed_run_ends_bit_identical_to_an_uninterrupted_one(
   log = str(tmp_path / 'first.log')
   proc = run_main(workdir, *COMMAND, data_dir=tiny_data_dir, log=log)
   _wait_for_checkpoint(workdir, proc, after=0)
-  time.sleep(term_delay)
+  # The moment ends early at step 20's log line, 10 steps and an evaluation before the end: the
+  # signal must find the run still training (0.5 s is ~16 of its steps on 2 idle cores; a faster
+  # machine, or a late first checkpoint, would let the run finish before a plain sleep ends).
+  deadline = time.monotonic() + term_delay
+  while time.monotonic() < deadline and 'step 20/30' not in (tmp_path / 'first.log').read_text():
+    time.sleep(0.01)
   proc.send_signal(signal.SIGTERM)
   assert proc.wait(timeout=300) == 0, open(log).read()[-3000:]
   output = open(log).read()
@@ -131,7 +136,10 @@ def test_preempted_then_killed_run_ends_bit_identical_to_an_uninterrupted_one(
   log = str(tmp_path / 'second.log')
   proc = run_main(workdir, *COMMAND, data_dir=tiny_data_dir, log=log)
   _wait_for_checkpoint(workdir, proc, after=preempted)
-  time.sleep(kill_delay)
+  # Likewise it ends early once the last checkpoint is on disk: the kill must find the run alive.
+  deadline = time.monotonic() + kill_delay
+  while time.monotonic() < deadline and 30 not in _steps(workdir):
+    time.sleep(0.01)
   assert proc.poll() is None, f'finished before the kill {why}'
   proc.kill()
   proc.wait(timeout=60)
