@@ -1,0 +1,478 @@
+"""The input pipeline's speed per CPU core, against the JPEG decoding it cannot avoid.
+
+    python -m alexnet_jax.bench_input --out=/tmp/bench_input
+
+Training can go no faster than the host decodes JPEGs, so the pipeline's own overhead is judged
+against that floor: per CPU core, in one run, on the same files,
+- decode: `tf.io.decode_jpeg` of the whole image (RGB, the pipeline's INTEGER_ACCURATE IDCT);
+- decode_resize: the pipeline's own `input_pipeline.decode_and_resize(jpeg, 256)` (it decodes only
+  the central square's window, so it is not assumed to be slower than `decode`);
+- augment: the paper's training transform alone (`input_pipeline.train_example`: random 224 crop,
+  mirror, colour noise, mean image) on already decoded 256 squares: where the rest goes;
+- pipeline: images/s out of the project's real training iterator (`input_pipeline.train_iterator`,
+  configs/paper.py's preprocessing: the mean image and the RGB PCA of the training split, random
+  crop and flip, colour noise; batches of `--batch_size`) reading the dataset's tfds records,
+  after `--warmup_batches`.
+ratio = pipeline / decode_resize; the target (issue 20) is >= 0.8.
+
+Two datasets: ImageNet-like JPEGs generated here (`imagenet_like_jpegs`, a tfds dataset written
+once into --data_dir: dimensions and file sizes like ILSVRC-2012's, see `image_size` and
+`render_image`) and the
+project's generated `synthetic_shapes` (--shapes_dataset), of which the first --num_images
+training images are read (split `train[:N]`), so every figure of a dataset is over the same files.
+
+"Per core": after the datasets are prepared (generation, the image check and the statistics use
+every core and are not timed), every thread of the process is pinned to one CPU
+(`sched_setaffinity`), and threads started later inherit it. The decode loops run in one thread
+(`image_loop`: a while loop in one TF graph; TF's inter- and intra-op pools are set to one thread
+before TF starts); the training iterator keeps its own options (`input_pipeline._options`: a
+pool of os.cpu_count() threads), which then share the one CPU. So each rate is what one core
+delivers. Each round records the process's CPU seconds over its wall seconds (`cpu_per_wall`,
+<= 1 when pinned). Where pinning is not available (not Linux), nothing is pinned and
+`per_core_method` says so.
+
+Each figure is the best of --repeats rounds (the least disturbed on a shared machine, as in
+bench.py); every round's rate is in the JSON. The result (`DIR/bench_input.json`):
+{"per_core": {"decode", "decode_resize", "augment", "pipeline"}, "ratio", "target",
+"target_met"} for the ImageNet-like set, the same per dataset under "datasets" with the measured
+JPEG sizes and dimensions ("images") and the milliseconds per image of each stage ("ms_per_image":
+"other" is what the pipeline costs beyond decode_resize and augment: reading, parsing,
+shuffling, batching, the copy to numpy, thread hand-offs), plus the date, CPU, TF version and
+load average.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import io
+import json
+import logging
+import math
+import os
+import time
+from typing import Callable, Iterator, Sequence
+
+from absl import app
+from absl import flags
+from etils import epath
+import numpy as np
+from PIL import Image
+from PIL import ImageDraw
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from alexnet_jax.data import input_pipeline
+from configs import paper
+
+TARGET_RATIO = 0.8
+IMAGENET_LIKE = 'imagenet_like_jpegs'
+# ILSVRC-2012's training JPEGs: about 110 KB on average (138 GB / 1.28 M), most of them 500 px on
+# the long side (500 x 375, 500 x 333; 3:4 portraits), a minority larger. PIL's quality 92 on
+# `render_image`'s content gives that mean size (measured, in the JSON's "images").
+_JPEG_QUALITY = 92
+_NUM_CLASSES = 1000
+
+
+# ---------------------------------------------------------------------------------------------
+# ImageNet-like JPEGs.
+
+
+def image_size(rng: np.random.Generator) -> tuple[int, int]:
+  """(height, width): 500 x 375 (75 %), 500 x 333 (15 %), or 4:3 with a long side of 600-800
+  (10 %); a quarter of them portrait."""
+  u = rng.uniform()
+  if u < 0.75:
+    width, height = 500, 375
+  elif u < 0.9:
+    width, height = 500, 333
+  else:
+    width = int(rng.integers(600, 801))
+    height = width * 3 // 4
+  if rng.uniform() < 0.25:
+    width, height = height, width
+  return height, width
+
+
+def _pink_noise(rng: np.random.Generator, height: int, width: int,
+                exponent: float) -> np.ndarray:
+  """Gaussian noise with amplitude spectrum 1 / f^exponent (natural images: about 1), std 1."""
+  fy = np.fft.fftfreq(height)[:, None]
+  fx = np.fft.rfftfreq(width)[None, :]
+  f = np.sqrt(fx * fx + fy * fy)
+  f[0, 0] = 1.0
+  shape = (height, width // 2 + 1)
+  spectrum = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)) / f ** exponent
+  spectrum[0, 0] = 0.0
+  field = np.fft.irfft2(spectrum, s=(height, width))
+  return (field / field.std()).astype(np.float32)
+
+
+def render_image(rng: np.random.Generator) -> np.ndarray:
+  """An RGB uint8 image with the statistics a JPEG encoder and decoder care about in a photograph:
+  regions of different colours with sharp edges (3-8 ellipses and polygons over a background),
+  an illumination gradient, texture at every scale (1/f luminance noise, smoother colour noise)
+  and mild sensor noise. Not meant to look like anything."""
+  height, width = image_size(rng)
+  luminance = _pink_noise(rng, height, width, 1.0)
+  chroma1, chroma2 = _pink_noise(rng, height, width, 1.5), _pink_noise(rng, height, width, 1.5)
+  regions = Image.new('L', (width, height), 0)
+  draw = ImageDraw.Draw(regions)
+  count = int(rng.integers(3, 9))
+  for k in range(1, count + 1):
+    cx, cy = rng.uniform(0, width), rng.uniform(0, height)
+    radius = rng.uniform(0.08, 0.35) * min(height, width)
+    if rng.uniform() < 0.5:
+      squash = rng.uniform(0.5, 1.5)
+      draw.ellipse([cx - radius, cy - radius * squash, cx + radius, cy + radius * squash], fill=k)
+    else:
+      sides, angle = int(rng.integers(3, 7)), rng.uniform(0, 2 * math.pi)
+      draw.polygon([(cx + radius * math.cos(angle + 2 * math.pi * i / sides),
+                     cy + radius * math.sin(angle + 2 * math.pi * i / sides))
+                    for i in range(sides)], fill=k)
+  palette = rng.uniform(30, 220, size=(count + 1, 3)).astype(np.float32)
+  image = palette[np.asarray(regions)]
+  image *= np.linspace(rng.uniform(0.7, 1.1), rng.uniform(0.8, 1.2), height,
+                       dtype=np.float32)[:, None, None]
+  image += 30 * luminance[..., None] + np.stack(
+      [12 * chroma1, -6 * chroma1 - 6 * chroma2, 12 * chroma2], axis=-1)
+  image += rng.normal(0, 2, size=(height, width, 1)).astype(np.float32)
+  return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def encode_jpeg(image: np.ndarray) -> bytes:
+  buffer = io.BytesIO()
+  Image.fromarray(image, mode='RGB').save(buffer, format='JPEG', quality=_JPEG_QUALITY)
+  return buffer.getvalue()
+
+
+@dataclasses.dataclass(eq=False)
+class ImageNetLikeConfig(tfds.core.BuilderConfig):
+  num_images: int = 500
+  seed: int = 0
+
+
+def _already_registered(name: str) -> bool:
+  return name in getattr(tfds.core.registered, '_DATASET_REGISTRY', {})
+
+
+class ImageNetLikeJpegs(tfds.core.GeneratorBasedBuilder,
+                        skip_registration=_already_registered(IMAGENET_LIKE)):
+  """`num_images` ImageNet-like JPEGs (render_image), one 'train' split, labels i % 1000 (only
+  so that the records have ImageNet's layout: JPEG `image`, integer `label`)."""
+
+  name = IMAGENET_LIKE
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  # `imagenet_like_builder` makes one config per count and seed (named n<count>_seed<seed>).
+  BUILDER_CONFIGS = [ImageNetLikeConfig(name='default', num_images=500, seed=0)]
+  code_path = epath.Path(__file__)  # as in shapes_dataset.py: no importlib_resources
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return self.dataset_info_from_configs(
+        description='JPEGs with ILSVRC-2012-like dimensions and file sizes (bench_input).',
+        features=tfds.features.FeaturesDict({
+            'image': tfds.features.Image(shape=(None, None, 3), encoding_format='jpeg'),
+            'label': tfds.features.ClassLabel(num_classes=_NUM_CLASSES),
+        }),
+        supervised_keys=('image', 'label'))
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    del dl_manager  # nothing to download
+    return {'train': self._generate_examples(self.builder_config.num_images)}
+
+  def _generate_examples(self, count: int) -> Iterator[tuple[int, dict]]:
+    """On every core (numpy's FFT and PIL's encoder release the GIL); example i depends only on
+    (seed, i)."""
+    seed = self.builder_config.seed
+
+    def example(index: int) -> dict:
+      image = render_image(np.random.default_rng([seed, index]))
+      return {'image': encode_jpeg(image), 'label': index % _NUM_CLASSES}
+
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+      for start in range(0, count, 64):
+        indices = range(start, min(start + 64, count))
+        yield from zip(indices, pool.map(example, indices))
+
+
+def imagenet_like_builder(num_images: int, data_dir: str | None,
+                          seed: int = 0) -> tfds.core.DatasetBuilder:
+  """The builder of `num_images` ImageNet-like JPEGs in data_dir (one config per count and seed,
+  so datasets of other sizes are kept beside it)."""
+  config = ImageNetLikeConfig(name=f'n{num_images}_seed{seed}', num_images=num_images, seed=seed,
+                              description=f'{num_images} ImageNet-like JPEGs, seed {seed}.')
+  return ImageNetLikeJpegs(config=config, data_dir=data_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring.
+
+
+def pin_to_one_cpu(cpu: int = -1) -> int | None:
+  """Pins every thread of this process to `cpu` (-1: the first it may run on); threads created
+  later inherit it. The CPU, or None where the OS cannot pin (then nothing changed)."""
+  if not hasattr(os, 'sched_setaffinity') or not os.path.isdir('/proc/self/task'):
+    return None
+  cpu = min(os.sched_getaffinity(0)) if cpu < 0 else cpu
+  for tid in os.listdir('/proc/self/task'):
+    try:
+      os.sched_setaffinity(int(tid), {cpu})
+    except ProcessLookupError:
+      pass  # the thread ended meanwhile
+  return cpu
+
+
+def single_threaded_tf() -> bool:
+  """One inter-op and one intra-op thread for TF's own ops (the decode loops; tf.data's pipelines
+  have their own pools, set by their options). Only possible before TF's runtime starts: False
+  if it had already started."""
+  try:
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+  except RuntimeError:
+    return False
+  return True
+
+
+def _rounds(run_round: Callable[[], int], repeats: int, warmup: int = 1) -> dict:
+  """Images/s of `repeats` timed calls of `run_round` (each returns how many images it did),
+  after `warmup` untimed ones: the best, the mean, every round's, and CPU seconds / wall seconds."""
+  for _ in range(warmup):
+    run_round()
+  rates, per_cpu_second, cpu_per_wall = [], [], []
+  for _ in range(repeats):
+    wall, cpu = time.perf_counter(), time.process_time()
+    images = run_round()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    rates.append(images / wall)
+    per_cpu_second.append(images / max(cpu, 1e-9))
+    cpu_per_wall.append(round(cpu / wall, 3))
+  return {'images_per_second': max(rates), 'mean_images_per_second': float(np.mean(rates)),
+          'rounds': rates, 'images_per_cpu_second': per_cpu_second, 'cpu_per_wall': cpu_per_wall}
+
+
+def image_loop(count: int, fn: Callable[[tf.Tensor], tf.Tensor]) -> Callable[[], int]:
+  """A round of `fn(i)` for i = 0 .. count - 1, one after another in one graph: a while loop's
+  step costs a small fraction of a tf.data map's per-element overhead, which would otherwise be
+  counted as decoding. Each image's first value is summed so that none can be skipped. The
+  round returns `count`."""
+
+  @tf.function
+  def loop():
+    def body(i, total):
+      first = tf.reshape(fn(i), [-1])[0]
+      return i + 1, total + tf.cast(first, tf.float32)
+    return tf.while_loop(lambda i, _: i < count, body, (tf.constant(0), tf.constant(0.0)),
+                         parallel_iterations=1)[1]
+
+  return lambda: (loop().numpy(), count)[1]
+
+
+@contextlib.contextmanager
+def _quiet_tf_logger():
+  logger = logging.getLogger('tensorflow')
+  level = logger.level
+  logger.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
+
+
+def read_jpegs(builder: tfds.core.DatasetBuilder, split: str) -> list[bytes]:
+  """The JPEG bytes of `split`, in file order (what the iterator reads, shuffled)."""
+  ds = builder.as_dataset(split=split, shuffle_files=False,
+                          decoders={'image': tfds.decode.SkipDecoding()})
+  return [ex['image'] for ex in tfds.as_numpy(ds)]
+
+
+def jpeg_statistics(jpegs: Sequence[bytes]) -> dict:
+  """Count, mean/min/max bytes and dimensions of the JPEGs (from their headers)."""
+  shapes = np.array([tf.image.extract_jpeg_shape(j).numpy()[:2] for j in jpegs])
+  sizes = np.array([len(j) for j in jpegs])
+  pixels = shapes[:, 0] * shapes[:, 1]
+  long_side, short_side = shapes.max(axis=1), shapes.min(axis=1)
+  return {'count': len(jpegs), 'mean_bytes': float(sizes.mean()), 'min_bytes': int(sizes.min()),
+          'max_bytes': int(sizes.max()), 'mean_height': float(shapes[:, 0].mean()),
+          'mean_width': float(shapes[:, 1].mean()), 'mean_pixels': float(pixels.mean()),
+          'mean_long_side': float(long_side.mean()), 'mean_short_side': float(short_side.mean()),
+          'max_side': int(shapes.max()), 'min_side': int(shapes.min()),
+          'portrait_fraction': float(np.mean(shapes[:, 0] > shapes[:, 1]))}
+
+
+def pipeline_config(dataset: str, data_dir: str, split: str, batch_size: int):
+  """configs/paper.py's preprocessing on `split` of `dataset`, batches of `batch_size`."""
+  config = paper.get_config()
+  config.dataset = dataset
+  config.data_dir = data_dir
+  config.train_split = split
+  config.eval_split = split  # check_images then tries only the images measured
+  config.batch_size = batch_size
+  return config
+
+
+def measure_dataset(config, builder: tfds.core.DatasetBuilder, repeats: int,
+                    warmup_batches: int) -> dict:
+  """decode, decode_resize, augment and pipeline rates (images/s) over `config.train_split`."""
+  jpegs = read_jpegs(builder, config.train_split)
+  count, resize = len(jpegs), config.resize_size
+  # Each stage traces its own loop once; TF would warn that it retraces.
+  with tf.device('/CPU:0'), _quiet_tf_logger():
+    files = tf.constant(jpegs, tf.string)
+    decode = _rounds(image_loop(count, lambda i: tf.io.decode_jpeg(
+        files[i], channels=3, dct_method='INTEGER_ACCURATE')), repeats)
+    decode_resize = _rounds(image_loop(
+        count, lambda i: input_pipeline.decode_and_resize(files[i], resize)), repeats)
+    # The training transform alone, on the decoded squares (decoded once, untimed).
+    squares = tf.stack([input_pipeline.decode_and_resize(j, resize) for j in jpegs])
+    transform = input_pipeline.pixel_transform(config, builder)
+    base_seed = tf.constant([config.seed, 0], tf.int64)
+    augment = _rounds(image_loop(count, lambda i: input_pipeline.train_example(
+        squares[i], tf.random.experimental.stateless_fold_in(base_seed, tf.cast(i, tf.int64)),
+        config, transform)), repeats)
+
+  batches = max(1, math.ceil(len(jpegs) / config.batch_size))
+  iterator = input_pipeline.train_iterator(config, builder)
+
+  def pipeline_round():
+    for _ in range(batches):
+      batch = next(iterator)
+    assert batch['image'].shape[0] == config.batch_size
+    return batches * config.batch_size
+
+  for _ in range(warmup_batches):
+    next(iterator)
+  pipeline = _rounds(pipeline_round, repeats, warmup=0)
+  per_core = {'decode': decode['images_per_second'],
+              'decode_resize': decode_resize['images_per_second'],
+              'augment': augment['images_per_second'],
+              'pipeline': pipeline['images_per_second']}
+  ms = {k: 1000.0 / v for k, v in per_core.items()}
+  ms['other'] = ms['pipeline'] - ms['decode_resize'] - ms['augment']
+  return {
+      'split': config.train_split, 'images': jpeg_statistics(jpegs),
+      'per_core': per_core,
+      'ratio': per_core['pipeline'] / per_core['decode_resize'],
+      'decode_over_decode_resize': per_core['decode'] / per_core['decode_resize'],
+      'ms_per_image': ms,
+      'pipeline_images_per_round': batches * config.batch_size,
+      'rounds': {'decode': decode, 'decode_resize': decode_resize, 'augment': augment,
+                 'pipeline': pipeline},
+  }
+
+
+def _cpu_model() -> str:
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return ''
+
+
+def run(data_dir: str, num_images: int, batch_size: int, repeats: int, warmup_batches: int,
+        shapes_dataset: str, cpu: int = -1, log=print) -> dict:
+  """Prepares both datasets (all cores), pins the process to one CPU, measures both."""
+  tf_single_threaded = single_threaded_tf()  # first: before any TF op starts TF's runtime
+  data_dir = os.path.expanduser(data_dir) if data_dir else None
+  prepared = {}
+  imagenet_like = imagenet_like_builder(num_images, data_dir)
+  config = pipeline_config(imagenet_like.info.full_name, data_dir or '', 'train', batch_size)
+  log(f'Preparing {imagenet_like.info.full_name} ({num_images} JPEGs) and its statistics.')
+  prepared['imagenet_like'] = (config, input_pipeline.prepare_dataset(config, imagenet_like))
+  config = pipeline_config(shapes_dataset, data_dir or '', 'train', batch_size)
+  shapes = input_pipeline.open_dataset(config)
+  log(f'Preparing {shapes_dataset} and the statistics of its first {num_images} images.')
+  if not shapes.is_prepared():
+    shapes.download_and_prepare()  # generated here, once (prepare_dataset does the same)
+  count = min(num_images, input_pipeline.num_examples(shapes, 'train'))
+  config = pipeline_config(shapes_dataset, data_dir or '', f'train[:{count}]', batch_size)
+  prepared['synthetic_shapes'] = (config, input_pipeline.prepare_dataset(config, shapes))
+
+  pinned = pin_to_one_cpu(cpu)
+  method = (f'every thread pinned to CPU {pinned} (sched_setaffinity) after preparing the '
+            f'datasets; decode loops in one thread (one TF graph, inter- and intra-op threads 1), '
+            f'the training iterator with its own options (a {max(1, os.cpu_count() or 1)}-thread '
+            f'tf.data pool) sharing that CPU'
+            if pinned is not None else
+            'not pinned (no sched_setaffinity here): rates are whole-process; divide by '
+            'cpu_per_wall for images/s per core')
+  result = {'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
+            'cpu_model': _cpu_model(), 'cpu_count': os.cpu_count(),
+            'tensorflow_version': tf.__version__, 'tfds_version': tfds.__version__,
+            'per_core_method': method, 'pinned_cpu': pinned,
+            'tf_threads': {'inter_op': tf.config.threading.get_inter_op_parallelism_threads(),
+                           'intra_op': tf.config.threading.get_intra_op_parallelism_threads(),
+                           'set_before_tf_started': tf_single_threaded},
+            'load_average': list(os.getloadavg()) if hasattr(os, 'getloadavg') else None,
+            'num_images': num_images, 'batch_size': batch_size, 'repeats': repeats,
+            'warmup_batches': warmup_batches, 'jpeg_quality': _JPEG_QUALITY,
+            'target': TARGET_RATIO,
+            'config': {k: config[k] for k in (  # the preprocessing: configs/paper.py's
+                'resize_size', 'image_size', 'mean_subtraction', 'pca_lighting_std',
+                'pca_eigen', 'train_crop', 'cache_decoded', 'shuffle_buffer', 'seed')},
+            'datasets': {}}
+  for name, (config, builder) in prepared.items():
+    log(f'Measuring {builder.info.full_name} {config.train_split} on one core.')
+    result['datasets'][name] = {'dataset': builder.info.full_name,
+                                **measure_dataset(config, builder, repeats, warmup_batches)}
+  main_figures = result['datasets']['imagenet_like']
+  result['per_core'] = main_figures['per_core']
+  result['ratio'] = main_figures['ratio']
+  result['target_met'] = result['ratio'] >= TARGET_RATIO
+  result['load_average_after'] = list(os.getloadavg()) if hasattr(os, 'getloadavg') else None
+  return result
+
+
+def markdown(result: dict) -> str:
+  """The docs table for one run: images/s per core, ms per image, the ratio."""
+  rows = ['| dataset (JPEGs) | mean KB, long x short side | decode | decode + resize | augment | '
+          'pipeline | ratio | ms/image: decode+resize, augment, other |',
+          '|---|---|---|---|---|---|---|---|']
+  for name, d in result['datasets'].items():
+    i, p, ms = d['images'], d['per_core'], d['ms_per_image']
+    rows.append(f'| {name} ({i["count"]}) | {i["mean_bytes"] / 1000:.0f} KB, '
+                f'{i["mean_long_side"]:.0f} x {i["mean_short_side"]:.0f} | {p["decode"]:.1f} | '
+                f'{p["decode_resize"]:.1f} | {p["augment"]:.1f} | {p["pipeline"]:.1f} | '
+                f'{d["ratio"]:.2f} | {ms["decode_resize"]:.2f}, {ms["augment"]:.2f}, '
+                f'{ms["other"]:.2f} |')
+  return '\n'.join(rows) + '\n'
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  f = flags.FLAGS
+  if f.num_images < 1 or f.batch_size < 1 or f.repeats < 1:
+    raise app.UsageError('--num_images, --batch_size and --repeats must be positive.')
+  result = run(f.data_dir, f.num_images, f.batch_size, f.repeats, f.warmup_batches,
+               f.shapes_dataset, f.cpu)
+  os.makedirs(f.out, exist_ok=True)
+  path = os.path.join(f.out, 'bench_input.json')
+  with open(path, 'w') as fh:
+    json.dump(result, fh, indent=1)
+  print(f'images/s per core ({result["per_core_method"]}):')
+  print(markdown(result))
+  verdict = 'met' if result['target_met'] else 'NOT met'
+  print(f'ImageNet-like: pipeline / decode_resize = {result["ratio"]:.3f} (target >= '
+        f'{TARGET_RATIO}: {verdict}); load average {result["load_average"]} -> '
+        f'{result["load_average_after"]}; wrote {path}')
+
+
+def cli() -> None:
+  """`python -m alexnet_jax.bench_input` (alexnet_jax/bench_input.py): the flags, then `main`."""
+  flags.DEFINE_string('out', '/tmp/alexnet_bench_input', 'Where bench_input.json is written.')
+  flags.DEFINE_string('data_dir', '', "tfds data dir of both datasets ('': tfds's default, "
+                      '~/tensorflow_datasets or $TFDS_DATA_DIR).')
+  flags.DEFINE_integer('num_images', 500, 'ImageNet-like JPEGs generated, and synthetic_shapes '
+                       'training images read; every round of every figure goes over them once.')
+  flags.DEFINE_integer('batch_size', 128, 'Batch size of the training iterator (the paper: 128).')
+  flags.DEFINE_integer('repeats', 5, 'Timed rounds per figure (the best is reported).')
+  flags.DEFINE_integer('warmup_batches', 2, 'Untimed batches of the training iterator.')
+  flags.DEFINE_string('shapes_dataset', 'synthetic_shapes/default', 'The generated dataset.')
+  flags.DEFINE_integer('cpu', -1, 'The CPU to pin to (-1: the first this process may run on).')
+  app.run(main)

@@ -1,0 +1,84 @@
+"""The input benchmark: its ImageNet-like JPEGs against ILSVRC-2012's sizes, and its command line
+end to end (fields, the ratio's arithmetic, one core). Speeds are measured, never asserted: which
+of decode and decode + resize is faster depends on the images and the machine."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from alexnet_jax.tools import bench_input
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RATES = ('decode', 'decode_resize', 'augment', 'pipeline')
+
+
+def _check_imagenet_like(images):
+  """ILSVRC-2012-like: about 110 KB, mostly 500 x 375 or 500 x 333, a few larger."""
+  assert 90_000 <= images['mean_bytes'] <= 130_000, images
+  assert 500 <= images['mean_long_side'] <= 560, images
+  assert 340 <= images['mean_short_side'] <= 420, images
+  assert images['min_side'] >= 333 and images['max_side'] <= 800, images
+
+
+def test_imagenet_like_jpegs_have_ilsvrc_sizes_and_are_deterministic():
+  sizes = [bench_input.image_size(np.random.default_rng([0, i])) for i in range(2000)]
+  share = lambda *dims: np.mean([sorted(s, reverse=True) in [list(d) for d in dims]
+                                 for s in sizes])
+  assert 0.7 < share((500, 375)) < 0.8 and 0.1 < share((500, 333)) < 0.2
+  assert 0.2 < np.mean([h > w for h, w in sizes]) < 0.3  # portraits
+  jpegs = [bench_input.encode_jpeg(bench_input.render_image(np.random.default_rng([0, i])))
+           for i in range(48)]
+  _check_imagenet_like(bench_input.jpeg_statistics(jpegs))
+  again = bench_input.encode_jpeg(bench_input.render_image(np.random.default_rng([0, 5])))
+  assert again == jpegs[5]
+
+
+def test_every_count_of_imagenet_like_jpegs_has_its_own_builder(tmp_path):
+  for count in (16, 500, 1000):  # 500: the default count
+    builder = bench_input.imagenet_like_builder(count, str(tmp_path))
+    assert builder.builder_config.num_images == count
+    assert builder.info.full_name == f'imagenet_like_jpegs/n{count}_seed0/1.0.0'
+
+
+def test_bench_input_command_writes_per_core_rates_and_their_ratio(tmp_path):
+  out = tmp_path / 'out'
+  proc = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.bench_input', f'--out={out}',
+       f'--data_dir={tmp_path / "tfds"}', '--num_images=16', '--batch_size=8', '--repeats=1',
+       '--warmup_batches=1', '--shapes_dataset=synthetic_shapes/tiny'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads((out / 'bench_input.json').read_text())
+  assert sorted(result['datasets']) == ['imagenet_like', 'synthetic_shapes']
+  for name, entry in result['datasets'].items():
+    for rate in RATES:
+      value = entry['per_core'][rate]
+      assert math.isfinite(value) and value > 0, (name, rate, value)
+      assert entry['ms_per_image'][rate] == 1000.0 / value
+    assert entry['ratio'] == entry['per_core']['pipeline'] / entry['per_core']['decode_resize']
+    assert entry['images']['count'] == 16, name
+    if result['pinned_cpu'] is not None:  # one core: never more CPU seconds than wall seconds
+      for rate in RATES:
+        assert max(entry['rounds'][rate]['cpu_per_wall']) <= 1.05, (name, rate, entry['rounds'])
+  assert result['datasets']['synthetic_shapes']['split'] == 'train[:16]'
+  imagenet_like = result['datasets']['imagenet_like']
+  _check_imagenet_like(imagenet_like['images'])
+  # The headline figures are the ImageNet-like set's.
+  assert result['per_core'] == imagenet_like['per_core']
+  assert result['ratio'] == result['per_core']['pipeline'] / result['per_core']['decode_resize']
+  assert result['target'] == 0.8 and result['target_met'] == (result['ratio'] >= 0.8)
+  assert result['config']['mean_subtraction'] == 'image'  # configs/paper.py's preprocessing
+  assert result['config']['pca_lighting_std'] == 0.1
+  assert result['tensorflow_version'] and result['cpu_count'] >= 1
+  assert '| imagenet_like (16) |' in proc.stdout and '| synthetic_shapes (16) |' in proc.stdout
+
+
+def test_bench_input_refuses_non_positive_counts(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.bench_input', f'--out={tmp_path}', '--repeats=0'],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0 and 'must be positive' in proc.stderr
