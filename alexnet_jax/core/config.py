@@ -134,9 +134,9 @@ def _exit_with(message: str) -> None:
 
 def _types(config: ml_collections.ConfigDict) -> list[str]:
   """Every field holds a value of its default's kind (a number, a string, a tuple, ...)."""
-  problems = []
+  problems, known = [], _flat(defaults())
   for field, value in _flat(config).items():
-    expected = _flat(defaults()).get(field)
+    expected = known.get(field)
     if expected is None:
       continue
     numbers = (int, float)
@@ -340,7 +340,7 @@ def check_dataset(config: ml_collections.ConfigDict, dataset_classes: int) -> No
         f'{dataset_classes} classes; set --config.model.num_classes={dataset_classes}.')
 
 
-def check_workdir_error(workdir: str, error: OSError) -> ConfigError:
+def workdir_error(workdir: str, error: OSError) -> ConfigError:
   """The refusal of a workdir that cannot be written."""
   return ConfigError(f'--workdir={workdir} cannot be written ({error.strerror or error}); use a '
                      'directory you can write to.')

@@ -123,7 +123,7 @@ def _open_workdir(workdir: str) -> str:
     with tempfile.TemporaryFile(dir=workdir):
       pass
   except OSError as e:
-    raise config_lib.check_workdir_error(workdir, e) from e
+    raise config_lib.workdir_error(workdir, e) from e
   return workdir
 
 

@@ -38,7 +38,6 @@ import re
 import shlex
 import sys
 import tarfile
-import tempfile
 import time
 from typing import Any, Iterator, Sequence
 
@@ -556,8 +555,8 @@ def _split_fingerprint(builder: tfds.core.DatasetBuilder, split: str) -> str:
 
 def image_check_path(builder: tfds.core.DatasetBuilder, split: str) -> str:
   """Where the check of `split` is saved: beside the dataset's files, like its statistics."""
-  safe_split = split.replace('/', '_').replace(':', '-').replace('[', '_').replace(']', '')
-  return os.path.join(os.fspath(builder.data_dir), f'alexnet_jax_images-{safe_split}.json')
+  return os.path.join(os.fspath(builder.data_dir),
+                      f'alexnet_jax_images-{dataset_stats.file_safe(split)}.json')
 
 
 def load_or_scan_images(builder: tfds.core.DatasetBuilder, split: str
@@ -582,18 +581,13 @@ def load_or_scan_images(builder: tfds.core.DatasetBuilder, split: str
   logging.info('Checked the %d images of %s %s in %.1f s: %d truncated, %d undecodable.',
                check.num_images, builder.name, split, check.seconds, len(check.truncated),
                len(check.undecodable))
-  tmp = None
-  try:  # atomically: concurrent processes never read half a file
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.tmp_images_', suffix='.json')
-    with os.fdopen(fd, 'w') as f:
-      json.dump({'version': IMAGE_CHECK_VERSION, 'fingerprint': fingerprint,
-                 **dataclasses.asdict(check)}, f, indent=1)
-    os.replace(tmp, path)
+  record = {'version': IMAGE_CHECK_VERSION, 'fingerprint': fingerprint,
+            **dataclasses.asdict(check)}
+  try:
+    dataset_stats.write_atomically(path, lambda f: json.dump(record, f, indent=1))
   except OSError as e:
     logging.warning('Cannot save the image check in %s (%s); later runs will check again.',
                     path, e)
-    if tmp and os.path.exists(tmp):
-      os.remove(tmp)
   return check, path
 
 

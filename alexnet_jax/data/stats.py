@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -38,19 +38,9 @@ class DatasetStats:
   num_images: int
 
   def save(self, path: str) -> None:
-    """Atomically (write aside, then rename): concurrent processes never see half a file."""
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp_stats_', suffix='.npz')
-    try:
-      with os.fdopen(fd, 'wb') as f:
-        np.savez(f, version=STATS_VERSION, **{k: np.asarray(v) for k, v in
-                                              dataclasses.asdict(self).items()})
-      os.replace(tmp, path)
-    except BaseException:
-      if os.path.exists(tmp):
-        os.remove(tmp)
-      raise
+    """Atomically: concurrent processes never see half a file."""
+    arrays = {k: np.asarray(v) for k, v in dataclasses.asdict(self).items()}
+    write_atomically(path, lambda f: np.savez(f, version=STATS_VERSION, **arrays), binary=True)
 
   @classmethod
   def load(cls, path: str) -> DatasetStats:
@@ -98,6 +88,26 @@ def accumulate(batches: Iterable[np.ndarray]) -> DatasetStats:
 def cache_path(dataset_dir: str, split: str, resize_size: int, num_images: int) -> str:
   """Where the stats of `split` live, beside the dataset's own files."""
   count = 'all' if num_images <= 0 else str(num_images)
-  safe_split = split.replace('/', '_').replace(':', '-').replace('[', '_').replace(']', '')
   return os.path.join(dataset_dir,
-                      f'alexnet_jax_stats-{safe_split}-r{resize_size}-n{count}.npz')
+                      f'alexnet_jax_stats-{file_safe(split)}-r{resize_size}-n{count}.npz')
+
+
+def file_safe(split: str) -> str:
+  """A tfds split name ('train[:1000]') as part of a file name."""
+  return split.replace('/', '_').replace(':', '-').replace('[', '_').replace(']', '')
+
+
+def write_atomically(path: str, write: Callable[[Any], None], binary: bool = False) -> None:
+  """`write(file)` into a file beside `path`, renamed to `path` once complete: the files cached
+  beside a dataset are read by concurrent processes, which must never see half of one."""
+  directory = os.path.dirname(path)
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp_', suffix=os.path.splitext(path)[1])
+  try:
+    with os.fdopen(fd, 'wb' if binary else 'w') as f:
+      write(f)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
