@@ -1,8 +1,17 @@
-"""`python -m alexnet_jax.comms`: The communication report: what every strategy moves per training step (alexnet_jax/tools/comms.py)."""
+"""`python -m alexnet_jax.comms`: The communication report: what every strategy moves per training step (alexnet_jax/tools/comms.py); with --target, the pod plan (alexnet_jax/tools/plan.py)."""
 
-from alexnet_jax.runtime import allocator
-from alexnet_jax.tools import comms
+import sys
+
+from alexnet_jax.runtime import quiet
 
 if __name__ == '__main__':
-  allocator.keep_freed_memory()  # before other threads allocate (alexnet_jax/runtime/allocator.py)
-  comms.cli()
+  target = quiet.compile_only(sys.argv)
+  if target:
+    quiet.compile_only_environment()
+  with quiet.held_stderr(enabled=target):
+    # Imported here, not above: with --target, what JAX, TensorFlow and the compilers print as
+    # they load is held back too (alexnet_jax/runtime/quiet.py).
+    from alexnet_jax.runtime import allocator  # pylint: disable=g-import-not-at-top
+    from alexnet_jax.tools import comms  # pylint: disable=g-import-not-at-top
+    allocator.keep_freed_memory()  # before other threads allocate (alexnet_jax/runtime/allocator.py)
+    comms.cli()

@@ -94,20 +94,32 @@ class Strategy:
     return self.mesh.size
 
   def input_group(self, batch_size: int) -> tuple[int, int]:
-    """(group, groups): this process feeds block `group` of the global batch cut into `groups`
-    equal row blocks. Processes whose devices hold the same rows (a batch replicated over
-    processes, as in `towers` across two hosts) are one group and must read the same data."""
-    rows = {(s[0].start or 0, batch_size if s[0].stop is None else s[0].stop)
-            for s in self.batch_sharding.addressable_devices_indices_map((batch_size,)).values()}
-    if not rows:
+    """(group, groups): this process feeds group `group` of `groups` equal sets of the global
+    batch's rows. Processes whose devices hold the same rows (a batch replicated over processes,
+    as in `towers` across two hosts) are one group and must read the same data.
+
+    A process's rows need not be one contiguous block: on a TPU slice, a 1-D mesh follows the
+    torus's ring, so a host's chips sit at several places along the batch. The rows are i.i.d.
+    examples and evaluation sums with a mask, so which rows a group's examples fill does not
+    matter; `jax.make_array_from_process_local_data` places them."""
+    rows_of = {}
+    for device, index in self.batch_sharding.devices_indices_map((batch_size,)).items():
+      s = index[0]
+      rows_of.setdefault(device.process_index, set()).add(
+          (s.start or 0, batch_size if s.stop is None else s.stop))
+    mine = rows_of.get(jax.process_index())
+    if not mine:
       raise ValueError(f'process {jax.process_index()} has no device in the {self.name} mesh; '
                        'use every process\'s devices (config.num_devices = all devices).')
-    lo, hi = min(r[0] for r in rows), max(r[1] for r in rows)
-    size = hi - lo
-    if sum(b - a for a, b in rows) != size or batch_size % size or lo % size:
-      raise ValueError(f'process {jax.process_index()} holds rows {sorted(rows)} of the batch '
-                       f'under {self.name}: not one contiguous block of an equal split.')
-    return lo // size, batch_size // size
+    held = lambda rows: sum(b - a for a, b in rows)
+    sets = sorted({frozenset(r) for r in rows_of.values()}, key=min)
+    rows = [r for rs in sets for r in rs]
+    if (len({held(r) for r in sets}) != 1 or len(rows) != len(set(rows))
+        or held(rows) != batch_size):
+      raise ValueError(f'process {jax.process_index()} holds rows {sorted(mine)} of the batch '
+                       f'under {self.name}: the processes do not hold equal, separate sets of '
+                       'rows.')
+    return sets.index(frozenset(mine)), len(sets)
 
 
 def param_spec_tree(param_spec: ParamSpec, params) -> Any:

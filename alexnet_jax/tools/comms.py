@@ -33,204 +33,13 @@ from alexnet_jax.core import config as config_lib
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import run as run_lib
 from alexnet_jax.core import strategies as strategies_lib
+from alexnet_jax.runtime import quiet
 from alexnet_jax.tools import measure as measure_lib
+from alexnet_jax.tools import plan as plan_lib
+from alexnet_jax.tools import targets as targets_lib
+from alexnet_jax.tools.formula import analytic_bytes, layer_table, loss_bytes_bound
+from alexnet_jax.tools.hlo import LAYERS, LOSS, bytes_by_layer, parse_collectives
 from alexnet_jax.tools.drawing import COLOURS, png_bytes
-
-DTYPE_BYTES = {'pred': 1, 's8': 1, 'u8': 1, 's16': 2, 'u16': 2, 'f16': 2, 'bf16': 2, 's32': 4,
-               'u32': 4, 'f32': 4, 's64': 8, 'u64': 8, 'f64': 8, 'c64': 8, 'c128': 16}
-KINDS = ('all-gather', 'all-reduce', 'reduce-scatter', 'all-to-all', 'collective-permute')
-LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8')
-LOSS = 'loss_metrics'  # outside the strategy's shard_map: jit's own partitioning of the loss
-
-_INSTRUCTION = re.compile(
-    r'^\s*(?:ROOT\s+)?%?(?P<name>[\w.\-]+)\s*=\s*(?P<type>.+?)\s+'
-    r'(?P<op>' + '|'.join(KINDS) + r')(?P<start>-start)?\((?P<args>[^)]*)\)(?P<attrs>.*)$')
-_SHAPE = re.compile(r'\b(?P<dtype>' + '|'.join(DTYPE_BYTES) + r')\[(?P<dims>[\d,]*)\]')
-
-
-@dataclasses.dataclass
-class Collective:
-  """One collective of a compiled program, with the bytes one device sends for it."""
-  kind: str
-  shape: list  # of its result
-  dtype: str
-  group_size: int
-  replica_groups: str
-  bytes_per_device: float
-  op_name: str
-  layer: str  # conv1 .. fc8, loss_metrics, or '?' when it cannot be told
-  phase: str  # forward or backward
-  instruction: str  # its name in the HLO
-  combined: int  # how many collectives XLA combined into that instruction
-
-  def to_json(self) -> dict:
-    return dataclasses.asdict(self)
-
-
-def _shapes(text: str) -> list[tuple[str, tuple[int, ...]]]:
-  return [(m['dtype'], tuple(int(d) for d in m['dims'].split(',') if d))
-          for m in _SHAPE.finditer(text)]
-
-
-def group_size(attrs: str, num_devices: int) -> tuple[int, str]:
-  """The size of the device groups a collective runs over, from any of XLA's spellings."""
-  m = re.search(r'replica_groups=(\{\{[^=]*?\}\}|\{\})', attrs)
-  if m:
-    text = m.group(1)
-    if text == '{}':
-      return num_devices, text
-    first = re.match(r'\{\{([\d,]*)\}', text).group(1)
-    return len([d for d in first.split(',') if d]), text
-  m = re.search(r'replica_groups=\[(\d+),(\d+)\]<=\[[\d,]+\](?:T\([\d,]+\))?', attrs)
-  if m:  # iota: [groups, group size] <= [devices]
-    return int(m.group(2)), m.group(0).split('=', 1)[1]
-  m = re.search(r"replica_groups=mesh\[(?P<axes>[^\]]*)\]\s*\{(?P<names>[^}]*)\}", attrs)
-  if m:  # mesh['a'=2,'b'=4] {'b'}: groups over the named axes
-    sizes = {k: int(v) for k, v in re.findall(r"'([^']+)'=(\d+)", m['axes'])}
-    names = re.findall(r"'([^']+)'", m['names'])
-    return math.prod(sizes[n] for n in names), m.group(0).split('=', 1)[1]
-  m = re.search(r'source_target_pairs=(\{[^=]*?\}\})', attrs)
-  if m:
-    return 2, m.group(1)
-  return num_devices, ''
-
-
-def bytes_per_device(kind: str, result_bytes: int, g: int) -> float:
-  """Ring-algorithm bytes one device sends (see the module docstring)."""
-  if g <= 1:
-    return 0.0
-  return {'all-gather': (g - 1) / g * result_bytes,
-          'reduce-scatter': (g - 1) * result_bytes,  # the input is g times the result
-          'all-reduce': 2 * (g - 1) / g * result_bytes,
-          'all-to-all': (g - 1) / g * result_bytes,
-          'collective-permute': float(result_bytes)}[kind]
-
-
-def layer_of(op_name: str) -> str:
-  """The layer whose named scope a collective was traced in; LOSS outside any shard_map."""
-  if 'shard_map' not in op_name:
-    return LOSS
-  found = [layer for layer in LAYERS if re.search(r'(^|/)' + layer + r'(/|$)', op_name)]
-  return found[-1] if len(set(found)) == 1 else '?'
-
-
-def split_op_names(op_name: str, count: int) -> list[str]:
-  """The op names of the collectives XLA combined into one, in operand order.
-
-  A combined op is named 'prefix/(name1:name2:...)'; anything else names all its operands.
-  """
-  at = 0 if op_name.startswith('(') else op_name.find('/(') + 1  # where '(' opens the list
-  if count > 1 and op_name.endswith(')') and (at > 0 or op_name.startswith('(')):
-    prefix, body = op_name[:max(at - 1, 0)], op_name[at + 1:-1]
-    parts, depth, current = [], 0, ''
-    for ch in body:
-      if ch == ':' and depth == 0:
-        parts.append(current)
-        current = ''
-        continue
-      depth += (ch == '(') - (ch == ')')
-      current += ch
-    parts.append(current)
-    if len(parts) == count:
-      return [(prefix + '/' if prefix else '') + part for part in parts]
-  return [op_name] * count
-
-
-def parse_collectives(hlo_text: str, num_devices: int) -> list[Collective]:
-  """Every collective in an HLO module's text (async pairs counted once, at their start).
-
-  A collective XLA combined from several (a tuple all-reduce of many gradients) is listed once
-  per operand, each with its own op name and layer, and `combined` = the operand count.
-  """
-  out = []
-  for line in hlo_text.splitlines():
-    m = _INSTRUCTION.match(line)
-    if not m:
-      continue
-    shapes = _shapes(m['type'])
-    if m['start'] and m['op'] != 'all-reduce':
-      # (operand, result[, contexts]) tuples: the result is the second element.
-      shapes = shapes[1:2] if len(shapes) > 1 else shapes
-    g, groups = group_size(m['attrs'], num_devices)
-    op_name = re.search(r'op_name="([^"]*)"', m['attrs'])
-    op_name = op_name.group(1) if op_name else ''
-    for (dtype, shape), name in zip(shapes, split_op_names(op_name, len(shapes))):
-      out.append(Collective(
-          kind=m['op'], shape=list(shape), dtype=dtype, group_size=g, replica_groups=groups,
-          bytes_per_device=bytes_per_device(m['op'], DTYPE_BYTES[dtype] * math.prod(shape), g),
-          op_name=name, layer=layer_of(name),
-          phase='backward' if 'transpose(' in name else 'forward',
-          instruction=m['name'], combined=len(shapes)))
-  return out
-
-
-def bytes_by_layer(collectives: list[Collective]) -> dict[str, float]:
-  totals = {}
-  for c in collectives:
-    totals[c.layer] = totals.get(c.layer, 0.0) + c.bytes_per_device
-  return totals
-
-
-# --- The formula: what each strategy should move, from the layer table. ---
-
-def layer_table(net, image_size: int) -> dict:
-  """Per layer: parameters (both towers) and the per-tower width of the activation it reads
-  from the other tower (conv3: pool2, fc6: pool5, fc7: fc6, fc8: fc7)."""
-  params = jax.eval_shape(lambda k: model_lib.init_params(net, k, image_size),
-                          jax.random.key(0))
-  pool = lambda s: (s - 3) // 2 + 1
-  conv1 = (image_size + model_lib.conv1_padding(image_size) - 11) // 4 + 1
-  s2 = pool(pool(conv1))  # conv2 keeps the size (pad 2), so do conv3-conv5 (pad 1)
-  s5 = pool(s2)
-  c = net.conv_features
-  reads = {'conv3': s2 * s2 * c[1], 'fc6': s5 * s5 * c[4], 'fc7': net.fc_features[0],
-           'fc8': net.fc_features[1]}
-  return {layer: {'params': sum(math.prod(a.shape) for a in params[layer].values()),
-                  'reads_per_tower': reads.get(layer, 0),
-                  'leaves': {w: tuple(a.shape) for w, a in params[layer].items()}}
-          for layer in LAYERS}
-
-
-def analytic_bytes(parallelism: str, num_devices: int, batch_size: int, table: dict,
-                   dtype_bytes: int = 4) -> dict[str, float]:
-  """Bytes per device per step, per layer, for float32 parameters and activations.
-
-  B = batch, n = devices, a_L = per-tower activation a layer reads across towers, W_L its
-  parameters (both towers), ar(g) = 2 (g-1)/g (ring all-reduce):
-    towers       2 B a_L                             (all-gather fwd + reduce-scatter bwd, g = 2)
-    towers_data  2 (2B/n) a_L + ar(n/2) W_L / 2      (towers on B/(n/2); a tower's grads over data)
-    data, fsdp   ar(n) W_L                           (fsdp: all-gather W fwd + reduce-scatter bwd)
-    hybrid       conv: ar(n) W_L; fc6/fc7/fc8: 2 (n-1)/n B 2 a_L (gather the whole batch's
-                 features, scatter their gradients); fc8 adds ar(n/2) W_fc8 / 2
-  """
-  n, b, d = num_devices, batch_size, dtype_bytes
-  ar = lambda g: 2 * (g - 1) / g
-  out = {}
-  for layer, row in table.items():
-    w, a = row['params'] * d, row['reads_per_tower'] * d
-    if parallelism == 'towers':
-      v = 2 * b * a
-    elif parallelism == 'towers_data':
-      v = 2 * (b // (n // 2)) * a + ar(n // 2) * w / 2
-    elif parallelism in ('data', 'fsdp'):
-      v = ar(n) * w
-    elif parallelism == 'hybrid':
-      if layer.startswith('conv'):
-        v = ar(n) * w
-      else:
-        v = 2 * (n - 1) / n * b * 2 * a + (ar(n // 2) * w / 2 if layer == 'fc8' else 0.0)
-    else:
-      raise ValueError(f'no formula for {parallelism!r}')
-    out[layer] = float(v)
-  return out
-
-
-def loss_bytes_bound(batch_size: int, num_leaves: int = 16) -> float:
-  """An upper bound on what jit adds for the loss and metrics on the sharded logits: a handful
-  of per-example values (max, sums, label logit, hit) and one scalar per gradient leaf (the
-  gradient norm), each all-reduced at most once: 16 per-example values and 3 per leaf."""
-  return 2.0 * 4 * (16 * batch_size + 3 * num_leaves + 16)
-
 
 # --- Measuring the real train step. ---
 
@@ -425,12 +234,61 @@ def write(result: dict, out_dir: str) -> None:
     f.write(chart(result))
 
 
+# Images/s one CPU core feeds through the training pipeline on ImageNet-like JPEGs (bench_input,
+# docs/performance.md): what the plan's input ceiling assumes unless given --bench_input.
+INPUT_PER_CORE = 370.0
+
+
+def _device_counts(text: str) -> list[int]:
+  try:
+    counts = [int(x) for x in text.split(',') if x.strip()]
+  except ValueError:
+    counts = []
+  if not counts or min(counts) < 1:
+    raise app.UsageError(f'--devices={text}: give device counts, e.g. --devices=2 or '
+                         '--devices=2,8,32 (several with --target only)')
+  return counts
+
+
+def _input_per_core(path: str) -> float:
+  if not path:
+    return INPUT_PER_CORE
+  with open(os.path.join(path, 'bench_input.json') if os.path.isdir(path) else path) as f:
+    return float(json.load(f)['per_core']['pipeline'])
+
+
+def main_target(config, counts: list[int], strategies) -> None:
+  """--target: the pod plan (tools/plan.py), compiled for the target, nothing run."""
+  quiet.compile_only_environment()
+  jax.config.update('jax_platforms', 'cpu')
+  try:
+    profile = targets_lib.load(flags.FLAGS.target)
+  except targets_lib.TargetError as e:
+    raise app.UsageError(str(e)) from None
+  why = targets_lib.compiler_missing(profile)
+  if why:
+    raise app.UsageError(why)
+  result = plan_lib.make_plan(
+      config, profile, counts, strategies=strategies,
+      batch_per_replica=flags.FLAGS.batch_per_replica, efficiency=flags.FLAGS.efficiency,
+      slices=flags.FLAGS.slices, input_per_core=_input_per_core(flags.FLAGS.bench_input),
+      cache_dir=flags.FLAGS.cache_dir or None)
+  plan_lib.write(result, flags.FLAGS.out)
+  print(plan_lib.markdown(result))
+
+
 def main(argv):
   del argv
   config = flags.FLAGS.config
-  jax.config.update('jax_num_cpu_devices', flags.FLAGS.devices)  # only the CPU backend uses it
+  counts = _device_counts(flags.FLAGS.devices)
   strategies = [s for s in flags.FLAGS.strategies.split(',') if s] or None
-  result = report(config, flags.FLAGS.devices, steps=flags.FLAGS.steps,
+  if flags.FLAGS.target:
+    return main_target(config, counts, strategies)
+  if len(counts) > 1:
+    raise app.UsageError('several device counts need --target (a simulated CPU report is one '
+                         'device count per run)')
+  jax.config.update('jax_num_cpu_devices', counts[0])  # only the CPU backend uses it
+  result = report(config, counts[0], steps=flags.FLAGS.steps,
                   warmup=flags.FLAGS.warmup, strategies=strategies)
   if flags.FLAGS.time_convs:
     result['both_towers_executor'] = time_both_towers_executors(
@@ -444,12 +302,27 @@ def main(argv):
 def cli() -> None:
   """`python -m alexnet_jax.comms` (alexnet_jax/comms.py): defines the flags and runs `main`."""
   config_flags.DEFINE_config_file('config', None, 'A configs/*.py file.', lock_config=False)
-  flags.DEFINE_integer('devices', 2, 'Devices (simulated on CPU when there are fewer).')
-  flags.DEFINE_string('out', None, 'Where comms.json, comms.md and comms.png go.')
+  flags.DEFINE_string('devices', '2', 'Devices (simulated on CPU when there are fewer); with '
+                      '--target, a comma-separated list of device counts.')
+  flags.DEFINE_string('out', None, 'Where comms.json, comms.md and comms.png go (with --target: '
+                      'plan.json, plan.md and plan.png).')
   flags.DEFINE_integer('steps', 3, 'Timed steps per strategy (after the warm-up).')
   flags.DEFINE_integer('warmup', 1, 'Untimed steps before timing.')
   flags.DEFINE_string('strategies', '', 'Comma-separated subset (default: all that fit).')
   flags.DEFINE_integer('time_convs', 0, 'If > 0: also time the two ways one device can '
                        'run both towers (split vs vmapped) at this batch size.')
+  flags.DEFINE_string('target', '', 'Compile for this hardware instead of running here: '
+                      + ', '.join(targets_lib.known()) + ', or a profile file (TOML).')
+  flags.DEFINE_integer('batch_per_replica', 128, 'With --target: images per batch shard (the '
+                       'global batch grows with the shards); 0: the config\'s batch_size.')
+  flags.DEFINE_float('efficiency', 0.4, 'With --target: the fraction of peak FLOP/s the '
+                     'prediction assumes for compute.')
+  flags.DEFINE_integer('slices', 1, 'With --target (TPU): slices joined by the data-center '
+                       'network.')
+  flags.DEFINE_string('bench_input', '', 'With --target: a bench_input.json (or its directory) '
+                      'whose per-core pipeline rate sets the hosts\' input ceiling (default: '
+                      f'{INPUT_PER_CORE:.0f} images/s per core, docs/performance.md).')
+  flags.DEFINE_string('cache_dir', plan_lib.default_cache_dir(), 'With --target: where compiled '
+                      'programs\' analyses are kept ("" keeps none).')
   flags.mark_flags_as_required(['config', 'out'])
   app.run(main, flags_parser=config_lib.parse_flags)

@@ -1,0 +1,91 @@
+"""The formula: what each strategy should move per step, and what a step computes, from the
+layer table (the network's parameters and the activations its towers exchange).
+
+comms.py and plan.py compare what a compiler's program moves with these numbers; they are the
+paper's network written out by hand, independent of any compiled program.
+"""
+
+import math
+from typing import Optional
+
+import jax
+
+from alexnet_jax.core import model as model_lib
+from alexnet_jax.tools.hlo import LAYERS
+
+
+def layer_table(net, image_size: int) -> dict:
+  """Per layer: parameters (both towers) and the per-tower width of the activation it reads
+  from the other tower (conv3: pool2, fc6: pool5, fc7: fc6, fc8: fc7)."""
+  params = jax.eval_shape(lambda k: model_lib.init_params(net, k, image_size),
+                          jax.random.key(0))
+  pool = lambda s: (s - 3) // 2 + 1
+  conv1 = (image_size + model_lib.conv1_padding(image_size) - 11) // 4 + 1
+  s2 = pool(pool(conv1))  # conv2 keeps the size (pad 2), so do conv3-conv5 (pad 1)
+  s5 = pool(s2)
+  c = net.conv_features
+  reads = {'conv3': s2 * s2 * c[1], 'fc6': s5 * s5 * c[4], 'fc7': net.fc_features[0],
+           'fc8': net.fc_features[1]}
+  outputs = {'conv1': conv1 * conv1, 'conv2': pool(conv1) ** 2, 'conv3': s2 * s2,
+             'conv4': s2 * s2, 'conv5': s2 * s2}
+  return {layer: {'params': sum(math.prod(a.shape) for a in params[layer].values()),
+                  'reads_per_tower': reads.get(layer, 0),
+                  'positions': outputs.get(layer, 1),
+                  'leaves': {w: tuple(a.shape) for w, a in params[layer].items()}}
+          for layer in LAYERS}
+
+
+def analytic_bytes(parallelism: str, num_devices: int, batch_size: int, table: dict,
+                   dtype_bytes: int = 4, act_bytes: Optional[int] = None) -> dict[str, float]:
+  """Bytes per device per step, per layer: parameters (and their gradients) of `dtype_bytes`,
+  activations (and their cotangents) of `act_bytes` (default the same; 2 for bfloat16 compute).
+
+  B = batch, n = devices, a_L = per-tower activation a layer reads across towers, W_L its
+  parameters (both towers), ar(g) = 2 (g-1)/g (ring all-reduce):
+    towers       2 B a_L                             (all-gather fwd + reduce-scatter bwd, g = 2)
+    towers_data  2 (2B/n) a_L + ar(n/2) W_L / 2      (towers on B/(n/2); a tower's grads over data)
+    data, fsdp   ar(n) W_L                           (fsdp: all-gather W fwd + reduce-scatter bwd)
+    hybrid       conv: ar(n) W_L; fc6/fc7/fc8: 2 (n-1)/n B 2 a_L (gather the whole batch's
+                 features, scatter their gradients); fc8 adds ar(n/2) W_fc8 / 2
+  """
+  n, b, d = num_devices, batch_size, dtype_bytes
+  da = d if act_bytes is None else act_bytes
+  ar = lambda g: 2 * (g - 1) / g
+  out = {}
+  for layer, row in table.items():
+    w, a = row['params'] * d, row['reads_per_tower'] * da
+    if parallelism == 'towers':
+      v = 2 * b * a
+    elif parallelism == 'towers_data':
+      v = 2 * (b // (n // 2)) * a + ar(n // 2) * w / 2
+    elif parallelism in ('data', 'fsdp'):
+      v = ar(n) * w
+    elif parallelism == 'hybrid':
+      if layer.startswith('conv'):
+        v = ar(n) * w
+      else:
+        v = 2 * (n - 1) / n * b * 2 * a + (ar(n // 2) * w / 2 if layer == 'fc8' else 0.0)
+    else:
+      raise ValueError(f'no formula for {parallelism!r}')
+    out[layer] = float(v)
+  return out
+
+
+def loss_bytes_bound(batch_size: int, num_leaves: int = 16) -> float:
+  """An upper bound on what jit adds for the loss and metrics on the sharded logits: a handful
+  of per-example values (max, sums, label logit, hit) and one scalar per gradient leaf (the
+  gradient norm), each all-reduced at most once: 16 per-example values and 3 per leaf."""
+  return 2.0 * 4 * (16 * batch_size + 3 * num_leaves + 16)
+
+
+
+
+def step_flops(net, image_size: int, batch_size: int) -> float:
+  """FLOPs of one training step of the whole network on `batch_size` images, by the layer table:
+  a convolution or matrix product costs 2 x (kernel size) per output position per image, both
+  towers; the backward pass twice the forward (gradients of inputs and of weights). LRN, pooling,
+  ReLU, dropout and the update are left out: a few per cent of the convolutions'."""
+  table = layer_table(net, image_size)
+  forward = sum(2.0 * math.prod(row['leaves']['kernel']) * row['positions']
+                for row in table.values())
+  return 3.0 * forward * batch_size

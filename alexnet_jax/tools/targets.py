@@ -1,0 +1,163 @@
+"""Hardware this machine does not have, as devices to compile for: profiles and topologies.
+
+A target is a hardware profile (alexnet_jax/profiles/profiles.toml, or a TOML file of the user's):
+the numbers the pod plan predicts with, each with its public source, and how to make the devices
+of N chips of it for the compiler. JAX compiles ahead of time for a device topology the process
+cannot run on (`jax.experimental.topologies.get_topology_desc`): a TPU slice through libtpu, GPU
+nodes through the CUDA plugin and XLA's description of the GPU. Both are optional installs
+(requirements-targets.txt), loaded only when a target's devices are made (runtime/quiet.py keeps
+a compile-only process quiet about the chips it lacks).
+"""
+
+import dataclasses
+import importlib.util
+import math
+import os
+import tomllib
+from typing import Any, Optional
+
+from jax.experimental import topologies
+
+PROFILES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'profiles')
+NUMBERS = ('peak_bf16_flops', 'fp32_matmul_flops', 'peak_fp32_flops', 'memory_bytes',
+           'memory_bandwidth', 'host_cpus_per_chip')
+INSTALL = 'pip install -r requirements-targets.txt'
+
+
+class TargetError(ValueError):
+  """A target that cannot be compiled for here, with what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+  """One kind of accelerator and how its pods are wired (see profiles.toml for the fields)."""
+  key: str
+  name: str
+  compiler: str  # 'tpu' or 'gpu': whose compiler builds the program
+  numbers: dict  # the NUMBERS fields, per chip
+  devices_per_chip: int
+  inside: dict  # the link inside a node / slice: name, wiring, bandwidth or ports + link_bandwidth
+  between: dict  # the link between nodes / slices: name, bandwidth, latency
+  sources: dict  # field -> public source
+  topology: str = ''  # TPU: libtpu's name of the chip ('v5e')
+  shapes: dict = dataclasses.field(default_factory=dict)  # TPU: chips -> slice shape
+  target_config: str = ''  # GPU: XLA's description of the GPU (text)
+  devices_per_host: int = 8  # GPU: devices per node
+  compiled_as: str = ''  # the profile whose compiler built the program, when not this one
+  reported_images_per_second: Optional[float] = None
+
+  def per_device(self, field: str) -> float:
+    return float(self.numbers[field]) / self.devices_per_chip
+
+  def to_json(self) -> dict:
+    out = dataclasses.asdict(self)
+    out.pop('target_config')
+    return out
+
+
+def _table(path: str) -> dict:
+  with open(path, 'rb') as f:
+    return tomllib.load(f)
+
+
+def known() -> dict:
+  """The profiles this project ships, by name."""
+  return _table(os.path.join(PROFILES, 'profiles.toml'))
+
+
+def load(name_or_file: str) -> Profile:
+  """The profile `--target` names: a shipped one, or the one table of a TOML file."""
+  table = known()
+  if name_or_file in table:
+    key, raw = name_or_file, table[name_or_file]
+  elif os.path.isfile(name_or_file):
+    mine = _table(name_or_file)
+    if len(mine) != 1:
+      raise TargetError(f'{name_or_file} holds {len(mine)} tables; a profile file holds exactly '
+                        'one (see alexnet_jax/profiles/profiles.toml for the fields)')
+    key, raw = next(iter(mine.items()))
+  else:
+    raise TargetError(f'unknown target {name_or_file!r}: choose one of {", ".join(table)}, or '
+                      'give the path of a profile file (TOML, fields as in '
+                      'alexnet_jax/profiles/profiles.toml)')
+  return _profile(key, raw, table)
+
+
+def _profile(key: str, raw: dict, table: dict) -> Profile:
+  missing = [f for f in NUMBERS + ('name', 'inside', 'between') if f not in raw]
+  if missing:
+    raise TargetError(f'profile {key!r} lacks {", ".join(missing)} (see '
+                      'alexnet_jax/profiles/profiles.toml for the fields)')
+  compiled = raw
+  if 'compile_as' in raw:
+    if raw['compile_as'] not in table or 'compile_as' in table[raw['compile_as']]:
+      raise TargetError(f'profile {key!r}: compile_as = {raw["compile_as"]!r} is not a profile '
+                        f'with a compiler; choose one of '
+                        f'{", ".join(k for k, v in table.items() if "compile_as" not in v)}')
+    compiled = table[raw['compile_as']]
+  compiler = compiled.get('compiler')
+  if compiler not in ('tpu', 'gpu'):
+    raise TargetError(f'profile {key!r}: compiler must be "tpu" or "gpu" (or give compile_as)')
+  target_config = ''
+  if compiler == 'gpu':
+    with open(os.path.join(PROFILES, compiled['target_config'])) as f:
+      target_config = f.read()
+  return Profile(
+      key=key, name=raw['name'], compiler=compiler,
+      numbers={f: float(raw[f]) for f in NUMBERS},
+      devices_per_chip=int(raw.get('devices_per_chip', 1)),
+      inside=dict(raw['inside']), between=dict(raw['between']),
+      sources=dict(raw.get('sources', {})), topology=compiled.get('topology', ''),
+      shapes={int(k): v for k, v in compiled.get('shapes', {}).items()},
+      target_config=target_config,
+      devices_per_host=int(raw.get('devices_per_host', compiled.get('devices_per_host', 8))),
+      compiled_as=raw.get('compile_as', ''),
+      reported_images_per_second=raw.get('reported_images_per_second'))
+
+
+def compiler_missing(profile: Profile) -> Optional[str]:
+  """Why this machine cannot compile for `profile` (the package to install), or None."""
+  package = {'tpu': 'libtpu', 'gpu': 'jax_plugins.xla_cuda12'}[profile.compiler]
+  try:
+    found = importlib.util.find_spec(package) is not None
+  except ModuleNotFoundError:
+    found = False
+  if not found:
+    return (f'compiling for {profile.key} needs the {profile.compiler.upper()} compiler '
+            f'({package}), which is not installed: {INSTALL}')
+  return None
+
+
+def topology_name(profile: Profile, num_devices: int, slices: int = 1) -> str:
+  """The topology holding `num_devices` devices in `slices` slices (TPU) or nodes of
+  `devices_per_host` (GPU), as get_topology_desc spells it."""
+  if profile.compiler == 'gpu':
+    nodes = max(1, math.ceil(num_devices / profile.devices_per_host))
+    per_node = min(num_devices, profile.devices_per_host)
+    if nodes * per_node != num_devices:
+      raise TargetError(f'{num_devices} GPUs do not fill nodes of {profile.devices_per_host}; '
+                        f'ask for a multiple of {profile.devices_per_host} or fewer')
+    return f'1x{nodes}x{per_node}'
+  per_slice = math.ceil(num_devices / slices)
+  chips = math.ceil(per_slice / profile.devices_per_chip)
+  fits = sorted(c for c in profile.shapes if c >= chips)
+  if not fits:
+    raise TargetError(f'{profile.key} has no slice shape for {chips} chips (shapes: '
+                      f'{", ".join(f"{c}: {s}" for c, s in sorted(profile.shapes.items()))})')
+  return f'{profile.topology}:{profile.shapes[fits[0]]}'
+
+
+def devices(profile: Profile, num_devices: int, slices: int = 1) -> list:
+  """The devices of the smallest topology of `profile` that holds `num_devices` (the strategy
+  takes the first `num_devices`). Compile-only: nothing runs on them."""
+  why = compiler_missing(profile)
+  if why:
+    raise TargetError(why)
+  name = topology_name(profile, num_devices, slices)
+  if profile.compiler == 'gpu':
+    topo = topologies.get_topology_desc(platform='cuda', topology_name='', topology=name,
+                                        target_config=profile.target_config)
+  else:
+    kwargs: dict[str, Any] = {'num_slices': slices} if slices > 1 else {}
+    topo = topologies.get_topology_desc(platform='tpu', topology_name=name, **kwargs)
+  return list(topo.devices)

@@ -1,0 +1,352 @@
+"""The pod plan: hardware profiles, the prediction model, reading compilers' programs, and (where
+the optional compilers of requirements-targets.txt are installed) compiling for a TPU slice and
+GPU nodes this machine does not have.
+
+The compile tests skip without the compilers, unless ALEXNET_REQUIRE_TARGETS=1 (CI's second
+stage installs them and sets it, so there they must run)."""
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from alexnet_jax.runtime import quiet
+from alexnet_jax.tools import hlo
+from alexnet_jax.tools import plan as plan_lib
+from alexnet_jax.tools import targets
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REQUIRED = os.environ.get('ALEXNET_REQUIRE_TARGETS') == '1'
+
+
+def _have(package: str) -> bool:
+  try:
+    return importlib.util.find_spec(package) is not None
+  except ModuleNotFoundError:
+    return False
+
+
+HAVE_TPU, HAVE_GPU = _have('libtpu'), _have('jax_plugins.xla_cuda12')
+
+
+def needs(have: bool, what: str):
+  if REQUIRED:
+    return lambda f: f  # CI's target stage: a missing compiler fails the test
+  return pytest.mark.skipif(not have, reason=f'{what} not installed (requirements-targets.txt)')
+
+
+# --- Profiles: data with sources. ---
+
+def test_every_shipped_profile_loads_with_a_source_for_every_number():
+  names = list(targets.known())
+  assert {'tpu-v4', 'tpu-v5e', 'tpu-v5p', 'tpu-v6e', 'gpu-a100', 'gpu-h100', 'gpu-h200',
+          'gtx580'} <= set(names)
+  for name in names:
+    p = targets.load(name)
+    for field in targets.NUMBERS + ('inside', 'between'):
+      assert p.sources.get(field, '').strip(), f'{name}: {field} has no source'
+    assert p.per_device('peak_bf16_flops') > 0 and p.per_device('memory_bytes') > 0
+    if p.compiler == 'gpu':
+      assert 'device_description_str' in p.target_config and 'core_count' in p.target_config
+    else:  # every slice shape holds the chip count it is filed under
+      for chips, shape in p.shapes.items():
+        assert math.prod(int(x) for x in shape.split('x')) == chips, (name, chips, shape)
+
+
+def test_the_paper_machine_is_compiled_as_another_target():
+  p = targets.load('gtx580')
+  assert p.compiled_as == 'gpu-a100' and p.compiler == 'gpu'
+  assert p.numbers['memory_bytes'] == 3 * 2 ** 30
+  assert p.numbers['peak_fp32_flops'] == pytest.approx(512 * 1.544e9 * 2, rel=1e-3)
+  # Section 7 of the paper: 90 epochs of 1.2M images in five to six days.
+  assert 90 * 1.2e6 / (6 * 86400) <= p.reported_images_per_second <= 90 * 1.2e6 / (5 * 86400)
+
+
+def test_a_profile_of_ones_own_from_a_file(tmp_path):
+  path = tmp_path / 'mine.toml'
+  path.write_text('[my-gpu]\nname = "My GPU"\ncompile_as = "gpu-h100"\n'
+                  'peak_bf16_flops = 1e15\nfp32_matmul_flops = 5e14\npeak_fp32_flops = 6e13\n'
+                  'memory_bytes = 96e9\nmemory_bandwidth = 4e12\nhost_cpus_per_chip = 16\n'
+                  'inside = { name = "fabric", wiring = "switch", bandwidth = 4e11, latency = 3e-6 }\n'
+                  'between = { name = "net", bandwidth = 4e10, latency = 8e-6 }\n')
+  p = targets.load(str(path))
+  assert (p.key, p.compiler, p.compiled_as) == ('my-gpu', 'gpu', 'gpu-h100')
+  assert p.numbers['memory_bytes'] == 96e9 and 'H100' in p.target_config
+  bad = tmp_path / 'bad.toml'
+  bad.write_text('[x]\nname = "x"\ncompile_as = "gpu-h100"\n')
+  with pytest.raises(targets.TargetError, match='lacks peak_bf16_flops'):
+    targets.load(str(bad))
+  bad.write_text(path.read_text().replace('gpu-h100', 'gpu-h900'))
+  with pytest.raises(targets.TargetError, match='compile_as'):
+    targets.load(str(bad))
+  with pytest.raises(targets.TargetError, match='unknown target'):
+    targets.load('tpu-v9')
+
+
+def test_topologies_for_device_counts():
+  h100, v5e, v4 = targets.load('gpu-h100'), targets.load('tpu-v5e'), targets.load('tpu-v4')
+  assert [targets.topology_name(h100, n) for n in (2, 8, 16, 32)] == [
+      '1x1x2', '1x1x8', '1x2x8', '1x4x8']
+  with pytest.raises(targets.TargetError, match='multiple of 8'):
+    targets.topology_name(h100, 12)
+  assert [targets.topology_name(v5e, n) for n in (2, 4, 16, 64, 256)] == [
+      'v5e:2x2', 'v5e:2x2', 'v5e:4x4', 'v5e:8x8', 'v5e:16x16']
+  assert targets.topology_name(v4, 16) == 'v4:2x2x2'  # two devices (TensorCores) per v4 chip
+  assert targets.topology_name(v5e, 8, slices=2) == 'v5e:2x2'
+  with pytest.raises(targets.TargetError, match='no slice shape'):
+    targets.topology_name(v5e, 512)
+
+
+def test_compile_only_command_lines():
+  assert quiet.compile_only(['x', '--target=tpu-v5e'])
+  assert quiet.compile_only(['x', '--target', 'gpu-h100'])
+  assert not quiet.compile_only(['x', '--target='])
+  assert not quiet.compile_only(['x', '--devices=2'])
+
+
+# --- The prediction model, by hand. ---
+
+def _ins(kind, g, nbytes, crosses='inside', extents=(), asynchronous=False, overlap=0):
+  return {'kind': kind, 'group_size': g, 'bytes_per_device': nbytes, 'crosses': crosses,
+          'extents': list(extents), 'asynchronous': asynchronous, 'overlap_ops': overlap}
+
+
+def test_collective_time_by_ring_and_torus_formulas():
+  h100, v5e = targets.load('gpu-h100'), targets.load('tpu-v5e')
+  mb = 1e8
+  # Inside a DGX node: 450 GB/s NVLink, 2 us per step; an all-reduce over 8 takes 2 x 7 steps.
+  assert plan_lib.collective_seconds(_ins('all-reduce', 8, mb), h100) == pytest.approx(
+      mb / 450e9 + 14 * 2e-6)
+  # Between nodes: 50 GB/s per GPU, 5 us per step.
+  assert plan_lib.collective_seconds(_ins('all-gather', 16, mb, 'between'), h100) == \
+      pytest.approx(mb / 50e9 + 15 * 5e-6)
+  # A 4x4 v5e group spans two torus axes longer than 2: 2 links each, 50 GB/s a link;
+  # steps (4-1)+(4-1) per round.
+  assert plan_lib.collective_seconds(_ins('all-reduce', 16, mb, extents=(4, 4)), v5e) == \
+      pytest.approx(mb / (4 * 50e9) + 2 * 6 * 1e-6)
+  # Two chips on one axis of 2: one link.
+  assert plan_lib.collective_seconds(_ins('all-gather', 2, mb, extents=(2,)), v5e) == \
+      pytest.approx(mb / 50e9 + 1e-6)
+  assert plan_lib.collective_seconds(_ins('collective-permute', 2, mb), h100) == \
+      pytest.approx(mb / 450e9 + 2e-6)
+  assert plan_lib.collective_seconds(_ins('all-reduce', 1, mb), h100) == 0.0
+
+
+def test_prediction_by_hand():
+  h100 = targets.load('gpu-h100')
+  entry = {'compiled_flops_per_device': None, 'analytic_flops_per_device': 4e12,
+           'heavy_ops': 10, 'batch_size': 1024, 'devices': 8,
+           'memory_per_device': {'peak_memory_bytes': 90e9},
+           'instructions': {'a': _ins('all-reduce', 8, 1e9, asynchronous=True, overlap=5),
+                            'b': _ins('all-gather', 8, 1e8)}}
+  out = plan_lib.predict(entry, h100, efficiency=0.5, dtype='bfloat16', input_per_core=400.0)
+  compute = 4e12 / (989e12 * 0.5)
+  a = 1e9 / 450e9 + 14 * 2e-6
+  b = 1e8 / 450e9 * 1 + 7 * 2e-6
+  assert out['predicted_compute_seconds'] == pytest.approx(compute)
+  assert out['predicted_communication_seconds'] == pytest.approx(a + b)
+  hidden = min(a, compute * 5 / 10)  # half the heavy ops lie between a's start and done
+  assert out['predicted_step_seconds']['no_overlap'] == pytest.approx(compute + a + b)
+  assert out['predicted_step_seconds']['with_overlap'] == pytest.approx(compute + a + b - hidden)
+  assert out['predicted_images_per_second']['with_overlap'] == pytest.approx(
+      1024 / (compute + a + b - hidden))
+  assert out['fits'] is False and out['memory_headroom_bytes'] == pytest.approx(-10e9)
+  assert out['flops_source'] == 'formula'
+  assert out['input_images_per_second'] == pytest.approx(400 * 28 * 8)
+  assert out['limited_by'] == ('input' if 400 * 28 * 8 < 1024 / (compute + a + b - hidden)
+                               else 'chips')
+  # float32 runs at the TF32 rate JAX's default precision uses.
+  f32 = plan_lib.predict(entry, h100, 0.5, 'float32', None)
+  assert f32['predicted_compute_seconds'] == pytest.approx(4e12 / (494.5e12 * 0.5))
+  assert 'input_images_per_second' not in f32
+
+
+# --- Reading compilers' programs (HLO text written here, the forms XLA:GPU and TPU print). ---
+
+GPU_LIKE = '''HloModule m, is_scheduled=true
+
+%wrapped_concatenate_computation (param_0: f32[32], param_1: f32[726], param_2: f32[128]) -> f32[886] {
+  %param_0 = f32[32]{0} parameter(0)
+  %param_1 = f32[726]{0} parameter(1)
+  %param_2 = f32[128]{0} parameter(2)
+  ROOT %c = f32[886]{0} concatenate(%param_0, %param_1, %param_2), dimensions={0}
+}
+
+ENTRY %main (p0: f32[2,16], p1: f32[2,11,11,3]) -> f32[886] {
+  %p0 = f32[2,16]{1,0} parameter(0), metadata={op_name="jit(f)/transpose(jvp())/shard_map/add_any"}
+  %p1 = f32[2,11,11,3]{3,2,1,0} parameter(1)
+  %p2 = f32[128]{0} parameter(2), metadata={op_name="jit(f)/jvp(jit(log_softmax))/reduce_max"}
+  %b0 = f32[32]{0} bitcast(%p0)
+  %b1 = f32[726]{0} bitcast(%p1)
+  %wrapped_concatenate = f32[886]{0} fusion(%b0, %b1, %p2), kind=kLoop, calls=%wrapped_concatenate_computation
+  %all-reduce-start = f32[886]{0} all-reduce-start(%wrapped_concatenate), channel_id=1, replica_groups=[2,4]<=[4,2]T(1,0), use_global_device_ids=true, backend_config={"collective_backend_config":{"is_sync":false}}
+  %conv = f32[8,8]{1,0} custom-call(%p1), custom_call_target="__cudnn$convForward"
+  %gemm = f32[8,8]{1,0} custom-call(%conv), custom_call_target="__cublas$gemm"
+  %add = f32[8,8]{1,0} add(%gemm, %gemm)
+  %all-reduce-done = f32[886]{0} all-reduce-done(%all-reduce-start)
+  %conv2 = f32[8,8]{1,0} custom-call(%add), custom_call_target="__cudnn$convForward"
+  %ag-start = (f32[4,8]{1,0}, f32[8,8]{1,0}) all-gather-start(%add), channel_id=2, replica_groups={{0,1},{2,3},{4,5},{6,7}}, dimensions={0}, metadata={op_name="jit(f)/jvp()/shard_map/Tower/fc7/all_gather"}, backend_config={"collective_backend_config":{"is_sync":true}}
+  %ag-done = f32[8,8]{1,0} all-gather-done(%ag-start)
+  ROOT %r = f32[886]{0} copy(%all-reduce-done)
+}
+'''
+
+TPU_LIKE = '''HloModule m, is_scheduled=true
+
+ENTRY %main (a: f32[2,16], b: f32[2,11,11,3,16], c: f32[]) -> f32[2,16] {
+  %a = f32[2,16]{1,0} parameter(0)
+  %b = f32[2,11,11,3,16]{4,3,2,1,0} parameter(1)
+  %c = f32[] parameter(2)
+  %all-reduce.1 = (f32[2,16]{1,0:T(2,128)}, f32[2,11,11,3,16]{4,3,2,1,0:T(8,128)}, f32[]) all-reduce(%a, %b, %c), channel_id=3, replica_groups=mesh['data'=2,'tower'=2] device_ids=([2,2]T(1,0)) {'data'}, use_global_device_ids=true, to_apply=%add, metadata={op_name="jit(f)/transpose(jvp())/shard_map/conv1/psum_invariant"}
+  ROOT %g = f32[2,16]{1,0} get-tuple-element(%all-reduce.1), index=0
+}
+'''
+
+LEAVES = {'conv1': [((2, 16), (2, 16)), ((2, 11, 11, 3, 16), (2, 11, 11, 3, 16))],
+          'fc6': [((2, 128), (2, 128))]}
+
+
+def test_a_gradient_concatenation_is_split_and_attributed_by_shape():
+  found = hlo.parse_collectives(GPU_LIKE, 8, {'conv1': [((2, 16), (2, 16)),
+                                                        ((2, 11, 11, 3), (2, 11, 11, 3))]})
+  ar = [c for c in found if c.kind == 'all-reduce']
+  assert [c.shape for c in ar] == [[32], [726], [128]]
+  # 32 floats from add_any in the shard_map: conv1's bias gradient, by its size; 726 floats
+  # with no name: conv1's kernel (2 x 11 x 11 x 3), by its size.
+  assert [(c.layer, c.attributed_by) for c in ar[:2]] == [('conv1', 'shape')] * 2
+  # The third is the loss's (its producer's name is outside the shard_map).
+  assert ar[2].layer == hlo.LOSS
+  # Groups: iota [2,4]<=[4,2]T(1,0): arange(8).reshape(4,2).T.reshape(2,4).
+  assert ar[0].groups == np.arange(8).reshape(4, 2).T.reshape(2, 4).tolist()
+  assert ar[0].group_size == 4
+  assert ar[0].bytes_per_device == pytest.approx(2 * 3 / 4 * 32 * 4)
+  # Asynchronous, with the convolution and the matrix product between its start and done.
+  assert ar[0].asynchronous and ar[0].overlap_ops == 2
+  ag = [c for c in found if c.kind == 'all-gather']
+  assert len(ag) == 1 and ag[0].layer == 'fc7' and ag[0].shape == [8, 8]
+  assert not ag[0].asynchronous and ag[0].overlap_ops == 0  # "is_sync": true
+  assert ag[0].groups == [[0, 1], [2, 3], [4, 5], [6, 7]]
+  assert hlo.Module(GPU_LIKE).heavy_ops() == 3
+
+
+def test_a_tuple_all_reduce_named_after_one_layer_is_attributed_by_shape():
+  found = hlo.parse_collectives(TPU_LIKE, 4, LEAVES)
+  assert [(c.shape, c.layer, c.attributed_by) for c in found] == [
+      ([2, 16], 'conv1', 'shape'), ([2, 11, 11, 3, 16], 'conv1', 'shape'),
+      ([], hlo.LOSS, 'none')]
+  # mesh['data'=2,'tower'=2] device_ids=[2,2]T(1,0), groups along 'data': built by hand.
+  ids = np.arange(4).reshape(2, 2).T.reshape(2, 2)  # ids[data, tower]
+  assert sorted(found[0].groups) == sorted([ids[:, t].tolist() for t in range(2)])
+  assert all(c.combined == 3 for c in found)
+
+
+def test_explanations_name_what_the_formula_lacks():
+  found = hlo.parse_collectives(TPU_LIKE, 4, LEAVES)
+  measured = hlo.bytes_by_layer(found)
+  out = plan_lib.explain('data', found, measured, {'conv1': measured['conv1']}, 'float32')
+  assert out['layers']['conv1']['status'] == 'equal' and not out['layers']['conv1']['notes']
+  assert out['combined']['all-reduce.1']['arrays'] == 3
+  wrong = plan_lib.explain('towers', found, measured, {'conv1': 2 * measured['conv1']},
+                           'float32')
+  assert wrong['layers']['conv1']['status'] == 'differs'
+  assert any(n.startswith('kinds') for n in wrong['layers']['conv1']['notes'])
+
+
+# --- Compiling for hardware this machine does not have. ---
+
+def _comms(tmp_path, *args, env_extra=None):
+  env = dict(os.environ, **(env_extra or {}))
+  env.pop('XLA_FLAGS', None)
+  return subprocess.run([sys.executable, '-m', 'alexnet_jax.comms', '--config=configs/tiny.py',
+                         f'--out={tmp_path}', *args], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=1200)
+
+
+@pytest.mark.skipif(HAVE_TPU or HAVE_GPU or REQUIRED, reason='the compilers are installed')
+def test_without_the_compilers_a_target_says_what_to_install(tmp_path):
+  done = _comms(tmp_path, '--target=tpu-v5e', '--devices=4')
+  assert done.returncode != 0
+  assert 'pip install -r requirements-targets.txt' in done.stderr
+  assert 'Traceback' not in done.stderr
+
+
+@needs(HAVE_GPU, 'the CUDA plugin')
+def test_gpu_nodes_compiled_quietly_and_cached(tmp_path):
+  cache = tmp_path / 'cache'
+  args = ['--target=gpu-h100', '--devices=8,16', '--strategies=data,towers',
+          f'--cache_dir={cache}', '--batch_per_replica=16']
+  done = _comms(tmp_path / 'a', *args)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert done.stderr == ''  # the plugin's and TensorFlow's start-up lines are held back
+  plan = json.load(open(tmp_path / 'a' / 'plan.json'))
+  assert plan['target'] == 'gpu-h100' and plan['profile']['numbers']['memory_bytes'] == 80e9
+  runs = {(r['strategy'], r['devices']): r for r in plan['runs']}
+  assert set(runs) == {('data', 8), ('data', 16)}
+  assert set(plan['skipped']) == {'towers/8', 'towers/16'}
+  for (name, n), r in runs.items():
+    for key in ('bytes_per_step', 'analytic_bytes_per_step', 'memory_per_device_bytes', 'fits',
+                'flops_per_device', 'predicted_step_seconds', 'predicted_images_per_second'):
+      assert key in r
+    assert r['batch_size'] == 16 * n
+    # Every layer's gradient bytes, read from the combined all-reduce, equal the formula.
+    for layer in hlo.LAYERS:
+      x = r['explanations']['layers'][layer]
+      assert x['compiled_bytes'] == pytest.approx(x['analytic_bytes'], rel=0.01), (n, layer, x)
+    assert 0 < r['memory_per_device_bytes'] < 80e9 and r['fits']
+  # One node: NVLink only; two nodes: the gradient all-reduce crosses the network.
+  crossing = lambda r: {i['crosses'] for i in r['instructions'].values() if i['group_size'] > 1}
+  assert crossing(runs[('data', 8)]) == {'inside'}
+  assert 'between' in crossing(runs[('data', 16)])
+  assert (runs[('data', 8)]['predicted_communication_seconds']
+          < runs[('data', 16)]['predicted_communication_seconds'])
+  again = _comms(tmp_path / 'b', *args)
+  assert again.returncode == 0 and again.stdout.count(': cached,') == 2
+  assert json.load(open(tmp_path / 'b' / 'plan.json'))['runs'][0]['bytes_per_step'] == \
+      runs[('data', 8)]['bytes_per_step']
+  assert os.path.getsize(tmp_path / 'a' / 'plan.png') > 1000
+  assert '| data | 16 |' in open(tmp_path / 'a' / 'plan.md').read()
+
+
+@needs(HAVE_TPU, 'libtpu')
+def test_tpu_slice_compiled_with_the_compilers_flops_and_towers_bytes(tmp_path):
+  done = _comms(tmp_path, '--target=tpu-v5e', '--devices=2,4', '--strategies=towers,data',
+                '--cache_dir=', '--batch_per_replica=8')
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert done.stderr == ''  # libtpu told it only compiles: no worker-name complaints
+  plan = json.load(open(tmp_path / 'plan.json'))
+  runs = {(r['strategy'], r['devices']): r for r in plan['runs']}
+  assert set(runs) == {('towers', 2), ('data', 4)}
+  for r in runs.values():
+    # XLA's FLOP count for the TPU program against the layer-table formula (which leaves out
+    # LRN, pooling and the update): the same order, within a factor 2.
+    assert r['flops_source'] == 'compiled'
+    assert 0.5 < r['compiled_flops_per_device'] / r['analytic_flops_per_device'] < 2.0
+    assert r['memory_per_device_bytes'] > 0
+    for layer, x in r['explanations']['layers'].items():
+      if layer in hlo.LAYERS and x['status'] == 'differs':
+        assert x['notes'], (r['strategy'], layer, x)  # every difference is named
+  towers = runs[('towers', 2)]['explanations']['layers']
+  assert set(towers) >= {'conv3', 'fc6', 'fc7', 'fc8'}
+
+
+@needs(HAVE_TPU, 'libtpu')
+def test_data_and_fsdp_build_on_a_multi_host_slice():
+  """On v5e:4x4 (4 hosts) a 1-D mesh follows the torus ring, so a host's rows are not one
+  block of the batch; the config check accepts equal separate sets of rows."""
+  from alexnet_jax.core import run as run_lib  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.tools import measure  # pylint: disable=g-import-not-at-top
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  quiet.compile_only_environment()
+  devices = targets.devices(targets.load('tpu-v5e'), 16)
+  assert len({d.process_index for d in devices}) == 4
+  for name in ('data', 'fsdp'):
+    config = measure.strategy_config(tiny.get_config(), name, 16)
+    config.batch_size = config.eval_batch_size = 64
+    run = run_lib.build(config, devices)
+    group, groups = run.strategy.input_group(64)
+    assert (group, groups) == (0, 4)  # this process is host 0 of 4, a quarter of the rows
