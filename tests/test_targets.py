@@ -320,7 +320,8 @@ def test_tpu_slice_compiled_with_the_compilers_flops_and_towers_bytes(tmp_path):
   assert done.stderr == ''  # libtpu told it only compiles: no worker-name complaints
   plan = json.load(open(tmp_path / 'plan.json'))
   runs = {(r['strategy'], r['devices']): r for r in plan['runs']}
-  assert set(runs) == {('towers', 2), ('data', 4)}
+  assert set(runs) == {('towers', 2), ('data', 2), ('data', 4)}
+  assert 'towers/4' in plan['skipped']
   for r in runs.values():
     # XLA's FLOP count for the TPU program against the layer-table formula (which leaves out
     # LRN, pooling and the update): the same order, within a factor 2.

@@ -4,7 +4,7 @@
 without them. Merely importing JAX with the CUDA plugin installed makes it print that it found no
 CUDA driver, and libtpu, loaded without TPUs, looks for the TPU VM's metadata and complains about
 the missing worker names. Neither says anything about the compile. So the process runs on the
-CPU, libtpu is told this host is the only worker and there is no metadata server, and whatever
+CPU, libtpu is told this host is the only worker, there is no metadata server and no chip to lock, and whatever
 native code writes to stderr is held back, and shown only if the run fails.
 """
 
@@ -27,6 +27,9 @@ def compile_only_environment() -> None:
   os.environ.setdefault('TPU_SKIP_MDS_QUERY', '1')
   os.environ.setdefault('TPU_ACCELERATOR_TYPE', 'v5litepod-4')
   os.environ.setdefault('TPU_WORKER_HOSTNAMES', 'localhost')
+  # libtpu locks /tmp/libtpu_lockfile so that one process drives the chips; a process that only
+  # compiles drives none, and two plans (or a plan and the tests) may run side by side.
+  os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
 
 
 @contextlib.contextmanager

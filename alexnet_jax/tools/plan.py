@@ -414,6 +414,10 @@ def markdown(plan: dict) -> str:
         f'{"cached" if r["cached"] else round(r["compile_seconds"], 1)} |')
   for label, why in plan['skipped'].items():
     lines.append(f'| {label} | skipped: {why} |' + ' |' * 13)
+  if p.get('reported_images_per_second'):
+    lines += ['', f'Measured on this hardware and reported by its source: '
+              f'{p["reported_images_per_second"]:,.0f} images/s '
+              f'({p["sources"].get("reported_images_per_second", "")}).']
   lines += ['', '**Winner at each size** (predicted images/s with overlap, among those that fit): '
             + ', '.join(f'{n} devices: {s}' for n, s in plan['winners'].items()), '',
             '## Compiled bytes against the formula, per layer', '',
