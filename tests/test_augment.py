@@ -125,6 +125,28 @@ def test_device_batches_are_a_quarter_of_the_host_bytes(builder, tiny_data_dir):
   assert nbytes['device'] == 64 * 64 * 3 + 4 + 8 + 1 + 12
 
 
+@pytest.mark.parametrize('parallelism,num_devices', [('towers', 2), ('hybrid', 4)])
+def test_device_batches_are_described_for_ahead_of_time_compilation(tiny_data_dir, parallelism,
+                                                                    num_devices):
+  """abstract_batch and the tools' synthetic_batch: uint8 crops and draws sharded like the batch,
+  the mean image and std replicated."""
+  run = run_lib.build(_paper_config(tiny_data_dir, parallelism, num_devices))
+  train_batch, ten = run.abstract_batch(), run.abstract_batch('ten')
+  want = {'image': ((16, 64, 64, 3), np.uint8), 'label': ((16,), np.int32),
+          'crop': ((16, 2), np.int32), 'flip': ((16,), np.bool_),
+          'colour': ((16, 3), np.float32), 'mean': ((72, 72, 3), np.float32),
+          'std': ((3,), np.float32)}
+  assert {k: (v.shape, v.dtype) for k, v in train_batch.items()} == want
+  assert ten['image'].shape == (24, 72, 72, 3) and ten['image'].dtype == np.uint8
+  assert run.abstract_batch('center')['image'].shape == (24, 64, 64, 3)
+  synthetic = run.synthetic_batch(0)
+  for key, spec in train_batch.items():
+    assert synthetic[key].shape == spec.shape and synthetic[key].dtype == spec.dtype, key
+    assert synthetic[key].sharding == spec.sharding, key
+    replicated = key in ('mean', 'std')
+    assert spec.sharding.is_fully_replicated == (replicated or parallelism == 'towers'), key
+
+
 def test_augment_on_is_resolved_and_refused_in_one_line(tiny_data_dir):
   config = tiny.get_config()
   assert config.augment_on == 'auto'

@@ -11,6 +11,9 @@ integer `label`. Every image is resized so its shorter side is `resize_size` (25
   set), a random 224 x 224 patch and its mirror image with probability 1/2; or, as an option,
   the modern random-resized crop (`train_crop='random_resized_crop'`);
 - evaluation: the central 224 x 224 patch, or the paper's ten patches ([B, 10, S, S, 3]).
+With augment_on='device' (core/augment.py) the host stops at the uint8 crop (or, for the ten
+patches, the square) and ships the crop's random draws instead of applying them: the jitted step
+flips, adds the colour noise, subtracts the mean and casts, with the same numbers.
 Statistics of the training set (mean image, RGB PCA) are computed once and cached beside the
 dataset (`load_or_compute_stats`; the arithmetic and file format are in stats.py). Before them,
 every JPEG of the training and evaluation splits is tried once (`check_images`, saved likewise):
