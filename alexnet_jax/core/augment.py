@@ -25,10 +25,11 @@ What travels to the device:
   the dataset after the run's programs are built (and compiled ahead of time).
 """
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 AUGMENT_ON = ('host', 'device', 'auto')
 # Keys of a device-augmented batch that are the same for every example (replicated).
@@ -37,7 +38,7 @@ TRAIN_KEYS = ('image', 'label', 'crop', 'flip', 'colour')
 EVAL_KEYS = ('image', 'label', 'mask')
 
 
-def resolve(config, platform: str) -> str:
+def resolve(config: ml_collections.ConfigDict, platform: str) -> str:
   """'host' or 'device': config.augment_on for a run on `platform`. 'auto' is 'device' on
   accelerators, where the host's CPU time per image limits training and the chip's share of the
   work is negligible, and 'host' on the CPU backend, where the "device" is the same cores
@@ -107,13 +108,13 @@ def float_batch(batch: dict, image_size: int) -> dict:
   return out
 
 
-def batch_shardings(keys, batch_sharding: jax.sharding.Sharding,
+def batch_shardings(keys: Sequence[str], batch_sharding: jax.sharding.Sharding,
                     replicated: jax.sharding.Sharding) -> dict:
   """Per key of a device-augmented batch: the batch's sharding, or replicated for the constants."""
   return {k: replicated if k in CONSTANT_KEYS else batch_sharding for k in keys}
 
 
-def abstract_batch(config, crops: Optional[str], batch_sharding: jax.sharding.Sharding,
+def abstract_batch(config: ml_collections.ConfigDict, crops: Optional[str], batch_sharding: jax.sharding.Sharding,
                    replicated: jax.sharding.Sharding) -> dict:
   """Shapes, dtypes and shardings of a device-augmented batch (training if `crops` is None)."""
   spec = lambda shape, dtype, sharding=batch_sharding: jax.ShapeDtypeStruct(

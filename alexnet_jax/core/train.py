@@ -207,8 +207,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   tracing = False
   preempted_at = None
   writer = None
-  logging.info('Training %s (%s) for %d steps from step %d; %d steps per epoch.',
-               config.dataset, config.parallelism, num_steps, start_step, steps_per_epoch)
+  logging.info('Training %s (%s) for %d steps from step %d; %d steps per epoch; augmentation '
+               'on the %s.', config.dataset, config.parallelism, num_steps, start_step,
+               steps_per_epoch, run.augment_on)
   try:
     writer = metrics_lib.MetricsWriter(workdir)
     with preemption.Preemption() as preempted:

@@ -68,6 +68,7 @@ from typing import Callable, Iterator, Sequence
 from absl import app
 from absl import flags
 from etils import epath
+import ml_collections
 import numpy as np
 from PIL import Image
 from PIL import ImageDraw
@@ -410,7 +411,7 @@ def measure_dataset(config, builder: tfds.core.DatasetBuilder, repeats: int,
   }
 
 
-def device_half_xla_cpu(config, repeats: int) -> dict:
+def device_half_xla_cpu(config: ml_collections.ConfigDict, repeats: int) -> dict:
   """Rates of core/augment.train_images, jitted for one CPU device, on a batch of random uint8
   crops with the config's shapes (a mean image of resize_size; the pixels' values do not matter
   to its speed)."""
