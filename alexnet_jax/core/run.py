@@ -67,7 +67,9 @@ class Run:
 
   def abstract_batch(self, crops: Optional[str] = None) -> dict:
     """The global batch's shapes, dtypes and sharding as the input pipeline yields it: a training
-    batch, or (`crops` 'center' / 'ten') an evaluation batch with its padding mask."""
+    batch, or (`crops` 'center' / 'ten') an evaluation batch with its padding mask. With
+    augment_on 'device': the uint8 crops (the square for 'ten'), the draws and the replicated
+    mean and std (core/augment.abstract_batch), which is what the steps are compiled for."""
     c = self.config
     if self.augment_on == 'device':
       return augment_lib.abstract_batch(c, crops, self.batch_sharding, self.strategy.replicated)
