@@ -99,6 +99,51 @@ def test_device_augmentation_equals_the_host_path_for_every_sharding(builder, ti
         np.testing.assert_allclose(got[0], np.stack(patches), rtol=0, atol=1e-3)
 
 
+FAST_COMPILE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
+
+
+@pytest.fixture(scope='module')
+def initial_params(tiny_data_dir):
+  """One initialisation (towers stacked) that every strategy's run starts from."""
+  return jax.device_get(run_lib.build(_paper_config(tiny_data_dir)).init_state().params)
+
+
+# The step tests compile 4 programs per strategy (15-20 s each case on the shared 2-core machine):
+# three shardings that differ most (the batch replicated over the towers; the fc layers' neurons
+# split; every parameter split); data and towers_data have the image test above, and
+# towers_data the two-process training test (tests/test_multihost.py).
+@pytest.mark.parametrize('parallelism,num_devices', [('towers', 2), ('hybrid', 4), ('fsdp', 4)])
+def test_the_steps_on_uint8_batches_equal_the_steps_on_host_batches(builder, tiny_data_dir,
+                                                                    initial_params, parallelism,
+                                                                    num_devices):
+  """run.train_step and run.eval_step (ten patches) of a run with augment_on='device', fed the
+  uint8 batches, against the same steps of a run with 'host', fed the host's float32 batches:
+  the same loss, gradient norm, updated parameters and evaluation sums."""
+  runs = {on: run_lib.build(_paper_config(tiny_data_dir, parallelism, num_devices,
+                                          augment_on=on)) for on in ('host', 'device')}
+  results = {}
+  for on, run in runs.items():
+    config = run.config
+    constants = train.device_constants(run, builder)
+    feed = lambda batches: next(train.prefetch_to_mesh(batches, run.batch_sharding,
+                                                       constants=constants))
+    batch = feed(input_pipeline.train_iterator(config, builder, start_step=5, augment_on=on))
+    state = run.state_from_params(initial_params)
+    state, metrics = run.train_step.lower(state, batch).compile(FAST_COMPILE)(state, batch)
+    ten = feed(input_pipeline.eval_iterator(config, builder, crops='ten', augment_on=on))
+    sums = run.eval_step.lower(state.params, ten).compile(FAST_COMPILE)(state.params, ten)
+    results[on] = jax.device_get((metrics, state.params, sums))
+  (host_metrics, host_params, host_sums), (metrics, new_params, sums) = (
+      results['host'], results['device'])
+  for key in ('loss', 'grad_norm'):
+    assert metrics[key] == pytest.approx(host_metrics[key], rel=1e-5), key
+  for a, b in zip(jax.tree.leaves(new_params), jax.tree.leaves(host_params)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * np.abs(b).max())
+  assert sums['count'] == host_sums['count'] == 24
+  assert sums['top1'] == host_sums['top1'] and sums['top5'] == host_sums['top5']
+  assert sums['loss'] == pytest.approx(host_sums['loss'], rel=1e-5)
+
+
 def test_device_augmentation_divides_by_std_and_subtracts_a_constant_mean(builder,
                                                                           tiny_data_dir):
   """tiny's own preprocessing: constant mean_rgb, division by std_rgb, no colour noise."""
