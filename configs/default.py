@@ -41,6 +41,11 @@ def get_config() -> ml_collections.ConfigDict:
   # and their mirror images, softmax averaged). `final_eval_crops` is for the last evaluation.
   c.eval_crops = 'center'
   c.final_eval_crops = 'center'
+  # Where the crop's flip, colour noise, mean subtraction and float cast run: 'host' (tf.data
+  # ships float32 images), 'device' (tf.data ships the uint8 crop and its random draws; the
+  # jitted step finishes them, core/augment.py) or 'auto' ('device' on GPUs and TPUs, 'host' on
+  # CPU; the random-resized crop always on the host). Same images either way, to float rounding.
+  c.augment_on = 'auto'
   c.cache_decoded = False  # keep the decoded 256 x 256 images in memory (small datasets only)
   c.shuffle_buffer = 10_000  # encoded images per input shard (cache_decoded: whole epochs)
   # Logical shards of the training stream; 0 = one per process. Fix it (e.g. to the largest

@@ -9,11 +9,13 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from alexnet_jax.tools import bench_input
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RATES = ('decode', 'decode_resize', 'augment', 'pipeline')
+RATES = ('decode', 'decode_resize', 'augment', 'pipeline', 'augment_device',
+         'pipeline_device_augment', 'device_half_xla_cpu')
 
 
 def _check_imagenet_like(images):
@@ -61,6 +63,15 @@ def test_bench_input_command_writes_per_core_rates_and_their_ratio(tmp_path):
       assert entry['ms_per_image'][rate] == 1000.0 / value
     assert entry['ratio'] == entry['per_core']['pipeline'] / entry['per_core']['decode_resize']
     assert entry['images']['count'] == 16, name
+    # What each iterator ships per image at configs/paper.py's 224 crops: float32 pixels and an
+    # int32 label; or uint8 pixels, the label, the crop's top/left (int32), the flip (bool) and
+    # the colour (3 float32).
+    assert entry['bytes_per_image'] == {'pipeline': 224 * 224 * 3 * 4 + 4,
+                                        'pipeline_device_augment': 224 * 224 * 3 + 4 + 8 + 1 + 12}
+    for pipeline in ('pipeline', 'pipeline_device_augment'):
+      assert entry['feed_per_host'][pipeline]['16'] == pytest.approx(
+          16 * 1000 / entry['cpu_ms_per_image'][pipeline])
+    assert set(entry['cpu_ms_per_image']) == set(RATES)
     if result['pinned_cpu'] is not None:  # one core: never more CPU seconds than wall seconds
       for rate in RATES:
         assert max(entry['rounds'][rate]['cpu_per_wall']) <= 1.05, (name, rate, entry['rounds'])
@@ -75,6 +86,7 @@ def test_bench_input_command_writes_per_core_rates_and_their_ratio(tmp_path):
   assert result['config']['pca_lighting_std'] == 0.1
   assert result['tensorflow_version'] and result['cpu_count'] >= 1
   assert '| imagenet_like (16) |' in proc.stdout and '| synthetic_shapes (16) |' in proc.stdout
+  assert '| imagenet_like | device |' in proc.stdout and 'augment_on=device' in proc.stdout
 
 
 def test_bench_input_refuses_non_positive_counts(tmp_path):

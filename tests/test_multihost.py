@@ -105,6 +105,34 @@ def test_two_processes_survive_a_death_resume_and_match_one_process(tmp_path, da
                                  err_msg=f'{layer}/{what}')
 
 
+def test_two_processes_feeding_device_augmentation_train_like_one_host_process(tmp_path,
+                                                                              data_dir):
+  """augment_on='device' across processes: each feeds its uint8 rows and draws, the mean image
+  and std are put on every process's devices (replicated over both), and the parameters equal
+  one process's with the augmentation on the host (the paper's preprocessing, 8 steps)."""
+  steps = 8
+  paper = ['--config.mean_subtraction=image', '--config.pca_lighting_std=0.1',
+           '--config.stats_num_images=100', f'--config.num_train_steps={steps}',
+           f'--config.eval_every_steps={steps}', f'--config.checkpoint_every_steps={steps}']
+  two_dir, one_dir = str(tmp_path / 'two'), str(tmp_path / 'one')
+  two = subprocess.run(['bash', 'launch/local.sh', '2', '2', *_flags(data_dir, two_dir), *paper,
+                        '--config.augment_on=device'],
+                       cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+  assert two.returncode == 0, two.stderr[-3000:]
+  assert 'augmentation on the device' in two.stderr
+  one = subprocess.run([sys.executable, '-m', 'alexnet_jax.main', *_flags(data_dir, one_dir),
+                        *paper, '--config.augment_on=host'],
+                       cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+  assert one.returncode == 0, one.stderr[-3000:]
+  assert 'augmentation on the host' in one.stderr
+  a, b = _params(two_dir, steps), _params(one_dir, steps)
+  for layer in b:
+    for what in b[layer]:
+      np.testing.assert_allclose(a[layer][what], b[layer][what], rtol=1e-5,
+                                 atol=1e-5 * np.abs(b[layer][what]).max(),
+                                 err_msg=f'{layer}/{what}')
+
+
 def test_a_process_that_never_arrives_stops_the_others(tmp_path):
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))

@@ -96,13 +96,16 @@ def test_evaluate_counts_every_image_once_and_averages_the_ten_softmaxes(eval_se
     assert abs(centre['val_loss'] - metrics['val_loss']) > 1e-4
 
 
-def test_programs_compile_once_on_the_background_thread(tmp_path, tiny_data_dir):
+@pytest.mark.parametrize('augment_on', ['host', 'device'])
+def test_programs_compile_once_on_the_background_thread(tmp_path, tiny_data_dir, augment_on):
   """train_and_evaluate compiles initialisation, train step and both evaluation crop modes on
   its compile_ahead thread while the dataset is prepared; the loop finds them compiled (a
   second lowering of a step would mean a second compilation). The same call again, on the
-  finished run, compiles none of them."""
+  finished run, compiles none of them. With augment_on='device' the steps take uint8 batches
+  (run.abstract_batch describes them as the loop places them)."""
   config = tiny.get_config()
   config.data_dir = tiny_data_dir
+  config.augment_on = augment_on
   config.num_train_steps = config.log_every_steps = 4
   config.eval_every_steps = config.checkpoint_every_steps = 2
   config.final_eval_crops = 'ten'
@@ -121,11 +124,16 @@ def test_programs_compile_once_on_the_background_thread(tmp_path, tiny_data_dir)
     jax.config.update('jax_log_compiles', False)
     logger.removeHandler(handler)
   assert metrics['val_examples'] == 80
-  size = config.image_size
+  size, square = config.image_size, config.resize_size
   programs = {'initialisation': 'types (ShapedArray(key<fry>[]),)',
               'train step': f'float32[{config.batch_size},{size},{size},3]',
               'eval step': f'float32[{config.eval_batch_size},{size},{size},3]',
               'ten-crop eval step': f'float32[{config.eval_batch_size},10,{size},{size},3]'}
+  if augment_on == 'device':
+    programs.update({
+        'train step': f'uint8[{config.batch_size},{size},{size},3]',
+        'eval step': f'uint8[{config.eval_batch_size},{size},{size},3]',
+        'ten-crop eval step': f'uint8[{config.eval_batch_size},{square},{square},3]'})
   def threads(records, text):
     return [r.threadName for r in records
             if r.getMessage().startswith('Compiling') and text in r.getMessage()]

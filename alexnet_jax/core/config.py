@@ -24,6 +24,7 @@ from typing import Any, Optional, Sequence
 from absl import flags
 import ml_collections
 
+from alexnet_jax.core import augment as augment_lib
 from alexnet_jax.core import kernels as kernels_lib
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import schedules
@@ -159,6 +160,7 @@ def _choices(config: ml_collections.ConfigDict) -> list[str]:
              'train_crop': input_pipeline.TRAIN_CROPS,
              'eval_crops': input_pipeline.EVAL_CROPS,
              'final_eval_crops': input_pipeline.EVAL_CROPS,
+             'augment_on': augment_lib.AUGMENT_ON,
              'model.dtype': COMPUTE_DTYPES,
              'model.init_scheme': INIT_SCHEMES,
              'model.kernels': kernels_lib.KERNEL_CHOICES,
@@ -220,6 +222,18 @@ def _data(config: ml_collections.ConfigDict) -> list[str]:
     if not 0 < low <= high <= 1:
       problems.append(f'config.rrc_area_range={tuple(config.rrc_area_range)} must satisfy '
                       '0 < low <= high <= 1 (fractions of the image area).')
+  if config.augment_on == 'device':
+    if config.train_crop != 'random_crop':
+      problems.append(
+          f"config.augment_on='device' ships the paper's uint8 random crop, but "
+          f"train_crop={config.train_crop!r} resizes into float pixels on the host; use "
+          "--config.augment_on=host (or 'auto') with it.")
+    if config.resize_size == config.image_size and 'ten' in (config.eval_crops,
+                                                             config.final_eval_crops):
+      problems.append(
+          f"config.augment_on='device' cuts the ten patches on the device from the "
+          f'resize_size square, which cannot be told from a centre crop when '
+          f'resize_size = image_size = {config.image_size}; use --config.augment_on=host.')
   if config.input_shards < 0:
     problems.append(f'config.input_shards={config.input_shards}: use 0 (one per process) or '
                     'a positive number of shards.')

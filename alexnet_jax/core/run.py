@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from alexnet_jax.core import augment as augment_lib
 from alexnet_jax.core import config as config_lib
 from alexnet_jax.core import kernels as kernels_lib
 from alexnet_jax.core import model as model_lib
@@ -41,6 +42,12 @@ class Run:
   abstract_state: steps.TrainState  # shapes, dtypes and shardings; nothing allocated
   train_step: Any  # jitted (state, batch) -> (state, metrics); the state is donated
   eval_step: Any  # jitted (params, batch) -> sums of loss, top-1, top-5 hits, count
+  # 'host' or 'device' (config.augment_on resolved for the platform, core/augment.py). With
+  # 'device' the batches the steps take are uint8 crops with their draws and the mean/std
+  # (abstract_batch), and `augment` is the jitted batch -> float32 network input the steps
+  # run first (the same function; tools and tests call it alone). None with 'host'.
+  augment_on: str = 'host'
+  augment: Any = None
 
   @property
   def mesh(self) -> jax.sharding.Mesh:
@@ -60,8 +67,12 @@ class Run:
 
   def abstract_batch(self, crops: Optional[str] = None) -> dict:
     """The global batch's shapes, dtypes and sharding as the input pipeline yields it: a training
-    batch, or (`crops` 'center' / 'ten') an evaluation batch with its padding mask."""
+    batch, or (`crops` 'center' / 'ten') an evaluation batch with its padding mask. With
+    augment_on 'device': the uint8 crops (the square for 'ten'), the draws and the replicated
+    mean and std (core/augment.abstract_batch), which is what the steps are compiled for."""
     c = self.config
+    if self.augment_on == 'device':
+      return augment_lib.abstract_batch(c, crops, self.batch_sharding, self.strategy.replicated)
     spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=self.batch_sharding)
     size = c.image_size
     if crops is None:
@@ -100,9 +111,23 @@ class Run:
 
   def synthetic_batch(self, seed: int = 0) -> dict:
     """A training batch of the config's shape (Gaussian pixels of std 50, random labels) on the
-    devices: what the tools time and compile against when no dataset is needed (executes)."""
+    devices: what the tools time and compile against when no dataset is needed (executes).
+    With augment_on 'device': uniform uint8 pixels, random crops, flips and colours, and the
+    config's constant mean_rgb as the mean."""
     rng = np.random.default_rng(seed)
     c = self.config
+    if self.augment_on == 'device':
+      shapes = self.abstract_batch()
+      b, size = c.batch_size, c.image_size
+      batch = {'image': rng.integers(0, 256, shapes['image'].shape).astype(np.uint8),
+               'label': rng.integers(0, c.model.num_classes, b).astype(np.int32),
+               'crop': rng.integers(0, c.resize_size - size + 1, (b, 2)).astype(np.int32),
+               'flip': rng.uniform(size=b) < 0.5,
+               'colour': rng.normal(size=(b, 3)).astype(np.float32) * 10,
+               'mean': np.broadcast_to(np.asarray(c.mean_rgb, np.float32),
+                                       shapes['mean'].shape).copy(),
+               'std': np.asarray(c.std_rgb or (1.0, 1.0, 1.0), np.float32)}
+      return jax.tree.map(lambda x, s: jax.device_put(x, s.sharding), batch, shapes)
     batch = {'image': rng.normal(size=(c.batch_size, c.image_size, c.image_size, 3)
                                  ).astype(np.float32) * 50,
              'label': rng.integers(0, c.model.num_classes, c.batch_size).astype(np.int32)}
@@ -133,13 +158,26 @@ def build(config: ml_collections.ConfigDict, devices: Optional[Sequence] = None)
                                 shapes, shardings)
   # fc6 and fc7 of the whole network (one tower keeps the two-tower widths, model.py).
   fc_total = tuple(2 * f for f in config.model.fc_features)
+  augment_on = augment_lib.resolve(config, devices[0].platform)
+  if augment_on == 'device':  # the steps take uint8 batches and finish them first
+    to_float = lambda b: augment_lib.float_batch(b, config.image_size)
+    keys = lambda k: augment_lib.batch_shardings(k + augment_lib.CONSTANT_KEYS,
+                                                 strategy.batch_sharding, strategy.replicated)
+    train_batch, eval_batch = keys(augment_lib.TRAIN_KEYS), keys(augment_lib.EVAL_KEYS)
+    augment = jax.jit(lambda b: augment_lib.images(b, config.image_size),
+                      out_shardings=strategy.batch_sharding)
+  else:
+    to_float, augment = (lambda b: b), None
+    train_batch = eval_batch = strategy.batch_sharding
   train_step = jax.jit(
-      lambda s, b: steps.train_step(s, b, strategy=strategy, tx=tx, fc_features_total=fc_total,
+      lambda s, b: steps.train_step(s, to_float(b), strategy=strategy, tx=tx,
+                                    fc_features_total=fc_total,
                                     dropout_rate=config.model.dropout_rate),
-      in_shardings=(shardings, strategy.batch_sharding),
+      in_shardings=(shardings, train_batch),
       out_shardings=(shardings, strategy.replicated), donate_argnums=0)
-  eval_step = jax.jit(lambda p, b: steps.eval_step(p, b, strategy=strategy),
-                      in_shardings=(shardings.params, strategy.batch_sharding),
+  eval_step = jax.jit(lambda p, b: steps.eval_step(p, to_float(b), strategy=strategy),
+                      in_shardings=(shardings.params, eval_batch),
                       out_shardings=strategy.replicated)
   return Run(config=config, kernels=kernels, net=net, strategy=strategy, tx=tx,
-             abstract_state=abstract_state, train_step=train_step, eval_step=eval_step)
+             abstract_state=abstract_state, train_step=train_step, eval_step=eval_step,
+             augment_on=augment_on, augment=augment)

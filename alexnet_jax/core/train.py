@@ -29,12 +29,16 @@ from alexnet_jax.runtime import distributed
 from alexnet_jax.runtime import preemption
 
 
-def prefetch_to_mesh(batches: Iterator[dict], sharding, size: int = 2) -> Iterator[dict]:
-  """Places batches on the mesh `size` steps ahead, so a step never waits for a transfer."""
+def prefetch_to_mesh(batches: Iterator[dict], sharding, size: int = 2,
+                     constants: dict | None = None) -> Iterator[dict]:
+  """Places batches on the mesh `size` steps ahead, so a step never waits for a transfer.
+  `constants` (arrays already on the devices: device_constants) join every batch as they are,
+  so they cross to the devices once, not once per step."""
   queue = collections.deque()
 
   def put(batch):
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+    placed = jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+    return {**placed, **(constants or {})}
 
   for batch in batches:
     queue.append(put(batch))
@@ -42,6 +46,15 @@ def prefetch_to_mesh(batches: Iterator[dict], sharding, size: int = 2) -> Iterat
       yield queue.popleft()
   while queue:
     yield queue.popleft()
+
+
+def device_constants(run: run_lib.Run, builder) -> dict | None:
+  """With augment_on 'device': the mean and std the steps subtract and divide by
+  (input_pipeline.device_constants), replicated on the run's devices; None otherwise."""
+  if run.augment_on != 'device':
+    return None
+  transform = input_pipeline.pixel_transform(run.config, builder)
+  return jax.device_put(input_pipeline.device_constants(transform), run.strategy.replicated)
 
 
 def evaluate(run: run_lib.Run, params, builder, crops: str | None = None) -> dict:
@@ -53,8 +66,10 @@ def evaluate(run: run_lib.Run, params, builder, crops: str | None = None) -> dic
   config, totals = run.config, None
   group, groups = run.strategy.input_group(config.eval_batch_size)
   batches = input_pipeline.eval_iterator(config, builder, process_index=group,
-                                         process_count=groups, crops=crops)
-  for batch in prefetch_to_mesh(batches, run.batch_sharding):
+                                         process_count=groups, crops=crops,
+                                         augment_on=run.augment_on)
+  for batch in prefetch_to_mesh(batches, run.batch_sharding,
+                                constants=device_constants(run, builder)):
     sums = run.eval_step(params, batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
@@ -183,16 +198,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   start_step = int(state.step)
   train_batches = prefetch_to_mesh(
       input_pipeline.train_iterator(config, builder, start_step=start_step,
-                                    process_index=group, process_count=groups),
-      run.batch_sharding)
+                                    process_index=group, process_count=groups,
+                                    augment_on=run.augment_on),
+      run.batch_sharding, constants=device_constants(run, builder))
   current_lr = float(optimizer_lib.learning_rate(state.opt_state))
   pending = []  # (step, metrics) since the last log line: fetched only at log/eval/save steps
   timer_start, timer_step = None, start_step
   tracing = False
   preempted_at = None
   writer = None
-  logging.info('Training %s (%s) for %d steps from step %d; %d steps per epoch.',
-               config.dataset, config.parallelism, num_steps, start_step, steps_per_epoch)
+  logging.info('Training %s (%s) for %d steps from step %d; %d steps per epoch; augmentation '
+               'on the %s.', config.dataset, config.parallelism, num_steps, start_step,
+               steps_per_epoch, run.augment_on)
   try:
     writer = metrics_lib.MetricsWriter(workdir)
     with preemption.Preemption() as preempted:

@@ -11,6 +11,9 @@ integer `label`. Every image is resized so its shorter side is `resize_size` (25
   set), a random 224 x 224 patch and its mirror image with probability 1/2; or, as an option,
   the modern random-resized crop (`train_crop='random_resized_crop'`);
 - evaluation: the central 224 x 224 patch, or the paper's ten patches ([B, 10, S, S, 3]).
+With augment_on='device' (core/augment.py) the host stops at the uint8 crop (or, for the ten
+patches, the square) and ships the crop's random draws instead of applying them: the jitted step
+flips, adds the colour noise, subtracts the mean and casts, with the same numbers.
 Statistics of the training set (mean image, RGB PCA) are computed once and cached beside the
 dataset (`load_or_compute_stats`; the arithmetic and file format are in stats.py). Before them,
 every JPEG of the training and evaluation splits is tried once (`check_images`, saved likewise):
@@ -312,14 +315,23 @@ def random_crop_and_flip(image: tf.Tensor, seed: tf.Tensor, image_size: int) -> 
 
   `seed` is a stateless seed (shape [2] int); equal seeds give equal crops.
   """
+  top, left, flip = crop_draws(seed, tf.shape(image), image_size)
+  image = image[top:top + image_size, left:left + image_size]
+  image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
+  return tf.ensure_shape(image, [image_size, image_size, image.shape[-1]])
+
+
+def crop_draws(seed: tf.Tensor, shape: tf.Tensor, image_size: int
+               ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+  """(top, left, flip) of random_crop_and_flip for an image of `shape`: one function for both
+  places the draws are made (the host path and the draws shipped with augment_on='device'),
+  so the two modes crop and mirror every example alike."""
   seeds = tf.random.experimental.stateless_split(seed, num=3)
-  shape = tf.shape(image)
   top = tf.random.stateless_uniform(
       [], seed=seeds[0], minval=0, maxval=shape[0] - image_size + 1, dtype=tf.int32)
   left = tf.random.stateless_uniform(
       [], seed=seeds[1], minval=0, maxval=shape[1] - image_size + 1, dtype=tf.int32)
-  image = _flip(image[top:top + image_size, left:left + image_size], seeds[2])
-  return tf.ensure_shape(image, [image_size, image_size, image.shape[-1]])
+  return top, left, tf.random.stateless_uniform([], seed=seeds[2]) < 0.5
 
 
 def center_crop(image: tf.Tensor, image_size: int) -> tf.Tensor:
@@ -696,6 +708,33 @@ def eval_example(image: tf.Tensor, crops: str, image_size: int,
   return normalize(crop(image), _cropped_mean(mean, crop), transform.std)
 
 
+def train_example_for_device(image: tf.Tensor, seed: tf.Tensor, config: ml_collections.ConfigDict,
+                             transform: PixelTransform) -> dict:
+  """The host's half of train_example with augment_on='device' (the paper's random crop only):
+  the uint8 crop, unflipped, and the draws train_example makes from the same `seed` (crop
+  offsets, flip bit, colour noise in pixel units), for core/augment.train_images to finish."""
+  crop_seed, colour_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
+  size = config.image_size
+  top, left, flip = crop_draws(crop_seed, tf.shape(image), size)
+  crop = tf.ensure_shape(image[top:top + size, left:left + size], [size, size, 3])
+  colour = (pca_noise(colour_seed, transform.pca_std, transform.eigval, transform.eigvec)
+            if transform.pca_std > 0 else tf.zeros([3], tf.float32))
+  return {'image': crop, 'crop': tf.stack([top, left]), 'flip': flip, 'colour': colour}
+
+
+def eval_example_for_device(image: tf.Tensor, crops: str, image_size: int) -> tf.Tensor:
+  """The host's half of eval_example with augment_on='device': the uint8 centre crop, or for
+  the ten patches the whole square (core/augment.eval_images cuts them)."""
+  return image if crops == 'ten' else center_crop(image, image_size)
+
+
+def device_constants(transform: PixelTransform) -> dict:
+  """What core/augment.py subtracts and divides by, shipped once per run: {'mean': [R, R, 3] or
+  [3], 'std': [3] (ones where the config divides by nothing: x / 1 is x)}, float32."""
+  std = transform.std if transform.std is not None else np.ones(3, np.float32)
+  return {'mean': np.asarray(transform.mean, np.float32), 'std': np.asarray(std, np.float32)}
+
+
 def _cropped_mean(mean: np.ndarray, crop) -> Any:
   """The mean to subtract from `crop(image)`: the mean image cropped alike, or the [3] mean."""
   return crop(tf.constant(mean)) if mean.ndim == 3 else mean
@@ -826,13 +865,34 @@ def _shard_stream(config: ml_collections.ConfigDict, builder: tfds.core.DatasetB
 
 
 _FOREVER = 2**62
+AUGMENT_ON = ('host', 'device')  # resolved values (core/augment.resolve turns 'auto' into one)
+
+
+def _check_augment_on(augment_on: str, config: ml_collections.ConfigDict) -> None:
+  if augment_on not in AUGMENT_ON:
+    raise ValueError(f'augment_on={augment_on!r}: use one of {", ".join(AUGMENT_ON)} (resolve '
+                     "'auto' with core/augment.resolve).")
+  if augment_on == 'device' and config.train_crop != 'random_crop':
+    raise ValueError(f"augment_on='device' ships the paper's uint8 random crop; "
+                     f'train_crop={config.train_crop!r} resizes into float pixels on the host.')
 
 
 def train_iterator(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder, *,
-                   start_step: int = 0, process_index: int = 0,
-                   process_count: int = 1) -> Iterator[dict]:
+                   start_step: int = 0, process_index: int = 0, process_count: int = 1,
+                   augment_on: str = 'host') -> Iterator[dict]:
+  """train_dataset's batches as numpy arrays."""
+  return iter(tfds.as_numpy(train_dataset(
+      config, builder, start_step=start_step, process_index=process_index,
+      process_count=process_count, augment_on=augment_on)))
+
+
+def train_dataset(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder, *,
+                  start_step: int = 0, process_index: int = 0, process_count: int = 1,
+                  augment_on: str = 'host') -> tf.data.Dataset:
   """Infinite batches {'image': f32 [B, S, S, 3], 'label': i32 [B]}: this process's rows of the
-  global batches start_step, start_step + 1, ...
+  global batches start_step, start_step + 1, ... With `augment_on` 'device' (resolved: see
+  core/augment.resolve) the image is the uint8 crop, with the draws core/augment.py needs
+  ('crop', 'flip', 'colour'; see train_example_for_device).
 
   The global batch i is the concatenation, over the logical shards, of each shard's examples
   i * b .. (i + 1) * b - 1 (b = batch_size / input_shards), each augmented with a seed that is a
@@ -841,6 +901,7 @@ def train_iterator(config: ml_collections.ConfigDict, builder: tfds.core.Dataset
   number of processes. Process p reads only its own shards' files.
   """
   _hide_gpus_from_tf()
+  _check_augment_on(augment_on, config)
   num_shards = input_shards(config, process_count)
   if config.batch_size % num_shards:
     raise ValueError(f'config.batch_size={config.batch_size} cannot be split into '
@@ -855,6 +916,9 @@ def train_iterator(config: ml_collections.ConfigDict, builder: tfds.core.Dataset
     @_no_autograph
     def augment(position: tf.Tensor, ex: dict) -> dict:
       seed = tf.random.experimental.stateless_fold_in(base_seed, position)
+      if augment_on == 'device':
+        return {**train_example_for_device(ex['image'], seed, config, transform),
+                'label': ex['label']}
       return {'image': train_example(ex['image'], seed, config, transform), 'label': ex['label']}
 
     ds = _shard_stream(config, builder, shard, num_shards, start_step * shard_batch)
@@ -867,8 +931,7 @@ def train_iterator(config: ml_collections.ConfigDict, builder: tfds.core.Dataset
   else:
     ds = tf.data.Dataset.zip(tuple(shards)).map(
         lambda *parts: {k: tf.concat([p[k] for p in parts], axis=0) for k in parts[0]})
-  ds = ds.prefetch(tf.data.AUTOTUNE)
-  return iter(tfds.as_numpy(ds.with_options(_options())))
+  return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
 
 
 def _eval_shards(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder,
@@ -892,15 +955,17 @@ def eval_num_batches(config: ml_collections.ConfigDict, builder: tfds.core.Datas
 
 def eval_iterator(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder, *,
                   process_index: int = 0, process_count: int = 1,
-                  crops: str | None = None) -> Iterator[dict]:
+                  crops: str | None = None, augment_on: str = 'host') -> Iterator[dict]:
   """One pass: {'image', 'label', 'mask'}; the last batch is padded (mask 0) to full size.
 
   `crops` (default config.eval_crops): 'center' gives images [B, S, S, 3]; 'ten' gives the
-  paper's ten patches of each image, [B, 10, S, S, 3]. Every process yields the same number of
-  batches (SPMD steps stay in lock-step), and every eval image is in exactly one process's
-  batches with mask 1.
+  paper's ten patches of each image, [B, 10, S, S, 3]. With `augment_on` 'device' the images
+  are uint8 and not mean-subtracted: the centre crop, or for 'ten' the resize_size square
+  (eval_example_for_device). Every process yields the same number of batches (SPMD steps stay in
+  lock-step), and every eval image is in exactly one process's batches with mask 1.
   """
   _hide_gpus_from_tf()
+  _check_augment_on(augment_on, config)
   crops = crops or config.eval_crops
   if crops not in EVAL_CROPS:
     raise ValueError(f'crops={crops!r}: use one of {", ".join(EVAL_CROPS)}.')
@@ -913,13 +978,19 @@ def eval_iterator(config: ml_collections.ConfigDict, builder: tfds.core.DatasetB
   @_no_autograph
   def preprocess(ex: dict) -> dict:
     image = decode_and_resize(ex['image'], config.resize_size)
-    return {'image': eval_example(image, crops, config.image_size, transform),
-            'label': tf.cast(ex['label'], tf.int32),
+    image = (eval_example_for_device(image, crops, config.image_size) if augment_on == 'device'
+             else eval_example(image, crops, config.image_size, transform))
+    return {'image': image, 'label': tf.cast(ex['label'], tf.int32),
             'mask': tf.constant(1.0, tf.float32)}
 
   ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
   image_shape = [config.image_size, config.image_size, 3]
-  padding = {'image': tf.zeros(([10] if crops == 'ten' else []) + image_shape, tf.float32),
+  if augment_on == 'device':
+    side = config.resize_size if crops == 'ten' else config.image_size
+    image_padding = tf.zeros([side, side, 3], tf.uint8)
+  else:
+    image_padding = tf.zeros(([10] if crops == 'ten' else []) + image_shape, tf.float32)
+  padding = {'image': image_padding,
              'label': tf.constant(0, tf.int32),
              'mask': tf.constant(0.0, tf.float32)}
   ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat(num_padding))

@@ -13,6 +13,17 @@ against that floor: per CPU core, in one run, on the same files,
   configs/paper.py's preprocessing: the mean image and the RGB PCA of the training split, random
   crop and flip, colour noise; batches of `--batch_size`) reading the dataset's tfds records,
   after `--warmup_batches`.
+- augment_device, pipeline_device_augment: the same two with config.augment_on='device'
+  (core/augment.py): the host's half of the transform alone (the uint8 random crop and the
+  draws: `input_pipeline.train_example_for_device`), and the real iterator shipping uint8 crops;
+  the flip, colour noise, mean and cast then run in the jitted step, not on the host. With the
+  bytes per image each iterator yields (from its element spec), and the images/s a host of N
+  cores can feed either way (`feed_per_host`: N / the CPU seconds per image, a linear
+  extrapolation);
+- device_half_xla_cpu: the device's half (`core/augment.train_images`, jitted) on the CPU
+  backend, batches of --batch_size: what 'device' costs where the device is this CPU.
+Besides images/s (wall), `cpu_ms_per_image` gives each stage's CPU milliseconds per image (best
+round), the host CPU time per image whatever else the machine runs.
 ratio = pipeline / decode_resize; the target (issue 20) is >= 0.8.
 
 Two datasets: ImageNet-like JPEGs generated here (`imagenet_like_jpegs`, a tfds dataset written
@@ -57,6 +68,7 @@ from typing import Callable, Iterator, Sequence
 from absl import app
 from absl import flags
 from etils import epath
+import ml_collections
 import numpy as np
 from PIL import Image
 from PIL import ImageDraw
@@ -67,6 +79,7 @@ from alexnet_jax.data import input_pipeline
 from configs import paper
 
 TARGET_RATIO = 0.8
+FEED_CORES = (1, 8, 16, 32, 64)  # host sizes for feed_per_host (a linear extrapolation)
 IMAGENET_LIKE = 'imagenet_like_jpegs'
 # ILSVRC-2012's training JPEGs: about 110 KB on average (138 GB / 1.28 M), most of them 500 px on
 # the long side (500 x 375, 500 x 333; 3:4 portraits), a minority larger. PIL's quality 92 on
@@ -333,34 +346,100 @@ def measure_dataset(config, builder: tfds.core.DatasetBuilder, repeats: int,
         squares[i], tf.random.experimental.stateless_fold_in(base_seed, tf.cast(i, tf.int64)),
         config, transform)), repeats)
 
+    # The host's half with augment_on='device': the crop and the draws; all of them summed so
+    # none can be skipped.
+    def host_half(i):
+      ex = input_pipeline.train_example_for_device(
+          squares[i], tf.random.experimental.stateless_fold_in(base_seed, tf.cast(i, tf.int64)),
+          config, transform)
+      return (tf.cast(ex['image'][:1, :1], tf.float32) + ex['colour'] + tf.cast(
+          ex['flip'], tf.float32) + tf.cast(tf.reduce_sum(ex['crop']), tf.float32))
+    augment_device = _rounds(image_loop(count, host_half), repeats)
+
   batches = max(1, math.ceil(len(jpegs) / config.batch_size))
-  iterator = input_pipeline.train_iterator(config, builder)
+  pipelines, shipped = {}, {}
+  for name, augment_on in (('pipeline', 'host'), ('pipeline_device_augment', 'device')):
+    shipped[name] = bytes_per_image(input_pipeline.train_dataset(
+        config, builder, augment_on=augment_on).element_spec, config.batch_size)
+    iterator = input_pipeline.train_iterator(config, builder, augment_on=augment_on)
 
-  def pipeline_round():
-    for _ in range(batches):
-      batch = next(iterator)
-    assert batch['image'].shape[0] == config.batch_size
-    return batches * config.batch_size
+    def pipeline_round():
+      for _ in range(batches):
+        batch = next(iterator)
+      assert batch['image'].shape[0] == config.batch_size
+      return batches * config.batch_size
 
-  for _ in range(warmup_batches):
-    next(iterator)
-  pipeline = _rounds(pipeline_round, repeats, warmup=0)
+    for _ in range(warmup_batches):
+      next(iterator)
+    pipelines[name] = _rounds(pipeline_round, repeats, warmup=0)
+    del iterator  # its threads stop before the next iterator is timed
   per_core = {'decode': decode['images_per_second'],
               'decode_resize': decode_resize['images_per_second'],
               'augment': augment['images_per_second'],
-              'pipeline': pipeline['images_per_second']}
+              'pipeline': pipelines['pipeline']['images_per_second'],
+              'augment_device': augment_device['images_per_second'],
+              'pipeline_device_augment':
+                  pipelines['pipeline_device_augment']['images_per_second']}
+  device_half = device_half_xla_cpu(config, repeats)
+  per_core['device_half_xla_cpu'] = device_half['images_per_second']
   ms = {k: 1000.0 / v for k, v in per_core.items()}
+  cpu_ms = {k: 1000.0 / max(r['images_per_cpu_second']) for k, r in {
+      'decode': decode, 'decode_resize': decode_resize, 'augment': augment,
+      'augment_device': augment_device, **pipelines,
+      'device_half_xla_cpu': device_half}.items()}
+  # From CPU time, not wall time: what N cores deliver when nothing else runs on them, however
+  # busy this machine was.
+  feed = {name: {str(cores): cores * 1000.0 / cpu_ms[name] for cores in FEED_CORES}
+          for name in pipelines}
   ms['other'] = ms['pipeline'] - ms['decode_resize'] - ms['augment']
+  ms['other_device_augment'] = (ms['pipeline_device_augment'] - ms['decode_resize']
+                                - ms['augment_device'])
   return {
       'split': config.train_split, 'images': jpeg_statistics(jpegs),
       'per_core': per_core,
       'ratio': per_core['pipeline'] / per_core['decode_resize'],
+      'ratio_device_augment': per_core['pipeline_device_augment'] / per_core['decode_resize'],
       'decode_over_decode_resize': per_core['decode'] / per_core['decode_resize'],
       'ms_per_image': ms,
+      'cpu_ms_per_image': cpu_ms,
+      'bytes_per_image': shipped,
+      'feed_per_host': feed,
       'pipeline_images_per_round': batches * config.batch_size,
       'rounds': {'decode': decode, 'decode_resize': decode_resize, 'augment': augment,
-                 'pipeline': pipeline},
+                 'augment_device': augment_device, **pipelines,
+                 'device_half_xla_cpu': device_half},
   }
+
+
+def device_half_xla_cpu(config: ml_collections.ConfigDict, repeats: int) -> dict:
+  """Rates of core/augment.train_images, jitted for one CPU device, on a batch of random uint8
+  crops with the config's shapes (a mean image of resize_size; the pixels' values do not matter
+  to its speed)."""
+  import jax  # pylint: disable=import-outside-toplevel  (only this stage needs it)
+
+  from alexnet_jax.core import augment  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  b, size, square = config.batch_size, config.image_size, config.resize_size
+  batch = jax.device_put({
+      'image': rng.integers(0, 256, (b, size, size, 3)).astype(np.uint8),
+      'crop': rng.integers(0, square - size + 1, (b, 2)).astype(np.int32),
+      'flip': rng.uniform(size=b) < 0.5, 'colour': rng.normal(size=(b, 3)).astype(np.float32),
+      'mean': rng.uniform(0, 255, (square, square, 3)).astype(np.float32),
+      'std': np.ones(3, np.float32)}, jax.devices('cpu')[0])
+  fn = jax.jit(augment.train_images)
+
+  def run_round():
+    for _ in range(4):
+      fn(batch).block_until_ready()
+    return 4 * b
+
+  return _rounds(run_round, repeats)
+
+
+def bytes_per_image(element_spec: dict, batch_size: int) -> float:
+  """Bytes of one example of a batch the iterator yields (every array of the element spec)."""
+  return sum(s.shape.num_elements() * s.dtype.size
+             for s in tf.nest.flatten(element_spec)) / batch_size
 
 
 def _cpu_model() -> str:
@@ -440,6 +519,17 @@ def markdown(result: dict) -> str:
                 f'{p["decode_resize"]:.1f} | {p["augment"]:.1f} | {p["pipeline"]:.1f} | '
                 f'{d["ratio"]:.2f} | {ms["decode_resize"]:.2f}, {ms["augment"]:.2f}, '
                 f'{ms["other"]:.2f} |')
+  rows += ['', '| dataset | augment on | host half of augment | pipeline | host CPU ms/image | '
+               'bytes/image shipped | images/s a 16-core host feeds |', '|---|---|---|---|---|---|---|']
+  for name, d in result['datasets'].items():
+    p, ms, shipped = d['per_core'], d['ms_per_image'], d['bytes_per_image']
+    for on, stage, pipeline in (('host', 'augment', 'pipeline'),
+                                ('device', 'augment_device', 'pipeline_device_augment')):
+      rows.append(f'| {name} | {on} | {p[stage]:.1f} | {p[pipeline]:.1f} | '
+                  f'{d["cpu_ms_per_image"][pipeline]:.2f} | {shipped[pipeline]:,.0f} | '
+                  f'{d["feed_per_host"][pipeline]["16"]:,.0f} |')
+    rows.append(f'| {name} | (device half on XLA:CPU) | {p["device_half_xla_cpu"]:.1f} | | '
+                f'{d["cpu_ms_per_image"]["device_half_xla_cpu"]:.2f} | | |')
   return '\n'.join(rows) + '\n'
 
 
@@ -457,6 +547,12 @@ def main(argv):
     json.dump(result, fh, indent=1)
   print(f'images/s per core ({result["per_core_method"]}):')
   print(markdown(result))
+  device = result['datasets']['imagenet_like']
+  print(f'ImageNet-like, augment_on=device: host CPU ms/image '
+        f'{device["cpu_ms_per_image"]["pipeline"]:.3f} -> '
+        f'{device["cpu_ms_per_image"]["pipeline_device_augment"]:.3f}; bytes/image shipped '
+        f'{device["bytes_per_image"]["pipeline"]:,.0f} -> '
+        f'{device["bytes_per_image"]["pipeline_device_augment"]:,.0f}')
   verdict = 'met' if result['target_met'] else 'NOT met'
   print(f'ImageNet-like: pipeline / decode_resize = {result["ratio"]:.3f} (target >= '
         f'{TARGET_RATIO}: {verdict}); load average {result["load_average"]} -> '
