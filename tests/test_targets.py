@@ -140,11 +140,12 @@ def test_collective_time_by_ring_and_torus_formulas():
 def test_prediction_by_hand():
   h100 = targets.load('gpu-h100')
   entry = {'compiled_flops_per_device': None, 'analytic_flops_per_device': 4e12,
-           'heavy_ops': 10, 'batch_size': 1024, 'devices': 8,
+           'heavy_ops': 10, 'batch_size': 1024, 'devices': 8, 'augment_on': 'device',
            'memory_per_device': {'peak_memory_bytes': 90e9},
            'instructions': {'a': _ins('all-reduce', 8, 1e9, asynchronous=True, overlap=5),
                             'b': _ins('all-gather', 8, 1e8)}}
-  out = plan_lib.predict(entry, h100, efficiency=0.5, dtype='bfloat16', input_per_core=400.0)
+  out = plan_lib.predict(entry, h100, efficiency=0.5, dtype='bfloat16',
+                         input_per_core={'host': 300.0, 'device': 400.0})
   compute = 4e12 / (989e12 * 0.5)
   a = 1e9 / 450e9 + 14 * 2e-6
   b = 1e8 / 450e9 * 1 + 7 * 2e-6

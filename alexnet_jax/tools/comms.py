@@ -39,7 +39,7 @@ from alexnet_jax.tools import plan as plan_lib
 from alexnet_jax.tools import targets as targets_lib
 from alexnet_jax.tools.formula import analytic_bytes, layer_table, loss_bytes_bound
 from alexnet_jax.tools.hlo import LAYERS, LOSS, bytes_by_layer, parse_collectives
-from alexnet_jax.tools.drawing import COLOURS, png_bytes
+from alexnet_jax.tools.drawing import COLOURS, png_bytes, write_report
 
 # --- Measuring the real train step. ---
 
@@ -225,18 +225,13 @@ def chart(result: dict) -> bytes:
 
 
 def write(result: dict, out_dir: str) -> None:
-  os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, 'comms.json'), 'w') as f:
-    json.dump(result, f, indent=1)
-  with open(os.path.join(out_dir, 'comms.md'), 'w') as f:
-    f.write(markdown(result))
-  with open(os.path.join(out_dir, 'comms.png'), 'wb') as f:
-    f.write(chart(result))
+  write_report(out_dir, 'comms', result, markdown(result), chart(result))
 
 
-# Images/s one CPU core feeds through the training pipeline on ImageNet-like JPEGs (bench_input,
-# docs/performance.md): what the plan's input ceiling assumes unless given --bench_input.
-INPUT_PER_CORE = 370.0
+# Images/s one CPU core feeds through the training pipeline on ImageNet-like JPEGs, augmenting on
+# the host or leaving it to the device (bench_input, 2026-11-26, docs/performance.md): what the
+# plan's input ceiling assumes unless given --bench_input.
+INPUT_PER_CORE = {'host': 355.0, 'device': 395.0}
 
 
 def _device_counts(text: str) -> list[int]:
@@ -250,11 +245,14 @@ def _device_counts(text: str) -> list[int]:
   return counts
 
 
-def _input_per_core(path: str) -> float:
+def _input_per_core(path: str) -> dict:
+  """{'host', 'device'}: images/s per core, from a bench_input.json or the defaults."""
   if not path:
-    return INPUT_PER_CORE
+    return dict(INPUT_PER_CORE)
   with open(os.path.join(path, 'bench_input.json') if os.path.isdir(path) else path) as f:
-    return float(json.load(f)['per_core']['pipeline'])
+    per_core = json.load(f)['per_core']
+  return {'host': float(per_core['pipeline']),
+          'device': float(per_core.get('pipeline_device_augment', per_core['pipeline']))}
 
 
 def main_target(config, counts: list[int], strategies) -> None:
@@ -321,7 +319,8 @@ def cli() -> None:
                        'network.')
   flags.DEFINE_string('bench_input', '', 'With --target: a bench_input.json (or its directory) '
                       'whose per-core pipeline rate sets the hosts\' input ceiling (default: '
-                      f'{INPUT_PER_CORE:.0f} images/s per core, docs/performance.md).')
+                      f'{INPUT_PER_CORE["host"]:.0f} images/s per core augmenting on the host, '
+                      f'{INPUT_PER_CORE["device"]:.0f} on the device, docs/performance.md).')
   flags.DEFINE_string('cache_dir', plan_lib.default_cache_dir(), 'With --target: where compiled '
                       'programs\' analyses are kept ("" keeps none).')
   flags.mark_flags_as_required(['config', 'out'])

@@ -5,7 +5,9 @@ library is added. comms.py (comms.png) and figures.py (the paper's figures) draw
 """
 
 import io
+import json
 import math
+import os
 from typing import Optional, Sequence
 
 import numpy as np
@@ -119,3 +121,14 @@ def line_chart(image: Image.Image, box: tuple[int, int, int, int], title: str,
     draw.rectangle((legend_x, y0 + 8, legend_x + 10, y0 + 18), fill=colour)
     draw.text((legend_x + 14, y0 + 6), label, fill='black')
     legend_x += draw.textlength(label) + 24
+
+
+def write_report(out_dir: str, stem: str, result: dict, markdown: str, png: bytes) -> None:
+  """A report's three files: STEM.json (everything), STEM.md (the tables), STEM.png."""
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, f'{stem}.json'), 'w') as f:
+    json.dump(result, f, indent=1)
+  with open(os.path.join(out_dir, f'{stem}.md'), 'w') as f:
+    f.write(markdown)
+  with open(os.path.join(out_dir, f'{stem}.png'), 'wb') as f:
+    f.write(png)

@@ -44,7 +44,7 @@ from alexnet_jax.core import strategies as strategies_lib
 from alexnet_jax.tools import formula
 from alexnet_jax.tools import measure as measure_lib
 from alexnet_jax.tools import targets as targets_lib
-from alexnet_jax.tools.drawing import line_chart, png_bytes
+from alexnet_jax.tools.drawing import line_chart, png_bytes, write_report
 from alexnet_jax.tools.hlo import LAYERS, LOSS, Module, bytes_by_layer, parse_collectives
 
 PREDICTED = 'PREDICTED, not measured'
@@ -206,6 +206,7 @@ def analyse(job: Job, profile: targets_lib.Profile) -> dict:
   return {
       'strategy': config.parallelism, 'devices': n, 'topology': job.topology,
       'mesh': dict(run.mesh.shape), 'batch_size': config.batch_size,
+      'augment_on': run.augment_on,
       'batch_shards': run.strategy.batch_shards,
       'hosts': len({d.process_index for d in run.devices}),
       'compile_seconds': out['compile_seconds'], 'cached': out.get('cached', False),
@@ -269,8 +270,9 @@ def collective_seconds(ins: dict, profile: targets_lib.Profile) -> float:
 
 
 def predict(entry: dict, profile: targets_lib.Profile, efficiency: float, dtype: str,
-            input_per_core: Optional[float]) -> dict:
-  """The predicted step of one compiled entry (see the module docstring)."""
+            input_per_core: Optional[dict]) -> dict:
+  """The predicted step of one compiled entry (see the module docstring). `input_per_core`:
+  the training pipeline's images/s per CPU core, by where augmentation runs ('host', 'device')."""
   peak = profile.per_device('peak_bf16_flops' if dtype == 'bfloat16' else 'fp32_matmul_flops')
   flops = entry['compiled_flops_per_device'] or entry['analytic_flops_per_device']
   compute = flops / (peak * efficiency)
@@ -297,8 +299,9 @@ def predict(entry: dict, profile: targets_lib.Profile, efficiency: float, dtype:
       'predicted_images_per_second': {k: entry['batch_size'] / v for k, v in steps.items()},
   }
   cpus = profile.per_device('host_cpus_per_chip')
-  if input_per_core and cpus:
-    ceiling = input_per_core * cpus * entry['devices']
+  rate = (input_per_core or {}).get(entry.get('augment_on', 'host'))
+  if rate and cpus:
+    ceiling = rate * cpus * entry['devices']
     out['input_images_per_second'] = ceiling
     out['limited_by'] = ('input' if ceiling < out['predicted_images_per_second']['with_overlap']
                          else 'chips')
@@ -308,7 +311,7 @@ def predict(entry: dict, profile: targets_lib.Profile, efficiency: float, dtype:
 def make_plan(config: ml_collections.ConfigDict, profile: targets_lib.Profile,
               device_counts: Sequence[int], *, strategies: Optional[Sequence[str]] = None,
               batch_per_replica: int = 128, efficiency: float = 0.4, slices: int = 1,
-              input_per_core: Optional[float] = None, cache_dir: Optional[str] = None,
+              input_per_core: Optional[dict] = None, cache_dir: Optional[str] = None,
               workers: int = 0, log: Callable[[str], Any] = print) -> dict:
   """Every strategy that fits each device count of `profile`, compiled and predicted.
 
@@ -391,7 +394,8 @@ def markdown(plan: dict) -> str:
       + (f' for {p["compiled_as"]} (no compiler here targets this machine: the program, its '
          'collectives and FLOPs are that target\'s)' if p['compiled_as'] else '') + '; '
       f'{plan["dtype"]}, {plan["image_size"]}x{plan["image_size"]}, '
-      f'{per_shard} images per batch shard. Bytes are per '
+      f'{per_shard} images per batch shard, augmentation on the '
+      f'{plan["runs"][0]["augment_on"] if plan["runs"] else "-"}. Bytes are per '
       'device per step (ring convention); the step time is the range between no overlap and '
       'the overlap the compiled schedule allows.', '',
       '| strategy | devices | hosts | batch | MB/step compiled | MB/step formula | memory GB '
@@ -473,10 +477,4 @@ def chart(plan: dict) -> bytes:
 
 
 def write(plan: dict, out_dir: str) -> None:
-  os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, 'plan.json'), 'w') as f:
-    json.dump(plan, f, indent=1)
-  with open(os.path.join(out_dir, 'plan.md'), 'w') as f:
-    f.write(markdown(plan))
-  with open(os.path.join(out_dir, 'plan.png'), 'wb') as f:
-    f.write(chart(plan))
+  write_report(out_dir, 'plan', plan, markdown(plan), chart(plan))
