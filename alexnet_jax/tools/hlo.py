@@ -55,7 +55,8 @@ class Collective:
   phase: str  # forward or backward
   instruction: str  # its name in the HLO
   combined: int  # how many operands the compiler combined into that instruction
-  attributed_by: str = 'op_name'  # 'op_name', 'shape' (matched to a parameter) or 'none'
+  attributed_by: str = 'op_name'  # 'op_name'; 'producer' (its input's name, where the compiler
+  # made the collective and named it nothing); 'shape' (matched to a parameter); or 'none'
   asynchronous: bool = False  # a start/done pair the backend runs asynchronously
   overlap_ops: int = 0  # heavy ops (convolutions, matrix products) between its start and done
   groups: Optional[list] = None  # device ids (positions in the program's device list) per group
@@ -247,17 +248,19 @@ def split_op_names(op_name: str, count: int) -> list[str]:
   return [op_name] * count
 
 
-def _source_name(module: Module, name: str) -> str:
+def _source_name(module: Module, name: str, through_fusions: bool = False) -> str:
   """The op name of the array `name` holds: its own, else (through bitcasts, copies and
-  reshapes the compiler added) its producer's."""
-  for _ in range(4):
+  reshapes the compiler added, and with `through_fusions` the first input of unnamed fusions)
+  its producer's."""
+  passes = ('bitcast', 'copy', 'reshape') + (('fusion',) if through_fusions else ())
+  for _ in range(6):
     ins = module.instructions.get(name)
     if ins is None:
       return ''
     found = re.search(r'op_name="([^"]*)"', ins.attrs)
     if found:
       return found.group(1)
-    if ins.op not in ('bitcast', 'copy', 'reshape') or not ins.operands:
+    if ins.op not in passes or not ins.operands:
       return ''
     name = ins.operands[0]
   return ''
@@ -324,6 +327,10 @@ def parse_collectives(hlo_text: str, num_devices: int,
     g = 2 if kind == 'collective-permute' else len(groups[0])
     op_name = re.search(r'op_name="([^"]*)"', ins.attrs)
     op_name = op_name.group(1) if op_name else ''
+    inherited = False
+    if not op_name and len(ins.operands) == 1:  # a collective the compiler made: its input's name
+      op_name = _source_name(module, ins.operands[0], through_fusions=True)
+      inherited = bool(op_name)
     asynchronous, overlap = (_window(module, name) if ins.op.endswith('-start')
                              else (False, 0))
     names = ([source for _, source in parts] if flattened
@@ -332,7 +339,7 @@ def parse_collectives(hlo_text: str, num_devices: int,
     used: set = set()
     for (dtype, shape), source in zip(shapes, names):
       named = layer_of(source)
-      layer, how = named, 'op_name'
+      layer, how = named, 'producer' if inherited else 'op_name'
       if named == '?' or not source or shared:
         found = (_match_shape(shape, leaf_shapes or {}, used, exact=not flattened)
                  if 'shard_map' in source or not source or (shared and not flattened) else None)
@@ -340,7 +347,7 @@ def parse_collectives(hlo_text: str, num_devices: int,
           layer, how = found, 'shape'
         elif shared and named not in ('?', LOSS) and math.prod(shape) > 1:
           layer, how = named, 'op_name'  # the name the compiler kept for all of them
-        elif 'shard_map' not in source or math.prod(shape) <= 1:
+        elif (source and 'shard_map' not in source) or math.prod(shape) <= 1:
           layer, how = LOSS, 'none'  # the loss's and the metrics' own values
         else:
           layer, how = '?', 'none'

@@ -42,20 +42,27 @@ from PIL import Image
 from alexnet_jax.core import run as run_lib
 from alexnet_jax.core import strategies as strategies_lib
 from alexnet_jax.tools import formula
+from alexnet_jax.tools import hlo
 from alexnet_jax.tools import measure as measure_lib
 from alexnet_jax.tools import targets as targets_lib
 from alexnet_jax.tools.drawing import line_chart, png_bytes, write_report
 from alexnet_jax.tools.hlo import LAYERS, LOSS, Module, bytes_by_layer, parse_collectives
 
 PREDICTED = 'PREDICTED, not measured'
-# Per strategy, the collectives the layer-table formula counts for a layer (formula.analytic_bytes).
-EXPECTED_KINDS = {
-    'towers': {'all-gather', 'reduce-scatter'},
-    'data': {'all-reduce'},
-    'fsdp': {'all-gather', 'reduce-scatter'},
-    'hybrid': {'all-reduce', 'all-gather', 'reduce-scatter'},
-    'towers_data': {'all-gather', 'reduce-scatter', 'all-reduce'},
-}
+# Per strategy and layer, the collectives the layer-table formula counts (formula.analytic_bytes).
+_TOWER_READS = ('conv3', 'fc6', 'fc7', 'fc8')
+
+
+def expected_kinds(parallelism: str, layer: str) -> set:
+  ag_rs = {'all-gather', 'reduce-scatter'}
+  if parallelism == 'towers':
+    return ag_rs if layer in _TOWER_READS else set()
+  if parallelism == 'towers_data':
+    return (ag_rs if layer in _TOWER_READS else set()) | {'all-reduce'}
+  if parallelism == 'hybrid':
+    return {'all-reduce'} if layer.startswith('conv') else ag_rs | (
+        {'all-reduce'} if layer == 'fc8' else set())
+  return {'all-reduce'} if parallelism == 'data' else ag_rs
 
 
 def default_cache_dir() -> str:
@@ -117,39 +124,83 @@ def _instructions(collectives: list, devices: Sequence, profile: targets_lib.Pro
   return out
 
 
+def _is_parameter(c, leaves: dict) -> bool:
+  """Whether a collective carries a parameter (or its gradient): its shape is one of its layer's
+  parameters', whole or one device's shard (size-1 dimensions aside)."""
+  squeeze = lambda shape: tuple(d for d in shape if d != 1)
+  return any(squeeze(c.shape) in {squeeze(s) for s in pair} for pair in leaves.get(c.layer, []))
+
+
 def explain(parallelism: str, collectives: list, measured: dict, analytic: dict,
-            compute_dtype: str) -> dict:
+            compute_dtype: str, leaves: Optional[dict] = None) -> dict:
   """Compiled bytes against the formula, per layer, with every reason they differ: collectives
-  the compiler decomposed or added, or moved in another dtype; and, per instruction that
-  carries several arrays, what the compiler combined and how its parts were attributed."""
+  moved in another dtype than the program's, issued more than once, decomposed or added; and,
+  per instruction that carries several arrays, what the compiler combined and how its parts
+  were attributed. `leaves`: leaf_shapes(run), to tell parameters from activations."""
+  leaves = leaves or {}
+  act_bytes = 2 if compute_dtype == 'bfloat16' else 4
   layers = {}
-  expected = EXPECTED_KINDS.get(parallelism, set())
   for layer in LAYERS + (LOSS, '?'):
+    expected = expected_kinds(parallelism, layer)
     mine = [c for c in collectives if c.layer == layer]
     m, a = measured.get(layer, 0.0), analytic.get(layer, 0.0)
     if not mine and not a:
       continue
+    close = lambda x: abs(x - a) <= max(0.01 * a, 16e3)  # 1 %, or 16 kB of stray scalars
     notes = []
-    extra = {c.kind for c in mine} - expected
     if layer == LOSS:
       notes.append('added: jit partitions the loss and metrics on the sharded logits (not in '
                    'the formula; bounded by formula.loss_bytes_bound)')
     elif layer == '?':
-      notes.append('unattributed: no layer in its name and no parameter of its shape')
-    elif extra:
-      notes.append(f'kinds: compiled as {", ".join(sorted({c.kind for c in mine}))} where the '
-                   f'formula counts {", ".join(sorted(expected))} (an all-reduce moves what a '
-                   'reduce-scatter and an all-gather move together)')
-    if compute_dtype == 'bfloat16' and any(c.dtype == 'f32' and c.kind == 'reduce-scatter'
-                                           and c.phase == 'backward' for c in mine):
-      notes.append('dtype: the compiler reduces in f32 cotangents the program computes in '
-                   'bfloat16')
-    equal = abs(m - a) <= 0.01 * max(a, 1.0)
-    if not equal and layer not in (LOSS, '?') and not any(
-        n.startswith('dtype') for n in notes):
+      notes.append('unattributed: no layer in its name or its input\'s, no parameter of its '
+                   'shape')
+    # The same collective (kind, shape, dtype, name) issued several times: re-gathered for each
+    # use instead of kept (rematerialized), which the formula, counting one, does not.
+    seen = {}
+    for c in mine:
+      key = (c.kind, tuple(c.shape), c.dtype, c.op_name)
+      seen[key] = seen.get(key, 0) + 1
+    repeats = {k: v for k, v in seen.items() if v > 1 and k[0] != 'all-reduce' and k[3]}
+    once = sum(c.bytes_per_device for c in mine) - sum(
+        c.bytes_per_device * (seen[(c.kind, tuple(c.shape), c.dtype, c.op_name)] - 1)
+        / seen[(c.kind, tuple(c.shape), c.dtype, c.op_name)] for c in mine)
+    if repeats and layer not in (LOSS, '?'):
+      notes.append('repeated: ' + ', '.join(f'{k[0]} of {k[2]}{list(k[1])} issued {v} times'
+                                            for k, v in repeats.items())
+                   + f' (the compiler gathers again for each use rather than keep the gathered '
+                   f'copy; counted once: {once / 1e6:.3f} MB)')
+    # Bytes as the program's dtypes would move them (parameters and gradients float32,
+    # activations and their gradients the compute dtype), each collective counted once.
+    program_bytes = lambda c: 4 if _is_parameter(c, leaves) else act_bytes
+    floats = [c for c in mine if c.dtype in ('f32', 'bf16', 'f16')]
+    as_program = sum(c.bytes_per_device * program_bytes(c) / hlo.DTYPE_BYTES[c.dtype]
+                     / seen[(c.kind, tuple(c.shape), c.dtype, c.op_name)] for c in floats)
+    changed = sorted({f'{c.kind} {c.dtype}' for c in floats
+                      if hlo.DTYPE_BYTES[c.dtype] != program_bytes(c)})
+    if changed and layer not in (LOSS, '?'):
+      notes.append(f'dtype: {", ".join(changed)} where the program has '
+                   f'{"bfloat16" if act_bytes == 2 else "float32"} activations and float32 '
+                   'parameters (the compiler moved a conversion across the collective); in the '
+                   f'program\'s dtypes{", counted once" if repeats else ""}: '
+                   f'{as_program / 1e6:.3f} MB')
+    extra = {c.kind for c in mine} - expected
+    if extra and layer not in (LOSS, '?'):
+      notes.append(f'kinds: the compiler exchanges this layer with '
+                   f'{", ".join(sorted({c.kind for c in mine}))} where the formula counts '
+                   f'{", ".join(sorted(expected)) or "nothing"}: '
+                   f'{m / 1e6:.3f} MB against {a / 1e6:.3f} MB')
+    equal = close(m)
+    explained = equal or close(as_program) or (repeats and close(once)) or bool(extra)
+    unnamed = measured.get('?', 0.0)
+    if not explained and m < a and unnamed and layer not in (LOSS, '?'):
+      notes.append(f'missing: {(a - m) / 1e6:.3f} MB of the formula\'s; the collectives the '
+                   f'compiler made without a name ("?") carry {unnamed / 1e6:.3f} MB')
+      explained = True
+    if not explained and layer not in (LOSS, '?'):
       notes.append(f'unexplained: {m / 1e6:.3f} MB compiled against {a / 1e6:.3f} MB by formula')
     layers[layer] = {'compiled_bytes': m, 'analytic_bytes': a,
-                     'status': 'equal' if equal else 'differs', 'notes': notes}
+                     'status': 'equal' if equal else 'explained' if explained else 'differs',
+                     'notes': notes}
   combined = {}
   for c in collectives:
     if c.combined > 1:
@@ -222,7 +273,7 @@ def analyse(job: Job, profile: targets_lib.Profile) -> dict:
       'analytic_bytes_per_step': sum(analytic.values()),
       'analytic_bytes_per_step_by_layer': analytic,
       'explanations': explain(config.parallelism, collectives, measured, analytic,
-                              config.model.dtype),
+                              config.model.dtype, leaf_shapes(run)),
   }
 
 
@@ -452,8 +503,9 @@ def markdown(plan: dict) -> str:
 
 
 def chart(plan: dict) -> bytes:
-  """plan.png: predicted images/s against log2(devices) per strategy (with overlap), with the
-  hosts' input ceiling; below, communication's share of the step (no overlap)."""
+  """plan.png: predicted images/s per device against log2(devices) per strategy (with overlap),
+  with the hosts' input ceiling per device (flat lines scale perfectly); below, communication's
+  share of the step (no overlap)."""
   image = Image.new('RGB', (900, 760), 'white')
   by = {}
   for r in plan['runs']:
@@ -462,14 +514,15 @@ def chart(plan: dict) -> bytes:
   for name, rs in by.items():
     rs = sorted(rs, key=lambda r: r['devices'])
     xs = [math.log2(r['devices']) for r in rs]
-    series.append((name, xs, [r['predicted_images_per_second']['with_overlap'] for r in rs]))
+    series.append((name, xs, [r['predicted_images_per_second']['with_overlap'] / r['devices']
+                              for r in rs]))
     shares.append((name, xs, [100 * r['predicted_communication_seconds'] /
                               r['predicted_step_seconds']['no_overlap'] for r in rs]))
-  ceiling = sorted({(r['devices'], r['input_images_per_second']) for r in plan['runs']
-                    if 'input_images_per_second' in r})
+  ceiling = sorted({(r['devices'], r['input_images_per_second'] / r['devices'])
+                    for r in plan['runs'] if 'input_images_per_second' in r})
   if ceiling:
     series.append(('host input', [math.log2(n) for n, _ in ceiling], [c for _, c in ceiling]))
-  line_chart(image, (10, 10, 890, 420), f'{plan["label"]}: images/s', series,
+  line_chart(image, (10, 10, 890, 420), f'{plan["label"]}: images/s per device', series,
              x_label='log2(devices)', markers=True)
   line_chart(image, (10, 430, 890, 750), 'communication, % of the step without overlap '
              '(predicted)', shares, x_label='log2(devices)', markers=True)
