@@ -230,7 +230,7 @@ def prepare_dataset(config: ml_collections.ConfigDict,
   if config.resized:  # written once from the prepared and checked source (resized_dataset.py)
     if not builder.is_prepared():
       source_config = resized_dataset.source_config(config)
-      source = open_dataset(source_config)
+      source = resized_dataset.source_builder(builder.builder_config)  # open_dataset checked it
       _prepare_files(source_config, source)
       logging.info('Writing %s from %s into %s (once).', builder.info.full_name,
                    source.info.full_name, builder.data_dir)

@@ -39,7 +39,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from typing import Iterator
+from typing import Any, Iterator
 
 from etils import epath
 import ml_collections
@@ -61,6 +61,9 @@ class ResizedConfig(tfds.core.BuilderConfig):
   storage: str = 'jpeg'
   quality: int = 90
   splits: tuple[str, ...] = ('train', 'validation')
+  # The source's builder where tfds cannot make it from its name (a config made at run time,
+  # like bench_input's); None: tfds.builder(source).
+  source_builder: Any = None
 
 
 def _already_registered(name: str) -> bool:
@@ -68,6 +71,8 @@ def _already_registered(name: str) -> bool:
 
 
 def source_builder(cfg: ResizedConfig) -> tfds.core.DatasetBuilder:
+  if cfg.source_builder is not None:
+    return cfg.source_builder
   return tfds.builder(cfg.source, data_dir=cfg.source_data_dir or None)
 
 
@@ -159,11 +164,14 @@ def _base_split(split: str) -> str:
   return match.group(1)
 
 
-def builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+def builder(config: ml_collections.ConfigDict,
+            source: tfds.core.DatasetBuilder | None = None) -> tfds.core.DatasetBuilder:
   """The resized dataset `config` trains from (config.resized: 'jpeg' or 'raw'), in its data
-  dir; writes nothing. Its name says the source (with its version), the size and the storage."""
+  dir; writes nothing. Its name says the source (with its version), the size and the storage.
+  `source`: config.dataset's builder, where tfds cannot make it from the name."""
   data_dir = os.path.expanduser(config.data_dir) if config.data_dir else None
-  source = tfds.builder(config.dataset, data_dir=data_dir)
+  given = source
+  source = source or tfds.builder(config.dataset, data_dir=data_dir)
   storage, size, quality = config.resized, int(config.resize_size), int(config.resized_jpeg_quality)
   name = (f'{source.info.full_name.replace("/", "-")}-r{size}-'
           f'{f"jpeg{quality}" if storage == "jpeg" else storage}')
@@ -171,7 +179,8 @@ def builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
       name=name, description=f'{config.dataset} at {size} x {size}, {describe(storage, quality)}.',
       source=config.dataset, source_data_dir=data_dir or '', size=size, storage=storage,
       quality=quality,
-      splits=tuple(dict.fromkeys(_base_split(s) for s in (config.train_split, config.eval_split))))
+      splits=tuple(dict.fromkeys(_base_split(s) for s in (config.train_split, config.eval_split))),
+      source_builder=given)
   return ResizedSquares(config=cfg, data_dir=data_dir)
 
 
