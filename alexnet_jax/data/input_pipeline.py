@@ -18,7 +18,8 @@ Statistics of the training set (mean image, RGB PCA) are computed once and cache
 dataset (`load_or_compute_stats`; the arithmetic and file format are in stats.py). Before them,
 every JPEG of the training and evaluation splits is tried once (`check_images`, saved likewise):
 truncated ones are decoded as far as their data goes and counted; ones that cannot be decoded at
-all are named in a DatasetNotReadyError before training.
+all are named in a DatasetNotReadyError before training. With `config.resized`, the squares are
+read from a dataset they were written into once (resized_dataset.py): only decoded, not resized.
 
 The training stream is a pure function of the config and the step. It is made of
 `config.input_shards` logical shards (0: one per process), each an endless run of epochs; epoch e
