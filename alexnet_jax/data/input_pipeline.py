@@ -235,7 +235,7 @@ def prepare_dataset(config: ml_collections.ConfigDict,
       _prepare_files(source_config, source)
       logging.info('Writing %s from %s into %s (once).', builder.info.full_name,
                    source.info.full_name, builder.data_dir)
-      builder.download_and_prepare()
+      builder.download_and_prepare(download_config=resized_dataset.download_config(builder))
   else:
     _prepare_files(config, builder)
   if _needs_stats(config):

@@ -18,10 +18,10 @@ evaluation read them from there. Two storages:
 What is kept: every example of the splits the config reads (the base names of `train_split` and
 `eval_split`), its label (the source's ClassLabel, names included) and its file name (the
 source's `file_name` where it has one, ImageNet's; else `split[index]`, which tfds's slicing
-reads back from the source). The example key is the source index, so the files' order, and with
-it the training stream, is a function of the source only; 'jpeg' and 'raw' hold the examples in
-the same order, so two runs that differ only in the storage see the same images at the same
-steps.
+reads back from the source). The example key is the source index and the file count is fixed by
+the split sizes (`download_config`), so the order examples are read in, and with it the training
+stream, is a function of the source only: 'jpeg' and 'raw' are read in the same order, and two
+runs that differ only in the storage see the same images at the same steps.
 
 Damaged JPEGs: the source is checked (`input_pipeline.check_images`) before anything is written,
 so an undecodable image stops the writing with the usual message, and a truncated one is written
@@ -46,6 +46,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core.utils import shard_utils
 
 NAME = 'resized_squares'
 STORAGES = ('jpeg', 'raw')
@@ -134,6 +135,20 @@ class ResizedSquares(tfds.core.GeneratorBasedBuilder,
     ds = ds.prefetch(64).with_options(input_pipeline._options())  # pylint: disable=protected-access
     for index, image, label, name in tfds.as_numpy(ds):
       yield int(index), {'image': image, 'label': int(label), 'file_name': name.decode()}
+
+
+def download_config(builder_: tfds.core.DatasetBuilder) -> tfds.download.DownloadConfig:
+  """How the squares are written: in as many files as tfds would pick for the raw pixels of the
+  largest split (at most the smallest split's size), whatever the storage. tfds reads a split's
+  files interleaved, so the order examples are read in depends on the file count, which tfds
+  would otherwise derive from the bytes written: JPEG and raw squares would be read in different
+  orders, and the training stream would depend on the JPEG coder."""
+  cfg = builder_.builder_config
+  source = source_builder(cfg)
+  counts = [source.info.splits[split].num_examples for split in cfg.splits]
+  raw_bytes = cfg.size * cfg.size * 3 + 100  # the pixels and the record's other features
+  shards = shard_utils.ShardConfig.calculate_number_shards(max(counts) * raw_bytes, max(counts))
+  return tfds.download.DownloadConfig(num_shards=max(1, min(shards, min(counts))))
 
 
 def describe(storage: str, quality: int) -> str:
