@@ -43,7 +43,7 @@ import shlex
 import sys
 import tarfile
 import time
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from absl import logging
 import ml_collections
@@ -312,7 +312,7 @@ def decode_and_resize(jpeg_bytes: tf.Tensor, resize_size: int) -> tf.Tensor:
   return tf.ensure_shape(image, [resize_size, resize_size, 3])
 
 
-def square_decoder(config: ml_collections.ConfigDict):
+def square_decoder(config: ml_collections.ConfigDict) -> Callable[[tf.Tensor], tf.Tensor]:
   """record image -> the uint8 resize_size square: `decode_and_resize` of the JPEG, or, from a
   resized dataset (config.resized), only the decoding its storage needs."""
   if config.resized:
