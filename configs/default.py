@@ -46,6 +46,12 @@ def get_config() -> ml_collections.ConfigDict:
   # jitted step finishes them, core/augment.py) or 'auto' ('device' on GPUs and TPUs, 'host' on
   # CPU; the random-resized crop always on the host). Same images either way, to float rounding.
   c.augment_on = 'auto'
+  # Train and evaluate from the images already cut to the resize_size square, written once
+  # into a tfds dataset beside the source (alexnet_jax/data/resized_dataset.py): '' (off: decode
+  # and resize the source's JPEGs at every use), 'jpeg' (re-encoded at resized_jpeg_quality) or
+  # 'raw' (uint8 pixels: the normal path's exactly, 196 KB an image at 256).
+  c.resized = ''
+  c.resized_jpeg_quality = 90
   c.cache_decoded = False  # keep the decoded 256 x 256 images in memory (small datasets only)
   c.shuffle_buffer = 10_000  # encoded images per input shard (cache_decoded: whole epochs)
   # Logical shards of the training stream; 0 = one per process. Fix it (e.g. to the largest

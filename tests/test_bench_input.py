@@ -87,6 +87,21 @@ def test_bench_input_command_writes_per_core_rates_and_their_ratio(tmp_path):
   assert result['tensorflow_version'] and result['cpu_count'] >= 1
   assert '| imagenet_like (16) |' in proc.stdout and '| synthetic_shapes (16) |' in proc.stdout
   assert '| imagenet_like | device |' in proc.stdout and 'augment_on=device' in proc.stdout
+  # Decoding less: the same 16 images as resized squares, both storages.
+  resized = imagenet_like['resized']
+  for rate in ('decode_256', 'pipeline_256', 'pipeline_raw'):
+    assert math.isfinite(result['per_core'][rate]) and result['per_core'][rate] > 0, rate
+  assert result['per_core']['decode_256'] == resized['jpeg']['per_core']['decode']
+  assert result['per_core']['pipeline_raw'] == resized['raw']['per_core']['pipeline']
+  assert resized['raw']['mean_bytes'] == 256 * 256 * 3 and resized['raw']['count'] == 16
+  assert resized['raw']['difference_from_decode_resize']['max_abs_error'] == 0  # exact pixels
+  jpeg = resized['jpeg']
+  assert jpeg['count'] == 16 and jpeg['jpeg_quality'] == 90
+  assert 10_000 < jpeg['mean_bytes'] < imagenet_like['images']['mean_bytes'] / 2
+  assert 30 < jpeg['difference_from_decode_resize']['psnr_db'] < 60
+  assert jpeg['difference_from_decode_resize']['mean_abs_error'] < 5
+  assert '| JPEG q90 256 x 256 squares |' in proc.stdout
+  assert '| raw uint8 256 x 256 squares | 196.6 |' in proc.stdout
 
 
 def test_bench_input_refuses_non_positive_counts(tmp_path):

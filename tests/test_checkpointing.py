@@ -319,6 +319,24 @@ def test_resume_with_another_training_stream_is_refused(reference, tmp_path, tin
   assert _files(workdir) == before
 
 
+def test_checkpoints_written_before_a_stream_field_existed_still_resume(reference, tmp_path,
+                                                                        tiny_data_dir):
+  """Checkpoints saved before config.resized was a stream field lack it: they were of the
+  stream it now calls '' and resume with it (and refuse another value)."""
+  workdir = str(tmp_path / 'old_meta')
+  shutil.copytree(reference[0], workdir)
+  for step in checkpointing.saved_steps(workdir):
+    path = os.path.join(workdir, 'checkpoints', str(step), 'meta', 'metadata')
+    with open(path) as f:
+      meta = json.load(f)
+    del meta['input']['resized']
+    with open(path, 'w') as f:
+      json.dump(meta, f)
+  train.train_and_evaluate(_config(tiny_data_dir), workdir)  # finished: restores, checks, evaluates
+  with pytest.raises(checkpointing.CheckpointError, match="config.resized \\('' there, 'raw' here"):
+    train.train_and_evaluate(_config(tiny_data_dir, resized='raw'), workdir)
+
+
 def test_unwritable_workdir_is_refused_before_any_work(tmp_path, tiny_data_dir):
   blocker = tmp_path / 'a_file'
   blocker.write_text('not a directory')

@@ -4,6 +4,7 @@ own imagenet2012 preparation, then `python -m alexnet_jax.main --config=configs/
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -287,3 +288,38 @@ def test_undecodable_jpegs_are_named_before_training_and_checkpoints_are_kept(tm
   assert proc.returncode == 2, proc.stderr[-4000:]
   assert 'Traceback' not in proc.stderr and UNDECODABLE in proc.stderr
   assert _files(workdir / 'checkpoints') == before
+
+
+def test_training_from_the_resized_imagenet_keeps_labels_and_file_names(tmp_path, manual_dir):
+  """--config.resized=jpeg: tfds prepares imagenet2012 from the tars, the squares are written
+  from it once, and training reads them; later runs need only the squares."""
+  data_dir = tmp_path / 'tfds'
+  proc = _run_main(tmp_path / 'work', data_dir, manual_dir, '--config.resized=jpeg')
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  source = tfds.builder('imagenet2012', data_dir=str(data_dir))
+  resized = tfds.builder(f'resized_squares/imagenet2012-{source.info.version}-r72-jpeg90',
+                         data_dir=str(data_dir))
+  assert resized.is_prepared()
+  for split, count in (('train', len(SYNSETS) * IMAGES_PER_CLASS), ('validation', NUM_VAL)):
+    originals = {ex['file_name']: ex for ex in tfds.as_numpy(source.as_dataset(split=split))}
+    squares = list(tfds.as_numpy(resized.as_dataset(split=split)))
+    assert len(squares) == len(originals) == count
+    for ex in squares:
+      original = originals[ex['file_name']]  # every file name kept, with its label
+      assert ex['label'] == original['label'] and ex['image'].shape == (72, 72, 3)
+      # Within JPEG's rounding of a PIL resize of the original (shorter side 72, centre).
+      image = Image.fromarray(original['image'])
+      w, h = image.size
+      big = np.asarray(image.resize((round(w * 72 / min(w, h)), round(h * 72 / min(w, h))),
+                                    Image.BILINEAR), np.float32)
+      top, left = (big.shape[0] - 72) // 2, (big.shape[1] - 72) // 2
+      assert np.abs(ex['image'] - big[top:top + 72, left:left + 72]).mean() < 6
+  assert resized.info.features['label'].names == source.info.features['label'].names
+  stats = os.path.join(resized.data_dir, 'alexnet_jax_stats-train-r72-nall.npz')
+  assert input_pipeline.dataset_stats.DatasetStats.load(stats).num_images == 16
+  # The source's prepared files deleted: a new run trains from the squares alone.
+  shutil.rmtree(data_dir / 'imagenet2012')
+  again = _run_main(tmp_path / 'work2', data_dir, tmp_path / 'no_tars_here', '--config.resized=jpeg')
+  assert again.returncode == 0, again.stderr[-4000:]
+  records = [json.loads(line) for line in open(tmp_path / 'work2' / 'metrics.jsonl')]
+  assert [r['val_examples'] for r in records if 'val_top1' in r] == [NUM_VAL]

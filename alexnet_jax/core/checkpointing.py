@@ -44,7 +44,9 @@ from alexnet_jax.core import config as config_lib
 # The config fields the training stream is a function of (with the step): a resume that changes
 # one would continue a different stream than the checkpoint's run saw.
 STREAM_FIELDS = ('dataset', 'train_split', 'seed', 'batch_size', 'input_shards', 'cache_decoded',
-                 'shuffle_buffer')
+                 'shuffle_buffer', 'resized')
+# Stream fields added after checkpoints were written without them: the value those runs had.
+_STREAM_FIELDS_BEFORE = {'resized': ''}
 
 
 
@@ -232,6 +234,7 @@ class Checkpoints:
           'to start afresh. Nothing was changed.')
     position = input_position(config, step, input_shards)
     saved_position = meta.get('input') or {}
+    saved_position = {**_STREAM_FIELDS_BEFORE, **saved_position}
     changed = [(k, saved_position.get(k), v) for k, v in position.items()
                if k != 'step' and saved_position.get(k) != v]
     if changed:

@@ -159,6 +159,7 @@ def _choices(config: ml_collections.ConfigDict) -> list[str]:
              'pca_eigen': input_pipeline.PCA_EIGENS,
              'train_crop': input_pipeline.TRAIN_CROPS,
              'eval_crops': input_pipeline.EVAL_CROPS,
+             'resized': ('',) + input_pipeline.resized_dataset.STORAGES,
              'final_eval_crops': input_pipeline.EVAL_CROPS,
              'augment_on': augment_lib.AUGMENT_ON,
              'model.dtype': COMPUTE_DTYPES,
@@ -234,6 +235,14 @@ def _data(config: ml_collections.ConfigDict) -> list[str]:
           f"config.augment_on='device' cuts the ten patches on the device from the "
           f'resize_size square, which cannot be told from a centre crop when '
           f'resize_size = image_size = {config.image_size}; use --config.augment_on=host.')
+  if config.resized and config.train_crop == 'random_resized_crop':
+    problems.append(
+        f"config.resized={config.resized!r} keeps only the central {config.resize_size} square, "
+        "but train_crop='random_resized_crop' samples boxes of the whole photograph; use "
+        "--config.train_crop=random_crop, or --config.resized='' to read the source.")
+  if not 1 <= config.resized_jpeg_quality <= 100:
+    problems.append(f'config.resized_jpeg_quality={config.resized_jpeg_quality} must be in '
+                    '[1, 100] (90: the default).')
   if config.input_shards < 0:
     problems.append(f'config.input_shards={config.input_shards}: use 0 (one per process) or '
                     'a positive number of shards.')
@@ -331,6 +340,15 @@ def problems(config: ml_collections.ConfigDict, devices: Sequence) -> list[str]:
   if not found:
     found = _placement(config, devices)
   return found
+
+
+def check_data(config: ml_collections.ConfigDict) -> None:
+  """ConfigError listing every problem of the fields the input pipeline reads: for the commands
+  that prepare data without building a run (resize_dataset)."""
+  found = unknown_fields(config) + _types(config)
+  found = found or _choices(config) or _data(config)
+  if found:
+    raise ConfigError(_message(found))
 
 
 def check(config: ml_collections.ConfigDict, devices: Sequence) -> None:

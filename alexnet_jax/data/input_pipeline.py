@@ -18,7 +18,8 @@ Statistics of the training set (mean image, RGB PCA) are computed once and cache
 dataset (`load_or_compute_stats`; the arithmetic and file format are in stats.py). Before them,
 every JPEG of the training and evaluation splits is tried once (`check_images`, saved likewise):
 truncated ones are decoded as far as their data goes and counted; ones that cannot be decoded at
-all are named in a DatasetNotReadyError before training.
+all are named in a DatasetNotReadyError before training. With `config.resized`, the squares are
+read from a dataset they were written into once (resized_dataset.py): only decoded, not resized.
 
 The training stream is a pure function of the config and the step. It is made of
 `config.input_shards` logical shards (0: one per process), each an endless run of epochs; epoch e
@@ -42,7 +43,7 @@ import shlex
 import sys
 import tarfile
 import time
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from absl import logging
 import ml_collections
@@ -50,6 +51,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from alexnet_jax.data import resized_dataset
 from alexnet_jax.data import stats as dataset_stats
 from alexnet_jax.data import shapes_dataset  # noqa: F401  (registers `synthetic_shapes` with tfds)
 
@@ -192,7 +194,19 @@ def _check_imagenet_archives(manual_dir: str, builder: tfds.core.DatasetBuilder)
 def open_dataset(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   """The builder of `config.dataset` (its metadata: classes, splits), writing nothing; refuses
   (DatasetNotReadyError, saying which files to put where) a dataset that is not prepared and
-  cannot be prepared here, so that a run stops before it writes or compiles anything."""
+  cannot be prepared here, so that a run stops before it writes or compiles anything.
+  With `config.resized`, the builder of the resized squares (resized_dataset.py); the source is
+  opened (and may refuse) only while they are not written yet."""
+  if config.resized:
+    resized = resized_dataset.builder(config)
+    if not resized.is_prepared():
+      open_dataset(resized_dataset.source_config(config))
+    elif resized_dataset.missing_splits(resized):
+      raise DatasetNotReadyError(
+          f'{resized.info.full_name} in {resized.data_dir} holds the splits '
+          f'{", ".join(resized.info.splits)}, not {", ".join(resized_dataset.missing_splits(resized))}'
+          f'. Delete that directory and re-run {_current_command()} to write it with them.')
+    return resized
   builder = tfds.builder(config.dataset, data_dir=_data_dir(config))
   if not builder.is_prepared() and builder.name == 'imagenet2012':
     manual_dir = _check_imagenet_manual_files(config, builder)
@@ -214,6 +228,23 @@ def prepare_dataset(config: ml_collections.ConfigDict,
   computing the training-set statistics the config asks for (mean image, RGB PCA) if they are
   not cached yet."""
   builder = builder or open_dataset(config)
+  if config.resized:  # written once from the prepared and checked source (resized_dataset.py)
+    if not builder.is_prepared():
+      source_config = resized_dataset.source_config(config)
+      source = resized_dataset.source_builder(builder.builder_config)  # open_dataset checked it
+      _prepare_files(source_config, source)
+      logging.info('Writing %s from %s into %s (once).', builder.info.full_name,
+                   source.info.full_name, builder.data_dir)
+      builder.download_and_prepare(download_config=resized_dataset.download_config(builder))
+  else:
+    _prepare_files(config, builder)
+  if _needs_stats(config):
+    load_or_compute_stats(config, builder)
+  return builder
+
+
+def _prepare_files(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder) -> None:
+  """The dataset's files, generated or converted on first use, and every JPEG checked once."""
   if not builder.is_prepared():
     if builder.name == 'imagenet2012':  # open_dataset has checked the manual files
       builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
@@ -221,9 +252,6 @@ def prepare_dataset(config: ml_collections.ConfigDict,
     else:
       builder.download_and_prepare()  # synthetic_shapes: generated locally, nothing downloaded
   check_images(config, builder)  # refuses undecodable JPEGs before the stats pass meets them
-  if _needs_stats(config):
-    load_or_compute_stats(config, builder)
-  return builder
 
 
 def num_classes(builder: tfds.core.DatasetBuilder) -> int:
@@ -282,6 +310,14 @@ def decode_and_resize(jpeg_bytes: tf.Tensor, resize_size: int) -> tf.Tensor:
       kernel_type='triangle', antialias=True)[0]
   image = tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
   return tf.ensure_shape(image, [resize_size, resize_size, 3])
+
+
+def square_decoder(config: ml_collections.ConfigDict) -> Callable[[tf.Tensor], tf.Tensor]:
+  """record image -> the uint8 resize_size square: `decode_and_resize` of the JPEG, or, from a
+  resized dataset (config.resized), only the decoding its storage needs."""
+  if config.resized:
+    return lambda image: resized_dataset.decode_square(image, config.resized, config.resize_size)
+  return lambda jpeg: decode_and_resize(jpeg, config.resize_size)
 
 
 def decode_random_resized_crop(jpeg_bytes: tf.Tensor, seed: tf.Tensor, image_size: int,
@@ -405,8 +441,8 @@ def compute_stats(config: ml_collections.ConfigDict,
   as for training: shorter side `resize_size`, central square."""
   _hide_gpus_from_tf()
   ds = _read(builder, _stats_split(config, builder), shuffle=False, seed=config.seed)
-  ds = ds.map(_no_autograph(lambda ex: decode_and_resize(ex['image'], config.resize_size)),
-              num_parallel_calls=tf.data.AUTOTUNE)
+  decode = square_decoder(config)
+  ds = ds.map(_no_autograph(lambda ex: decode(ex['image'])), num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(64).prefetch(tf.data.AUTOTUNE).with_options(_options())
   return dataset_stats.accumulate(tfds.as_numpy(ds))
 
@@ -840,11 +876,13 @@ def _shard_stream(config: ml_collections.ConfigDict, builder: tfds.core.DatasetB
   def epoch_seed(epoch):
     return (tf.constant(config.seed, tf.int64) * 1_000_003 + shard) * 1_000_003 + epoch
 
+  square = square_decoder(config)
+
   @_no_autograph
   def decode(ex: dict) -> dict:
     # The random-resized crop decodes its own box from the JPEG bytes in `augment`.
     image = (ex['image'] if config.train_crop == 'random_resized_crop'
-             else decode_and_resize(ex['image'], config.resize_size))
+             else square(ex['image']))
     return {'image': image, 'label': tf.cast(ex['label'], tf.int32)}
 
   if config.cache_decoded:
@@ -974,10 +1012,11 @@ def eval_iterator(config: ml_collections.ConfigDict, builder: tfds.core.DatasetB
   num_padding = num_batches * batch_size - builder.info.splits[shard].num_examples
   transform = pixel_transform(config, builder)
   ds = _read(builder, shard, shuffle=False, seed=config.seed)
+  square = square_decoder(config)
 
   @_no_autograph
   def preprocess(ex: dict) -> dict:
-    image = decode_and_resize(ex['image'], config.resize_size)
+    image = square(ex['image'])
     image = (eval_example_for_device(image, crops, config.image_size) if augment_on == 'device'
              else eval_example(image, crops, config.image_size, transform))
     return {'image': image, 'label': tf.cast(ex['label'], tf.int32),

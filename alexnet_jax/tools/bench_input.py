@@ -25,6 +25,13 @@ against that floor: per CPU core, in one run, on the same files,
 Besides images/s (wall), `cpu_ms_per_image` gives each stage's CPU milliseconds per image (best
 round), the host CPU time per image whatever else the machine runs.
 ratio = pipeline / decode_resize; the target (issue 20) is >= 0.8.
+Decoding less (issue 20, item 3): the ImageNet-like images are also written once as the resized
+dataset (alexnet_jax/data/resized_dataset.py) in both storages, and measured on the same core:
+- decode_256: decoding the stored 256 x 256 JPEG squares (what training from them costs instead
+  of decode_resize); pipeline_256: the training iterator reading them; pipeline_raw: the iterator
+  reading the raw-pixel squares (no decoding at all);
+- under "resized": per storage, the bytes stored per image and the pixels' difference from the
+  normal path's (`decode_and_resize` of the originals): mean and largest absolute error, PSNR.
 
 Two datasets: ImageNet-like JPEGs generated here (`imagenet_like_jpegs`, a tfds dataset written
 once into --data_dir: dimensions and file sizes like ILSVRC-2012's, see `image_size` and
@@ -56,6 +63,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import copy
 import dataclasses
 import io
 import json
@@ -76,6 +84,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from alexnet_jax.data import input_pipeline
+from alexnet_jax.data import resized_dataset
 from configs import paper
 
 TARGET_RATIO = 0.8
@@ -442,6 +451,75 @@ def bytes_per_image(element_spec: dict, batch_size: int) -> float:
              for s in tf.nest.flatten(element_spec)) / batch_size
 
 
+def pixel_difference(images: Sequence[np.ndarray], references: Sequence[np.ndarray]) -> dict:
+  """How far uint8 images are from references of the same shape, over every value: mean
+  absolute error and largest error (levels of 255), PSNR (dB; inf where equal)."""
+  errors = np.concatenate([(a.astype(np.float64) - b).ravel() for a, b in zip(images, references)])
+  mse = float(np.mean(errors ** 2))
+  return {'mean_abs_error': float(np.mean(np.abs(errors))),
+          'max_abs_error': float(np.max(np.abs(errors))),
+          'psnr_db': float('inf') if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))}
+
+
+def resized_config(config, storage: str):
+  """`config` training from its resized dataset (config.resized = storage)."""
+  config = copy.deepcopy(config)
+  config.resized = storage
+  return config
+
+
+def _iterator_rounds(config, builder: tfds.core.DatasetBuilder, count: int, repeats: int,
+                     warmup_batches: int) -> dict:
+  """Images/s out of the training iterator, rounds of ceil(count / batch) batches."""
+  batches = max(1, math.ceil(count / config.batch_size))
+  iterator = input_pipeline.train_iterator(config, builder)
+
+  def pipeline_round():
+    for _ in range(batches):
+      next(iterator)
+    return batches * config.batch_size
+
+  for _ in range(warmup_batches):
+    next(iterator)
+  return _rounds(pipeline_round, repeats, warmup=0)
+
+
+def measure_resized(config, source: tfds.core.DatasetBuilder,
+                    resized: dict[str, tfds.core.DatasetBuilder], repeats: int,
+                    warmup_batches: int) -> dict:
+  """The same images from the resized datasets (resized_dataset.py, written by `run` before
+  pinning), per storage: the bytes stored per image, the decode rate of the stored squares and
+  the training iterator's rate on them (images/s per core), and how far the decoded squares are
+  from what the normal path computes from the originals (`decode_and_resize`)."""
+  originals = read_jpegs(source, config.train_split)
+  resize, out = config.resize_size, {}
+  for storage, builder in resized.items():
+    rconfig = resized_config(config, storage)
+    ds = builder.as_dataset(split=config.train_split, shuffle_files=False,
+                            decoders={'image': tfds.decode.SkipDecoding()})
+    records = list(tfds.as_numpy(ds))
+    stored = [r['image'] for r in records]
+    # file_name is 'train[i]': the i-th source image (the split is whole, so i is its index).
+    sources = [originals[int(r['file_name'].decode().rsplit('[', 1)[1][:-1])] for r in records]
+    with tf.device('/CPU:0'), _quiet_tf_logger():
+      files = tf.constant(stored, tf.string)
+      decode = _rounds(image_loop(len(stored), lambda i: resized_dataset.decode_square(
+          files[i], storage, resize)), repeats)
+      difference = pixel_difference(
+          [resized_dataset.decode_square(tf.constant(b), storage, resize).numpy() for b in stored],
+          [input_pipeline.decode_and_resize(tf.constant(j), resize).numpy() for j in sources])
+    pipeline = _iterator_rounds(rconfig, builder, len(stored), repeats, warmup_batches)
+    out[storage] = {
+        'dataset': builder.info.full_name, 'count': len(stored),
+        'mean_bytes': float(np.mean([len(b) for b in stored])),
+        'jpeg_quality': config.resized_jpeg_quality if storage == 'jpeg' else None,
+        'per_core': {'decode': decode['images_per_second'],
+                     'pipeline': pipeline['images_per_second']},
+        'difference_from_decode_resize': difference,
+        'rounds': {'decode': decode, 'pipeline': pipeline}}
+  return out
+
+
 def _cpu_model() -> str:
   try:
     with open('/proc/cpuinfo') as f:
@@ -463,6 +541,15 @@ def run(data_dir: str, num_images: int, batch_size: int, repeats: int, warmup_ba
   config = pipeline_config(imagenet_like.info.full_name, data_dir or '', 'train', batch_size)
   log(f'Preparing {imagenet_like.info.full_name} ({num_images} JPEGs) and its statistics.')
   prepared['imagenet_like'] = (config, input_pipeline.prepare_dataset(config, imagenet_like))
+  write_seconds, resized_builders = {}, {}
+  for storage in resized_dataset.STORAGES:  # the same images as squares, written once
+    start = time.perf_counter()
+    rconfig = resized_config(config, storage)
+    resized = input_pipeline.prepare_dataset(
+        rconfig, resized_dataset.builder(rconfig, source=imagenet_like))
+    resized_builders[storage] = resized
+    write_seconds[storage] = time.perf_counter() - start
+    log(f'Prepared {resized.info.full_name} ({write_seconds[storage]:.1f} s, every core).')
   config = pipeline_config(shapes_dataset, data_dir or '', 'train', batch_size)
   shapes = input_pipeline.open_dataset(config)
   log(f'Preparing {shapes_dataset} and the statistics of its first {num_images} images.')
@@ -500,6 +587,16 @@ def run(data_dir: str, num_images: int, batch_size: int, repeats: int, warmup_ba
     result['datasets'][name] = {'dataset': builder.info.full_name,
                                 **measure_dataset(config, builder, repeats, warmup_batches)}
   main_figures = result['datasets']['imagenet_like']
+  config, builder = prepared['imagenet_like']
+  log(f'Measuring the resized squares of {builder.info.full_name} on one core.')
+  main_figures['resized'] = measure_resized(config, builder, resized_builders, repeats,
+                                            warmup_batches)
+  for storage, entry in main_figures['resized'].items():
+    entry['prepare_seconds_all_cores'] = write_seconds[storage]
+  main_figures['per_core'].update({  # the headline rows of decoding less (issue 20, item 3)
+      'decode_256': main_figures['resized']['jpeg']['per_core']['decode'],
+      'pipeline_256': main_figures['resized']['jpeg']['per_core']['pipeline'],
+      'pipeline_raw': main_figures['resized']['raw']['per_core']['pipeline']})
   result['per_core'] = main_figures['per_core']
   result['ratio'] = main_figures['ratio']
   result['target_met'] = result['ratio'] >= TARGET_RATIO
@@ -530,7 +627,26 @@ def markdown(result: dict) -> str:
                   f'{d["feed_per_host"][pipeline]["16"]:,.0f} |')
     rows.append(f'| {name} | (device half on XLA:CPU) | {p["device_half_xla_cpu"]:.1f} | | '
                 f'{d["cpu_ms_per_image"]["device_half_xla_cpu"]:.2f} | | |')
+  resized = result['datasets'].get('imagenet_like', {}).get('resized')
+  if resized:
+    full = result['datasets']['imagenet_like']['per_core']
+    rows += ['', '| imagenet_like stored as | KB/image | decode | pipeline | decode vs decode + '
+             'resize | pipeline vs full-size pipeline | pixels vs decode + resize: mean abs, '
+             'max, PSNR |', '|---|---|---|---|---|---|---|']
+    for storage, r in resized.items():
+      d, p = r['difference_from_decode_resize'], r['per_core']
+      name = f'JPEG q{r["jpeg_quality"]}' if storage == 'jpeg' else 'raw uint8'
+      rows.append(f'| {name} {config_size(result)} squares | {r["mean_bytes"] / 1000:.1f} | '
+                  f'{p["decode"]:.0f} | {p["pipeline"]:.0f} | '
+                  f'{p["decode"] / full["decode_resize"]:.1f}x | '
+                  f'{p["pipeline"] / full["pipeline"]:.1f}x | {d["mean_abs_error"]:.2f}, '
+                  f'{d["max_abs_error"]:.0f}, {d["psnr_db"]:.1f} dB |')
   return '\n'.join(rows) + '\n'
+
+
+def config_size(result: dict) -> str:
+  size = result['config']['resize_size']
+  return f'{size} x {size}'
 
 
 def main(argv):
