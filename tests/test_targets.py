@@ -252,10 +252,30 @@ def test_explanations_name_what_the_formula_lacks():
   out = plan_lib.explain('data', found, measured, {'conv1': measured['conv1']}, 'float32')
   assert out['layers']['conv1']['status'] == 'equal' and not out['layers']['conv1']['notes']
   assert out['combined']['all-reduce.1']['arrays'] == 3
-  wrong = plan_lib.explain('towers', found, measured, {'conv1': 2 * measured['conv1']},
-                           'float32')
+  # towers exchanges nothing at conv1: an all-reduce there is the compiler's own (named 'kinds').
+  other = plan_lib.explain('towers', found, measured, {'conv1': 2 * measured['conv1']},
+                           'float32', LEAVES)
+  assert other['layers']['conv1']['status'] == 'explained'
+  assert any(n.startswith('kinds') for n in other['layers']['conv1']['notes'])
+  # The same kinds as the formula but twice the bytes by formula: nothing explains it.
+  wrong = plan_lib.explain('data', found, measured, {'conv1': 2 * measured['conv1']}, 'float32',
+                           LEAVES)
   assert wrong['layers']['conv1']['status'] == 'differs'
-  assert any(n.startswith('kinds') for n in wrong['layers']['conv1']['notes'])
+  assert any(n.startswith('unexplained') for n in wrong['layers']['conv1']['notes'])
+
+
+def test_an_activation_gathered_in_bfloat16_is_named_and_counted_in_float32():
+  text = TPU_LIKE.replace(
+      "ROOT %g", '%ag = bf16[64,1024]{1,0} all-gather(%a), replica_groups={{0,1}}, dimensions={0}, '
+      'metadata={op_name="jit(f)/jvp()/shard_map/Tower/fc6/all_gather"}\n  ROOT %g')
+  found = [c for c in hlo.parse_collectives(text, 4, LEAVES) if c.layer == 'fc6']
+  assert [(c.kind, c.dtype, c.shape) for c in found] == [("all-gather", "bf16", [64, 1024])]
+  measured = hlo.bytes_by_layer(found)
+  float32_bytes = 64 * 1024 * 4 / 2  # the same gather in float32, by the ring convention
+  out = plan_lib.explain('towers', found, measured, {'fc6': float32_bytes}, 'float32', LEAVES)
+  fc6 = out['layers']['fc6']
+  assert measured['fc6'] == float32_bytes / 2 and fc6['status'] == 'explained'
+  assert any(n.startswith('dtype') for n in fc6['notes'])
 
 
 # --- Compiling for hardware this machine does not have. ---

@@ -228,10 +228,11 @@ def write(result: dict, out_dir: str) -> None:
   write_report(out_dir, 'comms', result, markdown(result), chart(result))
 
 
-# Images/s one CPU core feeds through the training pipeline on ImageNet-like JPEGs, augmenting on
-# the host or leaving it to the device (bench_input, 2026-11-26, docs/performance.md): what the
-# plan's input ceiling assumes unless given --bench_input.
-INPUT_PER_CORE = {'host': 355.0, 'device': 395.0}
+# Images/s one CPU core feeds through the training pipeline on ImageNet-like JPEGs (bench_input,
+# 2026-11-26, docs/performance.md): augmenting on the host or leaving it to the device, and from
+# the 256 x 256 squares written once (config.resized 'jpeg' or 'raw'). What the plan's input
+# ceiling assumes unless given --bench_input.
+INPUT_PER_CORE = {'host': 355.0, 'device': 395.0, 'jpeg': 1712.0, 'raw': 2517.0}
 
 
 def _device_counts(text: str) -> list[int]:
@@ -246,13 +247,17 @@ def _device_counts(text: str) -> list[int]:
 
 
 def _input_per_core(path: str) -> dict:
-  """{'host', 'device'}: images/s per core, from a bench_input.json or the defaults."""
-  if not path:
-    return dict(INPUT_PER_CORE)
-  with open(os.path.join(path, 'bench_input.json') if os.path.isdir(path) else path) as f:
-    per_core = json.load(f)['per_core']
-  return {'host': float(per_core['pipeline']),
-          'device': float(per_core.get('pipeline_device_augment', per_core['pipeline']))}
+  """Images/s per core by input path ('host', 'device', 'jpeg', 'raw'): from a
+  bench_input.json where it has the row, else the defaults."""
+  rates = dict(INPUT_PER_CORE)
+  if path:
+    with open(os.path.join(path, 'bench_input.json') if os.path.isdir(path) else path) as f:
+      per_core = json.load(f)['per_core']
+    for key, row in (('host', 'pipeline'), ('device', 'pipeline_device_augment'),
+                     ('jpeg', 'pipeline_256'), ('raw', 'pipeline_raw')):
+      if row in per_core:
+        rates[key] = float(per_core[row])
+  return rates
 
 
 def main_target(config, counts: list[int], strategies) -> None:

@@ -257,7 +257,7 @@ def analyse(job: Job, profile: targets_lib.Profile) -> dict:
   return {
       'strategy': config.parallelism, 'devices': n, 'topology': job.topology,
       'mesh': dict(run.mesh.shape), 'batch_size': config.batch_size,
-      'augment_on': run.augment_on,
+      'augment_on': run.augment_on, 'input_path': config.resized or run.augment_on,
       'batch_shards': run.strategy.batch_shards,
       'hosts': len({d.process_index for d in run.devices}),
       'compile_seconds': out['compile_seconds'], 'cached': out.get('cached', False),
@@ -323,7 +323,8 @@ def collective_seconds(ins: dict, profile: targets_lib.Profile) -> float:
 def predict(entry: dict, profile: targets_lib.Profile, efficiency: float, dtype: str,
             input_per_core: Optional[dict]) -> dict:
   """The predicted step of one compiled entry (see the module docstring). `input_per_core`:
-  the training pipeline's images/s per CPU core, by where augmentation runs ('host', 'device')."""
+  the training pipeline's images/s per CPU core, by input path: where augmentation runs ('host',
+  'device'), or the 256 x 256 squares it reads ('jpeg', 'raw'; config.resized)."""
   peak = profile.per_device('peak_bf16_flops' if dtype == 'bfloat16' else 'fp32_matmul_flops')
   flops = entry['compiled_flops_per_device'] or entry['analytic_flops_per_device']
   compute = flops / (peak * efficiency)
@@ -350,7 +351,7 @@ def predict(entry: dict, profile: targets_lib.Profile, efficiency: float, dtype:
       'predicted_images_per_second': {k: entry['batch_size'] / v for k, v in steps.items()},
   }
   cpus = profile.per_device('host_cpus_per_chip')
-  rate = (input_per_core or {}).get(entry.get('augment_on', 'host'))
+  rate = (input_per_core or {}).get(entry.get('input_path', entry.get('augment_on', 'host')))
   if rate and cpus:
     ceiling = rate * cpus * entry['devices']
     out['input_images_per_second'] = ceiling
