@@ -372,3 +372,21 @@ def test_data_and_fsdp_build_on_a_multi_host_slice():
     run = run_lib.build(config, devices)
     group, groups = run.strategy.input_group(64)
     assert (group, groups) == (0, 4)  # this process is host 0 of 4, a quarter of the rows
+
+
+@needs(HAVE_TPU, 'libtpu')
+def test_a_batch_axis_spans_two_slices():
+  """Two v5e slices: the mesh puts the batch axis across them (jax.make_mesh refuses several
+  slices), and the compiled program exchanges the gradients between them over the data-center
+  network (Megascale rendezvous), while every collective of its own spans one slice."""
+  from alexnet_jax.core import run as run_lib  # pylint: disable=g-import-not-at-top
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  quiet.compile_only_environment()
+  devices = targets.devices(targets.load('tpu-v5e'), 8, slices=2)
+  config = plan_lib.replica_config(tiny.get_config(), 'data', 8, devices, 4)
+  run = run_lib.build(config, devices)
+  slice_of = [d.slice_index for d in run.devices]
+  assert sorted(slice_of) == [0] * 4 + [1] * 4
+  text = run.train_step.lower(run.abstract_state, run.abstract_batch()).compile().as_text()
+  assert 'MegascaleRendezvousKeyName' in text
+  assert all(c.group_size <= 4 for c in hlo.parse_collectives(text, 8))

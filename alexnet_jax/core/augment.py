@@ -1,4 +1,4 @@
-"""Augmentation on the device (config.augment_on, issue 20 item 2): the per-pixel half of the
+"""Augmentation on the device (config.augment_on): the per-pixel half of the
 paper's preprocessing as a pure JAX function, run inside the jitted train and eval steps.
 
 Why: on an accelerator the host's CPU cores, not the chip, limit AlexNet. With augment_on='host'

@@ -30,6 +30,7 @@ from typing import Any, Callable, Optional
 import jax
 import jax.numpy as jnp
 import optax
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from alexnet_jax.core import model as model_lib
@@ -187,8 +188,28 @@ def make_mesh(shape: tuple[int, ...], names: tuple[str, ...], devices=None) -> M
         f'The mesh {dict(zip(names, shape))} needs {n} devices but only {len(devices)} are '
         f'visible ({devices[0].platform}). On CPU, simulate more with '
         f"jax.config.update('jax_num_cpu_devices', {n}) before JAX starts.")
+  devices = devices[:n]
+  slices = len({getattr(d, 'slice_index', None) or 0 for d in devices})
+  if slices > 1:  # TPU slices joined by the data-center network: the batch axis spans them
+    return Mesh(_multi_slice_devices(shape, names, devices, slices), names,
+                axis_types=(jax.sharding.AxisType.Auto,) * len(shape))
   return jax.make_mesh(shape, names, axis_types=(jax.sharding.AxisType.Auto,) * len(shape),
-                       devices=devices[:n])
+                       devices=devices)
+
+
+def _multi_slice_devices(shape: tuple[int, ...], names: tuple[str, ...], devices: list,
+                         slices: int) -> Any:
+  """The device array of a mesh over several slices: the batch axis ('data', else 'block', else
+  the first that divides) is split across slices, so only the gradient exchange of data
+  parallelism crosses the slower network; every other axis stays inside a slice."""
+  order = [names.index(a) for a in ('data', 'block') if a in names] + list(range(len(names)))
+  axis = next((i for i in order if shape[i] % slices == 0), None)
+  if axis is None:
+    raise ValueError(f'the mesh {dict(zip(names, shape))} has no axis that {slices} slices '
+                     'divide; use a device count that spreads the batch over the slices')
+  inside = tuple(d // slices if i == axis else d for i, d in enumerate(shape))
+  across = tuple(slices if i == axis else 1 for i in range(len(shape)))
+  return mesh_utils.create_hybrid_device_mesh(inside, across, devices)
 
 
 # --- Pieces every strategy shares. ---

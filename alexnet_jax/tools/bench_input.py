@@ -24,8 +24,8 @@ against that floor: per CPU core, in one run, on the same files,
   backend, batches of --batch_size: what 'device' costs where the device is this CPU.
 Besides images/s (wall), `cpu_ms_per_image` gives each stage's CPU milliseconds per image (best
 round), the host CPU time per image whatever else the machine runs.
-ratio = pipeline / decode_resize; the target (issue 20) is >= 0.8.
-Decoding less (issue 20, item 3): the ImageNet-like images are also written once as the resized
+ratio = pipeline / decode_resize; the target is >= 0.8.
+Decoding less: the ImageNet-like images are also written once as the resized
 dataset (alexnet_jax/data/resized_dataset.py) in both storages, and measured on the same core:
 - decode_256: decoding the stored 256 x 256 JPEG squares (what training from them costs instead
   of decode_resize); pipeline_256: the training iterator reading them; pipeline_raw: the iterator
@@ -593,7 +593,7 @@ def run(data_dir: str, num_images: int, batch_size: int, repeats: int, warmup_ba
                                             warmup_batches)
   for storage, entry in main_figures['resized'].items():
     entry['prepare_seconds_all_cores'] = write_seconds[storage]
-  main_figures['per_core'].update({  # the headline rows of decoding less (issue 20, item 3)
+  main_figures['per_core'].update({  # the headline rows of decoding less
       'decode_256': main_figures['resized']['jpeg']['per_core']['decode'],
       'pipeline_256': main_figures['resized']['jpeg']['per_core']['pipeline'],
       'pipeline_raw': main_figures['resized']['raw']['per_core']['pipeline']})

@@ -274,7 +274,7 @@ def main_target(config, counts: list[int], strategies) -> None:
   result = plan_lib.make_plan(
       config, profile, counts, strategies=strategies,
       batch_per_replica=flags.FLAGS.batch_per_replica, efficiency=flags.FLAGS.efficiency,
-      slices=flags.FLAGS.slices, input_per_core=_input_per_core(flags.FLAGS.bench_input),
+      input_per_core=_input_per_core(flags.FLAGS.bench_input),
       cache_dir=flags.FLAGS.cache_dir or None)
   plan_lib.write(result, flags.FLAGS.out)
   print(plan_lib.markdown(result))
@@ -320,8 +320,6 @@ def cli() -> None:
                        'global batch grows with the shards); 0: the config\'s batch_size.')
   flags.DEFINE_float('efficiency', 0.4, 'With --target: the fraction of peak FLOP/s the '
                      'prediction assumes for compute.')
-  flags.DEFINE_integer('slices', 1, 'With --target (TPU): slices joined by the data-center '
-                       'network.')
   flags.DEFINE_string('bench_input', '', 'With --target: a bench_input.json (or its directory) '
                       'whose per-core pipeline rate sets the hosts\' input ceiling (default: '
                       f'{INPUT_PER_CORE["host"]:.0f} images/s per core augmenting on the host, '

@@ -362,7 +362,7 @@ def predict(entry: dict, profile: targets_lib.Profile, efficiency: float, dtype:
 
 def make_plan(config: ml_collections.ConfigDict, profile: targets_lib.Profile,
               device_counts: Sequence[int], *, strategies: Optional[Sequence[str]] = None,
-              batch_per_replica: int = 128, efficiency: float = 0.4, slices: int = 1,
+              batch_per_replica: int = 128, efficiency: float = 0.4,
               input_per_core: Optional[dict] = None, cache_dir: Optional[str] = None,
               workers: int = 0, log: Callable[[str], Any] = print) -> dict:
   """Every strategy that fits each device count of `profile`, compiled and predicted.
@@ -372,12 +372,12 @@ def make_plan(config: ml_collections.ConfigDict, profile: targets_lib.Profile,
   jobs, skipped = [], {}
   for n in device_counts:
     try:
-      topology = targets_lib.topology_name(profile, n, slices)
+      topology = targets_lib.topology_name(profile, n)
     except targets_lib.TargetError as e:
       skipped[f'*/{n}'] = str(e)
       log(f'{n} devices: skipped ({e})')
       continue
-    devices = targets_lib.devices(profile, n, slices)
+    devices = targets_lib.devices(profile, n)
     for name in strategies or strategies_lib.STRATEGIES:
       label = f'{name}/{n}'
       try:
@@ -411,7 +411,7 @@ def make_plan(config: ml_collections.ConfigDict, profile: targets_lib.Profile,
       'compiler': compiler_version(profile), 'date': time.strftime('%Y-%m-%d %H:%M UTC',
                                                                  time.gmtime()),
       'dtype': config.model.dtype, 'image_size': config.image_size,
-      'batch_per_replica': batch_per_replica, 'efficiency': efficiency, 'slices': slices,
+      'batch_per_replica': batch_per_replica, 'efficiency': efficiency,
       'input_per_core_images_per_second': input_per_core,
       'label': f'{PREDICTED}: {profile.name}, compute at {efficiency:.0%} of peak',
       'runs': runs, 'skipped': skipped, 'winners': winners(runs)}
