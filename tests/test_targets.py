@@ -107,6 +107,26 @@ def test_compile_only_command_lines():
   assert quiet.compile_only(['x', '--target', 'gpu-h100'])
   assert not quiet.compile_only(['x', '--target='])
   assert not quiet.compile_only(['x', '--devices=2'])
+  # Measuring on this machine's chips runs on them: not compile-only.
+  assert not quiet.compile_only(['x', '--target=gpu-h100', '--measure_steps=3'])
+  assert quiet.compile_only(['x', '--target=gpu-h100', '--measure_steps=0'])
+
+
+def test_measured_beside_predicted_where_the_devices_are_here():
+  """measure_beside runs the planned step on devices this process has (on a GPU or TPU
+  machine, the target's own; here the simulated CPUs stand in) and puts measured images/s
+  beside the predicted, as batch / the timed step."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  plan = {'batch_per_replica': 4, 'runs': [
+      {'strategy': 'towers', 'devices': 2, 'predicted_images_per_second': {'with_overlap': 1.0}},
+      {'strategy': 'data', 'devices': 64, 'predicted_images_per_second': {'with_overlap': 1.0}}]}
+  plan_lib.measure_beside(plan, tiny.get_config(), jax.devices()[:2], steps=2, log=lambda _: None)
+  towers, data = plan['runs']
+  assert towers['measured_step_seconds'] > 0
+  assert towers['measured_images_per_second'] == pytest.approx(4 / towers['measured_step_seconds'])
+  assert towers['measured_on'] == jax.devices()[0].device_kind
+  assert data['measured_images_per_second'] is None  # 64 devices are not here
 
 
 # --- The prediction model, by hand. ---

@@ -16,9 +16,13 @@ from typing import Iterator, Sequence
 
 
 def compile_only(argv: Sequence[str]) -> bool:
-  """Whether a command line asks for a target (`--target=NAME`, or `--target NAME`)."""
-  return any((a.startswith('--target=') and len(a) > len('--target=')) or
-             (a == '--target' and i + 1 < len(argv)) for i, a in enumerate(argv))
+  """Whether a command line asks for a target (`--target=NAME`, or `--target NAME`) and nothing
+  to run (no `--measure_steps=N` with N > 0, which runs the steps on this machine's chips)."""
+  target = any((a.startswith('--target=') and len(a) > len('--target=')) or
+               (a == '--target' and i + 1 < len(argv)) for i, a in enumerate(argv))
+  measure = any(a.startswith('--measure_steps=') and a.split('=', 1)[1] not in ('', '0')
+                for a in argv)
+  return target and not measure
 
 
 def compile_only_environment() -> None:

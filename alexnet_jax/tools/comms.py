@@ -262,8 +262,9 @@ def _input_per_core(path: str) -> dict:
 
 def main_target(config, counts: list[int], strategies) -> None:
   """--target: the pod plan (tools/plan.py), compiled for the target, nothing run."""
-  quiet.compile_only_environment()
-  jax.config.update('jax_platforms', 'cpu')
+  if not flags.FLAGS.measure_steps:
+    quiet.compile_only_environment()
+    jax.config.update('jax_platforms', 'cpu')
   try:
     profile = targets_lib.load(flags.FLAGS.target)
   except targets_lib.TargetError as e:
@@ -276,6 +277,14 @@ def main_target(config, counts: list[int], strategies) -> None:
       batch_per_replica=flags.FLAGS.batch_per_replica, efficiency=flags.FLAGS.efficiency,
       input_per_core=_input_per_core(flags.FLAGS.bench_input),
       cache_dir=flags.FLAGS.cache_dir or None)
+  if flags.FLAGS.measure_steps:
+    local = jax.devices()
+    if local[0].platform == profile.compiler:  # a real GPU or TPU of the target's kind
+      plan_lib.measure_beside(result, config, local, steps=flags.FLAGS.measure_steps)
+    else:
+      result['measured'] = (f'nothing measured: this process has {local[0].platform} devices, '
+                            f'not {profile.compiler}')
+      print(result['measured'])
   plan_lib.write(result, flags.FLAGS.out)
   print(plan_lib.markdown(result))
 
@@ -324,6 +333,9 @@ def cli() -> None:
                       'whose per-core pipeline rate sets the hosts\' input ceiling (default: '
                       f'{INPUT_PER_CORE["host"]:.0f} images/s per core augmenting on the host, '
                       f'{INPUT_PER_CORE["device"]:.0f} on the device, docs/performance.md).')
+  flags.DEFINE_integer('measure_steps', 0, 'With --target, on a machine with GPUs or TPUs of '
+                       'the target\'s kind: also run each planned step that fits them for this '
+                       'many timed steps, and put the measured images/s beside the predicted.')
   flags.DEFINE_string('cache_dir', plan_lib.default_cache_dir(), 'With --target: where compiled '
                       'programs\' analyses are kept ("" keeps none).')
   flags.mark_flags_as_required(['config', 'out'])

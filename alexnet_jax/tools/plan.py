@@ -417,6 +417,29 @@ def make_plan(config: ml_collections.ConfigDict, profile: targets_lib.Profile,
       'runs': runs, 'skipped': skipped, 'winners': winners(runs)}
 
 
+def measure_beside(plan: dict, config: ml_collections.ConfigDict, devices: Sequence,
+                   steps: int = 3, warmup: int = 1, log: Callable[[str], Any] = print) -> None:
+  """Runs each planned step that `devices` can hold (a real GPU or TPU of the target, in this
+  process) and puts the measured step beside the predicted one: the same program bench times,
+  built by run.build and timed by measure.time_steps on a synthetic batch."""
+  for r in plan['runs']:
+    if r['devices'] > len(devices):
+      r['measured_step_seconds'] = r['measured_images_per_second'] = None
+      continue
+    config_n = replica_config(config, r['strategy'], r['devices'], devices,
+                              plan['batch_per_replica'])
+    run = run_lib.build(config_n, devices)
+    state, batch = run.init_state(), run.synthetic_batch(config.seed)
+    compiled, _ = measure_lib.compile_train_step(run, state, batch)
+    step = measure_lib.time_steps(compiled, state, batch, steps, warmup)['step_seconds']
+    r['measured_step_seconds'] = step
+    r['measured_images_per_second'] = config_n.batch_size / step
+    r['measured_on'] = devices[0].device_kind
+    log(f'{r["strategy"]}/{r["devices"]}: measured {r["measured_images_per_second"]:,.0f} '
+        f'images/s on {devices[0].device_kind}, predicted '
+        f'{r["predicted_images_per_second"]["with_overlap"]:,.0f}')
+
+
 def winners(runs: Sequence[dict]) -> dict:
   """The strategy with the most predicted images/s (with overlap) at each device count."""
   best = {}
@@ -474,6 +497,11 @@ def markdown(plan: dict) -> str:
     lines += ['', f'Measured on this hardware and reported by its source: '
               f'{p["reported_images_per_second"]:,.0f} images/s '
               f'({p["sources"].get("reported_images_per_second", "")}).']
+  measured = [r for r in plan['runs'] if r.get('measured_images_per_second')]
+  if measured:
+    lines += ['', '**Measured on ' + measured[0]['measured_on'] + '** beside predicted: ' + ', '.join(
+        f'{r["strategy"]}/{r["devices"]} {r["measured_images_per_second"]:,.0f} images/s '
+        f'(predicted {r["predicted_images_per_second"]["with_overlap"]:,.0f})' for r in measured)]
   lines += ['', '**Winner at each size** (predicted images/s with overlap, among those that fit): '
             + ', '.join(f'{n} devices: {s}' for n, s in plan['winners'].items()), '',
             '## Compiled bytes against the formula, per layer', '',
