@@ -52,6 +52,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from alexnet_jax.data import resized_dataset
+from alexnet_jax.data.records import decode_and_resize, indexed_records, tf_data_options
 from alexnet_jax.data import stats as dataset_stats
 from alexnet_jax.data import shapes_dataset  # noqa: F401  (registers `synthetic_shapes` with tfds)
 
@@ -277,41 +278,6 @@ def planned_steps(config: ml_collections.ConfigDict, builder: tfds.core.DatasetB
 # Pure per-example functions (tests call them directly).
 
 
-def decode_and_resize(jpeg_bytes: tf.Tensor, resize_size: int) -> tf.Tensor:
-  """JPEG -> shorter side `resize_size` (bilinear, antialiased) -> central square, uint8.
-
-  Decodes only the part of the JPEG the central square needs (`decode_and_crop_jpeg`, plus a
-  margin for the resampling kernel) and resamples it with the scale and offset of resizing the
-  whole image: the same pixels as resizing everything then cropping (up to float rounding, 1 level
-  on about 1 pixel in 10^4), without decoding the discarded sides of a landscape photograph.
-  A truncated JPEG is decoded as far as its data goes, the rest filled (see check_images).
-  """
-  shape = tf.image.extract_jpeg_shape(jpeg_bytes)
-  size = shape[:2]  # [height, width]
-  short = tf.reduce_min(size)
-  # Integer rounding of side * resize_size / short, so the shorter side is exactly resize_size.
-  new_size = (size * resize_size + short // 2) // short
-  scale = tf.cast(new_size, tf.float32) / tf.cast(size, tf.float32)
-  start = (new_size - resize_size) // 2  # the central square, in resized coordinates
-  # The source window: the square's footprint plus the triangle kernel's reach (1/scale source
-  # pixels when shrinking) and a few pixels against JPEG block edges.
-  margin = tf.cast(tf.math.ceil(1.0 / tf.minimum(scale, 1.0)), tf.int32) + 8
-  low = tf.maximum(
-      tf.cast(tf.math.floor(tf.cast(start, tf.float32) / scale), tf.int32) - margin, 0)
-  high = tf.minimum(
-      tf.cast(tf.math.ceil(tf.cast(start + resize_size, tf.float32) / scale), tf.int32) + margin,
-      size)
-  window = tf.image.decode_and_crop_jpeg(jpeg_bytes, tf.concat([low, high - low], 0), channels=3,
-                                         dct_method='INTEGER_ACCURATE', try_recover_truncated=True)
-  # What tf.image.resize(..., 'bilinear', antialias=True) runs, shifted to the window.
-  image = tf.raw_ops.ScaleAndTranslate(
-      images=tf.cast(window, tf.float32)[None], size=[resize_size, resize_size], scale=scale,
-      translation=tf.cast(low, tf.float32) * scale - tf.cast(start, tf.float32),
-      kernel_type='triangle', antialias=True)[0]
-  image = tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
-  return tf.ensure_shape(image, [resize_size, resize_size, 3])
-
-
 def square_decoder(config: ml_collections.ConfigDict) -> Callable[[tf.Tensor], tf.Tensor]:
   """record image -> the uint8 resize_size square: `decode_and_resize` of the JPEG, or, from a
   resized dataset (config.resized), only the decoding its storage needs."""
@@ -443,7 +409,7 @@ def compute_stats(config: ml_collections.ConfigDict,
   ds = _read(builder, _stats_split(config, builder), shuffle=False, seed=config.seed)
   decode = square_decoder(config)
   ds = ds.map(_no_autograph(lambda ex: decode(ex['image'])), num_parallel_calls=tf.data.AUTOTUNE)
-  ds = ds.batch(64).prefetch(tf.data.AUTOTUNE).with_options(_options())
+  ds = ds.batch(64).prefetch(tf.data.AUTOTUNE).with_options(tf_data_options())
   return dataset_stats.accumulate(tfds.as_numpy(ds))
 
 
@@ -533,24 +499,6 @@ def _jpeg_status(jpeg: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
   return tf.cond(intact, lambda: (tf.constant(_INTACT), tf.constant(1.0)), damaged)
 
 
-def _indexed_records(builder: tfds.core.DatasetBuilder, split: str) -> tf.data.Dataset:
-  """(index in `split`, serialized record) of every example of `split`, read in parallel in no
-  particular order: the index says which one it is."""
-  instructions = builder.info.splits[split].file_instructions
-  offsets = np.cumsum([0] + [i.take for i in instructions])[:-1]
-  files = tf.data.Dataset.from_tensor_slices((
-      [i.filename for i in instructions],
-      tf.constant([i.skip for i in instructions], tf.int64),
-      tf.constant([i.take for i in instructions], tf.int64),
-      tf.constant(offsets, tf.int64)))
-  return files.interleave(
-      lambda f, skip, take, offset: tf.data.Dataset.zip(
-          tf.data.Dataset.range(offset, offset + take),
-          tf.data.TFRecordDataset(f).skip(skip).take(take)),
-      cycle_length=min(16, len(instructions)), num_parallel_calls=tf.data.AUTOTUNE,
-      deterministic=False)
-
-
 def scan_images(builder: tfds.core.DatasetBuilder, split: str) -> ImageCheck:
   """Tries every JPEG of `split` with the pipeline's decoding ops, in one parallel pass that
   records failures instead of stopping at them. DatasetNotReadyError if the dataset's own files
@@ -566,9 +514,9 @@ def scan_images(builder: tfds.core.DatasetBuilder, split: str) -> ImageCheck:
     return index, ex['file_name'] if named else tf.constant(''), status, rows
 
   num_images = num_examples(builder, split)
-  ds = _indexed_records(builder, split).map(check, num_parallel_calls=tf.data.AUTOTUNE,
+  ds = indexed_records(builder, split).map(check, num_parallel_calls=tf.data.AUTOTUNE,
                                             deterministic=False)
-  ds = ds.batch(1024).prefetch(tf.data.AUTOTUNE).with_options(_options())
+  ds = ds.batch(1024).prefetch(tf.data.AUTOTUNE).with_options(tf_data_options())
   start = last_log = time.perf_counter()
   done, damaged = 0, []
   try:
@@ -785,15 +733,6 @@ def _cropped_mean(mean: np.ndarray, crop) -> Any:
 _no_autograph = tf.autograph.experimental.do_not_convert
 
 
-def _options() -> tf.data.Options:
-  options = tf.data.Options()
-  options.deterministic = True
-  # A private pool sized to this machine, so tf.data neither oversubscribes nor fights JAX.
-  options.threading.private_threadpool_size = max(1, os.cpu_count() or 1)
-  options.threading.max_intra_op_parallelism = 1
-  return options
-
-
 def _per_process(global_batch: int, process_count: int, what: str) -> int:
   if global_batch % process_count:
     raise ValueError(f'{what} {global_batch} must be divisible by process_count {process_count}.')
@@ -804,7 +743,7 @@ def _read(builder: tfds.core.DatasetBuilder, split: Any, *, shuffle: bool,
           seed: int) -> tf.data.Dataset:
   """The encoded JPEG bytes and labels of `split` (decoding is ours, after shuffling/caching)."""
   read_config = tfds.ReadConfig(
-      options=_options(),
+      options=tf_data_options(),
       shuffle_seed=seed,
       try_autocache=False,  # caching is config.cache_decoded's decision
   )
@@ -969,7 +908,7 @@ def train_dataset(config: ml_collections.ConfigDict, builder: tfds.core.DatasetB
   else:
     ds = tf.data.Dataset.zip(tuple(shards)).map(
         lambda *parts: {k: tf.concat([p[k] for p in parts], axis=0) for k in parts[0]})
-  return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+  return ds.prefetch(tf.data.AUTOTUNE).with_options(tf_data_options())
 
 
 def _eval_shards(config: ml_collections.ConfigDict, builder: tfds.core.DatasetBuilder,
@@ -1034,4 +973,4 @@ def eval_iterator(config: ml_collections.ConfigDict, builder: tfds.core.DatasetB
              'mask': tf.constant(0.0, tf.float32)}
   ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat(num_padding))
   ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-  return iter(tfds.as_numpy(ds.with_options(_options())))
+  return iter(tfds.as_numpy(ds.with_options(tf_data_options())))

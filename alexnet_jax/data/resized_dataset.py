@@ -4,7 +4,7 @@ The paper trains on 256 x 256 images (shorter side rescaled to 256, the central 
 The normal path decodes every full-size JPEG and resamples it at every use; most of a training
 image's CPU time goes there (docs/performance.md, "Input pipeline per core"). With
 `config.resized` set, the squares are written ONCE, by the pipeline's own
-`input_pipeline.decode_and_resize`, into a tfds dataset beside the source, and training and
+`records.decode_and_resize`, into a tfds dataset beside the source, and training and
 evaluation read them from there. Two storages:
 - 'jpeg': the square re-encoded as JPEG at `config.resized_jpeg_quality` (90, 4:2:0 chroma:
   libjpeg-turbo's defaults as TF calls it). A few tens of KB per image: ImageNet's training set
@@ -47,6 +47,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core.utils import shard_utils
+
+from alexnet_jax.data import records
 
 NAME = 'resized_squares'
 STORAGES = ('jpeg', 'raw')
@@ -115,7 +117,6 @@ class ResizedSquares(tfds.core.GeneratorBasedBuilder,
     """On every core: the source's records read in parallel in any order, each decoded,
     resized and encoded in a parallel tf.data map; the key (the source index) fixes the order
     tfds writes them in."""
-    from alexnet_jax.data import input_pipeline  # it imports this module
     cfg = self.builder_config
     features = source.info.features
     named = 'file_name' in features
@@ -123,16 +124,16 @@ class ResizedSquares(tfds.core.GeneratorBasedBuilder,
     @tf.autograph.experimental.do_not_convert
     def square(index, record):
       ex = features.deserialize_example(record, decoders={'image': tfds.decode.SkipDecoding()})
-      image = input_pipeline.decode_and_resize(ex['image'], cfg.size)
+      image = records.decode_and_resize(ex['image'], cfg.size)
       if cfg.storage == 'jpeg':
         image = encode_jpeg(image, cfg.quality)
       name = (ex['file_name'] if named
               else tf.strings.join([split, '[', tf.strings.as_string(index), ']']))
       return index, image, ex['label'], name
 
-    ds = input_pipeline._indexed_records(source, split).map(  # pylint: disable=protected-access
+    ds = records.indexed_records(source, split).map(
         square, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-    ds = ds.prefetch(64).with_options(input_pipeline._options())  # pylint: disable=protected-access
+    ds = ds.prefetch(64).with_options(records.tf_data_options())
     for index, image, label, name in tfds.as_numpy(ds):
       yield int(index), {'image': image, 'label': int(label), 'file_name': name.decode()}
 

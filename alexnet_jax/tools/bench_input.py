@@ -43,7 +43,7 @@ training images are read (split `train[:N]`), so every figure of a dataset is ov
 every core and are not timed), every thread of the process is pinned to one CPU
 (`sched_setaffinity`), and threads started later inherit it. The decode loops run in one thread
 (`image_loop`: a while loop in one TF graph; TF's inter- and intra-op pools are set to one thread
-before TF starts); the training iterator keeps its own options (`input_pipeline._options`: a
+before TF starts); the training iterator keeps its own options (`records.tf_data_options`: a
 pool of os.cpu_count() threads), which then share the one CPU. So each rate is what one core
 delivers. Each round records the process's CPU seconds over its wall seconds (`cpu_per_wall`,
 <= 1 when pinned). Where pinning is not available (not Linux), nothing is pinned and
