@@ -6,17 +6,14 @@ from absl import app
 from ml_collections import config_flags
 import numpy as np
 
+from alexnet_jax.core import config as config_lib
 from alexnet_jax.data import input_pipeline
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'A configs/*.py file.', lock_config=True)
 
 
 def main(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  config = _CONFIG.value
-  if config is None:
-    raise app.UsageError('--config=configs/<name>.py is required.')
+  config = config_lib.command_config(_CONFIG.value, argv)
   try:
     builder = input_pipeline.prepare_dataset(config)
     stats, path = input_pipeline.load_or_compute_stats(config, builder)

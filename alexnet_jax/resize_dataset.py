@@ -21,11 +21,7 @@ def _disk_bytes(directory: str) -> int:
 
 
 def main(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  config = _CONFIG.value
-  if config is None:
-    raise app.UsageError('--config=configs/<name>.py is required.')
+  config = config_lib.command_config(_CONFIG.value, argv)
   if not config.resized:
     config.resized = 'jpeg'
   try:

@@ -28,7 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.std_rgb = ()  # () = the paper: no division. Set with model.init_scheme = 'he'.
   # The paper's colour noise (section 4.1): alpha ~ N(0, pca_lighting_std) along the RGB
   # principal components, per image per use; 0 = off. `pca_eigen`: 'published' (the paper's
-  # ImageNet values, docs/paper.md section 4.1) or 'dataset' (computed from the training set like the mean image).
+  # ImageNet values, docs/alexnet2012.md section 4.1) or 'dataset' (computed from the training set like the mean image).
   c.pca_lighting_std = 0.0
   c.pca_eigen = 'published'
   c.stats_num_images = -1  # training images the mean image and PCA use; -1: all of them

@@ -10,7 +10,7 @@ the tfds data dir, later runs reuse it. The same full network (two towers, 60.9M
 - the 'he' init with unit-variance inputs instead of N(0, 0.01^2) on raw pixels: with 10
   classes the paper's init makes the first updates of fc8 swing the logits by tens, and the run
   sits at chance for hundreds of steps;
-- no dropout: it roughly doubles the iterations needed to converge (docs/paper.md, section
+- no dropout: it roughly doubles the iterations needed to converge (docs/alexnet2012.md, section
   4.2), which a run this short cannot afford;
 - learning rate 0.005, constant, and batch 32: more, smaller steps in a short run; one
   evaluation, at the end;

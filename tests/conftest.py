@@ -1,5 +1,6 @@
 """Tests run on CPU with 8 simulated devices, so every strategy's mesh can be built."""
 
+import io
 import os
 import subprocess
 import sys
@@ -18,7 +19,11 @@ import jax  # noqa: E402
 jax.config.update('jax_num_cpu_devices', 8)
 
 
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 import pytest  # noqa: E402
+
+from configs import default  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,6 +43,37 @@ def _run_main(workdir, *overrides, config='configs/tiny.py', data_dir=None, time
       return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
                               text=True)
   return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def shapes_config(data_dir, **overrides):
+  """configs/default.py on the generated `synthetic_shapes/tiny` in `data_dir`, batches of 16 and
+  an evaluation batch of 24, which does not divide its 80 validation images."""
+  c = default.get_config()
+  c.dataset = 'synthetic_shapes/tiny'
+  c.data_dir = os.fspath(data_dir)
+  c.batch_size = 16
+  c.eval_batch_size = 24
+  c.shuffle_buffer = 64
+  c.update(overrides)
+  return c
+
+
+def pil_square(jpeg: bytes, size: int) -> np.ndarray:
+  """Reference for the pipeline's resize: PIL bilinear so the shorter side is `size`, then the
+  central square by slicing (float32)."""
+  image = Image.open(io.BytesIO(jpeg)).convert('RGB')
+  w, h = image.size
+  short = min(w, h)
+  new_w, new_h = int(w * size / short + 0.5), int(h * size / short + 0.5)
+  array = np.asarray(image.resize((new_w, new_h), Image.BILINEAR)).astype(np.float32)
+  top, left = (new_h - size) // 2, (new_w - size) // 2
+  return array[top:top + size, left:left + size]
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  """A tfds data dir of the test module's own (module-scoped: generated once per module)."""
+  return tmp_path_factory.mktemp('tfds')
 
 
 @pytest.fixture(scope='session')

@@ -13,25 +13,14 @@ import tensorflow_datasets as tfds
 
 from alexnet_jax.data import input_pipeline
 from alexnet_jax.data import shapes_dataset
+from conftest import pil_square, shapes_config
 from configs import default
 
 MEAN_RGB = np.array(default.get_config().mean_rgb, np.float32)
 
 
 def _config(data_dir, **overrides):
-  c = default.get_config()
-  c.dataset = 'synthetic_shapes/tiny'
-  c.data_dir = os.fspath(data_dir)
-  c.batch_size = 16
-  c.eval_batch_size = 24  # does not divide the 80 validation images
-  c.shuffle_buffer = 64
-  c.update(overrides)
-  return c
-
-
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp('tfds')
+  return shapes_config(data_dir, **overrides)
 
 
 @pytest.fixture(scope='module')
@@ -44,17 +33,6 @@ def _split(builder, split):
   ds = builder.as_dataset(split=split, shuffle_files=False,
                           decoders={'image': tfds.decode.SkipDecoding()})
   return [(ex['image'], int(ex['label'])) for ex in tfds.as_numpy(ds)]
-
-
-def _pil_resize_and_crop(jpeg: bytes, size: int = 256) -> np.ndarray:
-  """Reference: PIL bilinear so the shorter side is `size`, then the central square by slicing."""
-  image = Image.open(io.BytesIO(jpeg)).convert('RGB')
-  w, h = image.size
-  short = min(w, h)
-  new_w, new_h = int(w * size / short + 0.5), int(h * size / short + 0.5)
-  array = np.asarray(image.resize((new_w, new_h), Image.BILINEAR)).astype(np.float32)
-  top, left = (new_h - size) // 2, (new_w - size) // 2
-  return array[top:top + size, left:left + size]
 
 
 def _stripes_jpeg(height: int, width: int) -> bytes:
@@ -81,7 +59,7 @@ def test_decode_and_resize_matches_pil(shape):
   jpeg = _stripes_jpeg(*shape)
   out = input_pipeline.decode_and_resize(tf.constant(jpeg), 256).numpy()
   assert out.shape == (256, 256, 3) and out.dtype == np.uint8
-  reference = _pil_resize_and_crop(jpeg)
+  reference = pil_square(jpeg, 256)
   error = np.abs(out.astype(np.float32) - reference)
   assert error.mean() < 0.5 and error.max() <= 2
   # It is the central square: the same square shifted by 3 px is much further away.
@@ -118,7 +96,7 @@ def test_decoding_only_the_central_square_equals_decoding_everything(shape, size
 def test_decode_and_resize_on_dataset_images(builder):
   for jpeg, _ in _split(builder, 'validation')[:10]:
     out = input_pipeline.decode_and_resize(tf.constant(jpeg), 256).numpy().astype(np.float32)
-    error = np.abs(out - _pil_resize_and_crop(jpeg))
+    error = np.abs(out - pil_square(jpeg, 256))
     assert error.mean() < 0.5 and error.max() <= 2
 
 
@@ -243,7 +221,7 @@ def test_eval_iterator_counts_every_image_once(builder, data_dir):
   labels, images = _real_eval(batches)
   assert labels == [label for _, label in expected]
   # First image: PIL resize, central 256, central 224, minus the mean.
-  reference = _pil_resize_and_crop(expected[0][0])[16:240, 16:240] - MEAN_RGB
+  reference = pil_square(expected[0][0], 256)[16:240, 16:240] - MEAN_RGB
   assert np.abs(images[0] - reference).mean() < 0.5
 
 
@@ -320,7 +298,7 @@ def test_train_stream_resumes_exactly_and_ignores_the_process_count(builder, dat
 def train_patches(builder):
   """The 72 x 72 patch of every training image by PIL (independent of the pipeline)."""
   examples = _split(builder, 'train')
-  patches = np.stack([np.rint(_pil_resize_and_crop(jpeg, 72)) for jpeg, _ in examples])
+  patches = np.stack([np.rint(pil_square(jpeg, 72)) for jpeg, _ in examples])
   return patches.astype(np.int16), np.array([label for _, label in examples])
 
 
@@ -463,7 +441,6 @@ def test_train_example_subtracts_the_mean_image_cropped_like_the_input():
     alpha = eigvec.T @ colour / 255.0 / eigval
     assert np.all(np.abs(alpha) < 0.5) and np.abs(alpha).max() > 1e-4
   assert len(placements) > 6
-
 
 
 def test_eval_example_subtracts_the_mean_image_cropped_like_the_input():

@@ -2,14 +2,12 @@
 source's JPEGs, the source's labels and counts, and the normal path's evaluation batches."""
 
 import collections
-import io
 import os
 import shutil
 import subprocess
 import sys
 
 import numpy as np
-from PIL import Image
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -17,28 +15,14 @@ import tensorflow_datasets as tfds
 from alexnet_jax.core import config as config_lib
 from alexnet_jax.data import input_pipeline
 from alexnet_jax.data import resized_dataset
-from configs import default
+from conftest import pil_square, shapes_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 72
 
 
 def _config(data_dir, **overrides):
-  c = default.get_config()
-  c.dataset = 'synthetic_shapes/tiny'
-  c.data_dir = os.fspath(data_dir)
-  c.resize_size = SIZE
-  c.image_size = 64
-  c.batch_size = 16
-  c.eval_batch_size = 24  # does not divide the 80 validation images
-  c.shuffle_buffer = 64
-  c.update(overrides)
-  return c
-
-
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp('tfds')
+  return shapes_config(data_dir, **{'resize_size': SIZE, 'image_size': 64, **overrides})
 
 
 @pytest.fixture(scope='module')
@@ -51,17 +35,6 @@ def resized(request, data_dir, source):
   """(storage, the resized builder written by prepare_dataset from `source`)."""
   del source  # prepared first, so that only the resized dataset is timed and written here
   return request.param, input_pipeline.prepare_dataset(_config(data_dir, resized=request.param))
-
-
-def _pil_square(jpeg: bytes, size: int) -> np.ndarray:
-  """Reference: PIL bilinear so the shorter side is `size`, then the central square by slicing."""
-  image = Image.open(io.BytesIO(jpeg)).convert('RGB')
-  w, h = image.size
-  short = min(w, h)
-  new_w, new_h = int(w * size / short + 0.5), int(h * size / short + 0.5)
-  array = np.asarray(image.resize((new_w, new_h), Image.BILINEAR)).astype(np.float32)
-  top, left = (new_h - size) // 2, (new_w - size) // 2
-  return array[top:top + size, left:left + size]
 
 
 def _examples(builder, split, skip_decoding=False):
@@ -95,7 +68,7 @@ def test_resized_dataset_holds_every_source_image_as_its_square(data_dir, resize
       original = originals[int(ex['file_name'].decode()[len(split) + 1:-1])]
       assert ex['label'] == original['label']
       assert ex['image'].shape == (SIZE, SIZE, 3) and ex['image'].dtype == np.uint8
-      reference = _pil_square(original['image'], SIZE)
+      reference = pil_square(original['image'], SIZE)
       errors.append(np.abs(ex['image'] - reference).mean())
       psnrs.append(_psnr(ex['image'], reference))
       if storage == 'raw':  # the normal path's pixels, exactly
@@ -107,7 +80,7 @@ def test_resized_dataset_holds_every_source_image_as_its_square(data_dir, resize
     else:  # JPEG 90 of sharp colour edges and +-10 levels of noise: a few levels off
       assert np.mean(errors) < 5.0 and np.mean(psnrs) > 28, (np.mean(errors), np.mean(psnrs))
       # ... and each square is its own original's: another image's is far further away.
-      wrong = [np.abs(ex['image'] - _pil_square(originals[0]['image'], SIZE)).mean()
+      wrong = [np.abs(ex['image'] - pil_square(originals[0]['image'], SIZE)).mean()
                for ex in squares[1:20]]
       assert np.median(wrong) > 5 * np.mean(errors), (np.median(wrong), np.mean(errors))
 

@@ -21,6 +21,7 @@ import re
 import sys
 from typing import Any, Optional, Sequence
 
+from absl import app
 from absl import flags
 import ml_collections
 
@@ -376,3 +377,15 @@ def workdir_error(workdir: str, error: OSError) -> ConfigError:
   """The refusal of a workdir that cannot be written."""
   return ConfigError(f'--workdir={workdir} cannot be written ({error.strerror or error}); use a '
                      'directory you can write to.')
+
+
+def command_config(config: Optional[ml_collections.ConfigDict],
+                   argv: Sequence[str]) -> ml_collections.ConfigDict:
+  """The --config of a command that takes one config and no arguments (dataset_stats,
+  resize_dataset): a usage error without it or with stray arguments."""
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if config is None:
+    raise app.UsageError('--config=configs/<name>.py is required.')
+  return config
+

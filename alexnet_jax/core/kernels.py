@@ -1,7 +1,7 @@
 """The network's three costly operations, LRN, max pooling and convolution, in two
 implementations that compute the same function:
 
-- 'reference': the paper's formulas, differentiated by JAX. LRN by its formula (docs/paper.md,
+- 'reference': the paper's formulas, differentiated by JAX. LRN by its formula (docs/alexnet2012.md,
   sec. 3.3), max pooling by `lax.reduce_window` (sec. 3.4), convolutions by
   `lax.conv_general_dilated`, with XLA's own gradients for all three. This runs on GPU and TPU:
   cuDNN and the TPU compiler have fast gradients of their own, and nothing there needs the
@@ -189,7 +189,7 @@ def flax_conv_general_dilated(impl: str):
   return conv_general_dilated
 
 
-# --- Local response normalisation (docs/paper.md, sec. 3.3) --------------------------------------
+# --- Local response normalisation (docs/alexnet2012.md, sec. 3.3) --------------------------------------
 
 
 def _window_sum(v: Array, n: int) -> Array:
@@ -260,7 +260,7 @@ def local_response_norm(x: Array, k: float, n: int, alpha: float, beta: float,
   return _lrn_reference(x, *args)
 
 
-# --- Max pooling (docs/paper.md, sec. 3.4) -------------------------------------------------------
+# --- Max pooling (docs/alexnet2012.md, sec. 3.4) -------------------------------------------------------
 
 
 def _max_pool_reference(x: Array, window: int, stride: int) -> Array:

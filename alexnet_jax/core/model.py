@@ -207,7 +207,7 @@ def one_tower_widths(conv_features: Sequence[int], fc_features: Sequence[int]
   paper's footnote: the one-GPU net keeps the two-tower net's full size in the LAST conv layer
   and the fully-connected layers after it (most parameters are in fc6, which reads conv5), so
   the two nets have about the same number of parameters, a comparison biased in the one-GPU
-  net's favour (docs/paper.md, section 3.2). So conv1-conv4 have one tower's widths (half of each layer's
+  net's favour (docs/alexnet2012.md, section 3.2). So conv1-conv4 have one tower's widths (half of each layer's
   kernels), conv5, fc6, fc7 both towers' widths, fc8 all the classes: 48-128-192-192-256
   kernels, 4096-4096-1000 neurons, 59,798,312 parameters at 1000 classes (two towers:
   60,965,224). No second tower, so no cross-tower layers: conv3 reads conv2's 128 maps, not 256.

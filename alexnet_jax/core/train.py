@@ -61,7 +61,7 @@ def evaluate(run: run_lib.Run, params, builder, crops: str | None = None) -> dic
   """Top-1 / top-5 accuracy and loss over the evaluation split, each image counted once.
 
   `crops`: 'center' or 'ten' (the paper's ten patches, softmax averaged, section 4.1 of
-  docs/paper.md); default config.eval_crops. run.eval_step compiles once per crop mode.
+  docs/alexnet2012.md); default config.eval_crops. run.eval_step compiles once per crop mode.
   """
   config, totals = run.config, None
   group, groups = run.strategy.input_group(config.eval_batch_size)

@@ -59,7 +59,7 @@ from alexnet_jax.data import shapes_dataset  # noqa: F401  (registers `synthetic
 IMAGENET_MANUAL_FILES = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
 _VAL_NAME = re.compile(r'ILSVRC2012_val_(\d{8})\.JPEG')
 
-# Eigen-decomposition of the RGB covariance of ImageNet pixels in [0, 1] (docs/paper.md, section 4.1):
+# Eigen-decomposition of the RGB covariance of ImageNet pixels in [0, 1] (docs/alexnet2012.md, section 4.1):
 # the published values, used when config.pca_eigen = 'published'.
 PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
 PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009),
@@ -380,7 +380,7 @@ def pca_noise(seed: tf.Tensor, alpha_std: float, eigval: Any = PCA_EIGVAL,
 def pca_lighting(image: tf.Tensor, seed: tf.Tensor, alpha_std: float, eigval: Any = PCA_EIGVAL,
                  eigvec: Any = PCA_EIGVEC) -> tf.Tensor:
   """The paper's colour augmentation: the same `pca_noise` added to every pixel of `image`
-  (float, [0, 255]). Defaults: the paper's published ImageNet values (docs/paper.md, section 4.1)."""
+  (float, [0, 255]). Defaults: the paper's published ImageNet values (docs/alexnet2012.md, section 4.1)."""
   return tf.cast(image, tf.float32) + pca_noise(seed, alpha_std, eigval, eigvec)
 
 

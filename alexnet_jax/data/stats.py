@@ -13,7 +13,7 @@ loads it on later runs. Ahead of training (it is also done by the first run that
     python -m alexnet_jax.dataset_stats --config=configs/paper.py [--config.data_dir=...]
 
 The eigenvalues are those of the 3 x 3 covariance of pixel values in [0, 1], the unit of the
-published values (docs/paper.md, section 4.1), so the two are directly comparable.
+published values (docs/alexnet2012.md, section 4.1), so the two are directly comparable.
 """
 
 from __future__ import annotations

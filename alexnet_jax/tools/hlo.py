@@ -198,14 +198,6 @@ def expand_groups(attrs: str, num_devices: int) -> tuple[list[list[int]], str]:
   return [list(range(num_devices))], ''
 
 
-def group_size(attrs: str, num_devices: int) -> tuple[int, str]:
-  """The size of the device groups a collective runs over, and XLA's spelling of them."""
-  groups, text = expand_groups(attrs, num_devices)
-  if 'source_target_pairs' in attrs:
-    return 2, text
-  return len(groups[0]), text
-
-
 def bytes_per_device(kind: str, result_bytes: int, g: int) -> float:
   """Ring-algorithm bytes one device sends (see the module docstring)."""
   if g <= 1:
@@ -296,7 +288,7 @@ def _window(module: Module, start: str) -> tuple[bool, int]:
   return True, 0
 
 
-def parse_collectives(hlo_text: str, num_devices: int,
+def parse_collectives(hlo_text: 'str | Module', num_devices: int,
                       leaf_shapes: Optional[dict] = None) -> list[Collective]:
   """Every collective in an HLO module's text (async pairs counted once, at their start).
 
@@ -304,9 +296,9 @@ def parse_collectives(hlo_text: str, num_devices: int,
   array where the operand is a concatenation), each attributed to its layer: by its own op name
   where the compiler kept one naming a single layer, else by matching its shape against
   `leaf_shapes` ({layer: [shapes of its parameters, whole and per device]}), taking each
-  parameter at most once per instruction.
+  parameter at most once per instruction. `hlo_text` may be a Module already read.
   """
-  module = Module(hlo_text)
+  module = hlo_text if isinstance(hlo_text, Module) else Module(hlo_text)
   out = []
   for name in (n for comp in module.order.values() for n in comp):
     ins = module.instructions[name]

@@ -248,7 +248,8 @@ def analyse(job: Job, profile: targets_lib.Profile) -> dict:
   config, run, out = job.config, job.run, job.compiled
   text = out['hlo']
   n = run.strategy.num_devices
-  collectives = parse_collectives(text, n, leaf_shapes(run))
+  module = Module(text)  # read once: the collectives and the schedule's heavy ops
+  collectives = parse_collectives(module, n, leaf_shapes(run))
   measured = bytes_by_layer(collectives)
   table = formula.layer_table(run.net, config.image_size)
   act_bytes = 2 if config.model.dtype == 'bfloat16' else 4
@@ -265,7 +266,7 @@ def analyse(job: Job, profile: targets_lib.Profile) -> dict:
       'compiled_flops_per_device': out['flops'],
       'analytic_flops_per_device': formula.step_flops(run.net, config.image_size,
                                                       config.batch_size) / n,
-      'heavy_ops': Module(text).heavy_ops(),
+      'heavy_ops': module.heavy_ops(),
       'collectives': [c.to_json() for c in collectives],
       'instructions': _instructions(collectives, run.devices, profile),
       'bytes_per_step': sum(measured.values()),
