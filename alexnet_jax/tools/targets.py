@@ -61,8 +61,16 @@ def _table(path: str) -> dict:
 
 
 def known() -> dict:
-  """The profiles this project ships, by name."""
-  return _table(os.path.join(PROFILES, 'profiles.toml'))
+  """The profiles this project ships, by name: every TOML file of the profiles folder
+  (profiles.toml: today's TPUs and GPUs; the others: the machines of published runs)."""
+  table = {}
+  for name in sorted(os.listdir(PROFILES)):
+    if name.endswith('.toml'):
+      for key, raw in _table(os.path.join(PROFILES, name)).items():
+        if key in table:
+          raise TargetError(f'profile {key!r} is defined twice in {PROFILES}')
+        table[key] = raw
+  return table
 
 
 def load(name_or_file: str) -> Profile:
@@ -117,11 +125,15 @@ def _profile(key: str, raw: dict, table: dict) -> Profile:
 
 def compiler_missing(profile: Profile) -> Optional[str]:
   """Why this machine cannot compile for `profile` (the package to install), or None."""
-  package = {'tpu': 'libtpu', 'gpu': 'jax_plugins.xla_cuda12'}[profile.compiler]
-  try:
-    found = importlib.util.find_spec(package) is not None
-  except ModuleNotFoundError:
-    found = False
+  packages = {'tpu': ('libtpu',),
+              'gpu': ('jax_plugins.xla_cuda12', 'jax_plugins.xla_cuda13')}[profile.compiler]
+  found = False
+  for package in packages:
+    try:
+      found = found or importlib.util.find_spec(package) is not None
+    except ModuleNotFoundError:
+      pass
+  package = ' or '.join(packages)
   if not found:
     return (f'compiling for {profile.key} needs the {profile.compiler.upper()} compiler '
             f'({package}), which is not installed: {INSTALL}')
