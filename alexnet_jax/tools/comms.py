@@ -33,12 +33,11 @@ from alexnet_jax.core import config as config_lib
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import run as run_lib
 from alexnet_jax.core import strategies as strategies_lib
-from alexnet_jax.runtime import quiet
+
+from alexnet_jax.tools import analysis
 from alexnet_jax.tools import measure as measure_lib
 from alexnet_jax.tools import plan as plan_lib
-from alexnet_jax.tools import targets as targets_lib
-from alexnet_jax.tools.formula import analytic_bytes, layer_table, loss_bytes_bound
-from alexnet_jax.tools.hlo import LAYERS, LOSS, bytes_by_layer, parse_collectives
+from alexnet_jax.tools.hlo import LAYERS, LOSS
 from alexnet_jax.tools.drawing import COLOURS, png_bytes, write_report
 
 # --- Measuring the real train step. ---
@@ -57,25 +56,20 @@ def measure(config, parallelism: str, num_devices: int, steps: int = 3, warmup: 
   state = run.state_from_params(params) if params is not None else run.init_state()
   batch = run.synthetic_batch(config.seed)
   compiled, compile_seconds = measure_lib.compile_train_step(run, state, batch, compiler_options)
-  collectives = parse_collectives(compiled.as_text(), run.strategy.num_devices)
-  measured = bytes_by_layer(collectives)
-  table = layer_table(run.net, config.image_size)
-  analytic = analytic_bytes(parallelism, run.strategy.num_devices, config.batch_size, table)
+  step = analysis.compiled_step(run, run.config, compiled.as_text())
+  collectives = step.pop('collectives')
   timing = (measure_lib.time_steps(compiled, state, batch, steps, warmup) if steps > 0
             else {'step_seconds': None, 'mean_step_seconds': None})
   step_seconds = timing['step_seconds']
-  model_bytes = sum(v for k, v in measured.items() if k != LOSS)
+  measured = step['bytes_per_step_by_layer']
   return {
       'devices': run.strategy.num_devices, 'mesh': dict(run.mesh.shape),
       'batch_shards': run.strategy.batch_shards,
       'collectives': [c.to_json() for c in collectives],
-      'bytes_per_step': sum(measured.values()),
-      'bytes_per_step_by_layer': measured,
-      'model_bytes_per_step': model_bytes,
-      'analytic_bytes_per_step': sum(analytic.values()),
-      'analytic_bytes_per_step_by_layer': analytic,
-      'loss_metrics_bound': loss_bytes_bound(config.batch_size),
-      'unexplained_bytes': measured.get('?', 0.0),
+      'model_bytes_per_step': sum(v for k, v in measured.items() if k != LOSS),
+      **{k: step[k] for k in ('bytes_per_step', 'bytes_per_step_by_layer',
+                              'analytic_bytes_per_step', 'analytic_bytes_per_step_by_layer',
+                              'loss_metrics_bound', 'unexplained_bytes', 'explanations')},
       'compile_seconds': compile_seconds,
       'memory_per_device': measure_lib.memory(compiled, run.devices),
       'step_seconds': step_seconds,
@@ -228,65 +222,20 @@ def write(result: dict, out_dir: str) -> None:
   write_report(out_dir, 'comms', result, markdown(result), chart(result))
 
 
-# Images/s one CPU core feeds through the training pipeline on ImageNet-like JPEGs (bench_input,
-# 2026-11-26, docs/performance.md): augmenting on the host or leaving it to the device, and from
-# the 256 x 256 squares written once (config.resized 'jpeg' or 'raw'). What the plan's input
-# ceiling assumes unless given --bench_input.
-INPUT_PER_CORE = {'host': 355.0, 'device': 395.0, 'jpeg': 1712.0, 'raw': 2517.0}
-
-
 def _device_counts(text: str) -> list[int]:
   try:
-    counts = [int(x) for x in text.split(',') if x.strip()]
-  except ValueError:
-    counts = []
-  if not counts or min(counts) < 1:
-    raise app.UsageError(f'--devices={text}: give device counts, e.g. --devices=2 or '
-                         '--devices=2,8,32 (several with --target only)')
-  return counts
-
-
-def _input_per_core(path: str) -> dict:
-  """Images/s per core by input path ('host', 'device', 'jpeg', 'raw'): from a
-  bench_input.json where it has the row, else the defaults."""
-  rates = dict(INPUT_PER_CORE)
-  if path:
-    with open(os.path.join(path, 'bench_input.json') if os.path.isdir(path) else path) as f:
-      per_core = json.load(f)['per_core']
-    for key, row in (('host', 'pipeline'), ('device', 'pipeline_device_augment'),
-                     ('jpeg', 'pipeline_256'), ('raw', 'pipeline_raw')):
-      if row in per_core:
-        rates[key] = float(per_core[row])
-  return rates
+    return plan_lib.device_counts(text)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
 
 
 def main_target(config, counts: list[int], strategies) -> None:
-  """--target: the pod plan (tools/plan.py), compiled for the target, nothing run."""
-  if not flags.FLAGS.measure_steps:
-    quiet.compile_only_environment()
-    jax.config.update('jax_platforms', 'cpu')
-  try:
-    profile = targets_lib.load(flags.FLAGS.target)
-  except targets_lib.TargetError as e:
-    raise app.UsageError(str(e)) from None
-  why = targets_lib.compiler_missing(profile)
-  if why:
-    raise app.UsageError(why)
-  result = plan_lib.make_plan(
-      config, profile, counts, strategies=strategies,
-      batch_per_replica=flags.FLAGS.batch_per_replica, efficiency=flags.FLAGS.efficiency,
-      input_per_core=_input_per_core(flags.FLAGS.bench_input),
-      cache_dir=flags.FLAGS.cache_dir or None)
-  if flags.FLAGS.measure_steps:
-    local = jax.devices()
-    if local[0].platform == profile.compiler:  # a real GPU or TPU of the target's kind
-      plan_lib.measure_beside(result, config, local, steps=flags.FLAGS.measure_steps)
-    else:
-      result['measured'] = (f'nothing measured: this process has {local[0].platform} devices, '
-                            f'not {profile.compiler}')
-      print(result['measured'])
-  plan_lib.write(result, flags.FLAGS.out)
-  print(plan_lib.markdown(result))
+  """--target: the pod plan, as `python -m alexnet_jax.plan` makes it (tools/plan.py)."""
+  F = flags.FLAGS
+  plan_lib.run_plan(config, F.target, counts, strategies, out=F.out,
+                    batch_per_replica=F.batch_per_replica, efficiency=F.efficiency,
+                    calibration='', bench_input=F.bench_input, measure_steps=F.measure_steps,
+                    cache_dir=F.cache_dir)
 
 
 def main(argv):
@@ -324,15 +273,16 @@ def cli() -> None:
   flags.DEFINE_integer('time_convs', 0, 'If > 0: also time the two ways one device can '
                        'run both towers (split vs vmapped) at this batch size.')
   flags.DEFINE_string('target', '', 'Compile for this hardware instead of running here: '
-                      + ', '.join(targets_lib.known()) + ', or a profile file (TOML).')
+                      + ', '.join(plan_lib.targets_lib.known()) + ', or a profile file (TOML).')
   flags.DEFINE_integer('batch_per_replica', 128, 'With --target: images per batch shard (the '
                        'global batch grows with the shards); 0: the config\'s batch_size.')
   flags.DEFINE_float('efficiency', 0.4, 'With --target: the fraction of peak FLOP/s the '
                      'prediction assumes for compute.')
   flags.DEFINE_string('bench_input', '', 'With --target: a bench_input.json (or its directory) '
                       'whose per-core pipeline rate sets the hosts\' input ceiling (default: '
-                      f'{INPUT_PER_CORE["host"]:.0f} images/s per core augmenting on the host, '
-                      f'{INPUT_PER_CORE["device"]:.0f} on the device, docs/performance.md).')
+                      f'{plan_lib.INPUT_PER_CORE["host"]:.0f} images/s per core augmenting on the '
+                      f'host, {plan_lib.INPUT_PER_CORE["device"]:.0f} on the device, '
+                      'docs/performance.md).')
   flags.DEFINE_integer('measure_steps', 0, 'With --target, on a machine with GPUs or TPUs of '
                        'the target\'s kind: also run each planned step that fits them for this '
                        'many timed steps, and put the measured images/s beside the predicted.')

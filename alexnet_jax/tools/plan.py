@@ -1,22 +1,19 @@
 """The pod plan: every strategy compiled for a TPU slice or GPU nodes, and its step time predicted.
 
-    python -m alexnet_jax.comms --config=configs/paper.py --target=tpu-v5e \
+    python -m alexnet_jax.plan --config=configs/paper.py --target=tpu-v5e \
         --devices=2,4,16,64,256 --out=DIR
+    python -m alexnet_jax.plan --published --out=DIR     # replay the published runs
 
 For each device count, the real train step of every strategy that fits (run.build on the
 target's devices, `jax.experimental.topologies`) is compiled by the target's own compiler without
-being run; from the compiled program come its collectives (hlo.py: kind, bytes, layer, group,
-whether asynchronous and what the schedule places between start and done), XLA's memory
-analysis, and (TPU) XLA's FLOP count. What is *predicted* from them uses the profile's numbers
-(targets.py) and this model, simple enough to check by hand (docs/communication.md):
-
-  compute    = FLOPs per device / (peak FLOP/s x efficiency)
-  collective = bytes per device / bandwidth of the link it crosses + steps x latency
-               (ring: g-1 steps, all-reduce 2(g-1); torus: the sum over the axes its group spans
-               of (extent - 1); the bandwidth of a torus group: one link per direction per axis)
-  hidden     = for an asynchronous collective, at most the share of the step's convolutions and
-               matrix products the schedule places between its start and done, of the compute
-  step       = compute + collectives - hidden (with_overlap) .. compute + collectives (no_overlap)
+being run; from the compiled program come its ops in scheduled order and its collectives
+(analysis.py, hlo.py: kind, bytes, layer, group, whether asynchronous), and XLA's memory
+analysis. What is *predicted* from them uses the profile's numbers (targets.py, every one with a
+public source) and the cost model of costmodel.py, simple enough to check by hand: each op on
+its roofline, each collective at the link's bus bandwidth, the schedule replayed on a compute and
+a collective stream. The one number not from a datasheet is the compute efficiency: assumed
+(--efficiency), or calibrated from a measured run (--calibration, a file written by
+`python -m alexnet_jax.calibrate`); the report says which.
 
 Compiled programs are cached (keyed by the lowered program, the target and the compiler's
 version), so a second plan of the same configs only lowers.
@@ -41,28 +38,18 @@ from PIL import Image
 
 from alexnet_jax.core import run as run_lib
 from alexnet_jax.core import strategies as strategies_lib
+from alexnet_jax.tools import analysis
+from alexnet_jax.tools import costmodel
 from alexnet_jax.tools import formula
-from alexnet_jax.tools import hlo
 from alexnet_jax.tools import measure as measure_lib
 from alexnet_jax.tools import targets as targets_lib
 from alexnet_jax.tools.drawing import line_chart, png_bytes, write_report
-from alexnet_jax.tools.hlo import LAYERS, LOSS, Module, bytes_by_layer, parse_collectives
+from alexnet_jax.tools.hlo import LAYERS, LOSS
+
 
 PREDICTED = 'PREDICTED, not measured'
-# Per strategy and layer, the collectives the layer-table formula counts (formula.analytic_bytes).
-_TOWER_READS = ('conv3', 'fc6', 'fc7', 'fc8')
-
-
-def expected_kinds(parallelism: str, layer: str) -> set:
-  ag_rs = {'all-gather', 'reduce-scatter'}
-  if parallelism == 'towers':
-    return ag_rs if layer in _TOWER_READS else set()
-  if parallelism == 'towers_data':
-    return (ag_rs if layer in _TOWER_READS else set()) | {'all-reduce'}
-  if parallelism == 'hybrid':
-    return {'all-reduce'} if layer.startswith('conv') else ag_rs | (
-        {'all-reduce'} if layer == 'fc8' else set())
-  return {'all-reduce'} if parallelism == 'data' else ag_rs
+# The compute efficiency a plan assumes without a calibration (--efficiency).
+ASSUMED_EFFICIENCY = 0.4
 
 
 def default_cache_dir() -> str:
@@ -71,16 +58,13 @@ def default_cache_dir() -> str:
 
 
 def compiler_version(profile: targets_lib.Profile) -> str:
-  package = {'tpu': 'libtpu', 'gpu': 'jax-cuda12-plugin'}[profile.compiler]
-  return f'jax {jax.__version__}, {package} {importlib.metadata.version(package)}'
-
-
-def leaf_shapes(run: run_lib.Run) -> dict:
-  """{layer: [(whole shape, one device's shard) per parameter]}: what a gradient collective of
-  that layer carries, to attribute the collectives a compiler combined without their names."""
-  return {layer: [(tuple(a.shape), tuple(a.sharding.shard_shape(a.shape)))
-                  for a in leaves.values()]
-          for layer, leaves in run.abstract_state.params.items()}
+  for package in {'tpu': ('libtpu',),
+                  'gpu': ('jax-cuda12-plugin', 'jax-cuda13-plugin')}[profile.compiler]:
+    try:
+      return f'jax {jax.__version__}, {package} {importlib.metadata.version(package)}'
+    except importlib.metadata.PackageNotFoundError:
+      continue
+  return f'jax {jax.__version__}'
 
 
 def replica_config(config: ml_collections.ConfigDict, parallelism: str, num_devices: int,
@@ -97,119 +81,39 @@ def replica_config(config: ml_collections.ConfigDict, parallelism: str, num_devi
   return config
 
 
-def _links(groups: list, devices: Sequence, profile: targets_lib.Profile) -> dict:
-  """Which link a collective's groups cross, and (TPU) the extent of each torus axis they span."""
+def _links(groups: list, devices: Sequence, profile: targets_lib.Profile,
+           topology: str = '') -> dict:
+  """Which link a collective's groups cross; (TPU) the extent of each torus axis they span and
+  the slice's shape; (PCIe) how many peer groups one group spans (devices in order, filled
+  peer group by peer group)."""
   unit = ((lambda d: getattr(d, 'slice_index', None) or 0) if profile.compiler == 'tpu'
           else (lambda d: d.process_index))
   between = any(len({unit(devices[i]) for i in g}) > 1 for g in groups)
-  extents = []
+  out = {'crosses': 'between' if between else 'inside', 'extents': []}
   if profile.compiler == 'tpu' and not between:
     coords = [[tuple(devices[i].coords) for i in g] for g in groups]
-    for axis in range(3):
-      extents.append(max(len({c[axis] for c in group}) for group in coords))
-    extents = [e for e in extents if e > 1]
-  return {'crosses': 'between' if between else 'inside', 'extents': extents}
+    extents = [max(len({c[axis] for c in group}) for group in coords) for axis in range(3)]
+    out['extents'] = [e for e in extents if e > 1]
+    shape = topology.split(':')[-1] if ':' in topology else ''
+    out['slice_shape'] = [int(x) for x in shape.split('x') if x] if shape else out['extents']
+  peer = int(profile.inside.get('peer_group', 0) or 0)
+  if peer and not between:
+    out['peer_groups'] = max(len({i // peer for i in g}) for g in groups)
+  return out
 
 
-def _instructions(collectives: list, devices: Sequence, profile: targets_lib.Profile) -> dict:
+def _instructions(collectives: list, devices: Sequence, profile: targets_lib.Profile,
+                  topology: str = '') -> dict:
   out = {}
   for c in collectives:
     entry = out.setdefault(c.instruction, {
         'kind': c.kind, 'group_size': c.group_size, 'bytes_per_device': 0.0,
         'asynchronous': c.asynchronous, 'overlap_ops': c.overlap_ops, 'layers': [],
-        **_links(c.groups, devices, profile)})
+        **_links(c.groups, devices, profile, topology)})
     entry['bytes_per_device'] += c.bytes_per_device
     if c.layer not in entry['layers']:
       entry['layers'].append(c.layer)
   return out
-
-
-def _is_parameter(c, leaves: dict) -> bool:
-  """Whether a collective carries a parameter (or its gradient): its shape is one of its layer's
-  parameters', whole or one device's shard (size-1 dimensions aside)."""
-  squeeze = lambda shape: tuple(d for d in shape if d != 1)
-  return any(squeeze(c.shape) in {squeeze(s) for s in pair} for pair in leaves.get(c.layer, []))
-
-
-def explain(parallelism: str, collectives: list, measured: dict, analytic: dict,
-            compute_dtype: str, leaves: Optional[dict] = None) -> dict:
-  """Compiled bytes against the formula, per layer, with every reason they differ: collectives
-  moved in another dtype than the program's, issued more than once, decomposed or added; and,
-  per instruction that carries several arrays, what the compiler combined and how its parts
-  were attributed. `leaves`: leaf_shapes(run), to tell parameters from activations."""
-  leaves = leaves or {}
-  act_bytes = 2 if compute_dtype == 'bfloat16' else 4
-  layers = {}
-  for layer in LAYERS + (LOSS, '?'):
-    expected = expected_kinds(parallelism, layer)
-    mine = [c for c in collectives if c.layer == layer]
-    m, a = measured.get(layer, 0.0), analytic.get(layer, 0.0)
-    if not mine and not a:
-      continue
-    close = lambda x: abs(x - a) <= max(0.01 * a, 16e3)  # 1 %, or 16 kB of stray scalars
-    notes = []
-    if layer == LOSS:
-      notes.append('added: jit partitions the loss and metrics on the sharded logits (not in '
-                   'the formula; bounded by formula.loss_bytes_bound)')
-    elif layer == '?':
-      notes.append('unattributed: no layer in its name or its input\'s, no parameter of its '
-                   'shape')
-    # The same collective (kind, shape, dtype, name) issued several times: re-gathered for each
-    # use instead of kept (rematerialized), which the formula, counting one, does not.
-    seen = {}
-    for c in mine:
-      key = (c.kind, tuple(c.shape), c.dtype, c.op_name)
-      seen[key] = seen.get(key, 0) + 1
-    repeats = {k: v for k, v in seen.items() if v > 1 and k[0] != 'all-reduce' and k[3]}
-    once = sum(c.bytes_per_device for c in mine) - sum(
-        c.bytes_per_device * (seen[(c.kind, tuple(c.shape), c.dtype, c.op_name)] - 1)
-        / seen[(c.kind, tuple(c.shape), c.dtype, c.op_name)] for c in mine)
-    if repeats and layer not in (LOSS, '?'):
-      notes.append('repeated: ' + ', '.join(f'{k[0]} of {k[2]}{list(k[1])} issued {v} times'
-                                            for k, v in repeats.items())
-                   + f' (the compiler gathers again for each use rather than keep the gathered '
-                   f'copy; counted once: {once / 1e6:.3f} MB)')
-    # Bytes as the program's dtypes would move them (parameters and gradients float32,
-    # activations and their gradients the compute dtype), each collective counted once.
-    program_bytes = lambda c: 4 if _is_parameter(c, leaves) else act_bytes
-    floats = [c for c in mine if c.dtype in ('f32', 'bf16', 'f16')]
-    as_program = sum(c.bytes_per_device * program_bytes(c) / hlo.DTYPE_BYTES[c.dtype]
-                     / seen[(c.kind, tuple(c.shape), c.dtype, c.op_name)] for c in floats)
-    changed = sorted({f'{c.kind} {c.dtype}' for c in floats
-                      if hlo.DTYPE_BYTES[c.dtype] != program_bytes(c)})
-    if changed and layer not in (LOSS, '?'):
-      notes.append(f'dtype: {", ".join(changed)} where the program has '
-                   f'{"bfloat16" if act_bytes == 2 else "float32"} activations and float32 '
-                   'parameters (the compiler moved a conversion across the collective); in the '
-                   f'program\'s dtypes{", counted once" if repeats else ""}: '
-                   f'{as_program / 1e6:.3f} MB')
-    extra = {c.kind for c in mine} - expected
-    if extra and layer not in (LOSS, '?'):
-      notes.append(f'kinds: the compiler exchanges this layer with '
-                   f'{", ".join(sorted({c.kind for c in mine}))} where the formula counts '
-                   f'{", ".join(sorted(expected)) or "nothing"}: '
-                   f'{m / 1e6:.3f} MB against {a / 1e6:.3f} MB')
-    equal = close(m)
-    explained = equal or close(as_program) or (repeats and close(once)) or bool(extra)
-    unnamed = measured.get('?', 0.0)
-    if not explained and m < a and unnamed and layer not in (LOSS, '?'):
-      notes.append(f'missing: {(a - m) / 1e6:.3f} MB of the formula\'s; the collectives the '
-                   f'compiler made without a name ("?") carry {unnamed / 1e6:.3f} MB')
-      explained = True
-    if not explained and layer not in (LOSS, '?'):
-      notes.append(f'unexplained: {m / 1e6:.3f} MB compiled against {a / 1e6:.3f} MB by formula')
-    layers[layer] = {'compiled_bytes': m, 'analytic_bytes': a,
-                     'status': 'equal' if equal else 'explained' if explained else 'differs',
-                     'notes': notes}
-  combined = {}
-  for c in collectives:
-    if c.combined > 1:
-      e = combined.setdefault(c.instruction, {'kind': c.kind, 'arrays': c.combined,
-                                              'layers': [], 'attributed_by': []})
-      for field, value in (('layers', c.layer), ('attributed_by', c.attributed_by)):
-        if value not in e[field]:
-          e[field].append(value)
-  return {'layers': layers, 'combined': combined}
 
 
 @dataclasses.dataclass
@@ -244,17 +148,12 @@ def lower(label: str, config: ml_collections.ConfigDict, devices: Sequence,
 
 
 def analyse(job: Job, profile: targets_lib.Profile) -> dict:
-  """One strategy's compiled facts: collectives, bytes against the formula, memory, FLOPs."""
+  """One strategy's compiled facts: ops, collectives, bytes against the formula, memory, FLOPs
+  (analysis.compiled_step, as comms reads its own compiled step)."""
   config, run, out = job.config, job.run, job.compiled
-  text = out['hlo']
   n = run.strategy.num_devices
-  module = Module(text)  # read once: the collectives and the schedule's heavy ops
-  collectives = parse_collectives(module, n, leaf_shapes(run))
-  measured = bytes_by_layer(collectives)
-  table = formula.layer_table(run.net, config.image_size)
-  act_bytes = 2 if config.model.dtype == 'bfloat16' else 4
-  analytic = formula.analytic_bytes(config.parallelism, n, config.batch_size, table,
-                                    act_bytes=act_bytes)
+  step = analysis.compiled_step(run, config, out['hlo'])
+  collectives = step.pop('collectives')
   return {
       'strategy': config.parallelism, 'devices': n, 'topology': job.topology,
       'mesh': dict(run.mesh.shape), 'batch_size': config.batch_size,
@@ -263,18 +162,13 @@ def analyse(job: Job, profile: targets_lib.Profile) -> dict:
       'hosts': len({d.process_index for d in run.devices}),
       'compile_seconds': out['compile_seconds'], 'cached': out.get('cached', False),
       'memory_per_device': out['memory'],
-      'compiled_flops_per_device': out['flops'],
+      # XLA's count where the compiler gives one (TPU), else the ops' (GPU gives none).
+      'compiled_flops_per_device': out['flops'] or step['op_flops_per_device'],
       'analytic_flops_per_device': formula.step_flops(run.net, config.image_size,
                                                       config.batch_size) / n,
-      'heavy_ops': module.heavy_ops(),
       'collectives': [c.to_json() for c in collectives],
-      'instructions': _instructions(collectives, run.devices, profile),
-      'bytes_per_step': sum(measured.values()),
-      'bytes_per_step_by_layer': measured,
-      'analytic_bytes_per_step': sum(analytic.values()),
-      'analytic_bytes_per_step_by_layer': analytic,
-      'explanations': explain(config.parallelism, collectives, measured, analytic,
-                              config.model.dtype, leaf_shapes(run)),
+      'instructions': _instructions(collectives, run.devices, profile, job.topology),
+      **step,
   }
 
 
@@ -296,58 +190,26 @@ def _compile(job: Job) -> dict:
   return out
 
 
-def collective_seconds(ins: dict, profile: targets_lib.Profile) -> float:
-  """One instruction's time by the ring / torus formula on the link it crosses."""
-  g, kind = ins['group_size'], ins['kind']
-  if g <= 1 or ins['bytes_per_device'] <= 0:
-    return 0.0
-  rounds = 2 if kind == 'all-reduce' else 1
-  if ins['crosses'] == 'between':
-    link = profile.between
-    bandwidth, steps = float(link['bandwidth']), rounds * (g - 1)
-  elif profile.inside.get('wiring') == 'torus':
-    link = profile.inside
-    extents = ins['extents']
-    ports = sum(2 if e > 2 else 1 for e in extents)
-    if not ports:  # devices of one chip (TPU v4's two cores): through its memory
-      return ins['bytes_per_device'] / profile.per_device('memory_bandwidth')
-    bandwidth = ports * float(link['link_bandwidth'])
-    steps = rounds * sum(e - 1 for e in extents)
-  else:
-    link = profile.inside
-    bandwidth, steps = float(link['bandwidth']), rounds * (g - 1)
-  if kind == 'collective-permute':
-    steps = 1
-  return ins['bytes_per_device'] / bandwidth + steps * float(link['latency'])
-
-
 def predict(entry: dict, profile: targets_lib.Profile, efficiency: float, dtype: str,
-            input_per_core: Optional[dict]) -> dict:
-  """The predicted step of one compiled entry (see the module docstring). `input_per_core`:
-  the training pipeline's images/s per CPU core, by input path: where augmentation runs ('host',
-  'device'), or the 256 x 256 squares it reads ('jpeg', 'raw'; config.resized)."""
-  peak = profile.per_device('peak_bf16_flops' if dtype == 'bfloat16' else 'fp32_matmul_flops')
-  flops = entry['compiled_flops_per_device'] or entry['analytic_flops_per_device']
-  compute = flops / (peak * efficiency)
-  comm, hidden = 0.0, 0.0
-  for ins in entry['instructions'].values():
-    t = collective_seconds(ins, profile)
-    comm += t
-    if ins['asynchronous'] and entry['heavy_ops']:
-      hidden += min(t, compute * ins['overlap_ops'] / entry['heavy_ops'])
-  hidden = min(hidden, compute)
-  steps = {'no_overlap': compute + comm, 'with_overlap': compute + comm - hidden}
+            input_per_core: Optional[dict], features: costmodel.Features = costmodel.ALL,
+            latency_scale: float = 1.0) -> dict:
+  """The predicted step of one compiled entry (costmodel.predict_step), whether it fits, and
+  the hosts' input ceiling. `input_per_core`: the training pipeline's images/s per CPU core, by
+  input path: where augmentation runs ('host', 'device'), or the 256 x 256 squares it reads
+  ('jpeg', 'raw'; config.resized)."""
+  step = costmodel.predict_step(entry, profile, efficiency, dtype, features, latency_scale)
+  steps = step['step_seconds']
   memory = entry['memory_per_device'].get('peak_memory_bytes')
   capacity = profile.per_device('memory_bytes')
   out = {
-      'flops_per_device': flops,
+      'flops_per_device': entry['compiled_flops_per_device'] or entry['analytic_flops_per_device'],
       'flops_source': 'compiled' if entry['compiled_flops_per_device'] else 'formula',
       'memory_per_device_bytes': memory,
       'fits': None if memory is None else memory <= capacity,
       'memory_headroom_bytes': None if memory is None else capacity - memory,
-      'predicted_compute_seconds': compute,
-      'predicted_communication_seconds': comm,
-      'predicted_hidden_seconds': hidden,
+      'predicted_compute_seconds': step['compute_seconds'],
+      'predicted_communication_seconds': step['communication_seconds'],
+      'predicted_hidden_seconds': step['hidden_seconds'],
       'predicted_step_seconds': steps,
       'predicted_images_per_second': {k: entry['batch_size'] / v for k, v in steps.items()},
   }
@@ -363,13 +225,17 @@ def predict(entry: dict, profile: targets_lib.Profile, efficiency: float, dtype:
 
 def make_plan(config: ml_collections.ConfigDict, profile: targets_lib.Profile,
               device_counts: Sequence[int], *, strategies: Optional[Sequence[str]] = None,
-              batch_per_replica: int = 128, efficiency: float = 0.4,
-              input_per_core: Optional[dict] = None, cache_dir: Optional[str] = None,
-              workers: int = 0, log: Callable[[str], Any] = print) -> dict:
+              batch_per_replica: int = 128, efficiency: float = ASSUMED_EFFICIENCY,
+              efficiency_source: str = 'assumed', input_per_core: Optional[dict] = None,
+              cache_dir: Optional[str] = None, workers: int = 0,
+              features: costmodel.Features = costmodel.ALL,
+              log: Callable[[str], Any] = print) -> dict:
   """Every strategy that fits each device count of `profile`, compiled and predicted.
 
-  The programs are lowered one after the other and compiled by `workers` threads (0: one per
-  CPU): a compiler works on one program on one core, so a plan compiles as many at a time."""
+  `efficiency_source` says where `efficiency` comes from ('assumed', or the calibration it was
+  fitted to); the report's label carries it. The programs are lowered one after the other and
+  compiled by `workers` threads (0: one per CPU): a compiler works on one program on one core,
+  so a plan compiles as many at a time."""
   jobs, skipped = [], {}
   for n in device_counts:
     try:
@@ -396,13 +262,12 @@ def make_plan(config: ml_collections.ConfigDict, profile: targets_lib.Profile,
   todo = [j for j in jobs if j.compiled is None]
   if todo:
     log(f'compiling {len(todo)} programs for {profile.key} ({len(jobs) - len(todo)} cached) ...')
-  with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
-    for job, out in zip(todo, pool.map(_compile, todo)):
-      job.compiled = out
+  compile_all(todo, workers)
   runs = []
   for job in jobs:
     entry = analyse(job, profile)
-    entry.update(predict(entry, profile, efficiency, config.model.dtype, input_per_core))
+    entry.update(predict(entry, profile, efficiency, config.model.dtype, input_per_core,
+                         features))
     runs.append(entry)
     how = 'cached' if entry['cached'] else f'compiled in {entry["compile_seconds"]:.1f} s'
     log(f'{job.label}: {how}, {entry["bytes_per_step"] / 1e6:.2f} MB/step/device, predicted '
@@ -413,9 +278,49 @@ def make_plan(config: ml_collections.ConfigDict, profile: targets_lib.Profile,
                                                                  time.gmtime()),
       'dtype': config.model.dtype, 'image_size': config.image_size,
       'batch_per_replica': batch_per_replica, 'efficiency': efficiency,
+      'efficiency_source': efficiency_source,
       'input_per_core_images_per_second': input_per_core,
-      'label': f'{PREDICTED}: {profile.name}, compute at {efficiency:.0%} of peak',
-      'runs': runs, 'skipped': skipped, 'winners': winners(runs)}
+      'label': f'{PREDICTED}: {profile.name}, compute at {efficiency:.0%} of peak '
+               f'({efficiency_source})',
+      'runs': runs, 'skipped': skipped, 'winners': winners(runs),
+      'sensitivity': sensitivity(runs, profile, efficiency, config.model.dtype, features)}
+
+
+def compile_all(jobs: Sequence[Job], workers: int = 0) -> None:
+  """Compiles the jobs the cache lacks, `workers` at a time (0: one per CPU)."""
+  todo = [j for j in jobs if j.compiled is None]
+  with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+    for job, out in zip(todo, pool.map(_compile, todo)):
+      job.compiled = out
+
+
+# Where the ranking is tested: the efficiency x 0.5 .. x 1.5, every latency x 0.5 .. x 4.
+EFFICIENCY_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)
+LATENCY_SCALES = (0.5, 1.0, 2.0, 4.0)
+
+
+def sensitivity(runs: Sequence[dict], profile: targets_lib.Profile, efficiency: float,
+                dtype: str, features: costmodel.Features = costmodel.ALL) -> dict:
+  """The winners at each device count when the compute efficiency and the links' latencies
+  move (the programs are not recompiled: only the model's two uncertain inputs change), and
+  the points where a winner differs from the plan's."""
+  base = winners(runs)
+  grid, flips = [], []
+  for e in EFFICIENCY_SCALES:
+    for lat in LATENCY_SCALES:
+      moved = []
+      for r in runs:
+        step = costmodel.predict_step(r, profile, efficiency * e, dtype, features, lat)
+        moved.append(dict(r, predicted_images_per_second={
+            k: r['batch_size'] / v for k, v in step['step_seconds'].items()}))
+      won = winners(moved)
+      grid.append({'efficiency_scale': e, 'latency_scale': lat, 'winners': won})
+      for n, name in won.items():
+        if base.get(n) != name:
+          flips.append({'devices': int(n), 'efficiency_scale': e, 'latency_scale': lat,
+                        'winner': name, 'plan_winner': base.get(n)})
+  return {'efficiency_scales': list(EFFICIENCY_SCALES), 'latency_scales': list(LATENCY_SCALES),
+          'grid': grid, 'flips': flips}
 
 
 def measure_beside(plan: dict, config: ml_collections.ConfigDict, devices: Sequence,
@@ -504,7 +409,9 @@ def markdown(plan: dict) -> str:
         f'{r["strategy"]}/{r["devices"]} {r["measured_images_per_second"]:,.0f} images/s '
         f'(predicted {r["predicted_images_per_second"]["with_overlap"]:,.0f})' for r in measured)]
   lines += ['', '**Winner at each size** (predicted images/s with overlap, among those that fit): '
-            + ', '.join(f'{n} devices: {s}' for n, s in plan['winners'].items()), '',
+            + ', '.join(f'{n} devices: {s}' for n, s in plan['winners'].items()), '']
+  lines += sensitivity_lines(plan.get('sensitivity'))
+  lines += ['',
             '## Compiled bytes against the formula, per layer', '',
             'MB per device per step, compiled / formula; every layer that differs, and every '
             'collective the compiler combined or added, is named below the table.', '',
@@ -530,6 +437,33 @@ def markdown(plan: dict) -> str:
                                                     ('between', p['between'])]:
     lines.append(f'| {field} | {value} | {p["sources"].get(field, "-")} |')
   return '\n'.join(lines) + '\n'
+
+
+def sensitivity_lines(sens: Optional[dict]) -> list[str]:
+  """The sensitivity table: the winner at each size for every efficiency and latency scale."""
+  if not sens or not sens['grid']:
+    return []
+  sizes = list(sens['grid'][0]['winners'])
+  lines = ['## Sensitivity of the winners', '',
+           'The winner at each size when the compute efficiency is scaled (rows) and every '
+           'link\'s latency is scaled (columns); the plan\'s own point is efficiency x1, latency '
+           'x1.', '',
+           '| efficiency | latency | ' + ' | '.join(f'{n} devices' for n in sizes) + ' |',
+           '|---|---|' + '---|' * len(sizes)]
+  for g in sens['grid']:
+    lines.append(f'| x{g["efficiency_scale"]} | x{g["latency_scale"]} | '
+                 + ' | '.join(g['winners'].get(n, '-') for n in sizes) + ' |')
+  flips = sens['flips']
+  if flips:
+    where = sorted({(f['devices'], f['plan_winner'], f['winner']) for f in flips})
+    lines += ['', 'The ranking flips at: ' + '; '.join(
+        f'{n} devices ({a} -> {b} at ' + ', '.join(
+            f'efficiency x{f["efficiency_scale"]} latency x{f["latency_scale"]}'
+            for f in flips if (f['devices'], f['plan_winner'], f['winner']) == (n, a, b)) + ')'
+        for n, a, b in where) + '.']
+  else:
+    lines += ['', 'No winner changes anywhere in this range.']
+  return lines + ['']
 
 
 def chart(plan: dict) -> bytes:
@@ -561,3 +495,181 @@ def chart(plan: dict) -> bytes:
 
 def write(plan: dict, out_dir: str) -> None:
   write_report(out_dir, 'plan', plan, markdown(plan), chart(plan))
+
+
+# --- The command: python -m alexnet_jax.plan. ---
+
+# Images/s one CPU core feeds through the training pipeline on ImageNet-like JPEGs (bench_input,
+# 2026-11-26, docs/performance.md): augmenting on the host or leaving it to the device, and from
+# the 256 x 256 squares written once (config.resized 'jpeg' or 'raw'). What the plan's input
+# ceiling assumes unless given --bench_input.
+INPUT_PER_CORE = {'host': 355.0, 'device': 395.0, 'jpeg': 1712.0, 'raw': 2517.0}
+
+
+def device_counts(text: str) -> list[int]:
+  """'2,8,32' -> [2, 8, 32]; ValueError with what to type otherwise."""
+  try:
+    counts = [int(x) for x in text.split(',') if x.strip()]
+  except ValueError:
+    counts = []
+  if not counts or min(counts) < 1:
+    raise ValueError(f'--devices={text}: give device counts, e.g. --devices=2 or '
+                     '--devices=2,8,32')
+  return counts
+
+
+def input_per_core(path: str) -> dict:
+  """Images/s per core by input path ('host', 'device', 'jpeg', 'raw'): from a
+  bench_input.json where it has the row, else the defaults."""
+  rates = dict(INPUT_PER_CORE)
+  if path:
+    with open(os.path.join(path, 'bench_input.json') if os.path.isdir(path) else path) as f:
+      per_core = json.load(f)['per_core']
+    for key, row in (('host', 'pipeline'), ('device', 'pipeline_device_augment'),
+                     ('jpeg', 'pipeline_256'), ('raw', 'pipeline_raw')):
+      if row in per_core:
+        rates[key] = float(per_core[row])
+  return rates
+
+
+def calibrated_efficiency(calibration: dict, config: ml_collections.ConfigDict,
+                          profile: targets_lib.Profile, cache_dir: Optional[str],
+                          log: Callable[[str], Any] = print) -> tuple[float, str]:
+  """The compute efficiency fitted to a calibration file's measured one-device step.
+
+  The run of the file nearest the plan (the same compute dtype; the same network's config where
+  the file has it; the batch closest to the plan's) is compiled for the target on one device
+  and the model's efficiency solved so that its predicted step equals the measured one
+  (costmodel.fit_efficiency): the same model then predicts every other size."""
+  runs = [r for r in calibration['runs'] if r.get('images_per_second')
+          and r.get('dtype') == config.model.dtype]
+  if not runs:
+    raise targets_lib.TargetError(
+        f'the calibration file has no measured run in {config.model.dtype}; run '
+        f'python -m alexnet_jax.calibrate with that dtype')
+  runs.sort(key=lambda r: (abs(r['batch_size'] - config.batch_size), r.get('config', '')))
+  run = runs[0]
+  devices = targets_lib.devices(profile, 1)
+  config_1 = replica_config(config, 'data', 1, devices, 0)
+  config_1.batch_size = config_1.eval_batch_size = int(run['batch_size'])
+  job = lower('calibration/1', config_1, devices, profile, cache_dir,
+              targets_lib.topology_name(profile, 1))
+  compile_all([job])
+  entry = analyse(job, profile)
+  step = run['batch_size'] / run['images_per_second']
+  efficiency = costmodel.fit_efficiency(entry, profile, config.model.dtype, step)
+  if efficiency is None:
+    raise targets_lib.TargetError(
+        f'no compute efficiency makes the model reach the calibration\'s measured '
+        f'{run["images_per_second"]:,.0f} images/s (batch {run["batch_size"]}): the model '
+        'bounds that step by memory traffic alone; check the file\'s device and target')
+  source = (f'calibrated: {efficiency:.3f} fitted to {run["images_per_second"]:,.0f} images/s '
+            f'measured on {calibration.get("device_kind", "?")}, batch {run["batch_size"]}, '
+            f'{calibration.get("date", "")}')
+  log(source)
+  return efficiency, source
+
+
+def run_plan(config: ml_collections.ConfigDict, target: str, counts: Sequence[int],
+             strategies: Optional[Sequence[str]], *, out: str, batch_per_replica: int = 128,
+             efficiency: float = ASSUMED_EFFICIENCY, calibration: str = '',
+             bench_input: str = '', measure_steps: int = 0,
+             cache_dir: Optional[str] = None) -> dict:
+  """The plan of `config` on `target`, written to `out` (plan.json, plan.md, plan.png); with
+  `measure_steps`, on a machine with the target's chips, the planned steps that fit are run and
+  measured beside the prediction. Refuses (TargetError) a target it cannot compile for."""
+  from alexnet_jax.runtime import quiet  # pylint: disable=g-import-not-at-top
+  if not measure_steps:
+    quiet.compile_only_environment()
+    jax.config.update('jax_platforms', 'cpu')
+  profile = targets_lib.load(target)
+  why = targets_lib.compiler_missing(profile)
+  if why:
+    raise targets_lib.TargetError(why)
+  source = 'assumed'
+  if calibration:
+    from alexnet_jax.tools import calibrate  # pylint: disable=g-import-not-at-top
+    efficiency, source = calibrated_efficiency(calibrate.load_calibration(calibration), config,
+                                               profile, cache_dir or None)
+  result = make_plan(config, profile, counts, strategies=strategies,
+                     batch_per_replica=batch_per_replica, efficiency=efficiency,
+                     efficiency_source=source, input_per_core=input_per_core(bench_input),
+                     cache_dir=cache_dir or None)
+  if measure_steps:
+    local = jax.devices()
+    if local[0].platform == profile.compiler:  # a real GPU or TPU of the target's kind
+      measure_beside(result, config, local, steps=measure_steps)
+    else:
+      result['measured'] = (f'nothing measured: this process has {local[0].platform} devices, '
+                            f'not {profile.compiler}')
+      print(result['measured'])
+  write(result, out)
+  print(markdown(result))
+  return result
+
+
+def main(argv) -> None:
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  del argv
+  F = flags.FLAGS
+  try:
+    if F.published:
+      from alexnet_jax.tools import validation  # pylint: disable=g-import-not-at-top
+      from alexnet_jax.runtime import quiet  # pylint: disable=g-import-not-at-top
+      quiet.compile_only_environment()
+      jax.config.update('jax_platforms', 'cpu')
+      result = validation.replay(validation.load_cases(F.cases or None),
+                                 cache_dir=F.cache_dir or None)
+      validation.write(result, F.out)
+      print(validation.markdown(result))
+      return
+    if not F.config or not F.target:
+      raise app.UsageError('give --config and --target (or --published to replay the '
+                           'published runs)')
+    counts = device_counts(F.devices)
+    strategies = [s for s in F.strategies.split(',') if s] or None
+    run_plan(F.config, F.target, counts, strategies, out=F.out,
+             batch_per_replica=F.batch_per_replica, efficiency=F.efficiency,
+             calibration=F.calibration, bench_input=F.bench_input,
+             measure_steps=F.measure_steps, cache_dir=F.cache_dir)
+  except (ValueError, OSError) as e:  # TargetError, CaseError, CalibrationError, bad flags
+    raise app.UsageError(str(e).splitlines()[0] if str(e) else repr(e)) from None
+
+
+def cli() -> None:
+  """`python -m alexnet_jax.plan` (alexnet_jax/plan.py): defines the flags and runs `main`."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.core import config as config_lib  # pylint: disable=g-import-not-at-top
+  config_flags.DEFINE_config_file('config', None, 'A configs/*.py file.', lock_config=False)
+  flags.DEFINE_string('target', '', 'The hardware to compile for: '
+                      + ', '.join(targets_lib.known()) + ', or a profile file (TOML).')
+  flags.DEFINE_string('devices', '2,8', 'Comma-separated device counts.')
+  flags.DEFINE_string('out', None, 'Where plan.json, plan.md and plan.png go (with '
+                      '--published: validation.json, validation.md and validation.png).')
+  flags.DEFINE_string('strategies', '', 'Comma-separated subset (default: all that fit).')
+  flags.DEFINE_integer('batch_per_replica', 128, 'Images per batch shard (the global batch '
+                       'grows with the shards); 0: the config\'s batch_size.')
+  flags.DEFINE_float('efficiency', ASSUMED_EFFICIENCY, 'The fraction of peak FLOP/s of the '
+                     'convolutions and matrix products, assumed (see --calibration).')
+  flags.DEFINE_string('calibration', '', 'A calibration file (python -m alexnet_jax.calibrate) '
+                      'whose measured one-device step the efficiency is fitted to, in place of '
+                      '--efficiency.')
+  flags.DEFINE_string('bench_input', '', 'A bench_input.json (or its directory) whose per-core '
+                      'pipeline rate sets the hosts\' input ceiling (default: '
+                      f'{INPUT_PER_CORE["host"]:.0f} images/s per core augmenting on the host, '
+                      f'{INPUT_PER_CORE["device"]:.0f} on the device, docs/performance.md).')
+  flags.DEFINE_integer('measure_steps', 0, 'On a machine with GPUs or TPUs of the target\'s '
+                       'kind: also run each planned step that fits them for this many timed '
+                       'steps, and put the measured images/s beside the predicted.')
+  flags.DEFINE_string('cache_dir', default_cache_dir(), 'Where compiled programs\' outputs '
+                      'are kept ("" keeps none).')
+  flags.DEFINE_bool('published', False, 'Replay every published run (alexnet_jax/published/'
+                    '*.toml) through the project\'s compiled programs and write the error of '
+                    'each prediction.')
+  flags.DEFINE_string('cases', '', 'With --published: a folder of case files instead of the '
+                      'shipped ones.')
+  flags.mark_flags_as_required(['out'])
+  app.run(main, flags_parser=config_lib.parse_flags)

@@ -1,0 +1,252 @@
+"""The pod plan set beside the published AlexNet measurements it can reproduce.
+
+    python -m alexnet_jax.plan --published --out=DIR
+
+Every case file (alexnet_jax/published/*.toml, read by published.py) names a published run: its
+source, its machine (a hardware profile whose numbers have public sources), the network as
+published (a config of this project built to match it), the strategy, the batch per device, the
+device counts and the measured images/s. Each device count is compiled for the case's target as
+the plan compiles a pod (plan.lower / plan.analyse, the nearest compiler here where the machine
+has none: `compile_as`), and predicted by the cost model (costmodel.py) at each of its stages, so
+the error of each change to the model shows:
+
+- a case that calibrates fits its platform's compute efficiency at its smallest device count
+  (costmodel.fit_efficiency) and predicts every other count with it: the only fitted number;
+- a case that does not (the paper's two GTX 580s: one published point) is predicted at the
+  assumed efficiency, and the efficiency its measurement implies is stated beside it.
+
+For each case and device count: the published and predicted images/s, the error, the scaling
+efficiency (images/s at N over N/N0 x images/s at the smallest count N0) both ways, and whether
+the order of the sizes is kept. Targets: every point other than a calibration point within
++-15 %, every scaling efficiency within +-0.08 of the published one.
+
+Writes DIR/validation.json, DIR/validation.md and DIR/validation.png.
+"""
+
+import importlib.util
+import os
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import ml_collections
+from PIL import Image
+
+from alexnet_jax.tools import costmodel
+from alexnet_jax.tools import plan as plan_lib
+from alexnet_jax.tools import published
+from alexnet_jax.tools import targets as targets_lib
+from alexnet_jax.tools.drawing import line_chart, png_bytes, write_report
+
+ERROR_TARGET = 0.15  # |predicted / published - 1| at every point that was not fitted
+SCALING_TARGET = 0.08  # |predicted - published scaling efficiency|
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def load_cases(folder: Optional[str] = None) -> list:
+  """The case files of `folder` (default: the shipped ones), each checked by published.load."""
+  return published.load_all(folder) if folder else published.load_all()
+
+
+def case_config(case) -> ml_collections.ConfigDict:
+  """The config the case names (a path from the repository root, or absolute)."""
+  path = case.config if os.path.isabs(case.config) else os.path.join(ROOT, case.config)
+  spec = importlib.util.spec_from_file_location(f'case_config_{case.key}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def _scaling(devices: Sequence[int], ips: Sequence[float]) -> list[Optional[float]]:
+  """images/s at N over (N / N0) x images/s at the smallest count N0."""
+  n0, r0 = devices[0], ips[0]
+  return [None if not r0 else r / (n / n0 * r0) for n, r in zip(devices, ips)]
+
+
+def _order_kept(published_ips: Sequence[float], predicted: Sequence[float]) -> bool:
+  rank = lambda xs: sorted(range(len(xs)), key=lambda i: xs[i])
+  return rank(published_ips) == rank(predicted)
+
+
+def predict_case(case, entries: Sequence[dict], profile: targets_lib.Profile, dtype: str,
+                 features: costmodel.Features, efficiency: Optional[float] = None) -> dict:
+  """One stage of the model on one case: the efficiency (fitted at the smallest count if the
+  case calibrates and `efficiency` is None, else `efficiency` or the assumed one), the
+  predicted images/s per count, errors, scaling efficiencies and whether the targets hold."""
+  measured = list(case.images_per_second)
+  batch = [e['batch_size'] for e in entries]
+  source = 'assumed'
+  if efficiency is None and case.calibrate:
+    efficiency = costmodel.fit_efficiency(entries[0], profile, dtype, batch[0] / measured[0],
+                                          features)
+    source = f'calibrated at {case.devices[0]} device{"s" * (case.devices[0] > 1)}'
+  if efficiency is None:
+    efficiency, source = plan_lib.ASSUMED_EFFICIENCY, 'assumed'
+  steps = [costmodel.predict_step(e, profile, efficiency, dtype, features) for e in entries]
+  predicted = [b / s['step_seconds']['with_overlap'] for b, s in zip(batch, steps)]
+  errors = [p / m - 1 for p, m in zip(predicted, measured)]
+  fitted = [case.calibrate and source != 'assumed' and i == 0 for i in range(len(entries))]
+  pub_scaling, pred_scaling = _scaling(case.devices, measured), _scaling(case.devices, predicted)
+  scaling_gap = [None if a is None or b is None or len(case.devices) < 2 or i == 0 else b - a
+                 for i, (a, b) in enumerate(zip(pub_scaling, pred_scaling))]
+  checked = [abs(err) for err, f in zip(errors, fitted) if not f]
+  gaps = [abs(g) for g in scaling_gap if g is not None]
+  return {
+      'efficiency': efficiency, 'efficiency_source': source,
+      'predicted_images_per_second': predicted, 'errors': errors, 'fitted': fitted,
+      'predicted_scaling': pred_scaling, 'published_scaling': pub_scaling,
+      'scaling_gap': scaling_gap,
+      'compute_seconds': [s['compute_seconds'] for s in steps],
+      'communication_seconds': [s['communication_seconds'] for s in steps],
+      'hidden_seconds': [s['hidden_seconds'] for s in steps],
+      'max_error': max(checked) if checked else None,
+      'max_scaling_gap': max(gaps) if gaps else None,
+      'order_kept': _order_kept(measured, predicted),
+      'meets_targets': ((not checked or max(checked) <= ERROR_TARGET)
+                        and (not gaps or max(gaps) <= SCALING_TARGET)),
+  }
+
+
+def replay(cases: Sequence, cache_dir: Optional[str] = None, workers: int = 0,
+           log: Callable[[str], Any] = print) -> dict:
+  """Every case compiled at each of its device counts and predicted at every model stage."""
+  jobs = {}
+  profiles = {}
+  for case in cases:
+    profile = profiles.setdefault(case.profile, targets_lib.load(case.profile))
+    why = targets_lib.compiler_missing(profile)
+    if why:
+      raise targets_lib.TargetError(f'{case.key}: {why}')
+    config = case_config(case)
+    for n in case.devices:
+      devices = targets_lib.devices(profile, n)
+      config_n = plan_lib.replica_config(config, case.strategy, n, devices,
+                                         case.batch_per_device)
+      jobs[(case.key, n)] = plan_lib.lower(f'{case.key}/{n}', config_n, devices, profile,
+                                           cache_dir, targets_lib.topology_name(profile, n))
+  todo = [j for j in jobs.values() if j.compiled is None]
+  log(f'compiling {len(todo)} programs ({len(jobs) - len(todo)} cached) ...')
+  plan_lib.compile_all(todo, workers)
+  out = []
+  for case in cases:
+    profile = profiles[case.profile]
+    entries = [plan_lib.analyse(jobs[(case.key, n)], profile) for n in case.devices]
+    dtype = jobs[(case.key, case.devices[0])].config.model.dtype
+    stages = []
+    # The plan before this model: its first form at the assumed efficiency.
+    before = predict_case(case, entries, profile, dtype, costmodel.FIRST,
+                          plan_lib.ASSUMED_EFFICIENCY)
+    for name, features in costmodel.STAGES:
+      stages.append(dict(predict_case(case, entries, profile, dtype, features), stage=name))
+    after = stages[-1]
+    implied = [costmodel.fit_efficiency(e, profile, dtype, e['batch_size'] / m)
+               for e, m in zip(entries, case.images_per_second)]
+    out.append({
+        'key': case.key, 'title': case.title, 'cite': case.cite, 'url': case.url,
+        'checked': case.checked, 'note': case.note, 'profile': case.profile,
+        'profile_name': profile.name, 'compiled_as': profile.compiled_as or profile.key,
+        'compiler': plan_lib.compiler_version(profile), 'config': case.config,
+        'strategy': case.strategy, 'batch_per_device': case.batch_per_device,
+        'calibrate': case.calibrate, 'devices': list(case.devices),
+        'global_batch': [e['batch_size'] for e in entries],
+        'published_images_per_second': list(case.images_per_second),
+        'published_low': list(case.low) if case.low else None,
+        'published_high': list(case.high) if case.high else None,
+        'bytes_per_step': [e['bytes_per_step'] for e in entries],
+        'flops_per_device': [e['compiled_flops_per_device'] for e in entries],
+        'implied_efficiency': implied,
+        'before': before, 'stages': stages, 'after': after,
+    })
+    log(f'{case.key}: after {", ".join(f"{n}: {p:,.0f}" for n, p in zip(case.devices, after["predicted_images_per_second"]))} '
+        f'images/s predicted, published {", ".join(f"{m:,.0f}" for m in case.images_per_second)}')
+  return {'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
+          'error_target': ERROR_TARGET, 'scaling_target': SCALING_TARGET,
+          'stages': [name for name, _ in costmodel.STAGES], 'cases': out}
+
+
+# --- Writing it down. ---
+
+def _pct(x: Optional[float]) -> str:
+  return '-' if x is None else f'{100 * x:+.1f} %'
+
+
+def _f(x: Optional[float], digits: int = 2) -> str:
+  return '-' if x is None else f'{x:.{digits}f}'
+
+
+def markdown(result: dict) -> str:
+  """validation.md: per case and device count, published against predicted (before and after),
+  the scaling efficiencies, and each stage of the model's errors."""
+  lines = [f'# The plan against published measurements ({result["date"]})', '',
+           f'Targets: every point that was not fitted within +-{result["error_target"]:.0%}; '
+           f'scaling efficiency within +-{result["scaling_target"]} of the published one. '
+           '"before": the plan\'s first model at the assumed efficiency; "after": the full '
+           'model, its efficiency calibrated at the smallest count where the case calibrates.',
+           '', '| case | devices | batch | published images/s | before | error | after | error '
+           '| scaling published | scaling predicted | order kept |',
+           '|---|---|---|---|---|---|---|---|---|---|---|']
+  for c in result['cases']:
+    b, a = c['before'], c['after']
+    for i, n in enumerate(c['devices']):
+      pub = f'{c["published_images_per_second"][i]:,.0f}'
+      if c['published_low'] and c['published_high']:
+        pub += f' ({c["published_low"][i]:,.0f}-{c["published_high"][i]:,.0f})'
+      fitted = ' (fitted)' if a['fitted'][i] else ''
+      lines.append(
+          f'| {c["key"]} | {n} | {c["global_batch"][i]} | {pub} | '
+          f'{b["predicted_images_per_second"][i]:,.0f} | {_pct(b["errors"][i])} | '
+          f'{a["predicted_images_per_second"][i]:,.0f} | {_pct(a["errors"][i])}{fitted} | '
+          f'{_f(a["published_scaling"][i]) if len(c["devices"]) > 1 else "-"} | '
+          f'{_f(a["predicted_scaling"][i]) if len(c["devices"]) > 1 else "-"} | '
+          f'{"yes" if a["order_kept"] else "NO"} |')
+  lines += ['', '## Each change to the model', '',
+            'Largest error over the points that were not fitted, and the largest scaling gap, '
+            'per case, as each term was added (costmodel.STAGES).', '',
+            '| stage | ' + ' | '.join(c['key'] for c in result['cases']) + ' |',
+            '|---|' + '---|' * len(result['cases'])]
+  for i, stage in enumerate(result['stages']):
+    cells = []
+    for c in result['cases']:
+      s = c['stages'][i]
+      cells.append(f'eff {s["efficiency"]:.3f}, error {_pct(s["max_error"])}, scaling '
+                   f'{_f(s["max_scaling_gap"])}{"" if s["meets_targets"] else " (misses)"}')
+    lines.append(f'| {stage} | ' + ' | '.join(cells) + ' |')
+  lines += ['', '## Cases', '']
+  for c in result['cases']:
+    a = c['after']
+    implied = ', '.join(f'{n}: {_f(e, 3)}' for n, e in zip(c['devices'], c['implied_efficiency']))
+    lines += [f'### {c["title"]} ({c["key"]})', '',
+              f'- Source: {c["cite"]} {c["url"]} (figures read from the source here: '
+              f'{"yes" if c["checked"] else "NO"}). {c["note"]}',
+              f'- Machine: {c["profile_name"]} (profile `{c["profile"]}`), compiled as '
+              f'`{c["compiled_as"]}` by {c["compiler"]}; network `{c["config"]}`, '
+              f'`{c["strategy"]}`, {c["batch_per_device"]} images per device.',
+              f'- Efficiency used: {a["efficiency"]:.3f} ({a["efficiency_source"]}); the '
+              f'efficiency each published point implies: {implied}.',
+              f'- Per device count: compute {", ".join(f"{t * 1e3:.1f}" for t in a["compute_seconds"])} ms, '
+              f'communication {", ".join(f"{t * 1e3:.1f}" for t in a["communication_seconds"])} ms, '
+              f'hidden by the schedule {", ".join(f"{t * 1e3:.1f}" for t in a["hidden_seconds"])} ms; '
+              f'{", ".join(f"{b / 1e6:.1f}" for b in c["bytes_per_step"])} MB per device per step.',
+              f'- Targets: {"met" if a["meets_targets"] else "MISSED"} (largest error '
+              f'{_pct(a["max_error"])}, largest scaling gap {_f(a["max_scaling_gap"])}).', '']
+  return '\n'.join(lines) + '\n'
+
+
+def chart(result: dict) -> bytes:
+  """validation.png: per case, published and predicted (after) images/s against the device
+  count (log2 scale: the counts double)."""
+  cases = [c for c in result['cases']]
+  height = 330
+  image = Image.new('RGB', (900, height * max(1, len(cases))), 'white')
+  for i, c in enumerate(cases):
+    xs = [float(n) for n in c['devices']]
+    series = [('published (measured)', xs, c['published_images_per_second']),
+              ('predicted, before', xs, c['before']['predicted_images_per_second']),
+              ('PREDICTED, after', xs, c['after']['predicted_images_per_second'])]
+    line_chart(image, (10, 10 + i * height, 890, (i + 1) * height - 10),
+               f'{c["key"]}: images/s, measured vs PREDICTED', series,
+               x_label='devices', markers=True)
+  return png_bytes(image)
+
+
+def write(result: dict, out_dir: str) -> None:
+  write_report(out_dir, 'validation', result, markdown(result), chart(result))
