@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 
 from alexnet_jax.runtime import quiet
+from alexnet_jax.tools import analysis
+from alexnet_jax.tools import costmodel
 from alexnet_jax.tools import hlo
 from alexnet_jax.tools import plan as plan_lib
 from alexnet_jax.tools import targets
@@ -139,22 +141,24 @@ def _ins(kind, g, nbytes, crosses='inside', extents=(), asynchronous=False, over
 def test_collective_time_by_ring_and_torus_formulas():
   h100, v5e = targets.load('gpu-h100'), targets.load('tpu-v5e')
   mb = 1e8
-  # Inside a DGX node: 450 GB/s NVLink, 2 us per step; an all-reduce over 8 takes 2 x 7 steps.
-  assert plan_lib.collective_seconds(_ins('all-reduce', 8, mb), h100) == pytest.approx(
-      mb / 450e9 + 14 * 2e-6)
-  # Between nodes: 50 GB/s per GPU, 5 us per step.
-  assert plan_lib.collective_seconds(_ins('all-gather', 16, mb, 'between'), h100) == \
-      pytest.approx(mb / 50e9 + 15 * 5e-6)
-  # A 4x4 v5e group spans two torus axes longer than 2: 2 links each, 50 GB/s a link;
-  # steps (4-1)+(4-1) per round.
-  assert plan_lib.collective_seconds(_ins('all-reduce', 16, mb, extents=(4, 4)), v5e) == \
-      pytest.approx(mb / (4 * 50e9) + 2 * 6 * 1e-6)
+  seconds = costmodel.collective_seconds
+  # Inside a DGX node: NCCL's 370 GB/s bus bandwidth over NVLink, 2.5 us per step; an
+  # all-reduce over 8 takes 2 x 7 steps.
+  assert seconds(_ins('all-reduce', 8, mb), h100) == pytest.approx(mb / 370e9 + 14 * 2.5e-6)
+  # The first model: the datasheet's 450 GB/s.
+  assert seconds(_ins('all-reduce', 8, mb), h100, costmodel.FIRST) == pytest.approx(
+      mb / 450e9 + 14 * 2.5e-6)
+  # Between nodes: 46 GB/s per NDR NIC, 5 us per step.
+  assert seconds(_ins('all-gather', 16, mb, 'between'), h100) == pytest.approx(
+      mb / 46e9 + 15 * 5e-6)
+  # A 4x4 v5e group spans two torus axes of 4, which have no wraparound (v5e wraps axes of
+  # 16 only): one link each, 45 GB/s a link; steps (4-1)+(4-1) per round.
+  assert seconds(_ins('all-reduce', 16, mb, extents=(4, 4)), v5e) == pytest.approx(
+      mb / (2 * 45e9) + 2 * 6 * 1e-6)
   # Two chips on one axis of 2: one link.
-  assert plan_lib.collective_seconds(_ins('all-gather', 2, mb, extents=(2,)), v5e) == \
-      pytest.approx(mb / 50e9 + 1e-6)
-  assert plan_lib.collective_seconds(_ins('collective-permute', 2, mb), h100) == \
-      pytest.approx(mb / 450e9 + 2e-6)
-  assert plan_lib.collective_seconds(_ins('all-reduce', 1, mb), h100) == 0.0
+  assert seconds(_ins('all-gather', 2, mb, extents=(2,)), v5e) == pytest.approx(mb / 45e9 + 1e-6)
+  assert seconds(_ins('collective-permute', 2, mb), h100) == pytest.approx(mb / 370e9 + 2.5e-6)
+  assert seconds(_ins('all-reduce', 1, mb), h100) == 0.0
 
 
 def test_prediction_by_hand():
@@ -167,11 +171,12 @@ def test_prediction_by_hand():
   out = plan_lib.predict(entry, h100, efficiency=0.5, dtype='bfloat16',
                          input_per_core={'host': 300.0, 'device': 400.0})
   compute = 4e12 / (989e12 * 0.5)
-  a = 1e9 / 450e9 + 14 * 2e-6
-  b = 1e8 / 450e9 * 1 + 7 * 2e-6
+  a = 1e9 / 370e9 + 14 * 2.5e-6  # NCCL's bus bandwidth and the profile's latency per step
+  b = 1e8 / 370e9 * 1 + 7 * 2.5e-6
   assert out['predicted_compute_seconds'] == pytest.approx(compute)
   assert out['predicted_communication_seconds'] == pytest.approx(a + b)
-  hidden = min(a, compute * 5 / 10)  # half the heavy ops lie between a's start and done
+  # No ops listed: the share rule, half the heavy ops lie between a's start and done.
+  hidden = min(a, compute * 5 / 10)
   assert out['predicted_step_seconds']['no_overlap'] == pytest.approx(compute + a + b)
   assert out['predicted_step_seconds']['with_overlap'] == pytest.approx(compute + a + b - hidden)
   assert out['predicted_images_per_second']['with_overlap'] == pytest.approx(
@@ -269,16 +274,16 @@ def test_a_tuple_all_reduce_named_after_one_layer_is_attributed_by_shape():
 def test_explanations_name_what_the_formula_lacks():
   found = hlo.parse_collectives(TPU_LIKE, 4, LEAVES)
   measured = hlo.bytes_by_layer(found)
-  out = plan_lib.explain('data', found, measured, {'conv1': measured['conv1']}, 'float32')
+  out = analysis.explain('data', found, measured, {'conv1': measured['conv1']}, 'float32')
   assert out['layers']['conv1']['status'] == 'equal' and not out['layers']['conv1']['notes']
   assert out['combined']['all-reduce.1']['arrays'] == 3
   # towers exchanges nothing at conv1: an all-reduce there is the compiler's own (named 'kinds').
-  other = plan_lib.explain('towers', found, measured, {'conv1': 2 * measured['conv1']},
+  other = analysis.explain('towers', found, measured, {'conv1': 2 * measured['conv1']},
                            'float32', LEAVES)
   assert other['layers']['conv1']['status'] == 'explained'
   assert any(n.startswith('kinds') for n in other['layers']['conv1']['notes'])
   # The same kinds as the formula but twice the bytes by formula: nothing explains it.
-  wrong = plan_lib.explain('data', found, measured, {'conv1': 2 * measured['conv1']}, 'float32',
+  wrong = analysis.explain('data', found, measured, {'conv1': 2 * measured['conv1']}, 'float32',
                            LEAVES)
   assert wrong['layers']['conv1']['status'] == 'differs'
   assert any(n.startswith('unexplained') for n in wrong['layers']['conv1']['notes'])
@@ -292,7 +297,7 @@ def test_an_activation_gathered_in_bfloat16_is_named_and_counted_in_float32():
   assert [(c.kind, c.dtype, c.shape) for c in found] == [("all-gather", "bf16", [64, 1024])]
   measured = hlo.bytes_by_layer(found)
   float32_bytes = 64 * 1024 * 4 / 2  # the same gather in float32, by the ring convention
-  out = plan_lib.explain('towers', found, measured, {'fc6': float32_bytes}, 'float32', LEAVES)
+  out = analysis.explain('towers', found, measured, {'fc6': float32_bytes}, 'float32', LEAVES)
   fc6 = out['layers']['fc6']
   assert measured['fc6'] == float32_bytes / 2 and fc6['status'] == 'explained'
   assert any(n.startswith('dtype') for n in fc6['notes'])

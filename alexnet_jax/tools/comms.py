@@ -232,10 +232,13 @@ def _device_counts(text: str) -> list[int]:
 def main_target(config, counts: list[int], strategies) -> None:
   """--target: the pod plan, as `python -m alexnet_jax.plan` makes it (tools/plan.py)."""
   F = flags.FLAGS
-  plan_lib.run_plan(config, F.target, counts, strategies, out=F.out,
-                    batch_per_replica=F.batch_per_replica, efficiency=F.efficiency,
-                    calibration='', bench_input=F.bench_input, measure_steps=F.measure_steps,
-                    cache_dir=F.cache_dir)
+  try:
+    plan_lib.run_plan(config, F.target, counts, strategies, out=F.out,
+                      batch_per_replica=F.batch_per_replica, efficiency=F.efficiency,
+                      calibration='', bench_input=F.bench_input,
+                      measure_steps=F.measure_steps, cache_dir=F.cache_dir)
+  except plan_lib.targets_lib.TargetError as e:
+    raise app.UsageError(str(e)) from None
 
 
 def main(argv):

@@ -530,6 +530,10 @@ def step_ops(module: 'Module', collectives: Sequence[Collective] = ()) -> list[O
   for name in module.order.get(module.entry, []):
     ins = module.instructions[name]
     source = re.search(r'op_name="([^"]*)"', ins.attrs)
+    if not source and ins.op == 'fusion':  # a fusion the compiler left unnamed: its ops' name
+      inner = (re.search(r'op_name="([^"]*)"', module.instructions[n].attrs)
+               for n in module.order.get(module.called(ins), []))
+      source = next((m for m in inner if m), None)
     found = [l for l in LAYERS if source and re.search(r'(^|/|\()' + l + r'(/|$)', source.group(1))]
     layer = found[-1] if found else ''
     kind = ins.op[:-len('-start')] if ins.op.endswith('-start') else ins.op
