@@ -66,7 +66,8 @@ def get_config() -> ml_collections.ConfigDict:
   # The design choices the paper measures, each switchable for ablations (alexnet_jax/tools/ablate.py):
   # LRN after conv1 and conv2; max pooling window / stride (3 / 2 overlapping; 2 / 2 is the
   # non-overlapping one it beat); towers: 2, or 1 tower with half the kernels (the paper's one-GPU
-  # net, model.one_tower_widths; runs with parallelism data or fsdp). Dropout: dropout_rate = 0.
+  # net, model.one_tower_widths; runs with parallelism data, fsdp or hybrid). Dropout:
+  # dropout_rate = 0.
   c.model.lrn = True
   c.model.pool_window = 3
   c.model.pool_stride = 2

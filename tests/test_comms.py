@@ -11,13 +11,16 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from alexnet_jax.tools import comms
+from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import strategies
+from alexnet_jax.tools import formula
+from alexnet_jax.tools import hlo
 import test_strategies
 import test_model  # the network helper (tests/ is on sys.path under pytest)
 
 
 def compiled_collectives(fn, *args, num_devices=4):
-  return comms.parse_collectives(jax.jit(fn).lower(*args).compile().as_text(), num_devices)
+  return hlo.parse_collectives(jax.jit(fn).lower(*args).compile().as_text(), num_devices)
 
 
 def test_parser_on_known_collectives():
@@ -56,7 +59,7 @@ def test_parser_reads_every_replica_group_spelling_and_combined_ops():
       '"jit(f)/(transpose(jvp())/shard_map/conv2/psum_invariant:reduce_sum)"}',
       '%e = (f32[4]{0}, f32[8]{0}) all-gather-start(%r), replica_groups={}',
       '%f = f32[8]{0} all-gather-done(%e)']
-  found = comms.parse_collectives('\n'.join(lines), num_devices=8)
+  found = hlo.parse_collectives('\n'.join(lines), num_devices=8)
   assert [(c.kind, c.group_size) for c in found] == [
       ('all-gather', 4), ('all-reduce', 2), ('reduce-scatter', 4), ('all-reduce', 2),
       ('all-reduce', 2), ('all-gather', 8)]
@@ -69,11 +72,11 @@ def test_parser_reads_every_replica_group_spelling_and_combined_ops():
 
 
 @functools.lru_cache(maxsize=None)
-def measured(name, num_devices, batch_size):
-  config = test_strategies.small_config(batch_size)
+def measured(name, num_devices, batch_size, num_towers=2):
+  config = test_strategies.small_config(batch_size, num_towers)
   return comms.measure(config, name, num_devices, steps=0,
                        compiler_options=test_strategies.FAST_COMPILE,
-                       params=test_strategies.initial_params())
+                       params=test_strategies.initial_params(num_towers))
 
 
 @pytest.mark.parametrize('name,num_devices', [('towers', 2), ('data', 2)])
@@ -91,7 +94,7 @@ def test_measured_bytes_equal_the_formula(name, num_devices, batch_size):
   if name == 'towers':  # per tower: pool2 3x3x16, pool5 1x1x16, fc6 32, fc7 32; f32, fwd + bwd
     assert entry['model_bytes_per_step'] == 2 * 4 * batch_size * (3 * 3 * 16 + 16 + 32 + 32)
   else:  # one all-reduce of all parameters over 2 devices: 2 (2-1)/2 * 4 bytes * count
-    count = sum(comms.layer_table(test_model.network(
+    count = sum(formula.layer_table(test_model.network(
         conv_features=(8, 16, 24, 24, 16), fc_features=(32, 32), classes_per_tower=4),
         67)[layer]['params'] for layer in comms.LAYERS)
     assert entry['model_bytes_per_step'] == 4 * count
@@ -108,15 +111,71 @@ def test_nothing_unexplained(name, num_devices):
   assert entry['bytes_per_step_by_layer'].get(comms.LOSS, 0.0) <= entry['loss_metrics_bound']
 
 
+@pytest.mark.parametrize('num_devices', [1, 2, 4])
+def test_one_tower_hybrid_bytes_equal_the_formula(num_devices):
+  """Krizhevsky 2014's one-tower hybrid: the conv gradients all-reduced over all N, and at fc6,
+  fc7, fc8 the one tower's features of the whole batch gathered (forward) and their gradients
+  scattered (backward), nothing else; exactly the formula with num_towers=1, layer by layer.
+  One device (the one-GPU baseline) moves nothing."""
+  n, batch = num_devices, 8
+  entry = measured('hybrid', n, batch, num_towers=1)
+  config = test_strategies.small_config(batch, num_towers=1)
+  table = formula.layer_table(model_lib.make_network(config.model, config.model.num_classes),
+                            config.image_size)
+  want = formula.analytic_bytes('hybrid', n, batch, table, num_towers=1)
+  assert entry['analytic_bytes_per_step_by_layer'] == want  # the report knows it is one tower
+  m = entry['bytes_per_step_by_layer']
+  for layer in comms.LAYERS:
+    assert m.get(layer, 0.0) == want[layer], layer
+  assert entry['unexplained_bytes'] == 0
+  assert m.get(comms.LOSS, 0.0) <= entry['loss_metrics_bound']
+  kinds = {}
+  for c in entry['collectives']:
+    kinds.setdefault(c['layer'], set()).add(c['kind'])
+  for layer in comms.LAYERS:
+    if n == 1:
+      assert layer not in kinds, layer
+    elif layer.startswith('conv'):
+      assert kinds[layer] == {'all-reduce'}, layer  # the replicated conv weights' gradients
+    else:  # no fc gradient all-reduce: fc8 too is split by class
+      assert kinds[layer] == {'all-gather', 'reduce-scatter'}, layer
+  # By hand for the one-tower small network (8, 16, 24, 24, 32 kernels, fc 64, 64, 8 classes):
+  # pool5 1x1x32, fc6 64, fc7 64 gathered and scattered; every conv parameter all-reduced.
+  convs = sum(table[layer]['params'] for layer in strategies.CONV_LAYERS)
+  assert sum(want.values()) == 2 * (n - 1) / n * 4 * (convs + batch * (32 + 64 + 64))
+
+
 def test_paper_formula_volumes():
   """The paper's numbers: data parallelism all-reduces 60,965,224 parameters (244 MB on 2
   devices); the towers move a few hundred kB per image."""
-  table = comms.layer_table(test_model.network(), 224)
+  table = formula.layer_table(test_model.network(), 224)
   assert sum(row['params'] for row in table.values()) == 60_965_224
-  data = sum(comms.analytic_bytes('data', 2, 128, table).values())
+  data = sum(formula.analytic_bytes('data', 2, 128, table).values())
   assert data == 4 * 60_965_224
-  towers = sum(comms.analytic_bytes('towers', 2, 1, table).values())
+  towers = sum(formula.analytic_bytes('towers', 2, 1, table).values())
   assert towers == 2 * 4 * (13 * 13 * 128 + 6 * 6 * 128 + 2048 + 2048)  # 226 kB per image
+  assert (formula.analytic_bytes('hybrid', 4, 128, table)
+          == formula.analytic_bytes('hybrid', 4, 128, table, num_towers=2))  # the default
+
+
+def test_paper_one_tower_hybrid_formula():
+  """The paper's one-GPU net (59,798,312 parameters) under Krizhevsky 2014's hybrid: conv
+  gradients all-reduced, the whole batch's pool5 (6 x 6 x 256), fc6 and fc7 (4096 each) gathered
+  and scattered over n; nothing read across towers at conv3, no fc8 gradient all-reduce."""
+  net = model_lib.make_network(test_model.model_config(num_towers=1), 1000)
+  table = formula.layer_table(net, 224)
+  assert sum(row['params'] for row in table.values()) == 59_798_312
+  assert {layer: row['reads_per_tower'] for layer, row in table.items() if row['reads_per_tower']
+          } == {'fc6': 6 * 6 * 256, 'fc7': 4096, 'fc8': 4096}
+  convs = sum(table[layer]['params'] for layer in strategies.CONV_LAYERS)
+  for n in (1, 2, 8):
+    got = formula.analytic_bytes('hybrid', n, 128, table, num_towers=1)
+    assert sum(got.values()) == 2 * (n - 1) / n * 4 * (convs + 128 * (9216 + 4096 + 4096))
+    assert got['fc8'] == 2 * (n - 1) / n * 128 * 4 * 4096
+  assert formula.analytic_bytes('data', 2, 128, table, num_towers=1)['fc8'] == (
+      4 * table['fc8']['params'])
+  with pytest.raises(ValueError, match='no formula'):
+    formula.analytic_bytes('towers', 2, 128, table, num_towers=1)
 
 
 def test_report_files(tmp_path):

@@ -183,7 +183,8 @@ def _model(config: ml_collections.ConfigDict) -> list[str]:
   if model.num_towers == 1 and config.parallelism in strategies.TOWER_STRATEGIES:
     problems.append(
         f'config.model.num_towers=1 has no second tower for parallelism={config.parallelism!r} '
-        'to put on another device; use --config.parallelism=data (or fsdp) with one tower.')
+        'to put on another device; use --config.parallelism=data (or fsdp, or hybrid) with one '
+        'tower.')
   if model.num_classes % model.num_towers:
     problems.append(
         f'config.model.num_classes={model.num_classes} is odd, but fc8 splits the classes '

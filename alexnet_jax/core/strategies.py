@@ -5,8 +5,8 @@ A strategy turns the one `Tower` definition (model.py) into a forward function
     forward(params, images, keep) -> logits
 
 over global arrays, where `params` holds both towers stacked on a leading axis of size 2 (of
-size 1 for the one-tower ablation, model.num_towers = 1, which `data` and `fsdp` run), `images` is
-the global batch and `keep` the global dropout masks (model.dropout_masks). Each
+size 1 for the one-tower ablation, model.num_towers = 1, which `data`, `hybrid` and `fsdp` run),
+`images` is the global batch and `keep` the global dropout masks (model.dropout_masks). Each
 strategy is a `jax.shard_map` whose `in_specs`/`out_specs` and collectives are its
 communication; gradients come from differentiating through it (the transpose of an all-gather is
 a reduce-scatter, and a parameter replicated over a batch axis gets its gradient all-reduced).
@@ -16,6 +16,9 @@ a reduce-scatter, and a parameter replicated over a batch axis gets its gradient
     data         data=N                  replicated                 split N      gradients
     hybrid       tower=2 x block=N/2     convs replicated, fc       convs split  fc6 fc7 fc8 and
                                          neurons split over all N   N            conv gradients
+    hybrid,      block=N (N = 1: the     convs replicated, fc6 fc7  convs split  fc6 fc7 fc8 and
+    one tower    paper's one GPU)        neurons, fc8 classes       N            conv gradients
+                                         split N
     towers_data  data=N/2 x tower=2      tower t on tower row t     split N/2    towers + gradients
     fsdp         data=N                  every leaf split N         split N      every parameter
 
@@ -40,7 +43,10 @@ Forward = Callable[[Any, jax.Array, Any], jax.Array]
 ParamSpec = Callable[[str, str, tuple[int, ...]], P]
 
 STRATEGIES = ('towers', 'data', 'hybrid', 'towers_data', 'fsdp')
-TOWER_STRATEGIES = ('towers', 'hybrid', 'towers_data')  # a `tower` mesh axis of size 2
+# The strategies that put the two towers on different devices (a `tower` mesh axis of size 2):
+# they need model.num_towers = 2. `hybrid` has a `tower` axis for two towers only; the one-tower
+# net runs it on a (block=N) mesh.
+TOWER_STRATEGIES = ('towers', 'towers_data')
 CONV_LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
 FC_LAYERS = ('fc6', 'fc7', 'fc8')
 LAYERS = CONV_LAYERS + FC_LAYERS
@@ -164,9 +170,11 @@ def fit_error(parallelism: str, num_devices: int, net: Optional[model_lib.Tower]
     return (f'{parallelism} on {n} devices needs {n} devices but only {available} are visible; on '
             f"CPU, simulate more with jax.config.update('jax_num_cpu_devices', {n}) before JAX "
             'starts')
-  if net is not None and net.num_towers != 2 and parallelism in TOWER_STRATEGIES:
+  if net is not None and net.num_towers == 1 and parallelism == 'hybrid':
+    return _one_tower_hybrid_fit_error(n, net)
+  if net is not None and net.num_towers != 2 and parallelism in TOWER_STRATEGIES + ('hybrid',):
     return (f'{parallelism} puts the two towers on different devices, but model.num_towers='
-            f'{net.num_towers} has no second tower; use parallelism data or fsdp')
+            f'{net.num_towers} has no second tower; use parallelism data, fsdp or hybrid')
   if parallelism == 'towers' and n != 2:
     return f'towers puts one tower on each of exactly 2 devices, not {n} (use towers_data)'
   if parallelism in ('hybrid', 'towers_data') and n % 2:
@@ -176,6 +184,22 @@ def fit_error(parallelism: str, num_devices: int, net: Optional[model_lib.Tower]
       if width % (n // 2):
         return (f'hybrid splits {layer}\'s {width} neurons per tower over {n // 2} devices; '
                 f'{width} is not divisible by {n // 2}')
+  return None
+
+
+def _one_tower_hybrid_fit_error(n: int, net: model_lib.Tower) -> Optional[str]:
+  """Why the one-tower hybrid cannot split fc6 and fc7 by neuron and fc8 by class over n."""
+  for i, (layer, width) in enumerate(zip(('fc6', 'fc7'), net.fc_features)):
+    if width % n:
+      return (f'hybrid splits the one-tower net\'s {width} {layer} neurons (2 x '
+              f'model.fc_features[{i}]={width // 2}) over {n} devices; {width} is not divisible '
+              f'by {n}: use a num_devices that divides {width}, or a model.fc_features[{i}] whose '
+              f'double is a multiple of {n}')
+  classes = net.classes_per_tower
+  if classes % n:
+    return (f'hybrid splits fc8\'s {classes} classes (model.num_classes) over {n} devices; '
+            f'{classes} is not divisible by {n}: use a num_devices that divides {classes}, or a '
+            f'model.num_classes that is a multiple of {n}')
   return None
 
 
@@ -382,8 +406,11 @@ def hybrid_strategy(net: model_lib.Tower, devices=None, num_devices: int = 2) ->
   fc6 and fc7 split their neurons N ways (device (t, r) holds block r of tower t's neurons):
   before fc6 the pool5 features of the whole batch are all-gathered; before fc7 and fc8 the
   previous layer's neurons. fc8 is split by class over `tower` and by batch over `block` (its
-  gradient is all-reduced over `block`).
+  gradient is all-reduced over `block`). The one-tower net (model.num_towers = 1) runs
+  `one_tower_hybrid_strategy`.
   """
+  if net.num_towers == 1:
+    return one_tower_hybrid_strategy(net, devices, num_devices)
   k = num_devices // 2
   mesh = make_mesh((2, k), ('tower', 'block'), devices)
   all_axes = ('tower', 'block')
@@ -422,6 +449,52 @@ def hybrid_strategy(net: model_lib.Tower, devices=None, num_devices: int = 2) ->
         out_specs=P('block', 'tower'))(params, images, keep)  # rows by block, classes by tower
   return Strategy('hybrid', mesh, param_spec=param_spec, batch_spec=P(all_axes),
                   forward=forward)
+
+
+def one_tower_hybrid_strategy(net: model_lib.Tower, devices=None, num_devices: int = 1
+                              ) -> Strategy:
+  """Krizhevsky 2014 as the paper ran it: the one-tower net (model.num_towers = 1) on N devices.
+
+  Mesh (block=N). conv1-conv5 run on each device's N-th of the batch with replicated weights
+  (their gradients are all-reduced over all N). fc6, fc7 and fc8 are model parallel, every one
+  on the whole batch: device r holds block r of fc6's and fc7's neurons and of fc8's classes.
+  Before fc6 the pool5 features of the whole batch are all-gathered; before fc7 and fc8 all of
+  the previous layer's neurons; the backward reduce-scatters their gradients. No fc weight is
+  replicated, so none has its gradient all-reduced; the logits come out split by class and jit
+  partitions the loss over them. N = 1 is the paper's one-GPU baseline: nothing to exchange.
+  """
+  n = num_devices
+  mesh = make_mesh((n,), ('block',), devices)
+  block = net.clone(fc_features=tuple(f // n for f in net.fc_features),
+                    classes_per_tower=net.classes_per_tower // n)  # one device's fc6, fc7, fc8
+
+  def param_spec(layer, what, shape):
+    if layer in CONV_LAYERS:
+      return P()
+    return P(None, None, 'block') if what == 'kernel' else P(None, 'block')  # output units
+
+  def run(params, images, keep):
+    convs = _vary({name: params[name] for name in CONV_LAYERS}, 'block')
+    x = both_towers_convs(net, convs, images)  # the one tower: [B / N, pool5 features]
+    fc = {layer: jax.tree.map(lambda a: a[0], params[layer]) for layer in FC_LAYERS}
+    for layer in ('fc6', 'fc7'):
+      with jax.named_scope(layer):  # the whole batch, all of the previous layer's features
+        x = jax.lax.all_gather(x, 'block', axis=0 if layer == 'fc6' else 1, tiled=True)
+      x = block.apply({'params': {layer: fc[layer]}}, x, None if keep is None else keep[layer],
+                      layer, method=model_lib.Tower.fc6_fc7)  # [B, this device's neurons]
+    with jax.named_scope('fc8'):
+      x = jax.lax.all_gather(x, 'block', axis=1, tiled=True)  # [B, fc7 neurons]
+    return block.apply({'params': {'fc8': fc['fc8']}}, x,
+                       method=model_lib.Tower.logits)  # [B, this device's classes]
+
+  def forward(params, images, keep):
+    return jax.shard_map(
+        run, mesh=mesh,
+        in_specs=(param_spec_tree(param_spec, params),  # convs replicated, fc units split N
+                  P('block'),  # images: the batch split N ways (for the convolutions)
+                  P(None, 'block')),  # dropout masks: every example, this device's neurons
+        out_specs=P(None, 'block'))(params, images, keep)  # logits: every example, its classes
+  return Strategy('hybrid', mesh, param_spec=param_spec, batch_spec=P('block'), forward=forward)
 
 
 def fsdp_spec(num_devices: int) -> ParamSpec:

@@ -15,8 +15,11 @@ from alexnet_jax.tools.hlo import LAYERS
 
 
 def layer_table(net, image_size: int) -> dict:
-  """Per layer: parameters (both towers) and the per-tower width of the activation it reads
-  from the other tower (conv3: pool2, fc6: pool5, fc7: fc6, fc8: fc7)."""
+  """Per layer: parameters (all towers) and the per-tower width of the activation it reads
+  across towers (conv3: pool2, fc6: pool5, fc7: fc6, fc8: fc7).
+
+  The one-tower net (model.num_towers = 1) has no other tower: conv3 reads nothing across (0),
+  and fc6, fc7, fc8 read the one tower's whole pool5, fc6, fc7 (what `hybrid` gathers)."""
   params = jax.eval_shape(lambda k: model_lib.init_params(net, k, image_size),
                           jax.random.key(0))
   pool = lambda s: (s - 3) // 2 + 1
@@ -24,8 +27,8 @@ def layer_table(net, image_size: int) -> dict:
   s2 = pool(pool(conv1))  # conv2 keeps the size (pad 2), so do conv3-conv5 (pad 1)
   s5 = pool(s2)
   c = net.conv_features
-  reads = {'conv3': s2 * s2 * c[1], 'fc6': s5 * s5 * c[4], 'fc7': net.fc_features[0],
-           'fc8': net.fc_features[1]}
+  reads = {'conv3': s2 * s2 * c[1] if net.num_towers == 2 else 0, 'fc6': s5 * s5 * c[4],
+           'fc7': net.fc_features[0], 'fc8': net.fc_features[1]}
   outputs = {'conv1': conv1 * conv1, 'conv2': pool(conv1) ** 2, 'conv3': s2 * s2,
              'conv4': s2 * s2, 'conv5': s2 * s2}
   return {layer: {'params': sum(math.prod(a.shape) for a in params[layer].values()),
@@ -36,18 +39,25 @@ def layer_table(net, image_size: int) -> dict:
 
 
 def analytic_bytes(parallelism: str, num_devices: int, batch_size: int, table: dict,
-                   dtype_bytes: int = 4, act_bytes: Optional[int] = None) -> dict[str, float]:
+                   dtype_bytes: int = 4, act_bytes: Optional[int] = None,
+                   num_towers: int = 2) -> dict[str, float]:
   """Bytes per device per step, per layer: parameters (and their gradients) of `dtype_bytes`,
-  activations (and their cotangents) of `act_bytes` (default the same; 2 for bfloat16 compute).
+  activations (and their cotangents) of `act_bytes` (default the same; 2 for bfloat16 compute),
+  for the net of `num_towers` towers (model.num_towers: 2, or 1 for data, fsdp and hybrid).
 
   B = batch, n = devices, a_L = per-tower activation a layer reads across towers, W_L its
-  parameters (both towers), ar(g) = 2 (g-1)/g (ring all-reduce):
+  parameters (all towers), ar(g) = 2 (g-1)/g (ring all-reduce):
     towers       2 B a_L                             (all-gather fwd + reduce-scatter bwd, g = 2)
     towers_data  2 (2B/n) a_L + ar(n/2) W_L / 2      (towers on B/(n/2); a tower's grads over data)
     data, fsdp   ar(n) W_L                           (fsdp: all-gather W fwd + reduce-scatter bwd)
     hybrid       conv: ar(n) W_L; fc6/fc7/fc8: 2 (n-1)/n B 2 a_L (gather the whole batch's
                  features, scatter their gradients); fc8 adds ar(n/2) W_fc8 / 2
+    hybrid,      conv: ar(n) W_L; fc6/fc7/fc8: 2 (n-1)/n B a_L (gather the whole batch's
+    one tower    features of the one tower, scatter their gradients); no fc8 gradient
+                 all-reduce (fc8 is split by class over all n)
   """
+  if num_towers not in (1, 2) or (num_towers == 1 and parallelism in ('towers', 'towers_data')):
+    raise ValueError(f'no formula for {parallelism!r} with {num_towers} tower(s)')
   n, b, d = num_devices, batch_size, dtype_bytes
   da = d if act_bytes is None else act_bytes
   ar = lambda g: 2 * (g - 1) / g
@@ -64,7 +74,8 @@ def analytic_bytes(parallelism: str, num_devices: int, batch_size: int, table: d
       if layer.startswith('conv'):
         v = ar(n) * w
       else:
-        v = 2 * (n - 1) / n * b * 2 * a + (ar(n // 2) * w / 2 if layer == 'fc8' else 0.0)
+        v = 2 * (n - 1) / n * b * num_towers * a + (
+            ar(n // 2) * w / 2 if layer == 'fc8' and num_towers == 2 else 0.0)
     else:
       raise ValueError(f'no formula for {parallelism!r}')
     out[layer] = float(v)
