@@ -119,7 +119,8 @@ def baseline_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
 def variant_config(baseline: ml_collections.ConfigDict, variant: Variant
                    ) -> ml_collections.ConfigDict:
   """The baseline with the variant's switch turned off; one tower runs data-parallel on the
-  devices the two towers used (the strategies with a `tower` axis need two towers)."""
+  devices the two towers used under towers and towers_data (a `tower` mesh axis needs two
+  towers); hybrid runs one tower as Krizhevsky 2014 did and stays hybrid."""
   config = baseline.copy_and_resolve_references()
   for field, value in variant.overrides.items():
     _set(config, field, value)

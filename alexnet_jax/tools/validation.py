@@ -33,7 +33,6 @@ from PIL import Image
 
 from alexnet_jax.tools import costmodel
 from alexnet_jax.tools import plan as plan_lib
-from alexnet_jax.tools import published
 from alexnet_jax.tools import targets as targets_lib
 from alexnet_jax.tools.drawing import line_chart, png_bytes, write_report
 
@@ -44,6 +43,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def load_cases(folder: Optional[str] = None) -> list:
   """The case files of `folder` (default: the shipped ones), each checked by published.load."""
+  from alexnet_jax.tools import published  # pylint: disable=g-import-not-at-top
   return published.load_all(folder) if folder else published.load_all()
 
 
