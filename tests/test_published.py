@@ -1,0 +1,319 @@
+"""The published AlexNet measurements as data: the case files, their reader's refusals, and the
+two networks built to match published ones (checked like the paper's in test_model.py: the
+parameter count and every shape against a hand computation from the published widths)."""
+
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from alexnet_jax.core import model as model_lib
+from alexnet_jax.tools import published
+from alexnet_jax.tools import targets
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KEYS = ('alexnet2012', 'krizhevsky2014', 'tf_benchmarks2017')
+
+
+def cases() -> dict:
+  return {c.key: c for c in published.load_all()}
+
+
+# --- The shipped case files. ---
+
+def test_every_shipped_case_loads_and_its_config_builds_the_published_network():
+  found = cases()
+  assert set(KEYS) <= set(found)
+  assert list(found) == sorted(found)
+  for case in found.values():
+    assert published.network_matches(case) == [], case.key
+    assert case.profile in targets.known()
+    assert len(case.images_per_second) == len(case.devices)
+    assert case.cite and case.url and case.note and isinstance(case.checked, bool)
+
+
+def test_the_shipped_cases_say_what_was_read_from_the_source():
+  found = cases()
+  assert found['tf_benchmarks2017'].checked  # the benchmarks page and alexnet_model.py were read
+  assert found['alexnet2012'].checked  # section 5's sentence, from a transcription of the text
+  assert not found['krizhevsky2014'].checked  # Table 1 could not be read here
+  assert 'could not be read' in found['krizhevsky2014'].note
+
+
+def test_the_2012_paper_images_per_second_from_its_days():
+  case = cases()['alexnet2012']
+  x = case.extra
+  images = x['epochs'] * x['images_per_epoch']
+  assert images == 90 * 1_200_000
+  assert case.low[0] == pytest.approx(images / (x['days_high'] * 86400), abs=0.05)  # 208.3
+  assert case.high[0] == pytest.approx(images / (x['days_low'] * 86400), abs=0.05)  # 250
+  middle = images / ((x['days_low'] + x['days_high']) / 2 * 86400)
+  assert case.images_per_second[0] == pytest.approx(middle, abs=0.05)  # 227.3
+  assert case.devices == (2,) and case.strategy == 'towers' and not case.calibrate
+  assert case.profile == 'gtx580'
+
+
+def test_krizhevsky2014_images_per_second_from_the_hours_and_speedups():
+  case = cases()['krizhevsky2014']
+  x = case.extra
+  one = x['images_per_epoch'] * x['epochs'] / (x['hours'] * 3600)
+  assert one == pytest.approx(1_281_167 * 90 / (98.05 * 3600))  # 326.66
+  assert x['speedup'] == [1.0, 1.95, 3.74, 6.25]
+  for ips, speedup in zip(case.images_per_second, x['speedup']):
+    assert ips == pytest.approx(one * speedup, abs=0.05)
+  fc128 = x['fc_batch_128']
+  assert not fc128['replayed'] and fc128['why']
+  assert fc128['speedup'] == [1.0, 1.93, 3.66, 6.16]
+  for ips, speedup in zip(fc128['images_per_second'], fc128['speedup']):
+    assert ips == pytest.approx(one * speedup, abs=0.05)
+  assert case.devices == (1, 2, 4, 8) and case.strategy == 'hybrid' and case.calibrate
+  assert case.batch_per_device == 128 and case.profile == 'gpu-k20-pcie'
+
+
+def test_tf_benchmarks_figures_as_published():
+  case = cases()['tf_benchmarks2017']
+  assert case.images_per_second == (2987, 5658, 10509, 17822)
+  assert case.devices == (1, 2, 4, 8) and case.strategy == 'data'
+  assert case.batch_per_device == 512 and case.profile == 'gpu-p100-dgx1'
+  assert case.network['num_classes'] == 1001 and not case.network['lrn']
+
+
+def test_the_historical_profiles_load():
+  k20 = targets.load('gpu-k20-pcie')
+  assert k20.compiled_as == 'gpu-a100' and k20.devices_per_host == 8
+  assert k20.inside['wiring'] == 'pcie' and k20.inside['peer_group'] == 4
+  assert k20.inside['host_bandwidth'] > 0 and k20.numbers['fp32_matmul_flops'] == 3.52e12
+  p100 = targets.load('gpu-p100-dgx1')
+  assert p100.compiled_as == 'gpu-a100' and p100.devices_per_host == 8
+  assert p100.numbers['fp32_matmul_flops'] == p100.numbers['peak_fp32_flops'] == 10.6e12
+  assert p100.numbers['host_cpus_per_chip'] == 80 / 8
+  for profile in (k20, p100):  # no bfloat16, no TF32 on Kepler or Pascal
+    assert profile.numbers['peak_bf16_flops'] == profile.numbers['fp32_matmul_flops']
+    for field in targets.NUMBERS + ('inside', 'between'):
+      assert profile.sources.get(field, '').strip(), (profile.key, field)
+
+
+def test_reading_a_case_imports_no_tensorflow():
+  code = ('import sys; from alexnet_jax.tools import published; published.load_all(); '
+          'print(any(m == "tensorflow" or m.startswith("tensorflow.") for m in sys.modules))')
+  out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.strip() == 'False'
+
+
+# --- Refusals: one line naming the file and the field. ---
+
+GOOD = '''title = "A run"
+[source]
+cite = "somewhere"
+url = "https://example.org"
+checked = false
+note = "made up"
+[hardware]
+profile = "gpu-k20-pcie"
+[network]
+config = "configs/krizhevsky2014.py"
+num_towers = 1
+conv_features = [64, 192, 384, 256, 256]
+fc_features = [4096, 4096]
+lrn = true
+image_size = 224
+num_classes = 1000
+dtype = "float32"
+[run]
+strategy = "hybrid"
+batch_per_device = 128
+calibrate = true
+[measured]
+devices = [1, 2]
+images_per_second = [100.0, 190.0]
+'''
+
+
+def write(tmp_path, text, name='case.toml'):
+  path = tmp_path / name
+  path.write_text(text)
+  return path
+
+
+def refusal(tmp_path, text) -> str:
+  path = write(tmp_path, text)
+  with pytest.raises(published.CaseError) as info:
+    published.load(path)
+  message = str(info.value)
+  assert '\n' not in message
+  assert str(path) in message
+  return message
+
+
+def test_a_good_case_loads(tmp_path):
+  case = published.load(write(tmp_path, GOOD))
+  assert case.key == 'case' and case.devices == (1, 2) and case.images_per_second == (100, 190)
+  assert case.low is None and case.high is None and case.extra == {}
+  assert published.network_matches(case) == []
+
+
+@pytest.mark.parametrize('old,new,field', [
+    ('cite = "somewhere"\n', '', 'source.cite'),
+    ('[hardware]\nprofile = "gpu-k20-pcie"\n', '', '[hardware]'),
+    ('title = "A run"\n', '', 'title'),
+    ('checked = false', 'checked = "no"', 'source.checked'),
+    ('batch_per_device = 128', 'batch_per_device = 12.8', 'run.batch_per_device'),
+    ('batch_per_device = 128', 'batch_per_device = 0', 'run.batch_per_device'),
+    ('num_towers = 1', 'num_towers = true', 'network.num_towers'),
+    ('conv_features = [64, 192, 384, 256, 256]', 'conv_features = [64, 192]',
+     'network.conv_features'),
+    ('dtype = "float32"', 'dtype = "float64"', 'network.dtype'),
+    ('devices = [1, 2]', 'devices = [2, 1]', 'measured.devices'),
+    ('devices = [1, 2]', 'devices = [1, 1]', 'measured.devices'),
+    ('devices = [1, 2]', 'devices = [0, 2]', 'measured.devices'),
+    ('images_per_second = [100.0, 190.0]', 'images_per_second = [100.0]',
+     'measured.images_per_second'),
+    ('images_per_second = [100.0, 190.0]', 'images_per_second = [100.0, -1.0]',
+     'measured.images_per_second'),
+    ('strategy = "hybrid"', 'strategy = "pipeline"', 'run.strategy'),
+    ('profile = "gpu-k20-pcie"', 'profile = "gpu-k10"', 'hardware.profile'),
+    ('config = "configs/krizhevsky2014.py"', 'config = "configs/no_such_config.py"',
+     'network.config'),
+    ('devices = [1, 2]\nimages_per_second = [100.0, 190.0]',
+     'devices = [1]\nimages_per_second = [100.0]', 'run.calibrate'),
+])
+def test_each_malformed_field_is_refused_by_name(tmp_path, old, new, field):
+  assert old in GOOD
+  message = refusal(tmp_path, GOOD.replace(old, new))
+  assert field in message
+
+
+def test_what_is_expected_is_said(tmp_path):
+  assert 'towers, data, hybrid' in refusal(
+      tmp_path, GOOD.replace('strategy = "hybrid"', 'strategy = "pipeline"'))
+  assert 'gpu-k20-pcie' in refusal(
+      tmp_path, GOOD.replace('profile = "gpu-k20-pcie"', 'profile = "gpu-k10"'))
+  assert 'increasing' in refusal(tmp_path, GOOD.replace('devices = [1, 2]', 'devices = [2, 1]'))
+  assert 'one per' in refusal(tmp_path, GOOD.replace('[100.0, 190.0]', '[100.0]'))
+
+
+def test_a_range_with_low_above_high_is_refused(tmp_path):
+  text = GOOD + 'images_per_second_low = [120.0, 180.0]\nimages_per_second_high = [110.0, 200.0]\n'
+  message = refusal(tmp_path, text)
+  assert 'measured.images_per_second_low' in message and 'low <= high' in message
+  one_sided = GOOD + 'images_per_second_low = [90.0, 180.0]\n'
+  assert 'measured.images_per_second_high' in refusal(tmp_path, one_sided)
+  outside = (GOOD + 'images_per_second_low = [101.0, 180.0]\n'
+             'images_per_second_high = [110.0, 200.0]\n')
+  assert 'outside the published range' in refusal(tmp_path, outside)
+  fine = GOOD + 'images_per_second_low = [90.0, 180.0]\nimages_per_second_high = [110.0, 200.0]\n'
+  case = published.load(write(tmp_path, fine))
+  assert case.low == (90, 180) and case.high == (110, 200)
+
+
+def test_a_toml_syntax_error_names_the_file_and_tomls_message(tmp_path):
+  message = refusal(tmp_path, GOOD.replace('strategy = "hybrid"', 'strategy = hybrid'))
+  assert 'TOML' in message and 'line' in message
+
+
+def test_unknown_keys_are_named(tmp_path):
+  message = refusal(tmp_path, GOOD.replace('[run]\n', '[run]\nstrategi = "data"\n'))
+  assert '[run]' in message and 'strategi' in message
+  message = refusal(tmp_path, 'year = 2014\n' + GOOD)
+  assert 'top level' in message and 'year' in message
+  message = refusal(tmp_path, GOOD + '[extras]\nx = 1\n')
+  assert 'extras' in message
+
+
+def test_other_measured_keys_are_kept_as_extra(tmp_path):
+  case = published.load(write(tmp_path, GOOD + 'hours = 98.05\n[measured.series]\nx = [1, 2]\n'))
+  assert case.extra == {'hours': 98.05, 'series': {'x': [1, 2]}}
+
+
+def test_network_matches_names_each_difference(tmp_path):
+  text = (GOOD.replace('lrn = true', 'lrn = false')
+          .replace('fc_features = [4096, 4096]', 'fc_features = [2048, 2048]'))
+  diffs = published.network_matches(published.load(write(tmp_path, text)))
+  assert len(diffs) == 2
+  assert any(d.startswith('lrn:') for d in diffs)
+  assert any(d.startswith('fc_features:') and '[4096, 4096]' in d for d in diffs)
+
+
+def test_load_all_reads_a_folder_sorted_by_key(tmp_path):
+  write(tmp_path, GOOD, 'zeta.toml')
+  write(tmp_path, GOOD, 'alpha.toml')
+  (tmp_path / 'notes.txt').write_text('not a case')
+  assert [c.key for c in published.load_all(str(tmp_path))] == ['alpha', 'zeta']
+  with pytest.raises(published.CaseError):
+    published.load_all(str(tmp_path / 'missing'))
+
+
+# --- The two networks, by hand from the published widths (independent of model.py). ---
+
+def hand_layers(convs, fcs, classes, pool5):
+  """(kernel shape, bias size) per layer of a one-tower AlexNet: conv1 11x11/4 from RGB, conv2
+  5x5, conv3-conv5 3x3, fc6 from pool5 x pool5 x conv5, fc7, fc8."""
+  c1, c2, c3, c4, c5 = convs
+  f6, f7 = fcs
+  return {'conv1': ((11, 11, 3, c1), c1), 'conv2': ((5, 5, c1, c2), c2),
+          'conv3': ((3, 3, c2, c3), c3), 'conv4': ((3, 3, c3, c4), c4),
+          'conv5': ((3, 3, c4, c5), c5), 'fc6': ((pool5 * pool5 * c5, f6), f6),
+          'fc7': ((f6, f7), f7), 'fc8': ((f7, classes), classes)}
+
+
+def shapes(config):
+  """A config's network, shapes only: parameter shapes and each layer's output per image."""
+  net = model_lib.make_network(config.model, config.model.num_classes)
+  size = config.image_size
+  params = jax.eval_shape(lambda k: model_lib.init_params(net, k, size), jax.random.key(0))
+  one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), params)
+  _, state = jax.eval_shape(
+      lambda p, x: net.apply({'params': p}, x, model_lib.self_exchange(net),
+                               capture_intermediates=True, mutable=['intermediates']),
+      one, jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
+  outputs = {n: v['__call__'][0].shape[1:] for n, v in state['intermediates'].items()
+             if n in params}
+  return net, params, outputs
+
+
+# tf_cnn_benchmarks' AlexNet (227 input, VALID conv1, no LRN, 1001 classes):
+# 23,296 + 307,392 + 663,936 + 1,327,488 + 884,992 + 37,752,832 + 16,781,312 + 4,101,097.
+TF_CNN_PARAMS = 61_842_345
+# cuda-convnet2's one-GPU net (224 input, 64-192-384-256-256, 1000 classes):
+# 23,296 + 307,392 + 663,936 + 884,992 + 590,080 + 37,752,832 + 16,781,312 + 4,097,000.
+CONVNET2_PARAMS = 61_100_840
+
+
+@pytest.mark.parametrize('key,convs,classes,size,sizes,total', [
+    # conv1 / pool1 / pool2 / pool5 sizes: (227 - 11) / 4 + 1 = 55 -> 27 -> 13 -> 6;
+    # 224: 1 + ceil((224 - 11) / 4) = 55 (cuda-convnet's rule) -> 27 -> 13 -> 6.
+    ('tf_benchmarks2017', (64, 192, 384, 384, 256), 1001, 227, (55, 27, 13, 6), TF_CNN_PARAMS),
+    ('krizhevsky2014', (64, 192, 384, 256, 256), 1000, 224, (55, 27, 13, 6), CONVNET2_PARAMS),
+])
+def test_the_published_networks_parameters_and_shapes_by_hand(key, convs, classes, size, sizes,
+                                                               total):
+  case = cases()[key]
+  config = published.load_config(case)
+  assert config.image_size == size and config.model.num_towers == 1
+  conv1, pool1, pool2, pool5 = sizes
+  assert (size + model_lib.conv1_padding(size) - 11) // 4 + 1 == conv1
+  assert model_lib.conv1_padding(size) == (0 if size == 227 else 3)
+  assert (conv1 - 3) // 2 + 1 == pool1 and (pool1 - 3) // 2 + 1 == pool2
+  assert (pool2 - 3) // 2 + 1 == pool5 == model_lib.pool5_size(size, 3, 2)
+
+  layers = hand_layers(convs, (4096, 4096), classes, pool5)
+  assert sum(math.prod(k) + b for k, b in layers.values()) == total
+  net, params, outputs = shapes(config)
+  assert model_lib.param_count(net, size) == total
+  for name, (kernel, bias) in layers.items():
+    assert params[name]['kernel'].shape == (1,) + kernel, name
+    assert params[name]['bias'].shape == (1, bias), name
+  # Outputs: conv1 at its own size, conv2 at pool1's (5x5 pad 2 keeps it), conv3-conv5 at
+  # pool2's (3x3 pad 1), fc6 reads pool5 x pool5 x conv5 (checked by its kernel above).
+  assert outputs['conv1'] == (conv1, conv1, convs[0])
+  assert outputs['conv2'] == (pool1, pool1, convs[1])
+  for i, name in enumerate(('conv3', 'conv4', 'conv5')):
+    assert outputs[name] == (pool2, pool2, convs[2 + i])
+  assert outputs['fc6'] == (4096,) and outputs['fc7'] == (4096,) and outputs['fc8'] == (classes,)
+  assert net.lrn == case.network['lrn']
