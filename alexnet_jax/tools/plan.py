@@ -609,7 +609,6 @@ def run_plan(config: ml_collections.ConfigDict, target: str, counts: Sequence[in
 
 
 def main(argv) -> None:
-  from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   del argv
   F = flags.FLAGS
@@ -625,8 +624,8 @@ def main(argv) -> None:
       print(validation.markdown(result))
       return
     if not F.config or not F.target:
-      raise app.UsageError('give --config and --target (or --published to replay the '
-                           'published runs)')
+      raise ValueError('give --config and --target (or --published to replay the published '
+                       'runs)')
     counts = device_counts(F.devices)
     strategies = [s for s in F.strategies.split(',') if s] or None
     run_plan(F.config, F.target, counts, strategies, out=F.out,
@@ -634,7 +633,10 @@ def main(argv) -> None:
              calibration=F.calibration, bench_input=F.bench_input,
              measure_steps=F.measure_steps, cache_dir=F.cache_dir)
   except (ValueError, OSError) as e:  # TargetError, CaseError, CalibrationError, bad flags
-    raise app.UsageError(str(e).splitlines()[0] if str(e) else repr(e)) from None
+    # Refused before any work: one line, exit 2 (what `main` does with a bad config).
+    import sys  # pylint: disable=g-import-not-at-top
+    sys.stderr.write(f'error: {str(e).splitlines()[0] if str(e) else repr(e)}\n')
+    sys.exit(2)
 
 
 def cli() -> None:
