@@ -10,7 +10,6 @@ to the model that loses accuracy fails CI.
 
 import importlib.util
 import json
-import math
 import os
 import subprocess
 import sys

@@ -14,13 +14,8 @@ all-reduce 2 (g-1)/g * S, all-to-all (g-1)/g * S, collective-permute S. For the 
 (g = 2) an all-gather of both towers' activations moves exactly the other tower's half.
 """
 
-import dataclasses
-import json
-import math
-import os
-import re
 import time
-from typing import Any, Optional
+from typing import Optional
 
 from absl import app
 from absl import flags

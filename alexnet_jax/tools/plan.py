@@ -532,6 +532,22 @@ def input_per_core(path: str) -> dict:
   return rates
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+  """get_config() of a config file (a path from the repository root, or absolute)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  full = path if os.path.isabs(path) else os.path.join(ROOT, path)
+  if not os.path.isfile(full):
+    raise targets_lib.TargetError(f'config file {path} not found')
+  spec = importlib.util.spec_from_file_location(
+      'config_' + hashlib.sha256(full.encode()).hexdigest()[:8], full)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
 def calibrated_efficiency(calibration: dict, config: ml_collections.ConfigDict,
                           profile: targets_lib.Profile, cache_dir: Optional[str],
                           log: Callable[[str], Any] = print) -> tuple[float, str]:
@@ -547,10 +563,22 @@ def calibrated_efficiency(calibration: dict, config: ml_collections.ConfigDict,
     raise targets_lib.TargetError(
         f'the calibration file has no measured run in {config.model.dtype}; run '
         f'python -m alexnet_jax.calibrate with that dtype')
-  runs.sort(key=lambda r: (abs(r['batch_size'] - config.batch_size), r.get('config', '')))
-  run = runs[0]
+  # The same network: its model FLOPs per image (bench.train_flops_per_image) are the plan's.
+  from alexnet_jax.tools import bench  # pylint: disable=g-import-not-at-top
   devices = targets_lib.devices(profile, 1)
-  config_1 = replica_config(config, 'data', 1, devices, 0)
+  mine = bench.train_flops_per_image(run_lib.network(config, devices[0].platform),
+                                     config.image_size)
+  same = lambda r: abs(float(r.get('model_flops_per_image') or 0) - mine) <= 1e-6 * mine
+  runs.sort(key=lambda r: (not same(r), abs(r['batch_size'] - config.batch_size),
+                           r.get('config', '')))
+  run = runs[0]
+  measured_config = config
+  if not same(run):  # fit on the network that was measured: its own config file
+    measured_config = load_config_file(run['config'])
+    measured_config.model.dtype = config.model.dtype
+    log(f'the calibration file has no run of this network; the efficiency is fitted on '
+        f'{run["config"]}, which it measured')
+  config_1 = replica_config(measured_config, 'data', 1, devices, 0)
   config_1.batch_size = config_1.eval_batch_size = int(run['batch_size'])
   job = lower('calibration/1', config_1, devices, profile, cache_dir,
               targets_lib.topology_name(profile, 1))

@@ -23,8 +23,6 @@ the order of the sizes is kept. Targets: every point other than a calibration po
 Writes DIR/validation.json, DIR/validation.md and DIR/validation.png.
 """
 
-import importlib.util
-import os
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -38,7 +36,6 @@ from alexnet_jax.tools.drawing import line_chart, png_bytes, write_report
 
 ERROR_TARGET = 0.15  # |predicted / published - 1| at every point that was not fitted
 SCALING_TARGET = 0.08  # |predicted - published scaling efficiency|
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def load_cases(folder: Optional[str] = None) -> list:
@@ -49,11 +46,7 @@ def load_cases(folder: Optional[str] = None) -> list:
 
 def case_config(case) -> ml_collections.ConfigDict:
   """The config the case names (a path from the repository root, or absolute)."""
-  path = case.config if os.path.isabs(case.config) else os.path.join(ROOT, case.config)
-  spec = importlib.util.spec_from_file_location(f'case_config_{case.key}', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return plan_lib.load_config_file(case.config)
 
 
 def _scaling(devices: Sequence[int], ips: Sequence[float]) -> list[Optional[float]]:
