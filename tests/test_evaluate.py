@@ -142,3 +142,12 @@ def test_a_missing_workdir_or_checkpoint_is_refused_with_what_to_do(runs, tmp_pa
     evaluate.evaluate_workdirs([str(tmp_path / 'nowhere')])
   with pytest.raises(evaluate.EvaluateError, match=r'No checkpoint 7 .*steps are \[3\]'):
     evaluate.evaluate_workdirs(runs[0][:1], step=7)
+
+
+def test_a_strategy_that_cannot_run_here_falls_back_to_data_unless_asked_for(tiny_data_dir):
+  config = _tiny(tiny_data_dir, 0)
+  config.parallelism, config.num_devices = 'towers_data', 16  # this process has 8 devices
+  run = evaluate.build_run(config, explicit=False)
+  assert (run.config.parallelism, len(run.devices)) == ('data', 8)
+  with pytest.raises(evaluate.EvaluateError, match='towers_data'):
+    evaluate.build_run(config, explicit=True)
