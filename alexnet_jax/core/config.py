@@ -30,7 +30,7 @@ from alexnet_jax.core import kernels as kernels_lib
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import schedules
 from alexnet_jax.core import strategies
-from alexnet_jax.data import input_pipeline
+from alexnet_jax.data import options as data_options
 from configs import default
 
 # Fields that were renamed: old dotted name -> (new name, {old value: new value} or None).
@@ -156,12 +156,12 @@ def _types(config: ml_collections.ConfigDict) -> list[str]:
 
 def _choices(config: ml_collections.ConfigDict) -> list[str]:
   choices = {'parallelism': strategies.STRATEGIES,
-             'mean_subtraction': input_pipeline.MEAN_SUBTRACTIONS,
-             'pca_eigen': input_pipeline.PCA_EIGENS,
-             'train_crop': input_pipeline.TRAIN_CROPS,
-             'eval_crops': input_pipeline.EVAL_CROPS,
-             'resized': ('',) + input_pipeline.resized_dataset.STORAGES,
-             'final_eval_crops': input_pipeline.EVAL_CROPS,
+             'mean_subtraction': data_options.MEAN_SUBTRACTIONS,
+             'pca_eigen': data_options.PCA_EIGENS,
+             'train_crop': data_options.TRAIN_CROPS,
+             'eval_crops': data_options.EVAL_CROPS,
+             'resized': ('',) + data_options.STORAGES,
+             'final_eval_crops': data_options.EVAL_CROPS,
              'augment_on': augment_lib.AUGMENT_ON,
              'model.dtype': COMPUTE_DTYPES,
              'model.init_scheme': INIT_SCHEMES,

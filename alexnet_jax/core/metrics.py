@@ -2,23 +2,31 @@
 
 Written by hand on top of `tf.summary` (TensorFlow is already the input pipeline's dependency):
 clu's metric writers do the same on the same calls and would add a package; see docs/performance.md
-("Libraries") for what was weighed.
+("Libraries") for what was weighed. TensorFlow is imported when process 0 makes its writer, not
+with this module: the modules that build and time steps must import where TensorFlow is not
+installed (tests/test_no_tensorflow.py), and this one should not be what brings it back.
 """
 
+import functools
 import json
 import os
 
 import jax
-import tensorflow as tf
-from tensorflow.core.framework import summary_pb2
 
 
 class WorkdirError(RuntimeError):
   """The workdir stopped taking writes (full disk, permissions) during a run."""
 
 
-_SCALAR = summary_pb2.SummaryMetadata(
-    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name='scalars'))
+@functools.cache
+def _tf():
+  """TensorFlow and the metadata tensorboard's tf.summary.scalar writes, imported once, on the
+  first summary (see the module docstring for why not at import)."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from tensorflow.core.framework import summary_pb2  # pylint: disable=import-outside-toplevel
+  scalar = summary_pb2.SummaryMetadata(
+      plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name='scalars'))
+  return tf, scalar
 
 
 class MetricsWriter:
@@ -31,10 +39,11 @@ class MetricsWriter:
   def __init__(self, workdir: str):
     self._path = os.path.join(workdir, 'metrics.jsonl')
     self._enabled = jax.process_index() == 0
-    self._summary = (self._guard(lambda: tf.summary.create_file_writer(workdir))
+    self._summary = (self._guard(lambda: _tf()[0].summary.create_file_writer(workdir))
                      if self._enabled else None)
 
   def _guard(self, write):
+    tf, _ = _tf()
     try:
       return write()
     except (OSError, tf.errors.OpError) as e:
@@ -46,6 +55,7 @@ class MetricsWriter:
     if not self._enabled:
       return
     record = {'step': int(step), **{k: float(v) for k, v in values.items()}}
+    tf, scalar = _tf()
 
     def write_both():
       with open(self._path, 'a') as f:
@@ -53,7 +63,7 @@ class MetricsWriter:
       with self._summary.as_default(step=int(step)):
         for name, value in values.items():
           # What tensorboard's tf.summary.scalar writes, without needing tensorboard installed.
-          tf.summary.write(name, tf.constant(float(value), tf.float32), metadata=_SCALAR)
+          tf.summary.write(name, tf.constant(float(value), tf.float32), metadata=scalar)
 
     self._guard(write_both)
 

@@ -52,6 +52,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from alexnet_jax.data import resized_dataset
+# The config's choices, defined once in options.py (TF-free, for the config check).
+from alexnet_jax.data.options import (  # noqa: F401
+    EVAL_CROPS, MEAN_SUBTRACTIONS, PCA_EIGENS, TRAIN_CROPS)
 from alexnet_jax.data.records import decode_and_resize, indexed_records, tf_data_options
 from alexnet_jax.data import stats as dataset_stats
 from alexnet_jax.data import shapes_dataset  # noqa: F401  (registers `synthetic_shapes` with tfds)
@@ -65,12 +68,6 @@ PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
 PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009),
                (-0.5808, -0.0045, -0.8140),
               (-0.5836, -0.6948, 0.4203))  # columns are the eigenvectors
-
-
-EVAL_CROPS = ('center', 'ten')
-TRAIN_CROPS = ('random_crop', 'random_resized_crop')
-MEAN_SUBTRACTIONS = ('constant', 'channel', 'image')
-PCA_EIGENS = ('published', 'dataset')
 
 
 class DatasetNotReadyError(Exception):

@@ -49,9 +49,9 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core.utils import shard_utils
 
 from alexnet_jax.data import records
+from alexnet_jax.data.options import STORAGES  # noqa: F401  (defined once, TF-free)
 
 NAME = 'resized_squares'
-STORAGES = ('jpeg', 'raw')
 
 
 @dataclasses.dataclass(eq=False)
