@@ -34,7 +34,6 @@ from typing import Any, Callable, Optional, Sequence
 
 import jax
 import ml_collections
-from PIL import Image
 
 from alexnet_jax.core import run as run_lib
 from alexnet_jax.core import strategies as strategies_lib
@@ -43,7 +42,6 @@ from alexnet_jax.tools import costmodel
 from alexnet_jax.tools import formula
 from alexnet_jax.tools import measure as measure_lib
 from alexnet_jax.tools import targets as targets_lib
-from alexnet_jax.tools.drawing import line_chart, png_bytes, write_report
 from alexnet_jax.tools.hlo import LAYERS, LOSS
 
 
@@ -470,6 +468,9 @@ def chart(plan: dict) -> bytes:
   """plan.png: predicted images/s per device against log2(devices) per strategy (with overlap),
   with the hosts' input ceiling per device (flat lines scale perfectly); below, communication's
   share of the step (no overlap)."""
+  # Pillow is imported here: a GPU machine that only measures may not have it (see write).
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.tools.drawing import line_chart, png_bytes  # pylint: disable=g-import-not-at-top
   image = Image.new('RGB', (900, 760), 'white')
   by = {}
   for r in plan['runs']:
@@ -494,7 +495,22 @@ def chart(plan: dict) -> bytes:
 
 
 def write(plan: dict, out_dir: str) -> None:
-  write_report(out_dir, 'plan', plan, markdown(plan), chart(plan))
+  """plan.json, plan.md and plan.png (without Pillow installed, plan.png is left out and plan.md
+  says so: the JAX images lent for measuring carry no Pillow)."""
+  try:
+    png = chart(plan)
+  except ImportError as e:
+    png = None
+    plan['chart'] = f'plan.png not drawn: {e}'
+  text = markdown(plan) + (f'\n{plan["chart"]}\n' if png is None else '')
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, 'plan.json'), 'w') as f:
+    json.dump(plan, f, indent=1)
+  with open(os.path.join(out_dir, 'plan.md'), 'w') as f:
+    f.write(text)
+  if png is not None:
+    with open(os.path.join(out_dir, 'plan.png'), 'wb') as f:
+      f.write(png)
 
 
 # --- The command: python -m alexnet_jax.plan. ---
