@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+import types
 import tomllib
 
 import pytest
@@ -180,12 +181,18 @@ def test_a_spent_budget_starts_no_run_and_says_so(tmp_path):
 
 def test_the_budget_stops_new_runs_and_a_failed_run_does_not_stop_the_others(tmp_path,
                                                                              monkeypatch):
-  """measure_run stood in for: 1 s a run, and bfloat16 at batch 1 fails as running out of
-  memory would. Runs go batch size first, then dtype."""
+  """measure_run stood in for: 1 s a run on a clock of the test's own (so the verdict does not
+  depend on the machine's speed), and bfloat16 at batch 1 fails as running out of memory
+  would. Runs go batch size first, then dtype."""
+  clock = [0.0]
+  monkeypatch.setattr(calibrate, 'time', types.SimpleNamespace(
+      monotonic=lambda: clock[0], time=lambda: clock[0], strftime=time.strftime,
+      gmtime=time.gmtime, perf_counter=lambda: clock[0]))
+
   def measure_run(config, device, peak, steps, warmup, trace=None):
     if (config.model.dtype, config.batch_size) == ('bfloat16', 1):
       raise RuntimeError('RESOURCE_EXHAUSTED: Out of memory while trying to allocate\nmore')
-    time.sleep(1.0)
+    clock[0] += 1.0
     return {'images_per_second': 1.0, 'step_seconds': float(config.batch_size),
             'compile_seconds': 1.0, 'model_flops_per_image': 1.0, 'mfu': 1.0 / peak,
             'peak_flops': peak}
