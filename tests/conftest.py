@@ -27,6 +27,29 @@ from configs import default  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# XLA:CPU options for the programs the tests compile: LLVM's optimisation off and the elemental
+# emitters instead of the fusion emitters, which compile these small programs several times
+# faster. They change how a program is turned into machine code, not what it computes (results
+# move by float32 rounding); every run a test compares with another is compiled with the same
+# options. For `.compile(FAST_COMPILE)` in the test process, and as XLA_FLAGS for the programs
+# the tests start (`subprocess_env`).
+FAST_COMPILE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True,
+                'xla_cpu_use_fusion_emitters': False}
+FAST_COMPILE_XLA_FLAGS = ' '.join(f'--{name}={str(value).lower()}'
+                                  for name, value in FAST_COMPILE.items())
+
+
+def subprocess_env(**extra) -> dict:
+  """The environment for a test's `python -m alexnet_jax...` subprocess: this one's with `extra`
+  and FAST_COMPILE_XLA_FLAGS. A device count in XLA_FLAGS is dropped (the program simulates the
+  devices its config needs by itself); other XLA flags, such as an instruction-set cap
+  (--xla_cpu_max_isa), are kept, so the subprocesses compile for the same machine as the tests."""
+  env = dict(os.environ, **extra)
+  kept = [flag for flag in env.get('XLA_FLAGS', '').split()
+          if not flag.startswith('--xla_force_host_platform_device_count')]
+  env['XLA_FLAGS'] = ' '.join(kept + [FAST_COMPILE_XLA_FLAGS])
+  return env
+
 
 def _run_main(workdir, *overrides, config='configs/tiny.py', data_dir=None, timeout=600,
               log=None, wrapper=()):
