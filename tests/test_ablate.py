@@ -14,6 +14,7 @@ import pytest
 
 from alexnet_jax.tools import ablate
 from configs import ablations
+from conftest import subprocess_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The paper's five claims (dropout, which has no number in the paper, is checked without
@@ -29,13 +30,10 @@ def run_ablate(workdir, data_dir, *extra):
   cmd = [sys.executable, '-m', 'alexnet_jax.ablate', '--config=configs/ablations.py:tiny',
          f'--workdir={workdir}', f'--variants={",".join(VARIANTS)}',
          f'--config.data_dir={data_dir}'] + [f'--config.{k}={v}' for k, v in OVERRIDES.items()]
-  env = dict(os.environ)
-  env.pop('XLA_FLAGS', None)
-  # The test is about the runner: XLA:CPU's cheapest optimisation compiles the six programs
-  # several times faster (the numbers barely move; they are not checked against the paper).
-  env['XLA_FLAGS'] = '--xla_backend_optimization_level=0'
-  return subprocess.run(cmd + list(extra), cwd=ROOT, env=env, capture_output=True, text=True,
-                        timeout=900)
+  # The test is about the runner: the tests' fast-compile flags (the numbers barely move; they
+  # are not checked against the paper).
+  return subprocess.run(cmd + list(extra), cwd=ROOT, env=subprocess_env(), capture_output=True,
+                        text=True, timeout=900)
 
 
 def same_config(data_dir, **changes) -> ml_collections.ConfigDict:

@@ -13,6 +13,7 @@ from alexnet_jax.core import run as run_lib
 from alexnet_jax.core import train
 from alexnet_jax.data import input_pipeline
 from configs import tiny
+from conftest import FAST_COMPILE
 
 # Every strategy, on more devices than its minimum where it can use them (8 simulated CPUs).
 STRATEGIES = [('towers', 2), ('data', 8), ('hybrid', 4), ('towers_data', 8), ('fsdp', 4)]
@@ -97,9 +98,6 @@ def test_device_augmentation_equals_the_host_path_for_every_sharding(builder, ti
                    centred[4:68, 4:68]]
         patches += [p[:, ::-1] for p in patches]
         np.testing.assert_allclose(got[0], np.stack(patches), rtol=0, atol=1e-3)
-
-
-FAST_COMPILE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
 
 
 @pytest.fixture(scope='module')
