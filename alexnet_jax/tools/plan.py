@@ -548,20 +548,10 @@ def input_per_core(path: str) -> dict:
   return rates
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
 def load_config_file(path: str) -> ml_collections.ConfigDict:
-  """get_config() of a config file (a path from the repository root, or absolute)."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  full = path if os.path.isabs(path) else os.path.join(ROOT, path)
-  if not os.path.isfile(full):
-    raise targets_lib.TargetError(f'config file {path} not found')
-  spec = importlib.util.spec_from_file_location(
-      'config_' + hashlib.sha256(full.encode()).hexdigest()[:8], full)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  """get_config() of a config file by path (published.load_config_file)."""
+  from alexnet_jax.tools import published  # pylint: disable=g-import-not-at-top
+  return published.load_config_file(path)
 
 
 def calibrated_efficiency(calibration: dict, config: ml_collections.ConfigDict,

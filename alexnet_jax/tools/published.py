@@ -257,18 +257,29 @@ def load_all(folder: str = CASES) -> list[Case]:
   return sorted((load(os.path.join(folder, n)) for n in names), key=lambda c: c.key)
 
 
-def load_config(case: Case):
-  """The case's config (its get_config()), imported from its path: no absl flags involved.
-  A config imports `configs.default`, so the repository root must be importable."""
+def load_config_file(path: str, name: str = ''):
+  """get_config() of a config file (from the repository root, or absolute), imported from its
+  path: no absl flags involved. A config imports `configs.default`, so the repository root must
+  be importable. The one loader of config files by path (cases, plan --calibration)."""
   if importlib.util.find_spec('configs') is None and ROOT not in sys.path:
     sys.path.insert(0, ROOT)
-  path = config_path(case.config)
-  spec = importlib.util.spec_from_file_location(f'published_config_{case.key}', path)
+  full = config_path(path)
+  spec = (importlib.util.spec_from_file_location(
+      name or 'config_' + os.path.splitext(os.path.basename(full))[0], full)
+      if os.path.isfile(full) else None)
   if spec is None or spec.loader is None:
-    raise CaseError(f'{case.path or case.key}: network.config: {path} cannot be imported')
+    raise CaseError(f'{path}: {full} cannot be imported')
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
+
+
+def load_config(case: Case):
+  """The case's config (its get_config())."""
+  try:
+    return load_config_file(case.config, f'published_config_{case.key}')
+  except CaseError as e:
+    raise CaseError(f'{case.path or case.key}: network.config: {e}') from None
 
 
 def network_matches(case: Case) -> list[str]:

@@ -26,11 +26,11 @@ Writes DIR/validation.json, DIR/validation.md and DIR/validation.png.
 import time
 from typing import Any, Callable, Optional, Sequence
 
-import ml_collections
 from PIL import Image
 
 from alexnet_jax.tools import costmodel
 from alexnet_jax.tools import plan as plan_lib
+from alexnet_jax.tools import published
 from alexnet_jax.tools import targets as targets_lib
 from alexnet_jax.tools.drawing import line_chart, png_bytes, write_report
 
@@ -40,13 +40,7 @@ SCALING_TARGET = 0.08  # |predicted - published scaling efficiency|
 
 def load_cases(folder: Optional[str] = None) -> list:
   """The case files of `folder` (default: the shipped ones), each checked by published.load."""
-  from alexnet_jax.tools import published  # pylint: disable=g-import-not-at-top
   return published.load_all(folder) if folder else published.load_all()
-
-
-def case_config(case) -> ml_collections.ConfigDict:
-  """The config the case names (a path from the repository root, or absolute)."""
-  return plan_lib.load_config_file(case.config)
 
 
 def _scaling(devices: Sequence[int], ips: Sequence[float]) -> list[Optional[float]]:
@@ -109,7 +103,7 @@ def replay(cases: Sequence, cache_dir: Optional[str] = None, workers: int = 0,
     why = targets_lib.compiler_missing(profile)
     if why:
       raise targets_lib.TargetError(f'{case.key}: {why}')
-    config = case_config(case)
+    config = published.load_config(case)
     for n in case.devices:
       devices = targets_lib.devices(profile, n)
       config_n = plan_lib.replica_config(config, case.strategy, n, devices,
