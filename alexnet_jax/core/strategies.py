@@ -42,16 +42,11 @@ Forward = Callable[[Any, jax.Array, Any], jax.Array]
 # (layer, 'kernel' | 'bias', shape of the stacked (2, ...) leaf) -> where the leaf lives.
 ParamSpec = Callable[[str, str, tuple[int, ...]], P]
 
-STRATEGIES = ('towers', 'data', 'hybrid', 'towers_data', 'fsdp')
-# The strategies that put the two towers on different devices (a `tower` mesh axis of size 2):
-# they need model.num_towers = 2. `hybrid` has a `tower` axis for two towers only; the one-tower
-# net runs it on a (block=N) mesh.
-TOWER_STRATEGIES = ('towers', 'towers_data')
+# The strategies themselves (names, builders, device counts, tower axes) are one table, TABLE,
+# at the end of this file; STRATEGIES and TOWER_STRATEGIES are read from it.
 CONV_LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
 FC_LAYERS = ('fc6', 'fc7', 'fc8')
 LAYERS = CONV_LAYERS + FC_LAYERS
-# When `num_devices` is 0: the CPU backend simulates this many (see devices_needed).
-_DEFAULT_DEVICES = {'towers': 2, 'data': 2, 'hybrid': 2, 'towers_data': 4, 'fsdp': 2}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,24 +130,29 @@ def param_spec_tree(param_spec: ParamSpec, params) -> Any:
           for layer, leaves in params.items()}
 
 
-def devices_needed(parallelism: str, num_devices: int = 0) -> int:
-  """How many devices a strategy needs (the CPU backend is made to simulate that many).
-
-  `num_devices` is the config's; 0 asks for the strategy's smallest sensible mesh.
-  """
-  if num_devices > 0:
-    return num_devices
-  return _DEFAULT_DEVICES.get(parallelism, 1)  # an unknown name is refused by the config check
-
-
 def resolve_num_devices(parallelism: str, num_devices: int = 0,
                         available: Optional[int] = None) -> int:
-  """The device count a strategy runs on: `num_devices`, else 2 for towers, else all visible."""
+  """The device count a strategy runs on, the one rule for `config.num_devices`:
+  `num_devices` if positive; 0: the strategy's fixed count (2 for towers), else every one of
+  `available` (default: every visible device)."""
   if num_devices > 0:
     return num_devices
-  if parallelism == 'towers':
-    return 2
+  info = TABLE.get(parallelism)
+  if info is not None and info.exact_devices:
+    return info.exact_devices
   return available if available is not None else jax.device_count()
+
+
+def devices_needed(parallelism: str, num_devices: int = 0) -> int:
+  """How many devices a CPU-only process presents for a strategy (`jax_num_cpu_devices`).
+
+  It is `resolve_num_devices` on a CPU presenting the strategy's `default_devices`, so a run
+  simulated with this count resolves to this count. An unknown name gets 1 (the config check
+  refuses it)."""
+  info = TABLE.get(parallelism)
+  if info is None:
+    return num_devices if num_devices > 0 else 1
+  return resolve_num_devices(parallelism, num_devices, info.default_devices)
 
 
 def fit_error(parallelism: str, num_devices: int, net: Optional[model_lib.Tower] = None,
@@ -160,9 +160,11 @@ def fit_error(parallelism: str, num_devices: int, net: Optional[model_lib.Tower]
   """Why `parallelism` cannot run on `num_devices` devices (None when it can).
 
   Checked before anything is compiled, so a bad config fails with a sentence, not an XLA error.
+  What each strategy needs of N is its row of TABLE.
   """
   n = num_devices
-  if parallelism not in STRATEGIES:
+  info = TABLE.get(parallelism)
+  if info is None:
     return f'unknown parallelism {parallelism!r}; choose one of {", ".join(STRATEGIES)}'
   if n < 1:
     return f'{parallelism} needs at least one device, not {n}'
@@ -170,20 +172,30 @@ def fit_error(parallelism: str, num_devices: int, net: Optional[model_lib.Tower]
     return (f'{parallelism} on {n} devices needs {n} devices but only {available} are visible; on '
             f"CPU, simulate more with jax.config.update('jax_num_cpu_devices', {n}) before JAX "
             'starts')
-  if net is not None and net.num_towers == 1 and parallelism == 'hybrid':
-    return _one_tower_hybrid_fit_error(n, net)
-  if net is not None and net.num_towers != 2 and parallelism in TOWER_STRATEGIES + ('hybrid',):
+  one_tower = net is not None and net.num_towers == 1
+  if one_tower and info.one_tower and info.fit is not None:  # hybrid without its tower axis
+    return info.fit(n, net)
+  if net is not None and net.num_towers != 2 and info.tower_axis:
     return (f'{parallelism} puts the two towers on different devices, but model.num_towers='
             f'{net.num_towers} has no second tower; use parallelism data, fsdp or hybrid')
-  if parallelism == 'towers' and n != 2:
-    return f'towers puts one tower on each of exactly 2 devices, not {n} (use towers_data)'
-  if parallelism in ('hybrid', 'towers_data') and n % 2:
+  if info.exact_devices and n != info.exact_devices:
+    return (f'{parallelism} puts one tower on each of exactly {info.exact_devices} devices, not '
+            f'{n} (use towers_data)')
+  if info.tower_axis and n % 2:
     return f'{parallelism} needs an even number of devices (a tower axis of 2), not {n}'
-  if parallelism == 'hybrid' and net is not None:
-    for layer, width in zip(('fc6', 'fc7'), net.fc_features):
-      if width % (n // 2):
-        return (f'hybrid splits {layer}\'s {width} neurons per tower over {n // 2} devices; '
-                f'{width} is not divisible by {n // 2}')
+  if info.fit is not None and net is not None:
+    return info.fit(n, net)
+  return None
+
+
+def _hybrid_fit_error(n: int, net: model_lib.Tower) -> Optional[str]:
+  """Why hybrid cannot split fc6 and fc7 by neuron (and, with one tower, fc8 by class) over n."""
+  if net.num_towers == 1:
+    return _one_tower_hybrid_fit_error(n, net)
+  for layer, width in zip(('fc6', 'fc7'), net.fc_features):
+    if width % (n // 2):
+      return (f'hybrid splits {layer}\'s {width} neurons per tower over {n // 2} devices; '
+              f'{width} is not divisible by {n // 2}')
   return None
 
 
@@ -544,19 +556,54 @@ def fsdp_strategy(net: model_lib.Tower, devices=None, num_devices: int = 2) -> S
   return Strategy('fsdp', mesh, param_spec=param_spec, batch_spec=P('data'), forward=forward)
 
 
+@dataclasses.dataclass(frozen=True)
+class StrategyInfo:
+  """One strategy: its row of TABLE, which every list of strategies in the project reads."""
+  name: str
+  # (net, devices, num_devices) -> Strategy, for a device count that fit_error accepts.
+  build: Callable[..., Strategy]
+  # num_devices = 0 on a CPU-only machine: the devices simulated (devices_needed), and so used.
+  # (On accelerators 0 means every visible device, or `exact_devices`: resolve_num_devices.)
+  default_devices: int
+  # Its mesh has a `tower` axis of size 2 (tower t on row t): the net needs two towers and N must
+  # be even, unless `one_tower` says it runs a one-tower net without that axis.
+  tower_axis: bool
+  # It runs model.num_towers = 1 (data and fsdp as they are; hybrid on a block=N mesh).
+  one_tower: bool
+  # What it needs of N beyond the tower axis: exactly this many devices (0: any count) ...
+  exact_devices: int = 0
+  # ... and fit(n, net) -> why the net's layers cannot be split over n (None: they can).
+  fit: Optional[Callable[[int, model_lib.Tower], Optional[str]]] = None
+
+
+TABLE: dict[str, StrategyInfo] = {info.name: info for info in (
+    StrategyInfo('towers', towers_strategy, default_devices=2, tower_axis=True, one_tower=False,
+                 exact_devices=2),
+    StrategyInfo('data', data_strategy, default_devices=2, tower_axis=False, one_tower=True),
+    StrategyInfo('hybrid', hybrid_strategy, default_devices=2, tower_axis=True, one_tower=True,
+                 fit=_hybrid_fit_error),
+    StrategyInfo('towers_data', towers_data_strategy, default_devices=4, tower_axis=True,
+                 one_tower=False),
+    StrategyInfo('fsdp', fsdp_strategy, default_devices=2, tower_axis=False, one_tower=True),
+)}
+STRATEGIES = tuple(TABLE)
+# The strategies that put the two towers on different devices (a `tower` mesh axis of size 2)
+# for every net: they need model.num_towers = 2. `hybrid` has a `tower` axis for two towers
+# only; the one-tower net runs it on a (block=N) mesh.
+TOWER_STRATEGIES = tuple(n for n, info in TABLE.items() if info.tower_axis and not info.one_tower)
+
+
 def make_strategy(parallelism: str, net: model_lib.Tower, devices=None,
                   num_devices: int = 0) -> Strategy:
   """The strategy a config names, on the first `num_devices` devices (0: see resolve_num_devices).
 
   Raises ValueError, before anything is traced, when the strategy cannot use that many devices.
   """
-  builders = {'towers': towers_strategy, 'data': data_strategy, 'hybrid': hybrid_strategy,
-              'towers_data': towers_data_strategy, 'fsdp': fsdp_strategy}
-  if parallelism not in builders:
+  if parallelism not in TABLE:
     raise ValueError(f'Unknown parallelism {parallelism!r}; choose one of {STRATEGIES}.')
   available = len(devices) if devices is not None else jax.device_count()
   n = resolve_num_devices(parallelism, num_devices, available)
   error = fit_error(parallelism, n, net, available)
   if error:
     raise ValueError(error[0].upper() + error[1:] + '.')
-  return builders[parallelism](net, devices, n)
+  return TABLE[parallelism].build(net, devices, n)

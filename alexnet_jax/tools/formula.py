@@ -11,6 +11,7 @@ from typing import Optional
 import jax
 
 from alexnet_jax.core import model as model_lib
+from alexnet_jax.core import strategies
 from alexnet_jax.tools.hlo import LAYERS
 
 
@@ -56,7 +57,7 @@ def analytic_bytes(parallelism: str, num_devices: int, batch_size: int, table: d
     one tower    features of the one tower, scatter their gradients); no fc8 gradient
                  all-reduce (fc8 is split by class over all n)
   """
-  if num_towers not in (1, 2) or (num_towers == 1 and parallelism in ('towers', 'towers_data')):
+  if num_towers not in (1, 2) or (num_towers == 1 and parallelism in strategies.TOWER_STRATEGIES):
     raise ValueError(f'no formula for {parallelism!r} with {num_towers} tower(s)')
   n, b, d = num_devices, batch_size, dtype_bytes
   da = d if act_bytes is None else act_bytes
