@@ -22,7 +22,6 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
-from PIL import Image, ImageDraw
 
 from alexnet_jax.core import config as config_lib
 from alexnet_jax.core import model as model_lib
@@ -33,7 +32,7 @@ from alexnet_jax.tools import analysis
 from alexnet_jax.tools import measure as measure_lib
 from alexnet_jax.tools import plan as plan_lib
 from alexnet_jax.tools.hlo import LAYERS, LOSS
-from alexnet_jax.tools.drawing import COLOURS, png_bytes, write_report
+from alexnet_jax.tools.drawing import write_report
 
 # --- Measuring the real train step. ---
 
@@ -179,38 +178,35 @@ def markdown(result: dict) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def chart(result: dict) -> bytes:
-  """comms.png: per strategy a bar of MB per step stacked by layer (linear), and the step time
-  beside it. Drawn with Pillow (see drawing.py)."""
+def chart_figure(result: dict):
+  """comms.png's Figure: per strategy a bar of MB per device per step stacked by layer, read
+  from this machine's compiled program (measured, not predicted), the formula's total marked on
+  it; beside it the measured seconds per step (linear axes: the bars add up)."""
+  from alexnet_jax.tools import charts  # pylint: disable=g-import-not-at-top
   names = list(result['strategies'])
+  entries = [result['strategies'][n] for n in names]
   parts = LAYERS + (LOSS,)
-  width, left, top, bar_h, gap = 900, 130, 40, 24, 16
-  height = top + len(names) * (bar_h + gap) + 60
-  image = Image.new('RGB', (width, height), 'white')
-  draw = ImageDraw.Draw(image)
-  draw.text((10, 10), f'MB per device per step, {result["devices"]} devices, batch '
-            f'{result["batch_size"]}  (seconds per step at right)', fill='black')
-  biggest = max([e['bytes_per_step'] for e in result['strategies'].values()] + [1.0])
-  plot_w = width - left - 250  # room for the MB label and the step time
-  for i, name in enumerate(names):
-    e = result['strategies'][name]
-    y = top + i * (bar_h + gap)
-    draw.text((10, y + 6), name, fill='black')
-    x = left
-    for j, part in enumerate(parts):
-      w = plot_w * e['bytes_per_step_by_layer'].get(part, 0.0) / biggest
-      draw.rectangle((x, y, x + w, y + bar_h), fill=COLOURS[j % len(COLOURS)])
-      x += w
-    draw.text((x + 6, y + 6), f'{e["bytes_per_step"] / 1e6:.2f} MB', fill='black')
-    draw.text((width - 100, y + 6), f'{e["step_seconds"] or 0:.2f} s', fill='black')
-  y = top + len(names) * (bar_h + gap) + 10
-  x = 10
-  for j, part in enumerate(parts):
-    label = part.replace('_metrics', '')
-    draw.rectangle((x, y, x + 12, y + 12), fill=COLOURS[j % len(COLOURS)])
-    draw.text((x + 16, y), label, fill='black')
-    x += 16 + int(draw.textlength(label)) + 14
-  return png_bytes(image)
+  fig, (mb, seconds) = charts.figure(900, 150 + 40 * max(1, len(names)), 1, 2,
+                                     width_ratios=(2.6, 1), sharey=True)
+  where = ', '.join(str(result[k]) for k in ('platform', 'device_kind') if result.get(k))
+  fig.suptitle(f'measured: the compiled train step on {result["devices"]} devices'
+               f'{f" ({where})" if where else ""}, batch {result["batch_size"]}',
+               fontsize=charts.TITLE_SIZE, x=0.01, ha='left')
+  charts.stacked_bars(
+      mb, 'MB per device per step, read from the compiled program (measured)', names,
+      [p.replace('_metrics', '') for p in parts],
+      [[e['bytes_per_step_by_layer'].get(p, 0.0) for p in parts] for e in entries],
+      'MB per device per step', marks=('formula', [e['analytic_bytes_per_step'] for e in entries]),
+      scale=1e6, unit='MB')
+  charts.bars(seconds, 'step time (measured)', names,
+              [e['step_seconds'] for e in entries], 'seconds', fmt='{:.3f} s')
+  return fig
+
+
+def chart(result: dict) -> bytes:
+  """comms.png (chart_figure, drawn with matplotlib)."""
+  from alexnet_jax.tools import charts  # pylint: disable=g-import-not-at-top
+  return charts.png(chart_figure(result))
 
 
 def write(result: dict, out_dir: str) -> None:

@@ -340,27 +340,39 @@ def draw_neighbours(query_images: np.ndarray, query_labels: np.ndarray, scan: Ne
   return image
 
 
-def draw_curves(metrics: list[dict]) -> Image.Image:
-  """Training loss, validation top-1 / top-5 error (1 - the logged accuracies) and learning
-  rate against step, on a shared step axis."""
+def curves_figure(metrics: list[dict]):
+  """curves.png's Figure: the measured training loss, validation top-1 / top-5 error (1 - the
+  logged accuracies) and the learning rate logged with them, against step, on a shared step
+  axis (the learning rate on a log axis when it falls by 4x or more)."""
+  from alexnet_jax.tools import charts  # pylint: disable=g-import-not-at-top
   train = [r for r in metrics if 'loss' in r]
   evals = [r for r in metrics if 'val_top1' in r]
   column = lambda records, key, f=lambda v: v: ([r['step'] for r in records],
                                                  [f(r[key]) for r in records])
   steps = [r['step'] for r in metrics]
-  x_range = (0, max(steps)) if steps else None
-  width, height = CURVES_SIZE
-  image = Image.new('RGB', CURVES_SIZE, 'white')
-  panel = (height - 2 * MARGIN) // 3
-  charts = [
-      ('training loss (mean over the logged steps)', [('loss', *column(train, 'loss'))], False),
-      ('validation error', [('top-1', *column(evals, 'val_top1', lambda v: 1 - v)),
-                            ('top-5', *column(evals, 'val_top5', lambda v: 1 - v))], True),
-      ('learning rate', [('learning rate', *column(train, 'learning_rate'))], False)]
-  for i, (title, series, markers) in enumerate(charts):
-    box = (MARGIN, MARGIN + i * panel, width - MARGIN, MARGIN + (i + 1) * panel)
-    drawing.line_chart(image, box, title, series, x_range=x_range, markers=markers)
-  return image
+  x_range = (0, max(steps) * 1.02) if steps else None  # room for the last step's markers
+  rates = [r['learning_rate'] for r in train if r.get('learning_rate', 0) > 0]
+  fig, axes = charts.figure(*CURVES_SIZE, 3, sharex=True)
+  fig.suptitle('training curves, measured', fontsize=charts.TITLE_SIZE, x=0.01, ha='left')
+  panels = [
+      ('training loss, measured (mean over the logged steps)', [('loss', *column(train, 'loss'))],
+       False, False),
+      ('validation error, measured (1 - accuracy)',
+       [('top-1', *column(evals, 'val_top1', lambda v: 1 - v)),
+        ('top-5', *column(evals, 'val_top5', lambda v: 1 - v))], True, False),
+      ('learning rate, as logged with the measured steps',
+       [('learning rate', *column(train, 'learning_rate'))], False,
+       bool(rates) and max(rates) >= 4 * min(rates))]
+  for i, (ax, (title, series, markers, log_y)) in enumerate(zip(axes, panels)):
+    charts.lines(ax, title, series, x_label='step' if i == len(axes) - 1 else '',
+                 x_range=x_range, markers=markers, log_y=log_y, y_min=0 if i == 1 else None)
+  return fig
+
+
+def draw_curves(metrics: list[dict]) -> Image.Image:
+  """curves.png (curves_figure, drawn with matplotlib) as an image of CURVES_SIZE."""
+  from alexnet_jax.tools import charts  # pylint: disable=g-import-not-at-top
+  return Image.fromarray(charts.rgb(curves_figure(metrics)))
 
 
 # ---------------------------------------------------------------------------------------------

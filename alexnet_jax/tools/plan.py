@@ -27,7 +27,6 @@ import gzip
 import hashlib
 import importlib.metadata
 import json
-import math
 import os
 import time
 from typing import Any, Callable, Optional, Sequence
@@ -464,21 +463,20 @@ def sensitivity_lines(sens: Optional[dict]) -> list[str]:
   return lines + ['']
 
 
-def chart(plan: dict) -> bytes:
-  """plan.png: predicted images/s per device against log2(devices) per strategy (with overlap),
-  with the hosts' input ceiling per device (flat lines scale perfectly); below, communication's
-  share of the step (no overlap)."""
-  # Pillow is imported here: a GPU machine that only measures may not have it (see write).
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  from alexnet_jax.tools.drawing import line_chart, png_bytes  # pylint: disable=g-import-not-at-top
-  image = Image.new('RGB', (900, 760), 'white')
+def chart_figure(plan: dict):
+  """plan.png's Figure: PREDICTED images/s per device (with overlap) per strategy against the
+  device count (log2 axis, ticks at the counts), with the hosts' input ceiling per device (flat
+  lines scale perfectly); below, communication's PREDICTED share of the step (no overlap)."""
+  # matplotlib (and the Pillow it reads images with) is imported here: a GPU machine that only
+  # measures may not have them (see write).
+  from alexnet_jax.tools import charts  # pylint: disable=g-import-not-at-top
   by = {}
   for r in plan['runs']:
     by.setdefault(r['strategy'], []).append(r)
   series, shares = [], []
   for name, rs in by.items():
     rs = sorted(rs, key=lambda r: r['devices'])
-    xs = [math.log2(r['devices']) for r in rs]
+    xs = [r['devices'] for r in rs]
     series.append((name, xs, [r['predicted_images_per_second']['with_overlap'] / r['devices']
                               for r in rs]))
     shares.append((name, xs, [100 * r['predicted_communication_seconds'] /
@@ -486,17 +484,27 @@ def chart(plan: dict) -> bytes:
   ceiling = sorted({(r['devices'], r['input_images_per_second'] / r['devices'])
                     for r in plan['runs'] if 'input_images_per_second' in r})
   if ceiling:
-    series.append(('host input', [math.log2(n) for n, _ in ceiling], [c for _, c in ceiling]))
-  line_chart(image, (10, 10, 890, 420), f'{plan["label"]}: images/s per device', series,
-             x_label='log2(devices)', markers=True)
-  line_chart(image, (10, 430, 890, 750), 'communication, % of the step without overlap '
-             '(predicted)', shares, x_label='log2(devices)', markers=True)
-  return png_bytes(image)
+    series.append(('host input ceiling', [n for n, _ in ceiling], [c for _, c in ceiling]))
+  fig, (top, bottom) = charts.figure(900, 760, 2, height_ratios=(1.25, 1))
+  label = plan['label'] if 'PREDICTED' in plan['label'] else f'PREDICTED: {plan["label"]}'
+  fig.suptitle(label, fontsize=charts.TITLE_SIZE, x=0.01, ha='left')
+  charts.lines(top, 'PREDICTED images/s per device (with overlap)', series, x_label='devices',
+               y_label='images/s per device', devices=True, y_min=0)
+  charts.lines(bottom, 'PREDICTED communication, % of the step without overlap', shares,
+               x_label='devices', y_label='% of the step', devices=True)
+  bottom.set_ylim(0, 100)
+  return fig
+
+
+def chart(plan: dict) -> bytes:
+  """plan.png (chart_figure, drawn with matplotlib)."""
+  from alexnet_jax.tools import charts  # pylint: disable=g-import-not-at-top
+  return charts.png(chart_figure(plan))
 
 
 def write(plan: dict, out_dir: str) -> None:
-  """plan.json, plan.md and plan.png (without Pillow installed, plan.png is left out and plan.md
-  says so: the JAX images lent for measuring carry no Pillow)."""
+  """plan.json, plan.md and plan.png (without matplotlib or Pillow installed, plan.png is left
+  out and plan.md says so: the JAX images lent for measuring carry neither)."""
   try:
     png = chart(plan)
   except ImportError as e:

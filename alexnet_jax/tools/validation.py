@@ -26,13 +26,11 @@ Writes DIR/validation.json, DIR/validation.md and DIR/validation.png.
 import time
 from typing import Any, Callable, Optional, Sequence
 
-from PIL import Image
-
 from alexnet_jax.tools import costmodel
 from alexnet_jax.tools import plan as plan_lib
 from alexnet_jax.tools import published
 from alexnet_jax.tools import targets as targets_lib
-from alexnet_jax.tools.drawing import line_chart, png_bytes, write_report
+from alexnet_jax.tools.drawing import write_report
 
 ERROR_TARGET = 0.15  # |predicted / published - 1| at every point that was not fitted
 SCALING_TARGET = 0.08  # |predicted - published scaling efficiency|
@@ -218,21 +216,36 @@ def markdown(result: dict) -> str:
   return '\n'.join(lines) + '\n'
 
 
+def chart_figure(result: dict):
+  """validation.png's Figure: per case, the published (measured) images/s with its range where
+  the source gives one, and the PREDICTED images/s before and after the model's changes, against
+  the device count (log2 axis, ticks at the counts; log images/s: both double)."""
+  from alexnet_jax.tools import charts  # pylint: disable=g-import-not-at-top
+  cases = list(result['cases'])
+  fig, axes = charts.figure(900, 330 * max(1, len(cases)), max(1, len(cases)))
+  for ax, c in zip(axes, cases):
+    xs = c['devices']
+    published = 'published (measured)'
+    series = [(published, xs, c['published_images_per_second']),
+              ('PREDICTED, before (first model, assumed efficiency)', xs,
+               c['before']['predicted_images_per_second']),
+              ('PREDICTED, after (full model)', xs, c['after']['predicted_images_per_second'])]
+    ranges = ({published: (c['published_low'], c['published_high'])}
+              if c.get('published_low') and c.get('published_high') else None)
+    fitted = (f'; efficiency fitted at {xs[0]} device{"s" if xs[0] > 1 else ""}'
+              if c.get('calibrate') else '')
+    charts.lines(ax, f'{c["key"]}: images/s, PREDICTED vs measured{fitted}', series,
+                 x_label='devices', y_label='images/s', devices=True, log_y=True,
+                 ranges=ranges)
+  if not cases:
+    axes[0].set_title('no published cases: PREDICTED vs measured', loc='left')
+  return fig
+
+
 def chart(result: dict) -> bytes:
-  """validation.png: per case, published and predicted (after) images/s against the device
-  count (log2 scale: the counts double)."""
-  cases = [c for c in result['cases']]
-  height = 330
-  image = Image.new('RGB', (900, height * max(1, len(cases))), 'white')
-  for i, c in enumerate(cases):
-    xs = [float(n) for n in c['devices']]
-    series = [('published (measured)', xs, c['published_images_per_second']),
-              ('predicted, before', xs, c['before']['predicted_images_per_second']),
-              ('PREDICTED, after', xs, c['after']['predicted_images_per_second'])]
-    line_chart(image, (10, 10 + i * height, 890, (i + 1) * height - 10),
-               f'{c["key"]}: images/s, measured vs PREDICTED', series,
-               x_label='devices', markers=True)
-  return png_bytes(image)
+  """validation.png (chart_figure, drawn with matplotlib)."""
+  from alexnet_jax.tools import charts  # pylint: disable=g-import-not-at-top
+  return charts.png(chart_figure(result))
 
 
 def write(result: dict, out_dir: str) -> None:
