@@ -5,7 +5,6 @@ calls `train.train_and_evaluate`, which the tests call too.
 """
 
 import os
-import sys
 
 from absl import app
 from absl import flags
@@ -15,11 +14,9 @@ from ml_collections import config_flags
 import jax
 
 from alexnet_jax.core import checkpointing
-from alexnet_jax.core import config as config_lib
-from alexnet_jax.core import metrics as metrics_lib
 from alexnet_jax.core import train
-from alexnet_jax.data import input_pipeline
 from alexnet_jax.runtime import allocator
+from alexnet_jax.runtime import command
 from alexnet_jax.runtime import devices
 from alexnet_jax.runtime import distributed
 
@@ -39,15 +36,6 @@ flags.DEFINE_integer('init_timeout_s', 300, 'How long processes wait for each ot
 flags.DEFINE_integer('heartbeat_timeout_s', 100, 'How soon a dead process stops the others.')
 
 
-def _fail(message: str, code: int) -> None:
-  logging.error('%s', message)
-  # One write to the descriptor: other threads (tensorstore's, after a failed save) print to the
-  # same stderr, and a buffered print could be glued onto the end of their half-written line.
-  sys.stderr.flush()
-  os.write(2, f'error: {message}\n'.encode())
-  sys.exit(code)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -60,16 +48,15 @@ def main(argv):
                                     FLAGS.process_id, init_timeout_s=FLAGS.init_timeout_s,
                                     heartbeat_timeout_s=FLAGS.heartbeat_timeout_s)
   except ValueError as e:
-    _fail(str(e), 2)
+    raise command.Refused(str(e)) from e
   if jax.process_index() > 0:
     logging.set_verbosity(logging.WARNING)  # process 0 speaks for the run
 
+  # A refused config or dataset exits 2 (nothing ran: fix the command); a divergence or a
+  # checkpoint or workdir that cannot be written exits 1 (the checkpoints saved are intact):
+  # runtime/command.py.
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (config_lib.ConfigError, input_pipeline.DatasetNotReadyError) as e:
-    _fail(str(e), 2)  # nothing ran: fix the command
-  except (FloatingPointError, checkpointing.CheckpointError, metrics_lib.WorkdirError) as e:
-    _fail(str(e), 1)  # the run stopped; the checkpoints it saved are intact
   except jax.errors.JaxRuntimeError as e:
     if not joined:
       raise
@@ -80,7 +67,7 @@ def main(argv):
                f'why. Re-run the same command on every process to resume from the last '
                f'checkpoint in {os.path.join(os.path.abspath(FLAGS.workdir), "checkpoints")}.')
     logging.error('%s', message)
-    print(f'error: {message}', file=sys.stderr, flush=True)
+    command.write_error(message)
     os._exit(1)
   # A SIGTERM (preemption) ends train_and_evaluate normally after a checkpoint: exit 0.
 
@@ -88,4 +75,4 @@ def main(argv):
 if __name__ == '__main__':
   # Before any other thread allocates: the step's buffers stay in the heap (allocator.py).
   allocator.keep_freed_memory()
-  app.run(main, flags_parser=config_lib.parse_flags)
+  command.run(main)

@@ -1,41 +1,10 @@
 """`python -m alexnet_jax.resize_dataset --config=configs/paper.py`: writes, once, the config's
 training and evaluation images cut to the paper's resize_size square into a tfds dataset beside
-the source (alexnet_jax/data/resized_dataset.py), with the statistics the config needs, and prints
-the override that trains from it. `--config.resized=raw` for raw pixels; 'jpeg' (the default here)
-otherwise. `main` with `--config.resized=...` does the same on first use."""
+the source, with the statistics the config needs, and prints the override that trains from it.
+`--config.resized=raw` for raw pixels; 'jpeg' (the default here) otherwise. `main` with
+`--config.resized=...` does the same on first use (alexnet_jax/tools/resize_dataset.py)."""
 
-import os
-
-from absl import app
-from ml_collections import config_flags
-
-from alexnet_jax.core import config as config_lib
-from alexnet_jax.data import input_pipeline
-
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'A configs/*.py file.', lock_config=True)
-
-
-def _disk_bytes(directory: str) -> int:
-  return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(directory)
-             for f in files)
-
-
-def main(argv) -> None:
-  config = config_lib.command_config(_CONFIG.value, argv)
-  if not config.resized:
-    config.resized = 'jpeg'
-  try:
-    config_lib.check_data(config)
-    builder = input_pipeline.prepare_dataset(config)
-  except (config_lib.ConfigError, input_pipeline.DatasetNotReadyError) as e:
-    raise SystemExit(f'error: {e}')
-  counts = ', '.join(f'{name} {split.num_examples}' for name, split in builder.info.splits.items())
-  size = _disk_bytes(os.fspath(builder.data_dir))
-  print(f'{builder.info.full_name} in {builder.data_dir}\n  {counts} images, '
-        f'{size / 1e6:.1f} MB\n  train from it with --config.resized={config.resized}'
-        + (f' --config.resized_jpeg_quality={config.resized_jpeg_quality}'
-           if config.resized == 'jpeg' and config.resized_jpeg_quality != 90 else ''))
-
+from alexnet_jax.tools import resize_dataset
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=config_lib.parse_flags)
+  resize_dataset.cli()

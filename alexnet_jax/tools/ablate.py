@@ -39,7 +39,6 @@ import dataclasses
 import datetime
 import json
 import os
-import sys
 from typing import Optional, Sequence
 
 from absl import app
@@ -354,13 +353,8 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   checkpointing.quiet_orbax_logs()
   devices.simulate_cpu_devices(FLAGS.config)  # before JAX starts a backend; every run uses them
-  try:
-    result = run(FLAGS.config, FLAGS.variants, FLAGS.workdir, FLAGS.only)
-  except (AblationError, config_lib.ConfigError, input_pipeline.DatasetNotReadyError,
-          checkpointing.CheckpointError) as e:
-    logging.error('%s', e)
-    print(f'error: {e}', file=sys.stderr, flush=True)
-    sys.exit(2)
+  # Refusals (AblationError, a config or dataset) exit 2; a run that fails exits 1 (command.py).
+  result = run(FLAGS.config, FLAGS.variants, FLAGS.workdir, FLAGS.only)
   if result is not None:
     print(markdown(result), flush=True)
 
@@ -374,4 +368,5 @@ def cli() -> None:
   flags.DEFINE_list('variants', list(DEFAULT_VARIANTS), f'Among {", ".join(VARIANTS)}.')
   flags.DEFINE_string('only', '', 'Train only this run (baseline or a variant) and exit.')
   flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main, flags_parser=config_lib.parse_flags)
+  from alexnet_jax.runtime import command  # pylint: disable=g-import-not-at-top
+  command.run(main)

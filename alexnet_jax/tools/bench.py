@@ -47,7 +47,6 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
-from alexnet_jax.core import config as config_lib
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import run as run_lib
 from alexnet_jax.core import strategies as strategies_lib
@@ -211,4 +210,5 @@ def cli() -> None:
   flags.DEFINE_integer('matmul_size', 0, f'S of the S x S matrix product (0: '
                        f'{_CPU_MATMUL_SIZE} on CPU, {_ACCELERATOR_MATMUL_SIZE} on accelerators).')
   flags.mark_flags_as_required(['config'])
-  app.run(main, flags_parser=config_lib.parse_flags)
+  from alexnet_jax.runtime import command  # pylint: disable=g-import-not-at-top
+  command.run(main)

@@ -687,4 +687,5 @@ def cli() -> None:
   flags.DEFINE_integer('warmup_batches', 2, 'Untimed batches of the training iterator.')
   flags.DEFINE_string('shapes_dataset', 'synthetic_shapes/default', 'The generated dataset.')
   flags.DEFINE_integer('cpu', -1, 'The CPU to pin to (-1: the first this process may run on).')
-  app.run(main)
+  from alexnet_jax.runtime import command  # pylint: disable=g-import-not-at-top
+  command.run(main)

@@ -608,6 +608,9 @@ def main(argv: Sequence[str]) -> None:
     targets.load(f.target)
   except targets.TargetError as e:
     raise app.UsageError(str(e)) from e
+  from alexnet_jax.tools import published  # pylint: disable=import-outside-toplevel
+  for path in plan.configs:  # a config file that cannot be imported: refused (exit 2) first
+    published.load_config_file(path)
   result = calibrate(plan, f.target, f.out, f.trace_dir)
   print(markdown(result))
   measured = sum(r['status'] == 'ok' for r in result['runs'])
@@ -617,7 +620,6 @@ def main(argv: Sequence[str]) -> None:
 
 def cli() -> None:
   """`python -m alexnet_jax.calibrate` (alexnet_jax/calibrate.py): the flags, then `main`."""
-  from absl import app  # pylint: disable=import-outside-toplevel
   from absl import flags  # pylint: disable=import-outside-toplevel
   flags.DEFINE_string('configs', ','.join(DEFAULT_CONFIGS), 'Comma-separated config files.')
   flags.DEFINE_string('dtypes', ','.join(DTYPES), 'Comma-separated compute dtypes '
@@ -635,4 +637,5 @@ def cli() -> None:
   flags.DEFINE_float('budget_s', 420.0, 'Seconds after which no new run starts (the one in '
                      'flight finishes); the rest are recorded as skipped.')
   flags.mark_flags_as_required(['out'])
-  app.run(main)
+  from alexnet_jax.runtime import command  # pylint: disable=import-outside-toplevel
+  command.run(main)

@@ -23,7 +23,6 @@ import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
 
-from alexnet_jax.core import config as config_lib
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import run as run_lib
 from alexnet_jax.core import strategies as strategies_lib
@@ -283,4 +282,5 @@ def cli() -> None:
   flags.DEFINE_string('cache_dir', plan_lib.default_cache_dir(), 'With --target: where compiled '
                       'programs\' analyses are kept ("" keeps none).')
   flags.mark_flags_as_required(['config', 'out'])
-  app.run(main, flags_parser=config_lib.parse_flags)
+  from alexnet_jax.runtime import command  # pylint: disable=g-import-not-at-top
+  command.run(main)

@@ -24,7 +24,6 @@ import dataclasses
 import json
 import os
 import re
-import sys
 from typing import Optional, Sequence
 
 from absl import app
@@ -410,32 +409,24 @@ def define_flags() -> None:
                       'evaluation/.')
 
 
-def _fail(message: str) -> None:
-  logging.error('%s', message)
-  sys.stderr.flush()
-  os.write(2, f'error: {" ".join(message.split())}\n'.encode())
-  sys.exit(2)
-
-
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   checkpointing.quiet_orbax_logs()
   if not FLAGS.workdir:
-    _fail('Give at least one --workdir=DIR of a training run.')
+    raise EvaluateError('Give at least one --workdir=DIR of a training run.')
   # Before JAX starts its backend: a CPU-only machine presents the devices the strategies need.
   jax.config.update('jax_num_cpu_devices', devices_to_simulate(
       FLAGS.workdir, FLAGS.parallelism, FLAGS.num_devices))
-  try:
-    result = evaluate_workdirs(FLAGS.workdir, FLAGS.out, FLAGS.split, FLAGS.crops, FLAGS.step,
-                               FLAGS.parallelism, FLAGS.num_devices)
-  except (EvaluateError, config_lib.ConfigError, input_pipeline.DatasetNotReadyError) as e:
-    _fail(str(e))
+  # EvaluateError, a config or dataset refused: one line, exit 2 (runtime/command.py).
+  result = evaluate_workdirs(FLAGS.workdir, FLAGS.out, FLAGS.split, FLAGS.crops, FLAGS.step,
+                             FLAGS.parallelism, FLAGS.num_devices)
   print(markdown_table(result), end='')
   print(f'wrote evaluation.json, evaluation.md and the softmax outputs to {result["out"]}')
 
 
 def cli() -> None:
   """`python -m alexnet_jax.evaluate` (alexnet_jax/evaluate.py)."""
+  from alexnet_jax.runtime import command  # pylint: disable=g-import-not-at-top
   define_flags()
-  app.run(main)
+  command.run(main)

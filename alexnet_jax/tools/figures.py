@@ -20,12 +20,10 @@ mesh and works on any machine that can read the workdir; run it on one host of a
 
 import json
 import os
-import sys
 from typing import Callable, Iterator, Optional
 
 from absl import app
 from absl import flags
-from absl import logging
 import jax
 import ml_collections
 import numpy as np
@@ -474,13 +472,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   checkpointing.quiet_orbax_logs()
-  try:
-    result = make_figures(FLAGS.workdir, FLAGS.out, FLAGS.data_dir, FLAGS.num_predictions,
-                          FLAGS.num_queries, FLAGS.num_neighbours, FLAGS.num_train_images)
-  except (FiguresError, input_pipeline.DatasetNotReadyError) as e:
-    logging.error('%s', e)
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+  # FiguresError, a dataset that is not there: one line, exit 2 (runtime/command.py).
+  result = make_figures(FLAGS.workdir, FLAGS.out, FLAGS.data_dir, FLAGS.num_predictions,
+                        FLAGS.num_queries, FLAGS.num_neighbours, FLAGS.num_train_images)
   scores = result['colour_specificity']
   out = FLAGS.out or os.path.join(os.path.abspath(FLAGS.workdir), 'figures')
   print(f'step {result["step"]}: colour specificity of conv1, tower 1 {scores["tower1"]:.3f}, '
@@ -490,5 +484,6 @@ def main(argv):
 
 def cli() -> None:
   """`python -m alexnet_jax.figures` (alexnet_jax/figures.py): defines the flags and runs `main`."""
+  from alexnet_jax.runtime import command  # pylint: disable=g-import-not-at-top
   define_flags()
-  app.run(main)
+  command.run(main)

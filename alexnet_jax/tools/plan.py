@@ -675,18 +675,16 @@ def main(argv) -> None:
              calibration=F.calibration, bench_input=F.bench_input,
              measure_steps=F.measure_steps, cache_dir=F.cache_dir)
   except (ValueError, OSError) as e:  # TargetError, CaseError, CalibrationError, bad flags
-    # Refused before any work: one line, exit 2 (what `main` does with a bad config).
-    import sys  # pylint: disable=g-import-not-at-top
-    sys.stderr.write(f'error: {str(e).splitlines()[0] if str(e) else repr(e)}\n')
-    sys.exit(2)
+    # Refused before any work: one line, exit 2 (runtime/command.py).
+    from alexnet_jax.runtime import command  # pylint: disable=g-import-not-at-top
+    raise command.Refused(str(e).splitlines()[0] if str(e) else repr(e)) from e
 
 
 def cli() -> None:
   """`python -m alexnet_jax.plan` (alexnet_jax/plan.py): defines the flags and runs `main`."""
-  from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  from alexnet_jax.core import config as config_lib  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.runtime import command  # pylint: disable=g-import-not-at-top
   config_flags.DEFINE_config_file('config', None, 'A configs/*.py file.', lock_config=False)
   flags.DEFINE_string('target', '', 'The hardware to compile for: '
                       + ', '.join(targets_lib.known()) + ', or a profile file (TOML).')
@@ -716,4 +714,4 @@ def cli() -> None:
   flags.DEFINE_string('cases', '', 'With --published: a folder of case files instead of the '
                       'shipped ones.')
   flags.mark_flags_as_required(['out'])
-  app.run(main, flags_parser=config_lib.parse_flags)
+  command.run(main)
