@@ -15,7 +15,7 @@ from alexnet_jax.tools import bench
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import run as run_lib
 from configs import tiny
-import test_model  # the network helper (tests/ is on sys.path under pytest)
+import reference  # the network helper (tests/ is on sys.path under pytest)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIELDS = ('images_per_second', 'compile_seconds', 'peak_memory_bytes', 'model_flop_rate',
@@ -32,7 +32,7 @@ def test_flops_of_the_paper_network_match_the_layer_table_by_hand():
   fc6, fc7, fc8 = 9216 * 4096, 4096 * 4096, 4096 * 1000
   forward = conv1 + conv2 + conv3 + conv4 + conv5 + fc6 + fc7 + fc8
   assert forward == 724_406_816  # "about 724 million multiply-adds" (PAPER.md)
-  net = test_model.network()
+  net = reference.network()
   assert model_lib.layer_macs(net, 224) == {
       'conv1': conv1, 'conv2': conv2, 'conv3': conv3, 'conv4': conv4, 'conv5': conv5,
       'fc6': fc6, 'fc7': fc7, 'fc8': fc8}

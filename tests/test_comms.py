@@ -1,82 +1,25 @@
-"""The communication report: the HLO parser on programs whose collectives are known, and the
-measured bytes of the real train step against the formula from the layer table."""
+"""The communication report: the measured bytes of the real train step against the formula from
+the layer table (the HLO parser's own tests: test_hlo.py)."""
 
 import functools
 import json
 import os
 
-import jax
-import jax.numpy as jnp
 import pytest
-from jax.sharding import PartitionSpec as P
 
 from alexnet_jax.tools import comms
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import strategies
 from alexnet_jax.tools import formula
-from alexnet_jax.tools import hlo
-import test_strategies
-import test_model  # the network helper (tests/ is on sys.path under pytest)
-
-
-def compiled_collectives(fn, *args, num_devices=4):
-  return hlo.parse_collectives(jax.jit(fn).lower(*args).compile().as_text(), num_devices)
-
-
-def test_parser_on_known_collectives():
-  mesh = strategies.make_mesh((2, 2), ('a', 'b'))
-
-  def body(x, y):
-    g = jax.lax.all_gather(x, 'b', axis=1, tiled=True)  # f32[4, 6] -> [4, 12] over 2 devices
-    s = jax.lax.psum(y, ('a', 'b'))  # f32[3] over 4
-    r = jax.lax.psum_scatter(g, 'a', scatter_dimension=1, tiled=True)  # [4, 12] -> [4, 6]
-    p = jax.lax.ppermute(x, 'a', [(0, 1), (1, 0)])  # f32[4, 6]
-    return g, s, r, p
-
-  f = jax.shard_map(body, mesh=mesh, in_specs=(P('a', 'b'), P()),
-                    out_specs=(P('a'), P(), P('a', 'b'), P('a', 'b')), check_vma=False)
-  found = compiled_collectives(f, jnp.ones((8, 12)), jnp.ones(3))
-  by_kind = {c.kind: c for c in found}
-  assert sorted(by_kind) == ['all-gather', 'all-reduce', 'collective-permute', 'reduce-scatter']
-  assert len(found) == 4
-  ag, ar, rs, cp = (by_kind[k] for k in ('all-gather', 'all-reduce', 'reduce-scatter',
-                                         'collective-permute'))
-  assert (ag.shape, ag.group_size, ag.bytes_per_device) == ([4, 12], 2, 4 * 12 * 4 / 2)
-  assert (ar.shape, ar.group_size, ar.bytes_per_device) == ([3], 4, 2 * 3 / 4 * 3 * 4)
-  assert (rs.shape, rs.group_size, rs.bytes_per_device) == ([4, 6], 2, 4 * 6 * 4)
-  assert (cp.shape, cp.bytes_per_device) == ([4, 6], 4 * 6 * 4)
-  assert all(c.dtype == 'f32' and c.layer == '?' for c in found)  # no layer scope here
-
-
-def test_parser_reads_every_replica_group_spelling_and_combined_ops():
-  lines = [
-      '%a = f32[8,4]{1,0} all-gather(%x), channel_id=1, replica_groups={{0,1,2,3}}, '
-      'dimensions={0}, metadata={op_name="jit(f)/shard_map/fc6/all_gather"}',
-      '%b = f32[8]{0} all-reduce(%y), replica_groups=[4,2]<=[8], to_apply=%add',
-      "%c = bf16[2,2]{1,0} reduce-scatter(%z), replica_groups=mesh['x'=2,'y'=4] {'y'}, "
-      'dimensions={0}',
-      '%d = (f32[10]{0}, f32[]) all-reduce(%p, %q), replica_groups={{0,1}}, metadata={op_name='
-      '"jit(f)/(transpose(jvp())/shard_map/conv2/psum_invariant:reduce_sum)"}',
-      '%e = (f32[4]{0}, f32[8]{0}) all-gather-start(%r), replica_groups={}',
-      '%f = f32[8]{0} all-gather-done(%e)']
-  found = hlo.parse_collectives('\n'.join(lines), num_devices=8)
-  assert [(c.kind, c.group_size) for c in found] == [
-      ('all-gather', 4), ('all-reduce', 2), ('reduce-scatter', 4), ('all-reduce', 2),
-      ('all-reduce', 2), ('all-gather', 8)]
-  assert found[0].layer == 'fc6' and found[0].bytes_per_device == 8 * 4 * 4 * 3 / 4
-  assert found[2].bytes_per_device == 3 * 2 * 2 * 2  # bf16, input 4x the result
-  assert [c.layer for c in found[3:5]] == ['conv2', comms.LOSS]
-  assert [c.phase for c in found[3:5]] == ['backward', 'forward']
-  assert found[3].combined == 2 and found[3].bytes_per_device == 40.0
-  assert found[5].shape == [8] and found[5].bytes_per_device == 8 * 4 * 7 / 8
+import reference  # the shared test helpers (tests/ is on sys.path under pytest)
 
 
 @functools.lru_cache(maxsize=None)
 def measured(name, num_devices, batch_size, num_towers=2):
-  config = test_strategies.small_config(batch_size, num_towers)
+  config = reference.small_config(batch_size, num_towers)
   return comms.measure(config, name, num_devices, steps=0,
-                       compiler_options=test_strategies.FAST_COMPILE,
-                       params=test_strategies.initial_params(num_towers))
+                       compiler_options=reference.FAST_COMPILE,
+                       params=reference.initial_params(num_towers))
 
 
 @pytest.mark.parametrize('name,num_devices', [('towers', 2), ('data', 2)])
@@ -94,7 +37,7 @@ def test_measured_bytes_equal_the_formula(name, num_devices, batch_size):
   if name == 'towers':  # per tower: pool2 3x3x16, pool5 1x1x16, fc6 32, fc7 32; f32, fwd + bwd
     assert entry['model_bytes_per_step'] == 2 * 4 * batch_size * (3 * 3 * 16 + 16 + 32 + 32)
   else:  # one all-reduce of all parameters over 2 devices: 2 (2-1)/2 * 4 bytes * count
-    count = sum(formula.layer_table(test_model.network(
+    count = sum(formula.layer_table(reference.network(
         conv_features=(8, 16, 24, 24, 16), fc_features=(32, 32), classes_per_tower=4),
         67)[layer]['params'] for layer in comms.LAYERS)
     assert entry['model_bytes_per_step'] == 4 * count
@@ -119,7 +62,7 @@ def test_one_tower_hybrid_bytes_equal_the_formula(num_devices):
   One device (the one-GPU baseline) moves nothing."""
   n, batch = num_devices, 8
   entry = measured('hybrid', n, batch, num_towers=1)
-  config = test_strategies.small_config(batch, num_towers=1)
+  config = reference.small_config(batch, num_towers=1)
   table = formula.layer_table(model_lib.make_network(config.model, config.model.num_classes),
                             config.image_size)
   want = formula.analytic_bytes('hybrid', n, batch, table, num_towers=1)
@@ -148,7 +91,7 @@ def test_one_tower_hybrid_bytes_equal_the_formula(num_devices):
 def test_paper_formula_volumes():
   """The paper's numbers: data parallelism all-reduces 60,965,224 parameters (244 MB on 2
   devices); the towers move a few hundred kB per image."""
-  table = formula.layer_table(test_model.network(), 224)
+  table = formula.layer_table(reference.network(), 224)
   assert sum(row['params'] for row in table.values()) == 60_965_224
   data = sum(formula.analytic_bytes('data', 2, 128, table).values())
   assert data == 4 * 60_965_224
@@ -162,7 +105,7 @@ def test_paper_one_tower_hybrid_formula():
   """The paper's one-GPU net (59,798,312 parameters) under Krizhevsky 2014's hybrid: conv
   gradients all-reduced, the whole batch's pool5 (6 x 6 x 256), fc6 and fc7 (4096 each) gathered
   and scattered over n; nothing read across towers at conv3, no fc8 gradient all-reduce."""
-  net = model_lib.make_network(test_model.model_config(num_towers=1), 1000)
+  net = model_lib.make_network(reference.model_config(num_towers=1), 1000)
   table = formula.layer_table(net, 224)
   assert sum(row['params'] for row in table.values()) == 59_798_312
   assert {layer: row['reads_per_tower'] for layer, row in table.items() if row['reads_per_tower']
@@ -179,10 +122,10 @@ def test_paper_one_tower_hybrid_formula():
 
 
 def test_report_files(tmp_path):
-  config = test_strategies.small_config(8)
+  config = reference.small_config(8)
   result = comms.report(config, 2, steps=1, warmup=1, strategies=['towers', 'towers_data'],
-                        log=lambda _: None, compiler_options=test_strategies.FAST_COMPILE,
-                        params=test_strategies.initial_params())
+                        log=lambda _: None, compiler_options=reference.FAST_COMPILE,
+                        params=reference.initial_params())
   comms.write(result, str(tmp_path))
   data = json.load(open(os.path.join(tmp_path, 'comms.json')))
   assert {'devices', 'batch_size', 'strategies'} <= set(data)
@@ -201,11 +144,11 @@ def test_report_files(tmp_path):
 
 def test_both_towers_executors_agree():
   """The timing comparison behind the stage-by-stage executor compares equal computations."""
-  net = test_model.network(conv_features=(8, 16, 24, 24, 16), fc_features=(32, 32),
+  net = reference.network(conv_features=(8, 16, 24, 24, 16), fc_features=(32, 32),
                                        classes_per_tower=4)
   out = comms.time_both_towers_executors(net, 2, 67, repeats=1,
-                                         compiler_options=test_strategies.FAST_COMPILE,
-                                         params=test_strategies.initial_params())
+                                         compiler_options=reference.FAST_COMPILE,
+                                         params=reference.initial_params())
   assert out['max_abs_difference'] <= 1e-5 * out['max_abs_value'] and out['max_abs_value'] > 0
   assert out['split_grouped_convolutions'] == 0 < out['vmapped_grouped_convolutions']
   assert out['split_seconds'] > 0 and out['vmapped_seconds'] > 0

@@ -1,12 +1,11 @@
-"""The cost model of the pod plan, term by term, against computations written out by hand; and
-the op reading of hlo.step_ops on HLO text in the forms XLA:GPU and the TPU compiler print."""
+"""The cost model of the pod plan, term by term, against computations written out by hand (the
+op reading of hlo.step_ops it starts from: test_hlo.py)."""
 
 import dataclasses
 
 import pytest
 
 from alexnet_jax.tools import costmodel
-from alexnet_jax.tools import hlo
 from alexnet_jax.tools import plan as plan_lib
 from alexnet_jax.tools import targets
 
@@ -205,89 +204,3 @@ def test_sensitivity_names_where_the_ranking_flips():
   assert {e for e, _ in flips} == {0.5, 0.75}
   assert all(f['winner'] == 'b' and f['plan_winner'] == 'a' for f in sens['flips'])
   assert len(sens['grid']) == len(plan_lib.EFFICIENCY_SCALES) * len(plan_lib.LATENCY_SCALES)
-
-
-# --- Reading the ops of a compiled step. ---
-
-GPU_STEP = '''HloModule m, is_scheduled=true
-
-%gemm_computation (parameter_0: f32[128,9216], parameter_1: f32[2,9216,2048]) -> f32[128,2048] {
-  %parameter_1 = f32[2,9216,2048]{2,1,0} parameter(1)
-  %slice.1 = f32[1,9216,2048]{2,1,0} slice(%parameter_1), slice={[0:1], [0:9216], [0:2048]}
-  %bitcast.1 = f32[9216,2048]{1,0} bitcast(%slice.1)
-  %parameter_0 = f32[128,9216]{1,0} parameter(0)
-  ROOT %dot.1 = f32[128,2048]{1,0} dot(%parameter_0, %bitcast.1), lhs_contracting_dims={1}, rhs_contracting_dims={0}, metadata={op_name="jit(f)/jvp()/Tower.fc6_fc7/fc6/dot_general"}
-}
-
-%relu_computation (param_0: f32[128,55,55,48]) -> f32[128,55,55,48] {
-  %param_0 = f32[128,55,55,48]{3,2,1,0} parameter(0)
-  %zero = f32[] constant(0)
-  %b = f32[128,55,55,48]{3,2,1,0} broadcast(%zero), dimensions={}
-  ROOT %max = f32[128,55,55,48]{3,2,1,0} maximum(%param_0, %b)
-}
-
-ENTRY %main (x: f32[128,3,227,227], w: f32[48,3,11,11], k: f32[2,9216,2048], a: f32[128,9216], g: f32[128,48,55,55]) -> f32[128,2048] {
-  %x = f32[128,3,227,227]{3,2,1,0} parameter(0)
-  %w = f32[48,3,11,11]{3,2,1,0} parameter(1)
-  %k = f32[2,9216,2048]{2,1,0} parameter(2)
-  %a = f32[128,9216]{1,0} parameter(3)
-  %g = f32[128,48,55,55]{3,2,1,0} parameter(4)
-  %conv = (f32[128,48,55,55]{3,2,1,0}, u8[1024]{0}) custom-call(%x, %w), window={size=11x11 stride=4x4}, dim_labels=bf01_oi01->bf01, custom_call_target="__cudnn$convForward", metadata={op_name="jit(f)/jvp()/Tower.conv1_conv2/conv1/conv_general_dilated"}
-  %gte = f32[128,48,55,55]{3,2,1,0} get-tuple-element(%conv), index=0
-  %bwf = (f32[48,3,11,11]{3,2,1,0}, u8[0]{0}) custom-call(%x, %g), window={size=11x11 stride=4x4}, dim_labels=bf01_oi01->bf01, custom_call_target="__cudnn$convBackwardFilter"
-  %bwi = (f32[128,3,227,227]{3,2,1,0}, u8[0]{0}) custom-call(%g, %w), window={size=11x11 stride=4x4}, dim_labels=bf01_oi01->bf01, custom_call_target="__cudnn$convBackwardInput"
-  %relu = f32[128,55,55,48]{3,2,1,0} fusion(%gte), kind=kLoop, calls=%relu_computation
-  %ar-start = f32[48,3,11,11]{3,2,1,0} all-reduce-start(%w), channel_id=1, replica_groups={{0,1}}, to_apply=%relu_computation, metadata={op_name="jit(f)/transpose(jvp())/shard_map/conv1/psum_invariant"}, backend_config={"collective_backend_config":{"is_sync":false}}
-  %fc6 = f32[128,2048]{1,0} fusion(%a, %k), kind=kCustom, calls=%gemm_computation
-  %ar-done = f32[48,3,11,11]{3,2,1,0} all-reduce-done(%ar-start)
-  ROOT %out = f32[128,2048]{1,0} copy(%fc6)
-}
-'''
-
-
-def test_ops_of_a_compiled_step_with_their_flops_and_memory():
-  module = hlo.Module(GPU_STEP)
-  collectives = hlo.parse_collectives(module, 2)
-  ops = {o.name: o for o in hlo.step_ops(module, collectives)}
-  forward = 2 * 128 * 48 * 55 * 55 * (3 * 11 * 11)  # 2 x output x (filter per output map)
-  assert ops['conv'].category == 'conv' and ops['conv'].flops == forward
-  assert ops['conv'].layer == 'conv1'
-  # Both backward convolutions cost what the forward does.
-  assert ops['bwf'].flops == forward and ops['bwi'].flops == forward
-  # The forward reads input and filter and writes its output (not the scratch space).
-  assert ops['conv'].bytes == 4 * (128 * 3 * 227 * 227 + 48 * 3 * 11 * 11 + 128 * 48 * 55 * 55)
-  # The fc6 product inside a fusion: 2 x 128 x 2048 x 9216, reading the input, one tower's half
-  # of the stacked kernel (through a slice), writing the output.
-  assert ops['fc6'].category == 'matmul' and ops['fc6'].flops == 2 * 128 * 2048 * 9216
-  assert ops['fc6'].bytes == 4 * (128 * 9216 + 9216 * 2048 + 128 * 2048)
-  assert ops['fc6'].layer == 'fc6'
-  # An elementwise fusion: read and written once.
-  assert ops['relu'].category == 'memory' and ops['relu'].bytes == 2 * 4 * 128 * 55 * 55 * 48
-  assert ops['out'].category == 'memory' and ops['out'].bytes == 2 * 4 * 128 * 2048
-  assert ops['gte'].category == 'free' and ops['x'].category == 'free'
-  # The asynchronous all-reduce: its start runs the collective parse_collectives lists, its
-  # done waits for it.
-  assert ops['ar-start'].category == 'collective' and ops['ar-start'].asynchronous
-  assert ops['ar-start'].collective == ['ar-start']
-  assert ops['ar-done'].category == 'wait' and ops['ar-done'].waits_for == 'ar-start'
-  assert [c.instruction for c in collectives] == ['ar-start']
-
-
-def test_a_tpu_convolution_fusion_is_counted_from_its_convolution():
-  text = '''HloModule m, is_scheduled=true
-
-%fused_conv (p0: bf16[8,32,32,64], p1: bf16[3,3,64,128]) -> bf16[8,32,32,128] {
-  %p0 = bf16[8,32,32,64]{3,2,1,0} parameter(0)
-  %p1 = bf16[3,3,64,128]{3,2,1,0} parameter(1)
-  ROOT %c = bf16[8,32,32,128]{3,2,1,0} convolution(%p0, %p1), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_01io->b01f
-}
-
-ENTRY %main (x: bf16[8,32,32,64], w: bf16[3,3,64,128]) -> bf16[8,32,32,128] {
-  %x = bf16[8,32,32,64]{3,2,1,0} parameter(0)
-  %w = bf16[3,3,64,128]{3,2,1,0} parameter(1)
-  ROOT %f = bf16[8,32,32,128]{3,2,1,0} fusion(%x, %w), kind=kOutput, calls=%fused_conv
-}
-'''
-  (f,) = [o for o in hlo.step_ops(hlo.Module(text)) if o.name == 'f']
-  assert f.category == 'conv' and f.flops == 2 * 8 * 32 * 32 * 128 * (3 * 3 * 64)
-  assert f.bytes == 2 * (8 * 32 * 32 * 64 + 3 * 3 * 64 * 128 + 8 * 32 * 32 * 128)

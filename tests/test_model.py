@@ -10,7 +10,8 @@ import pytest
 
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import strategies
-from configs import default
+# The independent one-device network and the shared helpers (tests/ is on sys.path under pytest).
+from reference import SMALL, SMALL_SIZE, model_config, network, one_device_alexnet, rel_err
 
 PAPER_PARAMS = 60_965_224
 
@@ -44,13 +45,6 @@ def test_lrn_matches_paper_formula_including_tower_edges(impl):
 def test_conv1_padding_gives_55(size, pad):
   assert model_lib.conv1_padding(size) == pad
   assert (size + pad - 11) // 4 + 1 == 55
-
-
-def network(**fields) -> model_lib.Tower:
-  """The paper's network (configs/default.py's model section, 1000 classes, the reference
-  kernels) with `fields` of its Tower changed."""
-  config = default.get_config().model
-  return model_lib.make_network(config, config.num_classes).clone(**fields)
 
 
 def paper_tower():
@@ -115,63 +109,8 @@ def test_init_follows_section_5():
   assert not np.allclose(w[0], w[1])
 
 
-# --- The two-tower shard_map against a one-device network written independently. ---
-
-SMALL = dict(conv_features=(8, 16, 24, 24, 16), fc_features=(32, 32), classes_per_tower=5)
-SMALL_SIZE = 67  # conv1 -> 15, pool -> 7, pool -> 3, pool5 -> 1
-
-
-def pool(x, window=3, stride=2):
-  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, window, window, 1),
-                               (1, stride, stride, 1), 'VALID')
-
-
-def conv(x, w, b, stride, pad, groups=1):
-  y = jax.lax.conv_general_dilated(x, w, (stride, stride), pad, feature_group_count=groups,
-                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-                                   precision=jax.lax.Precision.HIGHEST)
-  return y + b
-
-
-def lrn_by_group(x, groups=2):
-  """LRN on each tower's channels separately (channel loop, like numpy_lrn, in jnp)."""
-  halves = jnp.split(x, groups, axis=-1)
-  out = []
-  for h in halves:
-    sq = h ** 2
-    c = h.shape[-1]
-    s = jnp.stack([jnp.sum(sq[..., max(0, i - 2):min(c, i + 3)], axis=-1) for i in range(c)], -1)
-    out.append(h / (2.0 + 1e-4 * s) ** 0.75)
-  return jnp.concatenate(out, -1)
-
-
-@functools.partial(jax.jit, static_argnames=('rate', 'lrn', 'window', 'stride'))
-def one_device_alexnet(stacked, x, keep=None, rate=0.5, lrn=True, window=3, stride=2):
-  """AlexNet as one network with grouped convolutions (Caffe's group=2), from the stacked
-  two-tower parameters: tower 1's kernels are the first half of every layer. With parameters
-  stacked on an axis of 1 (model.num_towers = 1): one group, the plain one-tower network. `lrn`,
-  `window`, `stride`: the ablation switches, written independently of model.py."""
-  groups = stacked['conv1']['kernel'].shape[0]
-  cat = lambda name, what: jnp.concatenate(list(stacked[name][what]), -1)
-  relu = jax.nn.relu
-  norm = (lambda y: lrn_by_group(y, groups)) if lrn else (lambda y: y)
-  mp = lambda y: pool(y, window, stride)
-  pad = model_lib.conv1_padding(x.shape[1])
-  x = mp(norm(relu(conv(x, cat('conv1', 'kernel'), cat('conv1', 'bias'), 4,
-                        ((0, pad), (0, pad))))))
-  x = mp(norm(relu(conv(x, cat('conv2', 'kernel'), cat('conv2', 'bias'), 1,
-                        ((2, 2), (2, 2)), groups=groups))))
-  x = relu(conv(x, cat('conv3', 'kernel'), cat('conv3', 'bias'), 1, ((1, 1), (1, 1))))
-  x = relu(conv(x, cat('conv4', 'kernel'), cat('conv4', 'bias'), 1, ((1, 1), (1, 1)), groups))
-  x = mp(relu(conv(x, cat('conv5', 'kernel'), cat('conv5', 'bias'), 1, ((1, 1), (1, 1)),
-                   groups)))
-  x = x.reshape(x.shape[0], -1)
-  hp = jax.lax.Precision.HIGHEST
-  for name in ('fc6', 'fc7'):
-    x = relu(jnp.dot(x, cat(name, 'kernel'), precision=hp) + cat(name, 'bias'))
-    if keep is not None:
-      x = x * keep[name] / (1 - rate)
-  return jnp.dot(x, cat('fc8', 'kernel'), precision=hp) + cat('fc8', 'bias')
+# --- The two-tower shard_map against the one-device network written independently
+# (tests/reference.py). ---
 
 
 @functools.lru_cache(maxsize=None)
@@ -187,11 +126,6 @@ def small_setup(batch=4):
   params = jax.tree.map(lambda p: p * 10.0, params)
   images = jax.random.normal(jax.random.key(1), (batch, SMALL_SIZE, SMALL_SIZE, 3)) * 50
   return net, strategy, params, images
-
-
-def rel_err(a, b):
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)
 
 
 def test_two_towers_equal_one_device_network_without_dropout():
@@ -269,16 +203,6 @@ def test_head_zeroinit_zeroes_fc8_only_and_starts_at_loss_log_classes():
   np.testing.assert_array_equal(np.asarray(logits), 0.0)  # softmax loss: log 10 exactly
 
 # --- The ablation switches (alexnet_jax/tools/ablate.py): each changes exactly what it names. ---
-
-def model_config(widths=None, **switches):
-  """configs/default.py's model section (the paper's), with the switches changed."""
-  c = default.get_config().model
-  if widths is not None:
-    c.conv_features, c.fc_features = widths
-  for k, v in switches.items():
-    c[k] = v
-  return c
-
 
 def shapes(net, size):
   """Kernel shapes (stacked axis first) and each layer's output per image, all towers."""

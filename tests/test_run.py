@@ -12,13 +12,12 @@ from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import run as run_lib
 from alexnet_jax.core import strategies
 from configs import tiny
-import test_model  # the independent one-device network (tests/ is on sys.path under pytest)
-import test_strategies
+import reference  # the shared test helpers (tests/ is on sys.path under pytest)
 import tolerance
 
 
 def _config(parallelism='towers', num_devices=2, **model):
-  config = test_strategies.small_config()
+  config = reference.small_config()
   config.parallelism, config.num_devices = parallelism, num_devices
   for field, value in model.items():
     config.model[field] = value
@@ -46,7 +45,7 @@ def test_building_allocates_nothing_on_the_devices():
 def test_state_from_params_is_placed_where_the_strategy_says(name, num_devices):
   config = _config(name, num_devices)
   run = run_lib.build(config)
-  params = test_strategies.initial_params()
+  params = reference.initial_params()
   state = run.state_from_params(params)
   want = strategies.make_strategy(name, run.net, num_devices=num_devices).param_sharding(params)
   for got, spec in zip(jax.tree.leaves(state.params), jax.tree.leaves(want)):
@@ -111,7 +110,7 @@ def test_reference_and_cpu_kernels_train_the_same_step(name, num_devices):
   on the parameters: an updated parameter near zero carries the rounding of an update and a
   parameter each far larger than itself."""
   results = {}
-  before = test_strategies.initial_params()
+  before = reference.initial_params()
   for kernels in kernels_lib.IMPLS:
     config = _config(name, num_devices, kernels=kernels)
     run = run_lib.build(config)
@@ -119,7 +118,7 @@ def test_reference_and_cpu_kernels_train_the_same_step(name, num_devices):
     state = run.state_from_params(before)
     batch = run.synthetic_batch(config.seed)
     new_state, metrics = run.train_step.lower(state, batch).compile(
-        test_strategies.FAST_COMPILE)(state, batch)
+        reference.FAST_COMPILE)(state, batch)
     velocity = [s for s in new_state.opt_state.inner_state if hasattr(s, 'trace')][0].trace
     results[kernels] = (float(metrics['loss']), jax.tree.map(np.asarray, velocity),
                         jax.tree.map(np.asarray, new_state.params))
@@ -128,7 +127,7 @@ def test_reference_and_cpu_kernels_train_the_same_step(name, num_devices):
   assert loss_r == pytest.approx(loss_c, rel=1e-5)
   for layer in vel_r:
     for what in vel_r[layer]:
-      assert test_model.rel_err(vel_c[layer][what], vel_r[layer][what]) < 1e-4, (layer, what)
+      assert reference.rel_err(vel_c[layer][what], vel_r[layer][what]) < 1e-4, (layer, what)
       old = np.asarray(before[layer][what], np.float64)
       np.testing.assert_allclose(
           par_c[layer][what] - old, par_r[layer][what] - old, rtol=0,

@@ -13,41 +13,11 @@ from alexnet_jax.core import strategies
 from alexnet_jax.core import config as config_lib
 from alexnet_jax.core import run as run_lib
 from alexnet_jax.core import steps
-from configs import default
-import test_model  # the independent one-device network (tests/ is on sys.path under pytest)
+import reference  # the independent one-device network (tests/ is on sys.path under pytest)
+from reference import FAST_COMPILE, initial_params, rel_err, small_config
 
-# XLA:CPU compiles these small programs 3x faster with LLVM's optimisation off; the numbers and
-# the collectives are the same programs' (the comms tests pass the same options, and so share
-# the compilation cache with these).
-FAST_COMPILE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
 CASES = [('towers', 2)] + [(name, n) for name in ('data', 'hybrid', 'towers_data', 'fsdp')
                            for n in (2, 4, 8)]
-
-
-def small_config(batch_size: int = 8, num_towers: int = 2):
-  """test_model.SMALL with 8 classes (so fc8 splits over towers, or over 1, 2, 4 and 8 devices
-  in one tower's hybrid), dropout on, and no weight decay, so the first step's velocity is
-  exactly -learning_rate * gradient. `num_towers` = 1: the one-tower net of those widths."""
-  c = default.get_config()
-  c.model.num_towers = num_towers
-  c.model.conv_features = test_model.SMALL['conv_features']
-  c.model.fc_features = test_model.SMALL['fc_features']
-  c.model.num_classes = 8
-  c.image_size = test_model.SMALL_SIZE
-  c.batch_size = c.eval_batch_size = batch_size
-  c.weight_decay = 0.0
-  return c
-
-
-@functools.lru_cache(maxsize=None)
-def initial_params(num_towers: int = 2):
-  """One initialisation for every strategy, with larger weights than the paper's 0.01 so every
-  layer's signal is far from zero."""
-  config = small_config(num_towers=num_towers)
-  net = model_lib.make_network(config.model, config.model.num_classes)
-  params = jax.jit(lambda k: model_lib.init_params(net, k, config.image_size))(
-      jax.random.key(config.seed))
-  return jax.tree.map(lambda p: np.asarray(p) * 10.0, params)
 
 
 @functools.lru_cache(maxsize=None)
@@ -72,17 +42,13 @@ def one_step(name: str, num_devices: int, num_towers: int = 2):
           jax.tree.map(np.asarray, keep), host_batch)
 
 
-def rel_err(a, b):
-  return test_model.rel_err(a, b)
-
-
 def one_device_step(name: str, num_devices: int, num_towers: int = 2):
-  """The loss and gradient of the independent one-device network (test_model), on the same
-  parameters, batch and dropout masks as `one_step`."""
+  """The loss and gradient of the independent one-device network (tests/reference.py), on the
+  same parameters, batch and dropout masks as `one_step`."""
   _, before, _, _, keep, batch = one_step(name, num_devices, num_towers)
 
   def ref_loss(p):
-    logits = test_model.one_device_alexnet(p, batch['image'], keep)
+    logits = reference.one_device_alexnet(p, batch['image'], keep)
     return steps.cross_entropy(logits, batch['label']).mean()
 
   return jax.jit(jax.value_and_grad(ref_loss))(before)
@@ -94,7 +60,7 @@ def test_towers_step_equals_one_device_network():
   loss, before, grads, _, keep, batch = one_step('towers', 2)
 
   def ref_loss(p):
-    logits = test_model.one_device_alexnet(p, batch['image'], keep)
+    logits = reference.one_device_alexnet(p, batch['image'], keep)
     return steps.cross_entropy(logits, batch['label']).mean()
 
   want_loss, want_grad = jax.jit(jax.value_and_grad(ref_loss))(before)
@@ -137,7 +103,7 @@ def test_one_tower_hybrid_logits_equal_data_and_the_one_device_network(num_devic
     forward = jax.jit(s.forward).lower(jax.device_put(params, s.param_sharding(params)),
                                        images, keep).compile(FAST_COMPILE)
     logits[name] = forward(jax.device_put(params, s.param_sharding(params)), images, keep)
-  want = test_model.one_device_alexnet(params, images, keep)
+  want = reference.one_device_alexnet(params, images, keep)
   assert logits['hybrid'].shape == (8, 8) and np.std(np.asarray(want)) > 1e-3
   assert rel_err(logits['hybrid'], logits['data']) <= 1e-5
   assert rel_err(logits['hybrid'], want) <= 1e-5
@@ -164,7 +130,7 @@ def test_one_tower_hybrid_step_equals_data_and_the_one_device_network(num_device
 
 
 def test_parameters_live_where_the_strategy_says():
-  net = test_model.network(**test_model.SMALL)
+  net = reference.network(**reference.SMALL)
   abstract = jax.eval_shape(lambda k: model_lib.init_params(net, k, 67), jax.random.key(0))
   hybrid = strategies.make_strategy('hybrid', net, num_devices=4)
   specs = hybrid.param_specs(abstract)
@@ -193,13 +159,13 @@ def test_parameters_live_where_the_strategy_says():
     ('towers', 4, 'exactly 2'), ('hybrid', 3, 'even'), ('towers_data', 5, 'even'),
     ('data', 16, 'only 8 are visible'), ('pipeline', 2, 'nknown parallelism')])
 def test_device_count_a_strategy_cannot_use_is_refused(name, num_devices, match):
-  net = test_model.network(**test_model.SMALL)
+  net = reference.network(**reference.SMALL)
   with pytest.raises(ValueError, match=match):
     strategies.make_strategy(name, net, num_devices=num_devices)
 
 
 def test_hybrid_refuses_fc_widths_it_cannot_split():
-  net = test_model.network(conv_features=(8, 16, 24, 24, 16), fc_features=(30, 32))
+  net = reference.network(conv_features=(8, 16, 24, 24, 16), fc_features=(30, 32))
   assert 'not divisible' in strategies.fit_error('hybrid', 8, net)
   assert strategies.fit_error('hybrid', 4, net) is None
 
@@ -208,7 +174,7 @@ def test_one_tower_hybrid_refuses_widths_and_classes_it_cannot_split():
   """fc6 and fc7 split by neuron and fc8 by class over all N: each must divide by N; odd N
   is fine (no tower axis)."""
   widths = ((8, 16, 24, 24, 16), (15, 18))  # the one tower: fc6 30, fc7 36 neurons
-  one = model_lib.make_network(test_model.model_config(widths, num_towers=1), 12)
+  one = model_lib.make_network(reference.model_config(widths, num_towers=1), 12)
   assert one.fc_features == (30, 36) and one.classes_per_tower == 12
   for n in (1, 2, 3):
     assert strategies.fit_error('hybrid', n, one) is None, n
@@ -218,7 +184,7 @@ def test_one_tower_hybrid_refuses_widths_and_classes_it_cannot_split():
   error = strategies.fit_error('hybrid', 5, one)
   assert '36 fc7 neurons' in error and 'model.fc_features[1]=18' in error
   assert 'not divisible by 5' in error
-  one = model_lib.make_network(test_model.model_config(widths, num_towers=1), 10)
+  one = model_lib.make_network(reference.model_config(widths, num_towers=1), 10)
   error = strategies.fit_error('hybrid', 3, one)
   assert "fc8's 10 classes" in error and 'model.num_classes' in error
   with pytest.raises(ValueError, match='not divisible by 4'):

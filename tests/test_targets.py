@@ -1,6 +1,7 @@
-"""The pod plan: hardware profiles, the prediction model, reading compilers' programs, and (where
-the optional compilers of requirements-targets.txt are installed) compiling for a TPU slice and
-GPU nodes this machine does not have.
+"""The pod plan: hardware profiles, the prediction model, and (where the optional compilers of
+requirements-targets.txt are installed) compiling for a TPU slice and GPU nodes this machine does
+not have. Reading the compilers' programs (HLO text in the forms XLA:GPU and TPU print):
+test_hlo.py.
 
 The compile tests skip without the compilers, unless ALEXNET_REQUIRE_TARGETS=1 (CI's second
 stage installs them and sets it, so there they must run)."""
@@ -12,11 +13,9 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from alexnet_jax.runtime import quiet
-from alexnet_jax.tools import analysis
 from alexnet_jax.tools import costmodel
 from alexnet_jax.tools import hlo
 from alexnet_jax.tools import plan as plan_lib
@@ -190,117 +189,6 @@ def test_prediction_by_hand():
   f32 = plan_lib.predict(entry, h100, 0.5, 'float32', None)
   assert f32['predicted_compute_seconds'] == pytest.approx(4e12 / (494.5e12 * 0.5))
   assert 'input_images_per_second' not in f32
-
-
-# --- Reading compilers' programs (HLO text written here, the forms XLA:GPU and TPU print). ---
-
-GPU_LIKE = '''HloModule m, is_scheduled=true
-
-%wrapped_concatenate_computation (param_0: f32[32], param_1: f32[726], param_2: f32[128]) -> f32[886] {
-  %param_0 = f32[32]{0} parameter(0)
-  %param_1 = f32[726]{0} parameter(1)
-  %param_2 = f32[128]{0} parameter(2)
-  ROOT %c = f32[886]{0} concatenate(%param_0, %param_1, %param_2), dimensions={0}
-}
-
-ENTRY %main (p0: f32[2,16], p1: f32[2,11,11,3]) -> f32[886] {
-  %p0 = f32[2,16]{1,0} parameter(0), metadata={op_name="jit(f)/transpose(jvp())/shard_map/add_any"}
-  %p1 = f32[2,11,11,3]{3,2,1,0} parameter(1)
-  %p2 = f32[128]{0} parameter(2), metadata={op_name="jit(f)/jvp(jit(log_softmax))/reduce_max"}
-  %b0 = f32[32]{0} bitcast(%p0)
-  %b1 = f32[726]{0} bitcast(%p1)
-  %wrapped_concatenate = f32[886]{0} fusion(%b0, %b1, %p2), kind=kLoop, calls=%wrapped_concatenate_computation
-  %all-reduce-start = f32[886]{0} all-reduce-start(%wrapped_concatenate), channel_id=1, replica_groups=[2,4]<=[4,2]T(1,0), use_global_device_ids=true, backend_config={"collective_backend_config":{"is_sync":false}}
-  %conv = f32[8,8]{1,0} custom-call(%p1), custom_call_target="__cudnn$convForward"
-  %gemm = f32[8,8]{1,0} custom-call(%conv), custom_call_target="__cublas$gemm"
-  %add = f32[8,8]{1,0} add(%gemm, %gemm)
-  %all-reduce-done = f32[886]{0} all-reduce-done(%all-reduce-start)
-  %conv2 = f32[8,8]{1,0} custom-call(%add), custom_call_target="__cudnn$convForward"
-  %ag-start = (f32[4,8]{1,0}, f32[8,8]{1,0}) all-gather-start(%add), channel_id=2, replica_groups={{0,1},{2,3},{4,5},{6,7}}, dimensions={0}, metadata={op_name="jit(f)/jvp()/shard_map/Tower/fc7/all_gather"}, backend_config={"collective_backend_config":{"is_sync":true}}
-  %ag-done = f32[8,8]{1,0} all-gather-done(%ag-start)
-  ROOT %r = f32[886]{0} copy(%all-reduce-done)
-}
-'''
-
-TPU_LIKE = '''HloModule m, is_scheduled=true
-
-ENTRY %main (a: f32[2,16], b: f32[2,11,11,3,16], c: f32[]) -> f32[2,16] {
-  %a = f32[2,16]{1,0} parameter(0)
-  %b = f32[2,11,11,3,16]{4,3,2,1,0} parameter(1)
-  %c = f32[] parameter(2)
-  %all-reduce.1 = (f32[2,16]{1,0:T(2,128)}, f32[2,11,11,3,16]{4,3,2,1,0:T(8,128)}, f32[]) all-reduce(%a, %b, %c), channel_id=3, replica_groups=mesh['data'=2,'tower'=2] device_ids=([2,2]T(1,0)) {'data'}, use_global_device_ids=true, to_apply=%add, metadata={op_name="jit(f)/transpose(jvp())/shard_map/conv1/psum_invariant"}
-  ROOT %g = f32[2,16]{1,0} get-tuple-element(%all-reduce.1), index=0
-}
-'''
-
-LEAVES = {'conv1': [((2, 16), (2, 16)), ((2, 11, 11, 3, 16), (2, 11, 11, 3, 16))],
-          'fc6': [((2, 128), (2, 128))]}
-
-
-def test_a_gradient_concatenation_is_split_and_attributed_by_shape():
-  found = hlo.parse_collectives(GPU_LIKE, 8, {'conv1': [((2, 16), (2, 16)),
-                                                        ((2, 11, 11, 3), (2, 11, 11, 3))]})
-  ar = [c for c in found if c.kind == 'all-reduce']
-  assert [c.shape for c in ar] == [[32], [726], [128]]
-  # 32 floats from add_any in the shard_map: conv1's bias gradient, by its size; 726 floats
-  # with no name: conv1's kernel (2 x 11 x 11 x 3), by its size.
-  assert [(c.layer, c.attributed_by) for c in ar[:2]] == [('conv1', 'shape')] * 2
-  # The third is the loss's (its producer's name is outside the shard_map).
-  assert ar[2].layer == hlo.LOSS
-  # Groups: iota [2,4]<=[4,2]T(1,0): arange(8).reshape(4,2).T.reshape(2,4).
-  assert ar[0].groups == np.arange(8).reshape(4, 2).T.reshape(2, 4).tolist()
-  assert ar[0].group_size == 4
-  assert ar[0].bytes_per_device == pytest.approx(2 * 3 / 4 * 32 * 4)
-  # Asynchronous, with the convolution and the matrix product between its start and done.
-  assert ar[0].asynchronous and ar[0].overlap_ops == 2
-  ag = [c for c in found if c.kind == 'all-gather']
-  assert len(ag) == 1 and ag[0].layer == 'fc7' and ag[0].shape == [8, 8]
-  assert not ag[0].asynchronous and ag[0].overlap_ops == 0  # "is_sync": true
-  assert ag[0].groups == [[0, 1], [2, 3], [4, 5], [6, 7]]
-  assert hlo.Module(GPU_LIKE).heavy_ops() == 3
-
-
-def test_a_tuple_all_reduce_named_after_one_layer_is_attributed_by_shape():
-  found = hlo.parse_collectives(TPU_LIKE, 4, LEAVES)
-  assert [(c.shape, c.layer, c.attributed_by) for c in found] == [
-      ([2, 16], 'conv1', 'shape'), ([2, 11, 11, 3, 16], 'conv1', 'shape'),
-      ([], hlo.LOSS, 'none')]
-  # mesh['data'=2,'tower'=2] device_ids=[2,2]T(1,0), groups along 'data': built by hand.
-  ids = np.arange(4).reshape(2, 2).T.reshape(2, 2)  # ids[data, tower]
-  assert sorted(found[0].groups) == sorted([ids[:, t].tolist() for t in range(2)])
-  assert all(c.combined == 3 for c in found)
-
-
-def test_explanations_name_what_the_formula_lacks():
-  found = hlo.parse_collectives(TPU_LIKE, 4, LEAVES)
-  measured = hlo.bytes_by_layer(found)
-  out = analysis.explain('data', found, measured, {'conv1': measured['conv1']}, 'float32')
-  assert out['layers']['conv1']['status'] == 'equal' and not out['layers']['conv1']['notes']
-  assert out['combined']['all-reduce.1']['arrays'] == 3
-  # towers exchanges nothing at conv1: an all-reduce there is the compiler's own (named 'kinds').
-  other = analysis.explain('towers', found, measured, {'conv1': 2 * measured['conv1']},
-                           'float32', LEAVES)
-  assert other['layers']['conv1']['status'] == 'explained'
-  assert any(n.startswith('kinds') for n in other['layers']['conv1']['notes'])
-  # The same kinds as the formula but twice the bytes by formula: nothing explains it.
-  wrong = analysis.explain('data', found, measured, {'conv1': 2 * measured['conv1']}, 'float32',
-                           LEAVES)
-  assert wrong['layers']['conv1']['status'] == 'differs'
-  assert any(n.startswith('unexplained') for n in wrong['layers']['conv1']['notes'])
-
-
-def test_an_activation_gathered_in_bfloat16_is_named_and_counted_in_float32():
-  text = TPU_LIKE.replace(
-      "ROOT %g", '%ag = bf16[64,1024]{1,0} all-gather(%a), replica_groups={{0,1}}, dimensions={0}, '
-      'metadata={op_name="jit(f)/jvp()/shard_map/Tower/fc6/all_gather"}\n  ROOT %g')
-  found = [c for c in hlo.parse_collectives(text, 4, LEAVES) if c.layer == 'fc6']
-  assert [(c.kind, c.dtype, c.shape) for c in found] == [("all-gather", "bf16", [64, 1024])]
-  measured = hlo.bytes_by_layer(found)
-  float32_bytes = 64 * 1024 * 4 / 2  # the same gather in float32, by the ring convention
-  out = analysis.explain('towers', found, measured, {'fc6': float32_bytes}, 'float32', LEAVES)
-  fc6 = out['layers']['fc6']
-  assert measured['fc6'] == float32_bytes / 2 and fc6['status'] == 'explained'
-  assert any(n.startswith('dtype') for n in fc6['notes'])
 
 
 # --- Compiling for hardware this machine does not have. ---
