@@ -1,6 +1,7 @@
 """core/run.py, the one builder: it executes nothing, places the state as the strategy says,
 picks the kernels for the devices' platform, and the two kernel sets train the same step."""
 
+import gc
 import math
 
 import jax
@@ -27,6 +28,7 @@ def _config(parallelism='towers', num_devices=2, **model):
 def test_building_allocates_nothing_on_the_devices():
   """The builder traces shapes only: no array appears on any device until a state is made."""
   config = tiny.get_config()  # the two-tower network at 64 px
+  gc.collect()  # earlier tests' unreachable arrays go now, not while the builder runs
   before = len(jax.live_arrays())
   run = run_lib.build(config)
   assert len(jax.live_arrays()) == before
