@@ -11,9 +11,10 @@ from alexnet_jax.core import checkpointing
 from alexnet_jax.core import config as config_lib
 from alexnet_jax.core import run as run_lib
 from alexnet_jax.core import train
-from alexnet_jax.data import input_pipeline
+from alexnet_jax.data import spec as data_spec
+from alexnet_jax.data import stats as stats_lib
 from configs import tiny
-from conftest import FAST_COMPILE
+from conftest import FAST_COMPILE, prepared_input
 
 # Every strategy, on more devices than its minimum where it can use them (8 simulated CPUs).
 STRATEGIES = [('towers', 2), ('data', 8), ('hybrid', 4), ('towers_data', 8), ('fsdp', 4)]
@@ -35,14 +36,15 @@ def _paper_config(data_dir, parallelism='towers', num_devices=2, **overrides):
 
 @pytest.fixture(scope='module')
 def builder(tiny_data_dir):
-  return input_pipeline.prepare_dataset(_paper_config(tiny_data_dir))
+  return prepared_input(_paper_config(tiny_data_dir)).builder
 
 
 def _placed(run, batch, builder):
   """A host batch placed as the training loop places it (train.prefetch_to_mesh, the constants
   put once)."""
   return next(train.prefetch_to_mesh(iter([batch]), run.batch_sharding,
-                                     constants=train.device_constants(run, builder)))
+                                     constants=train.device_constants(
+                                         run, prepared_input(run.config, builder))))
 
 
 def _numpy_train_images(batch, mean, std):
@@ -62,9 +64,9 @@ def test_device_augmentation_equals_the_host_path_for_every_sharding(builder, ti
   config = _paper_config(tiny_data_dir, parallelism, num_devices)
   run = run_lib.build(config)
   assert run.augment_on == 'device' and run.augment is not None
-  mean = input_pipeline.load_or_compute_stats(config, builder)[0].mean_image
-  host = input_pipeline.train_iterator(config, builder, start_step=3, augment_on='host')
-  device = input_pipeline.train_iterator(config, builder, start_step=3, augment_on='device')
+  mean = stats_lib.load_or_compute(data_spec.from_config(config), builder)[0].mean_image
+  host = prepared_input(config, builder).train_batches(start_step=3, augment_on='host')
+  device = prepared_input(config, builder).train_batches(start_step=3, augment_on='device')
   for _ in range(2):
     want, shipped = next(host), next(device)
     assert shipped['image'].dtype == np.uint8 and shipped['image'].shape == (16, 64, 64, 3)
@@ -80,8 +82,8 @@ def test_device_augmentation_equals_the_host_path_for_every_sharding(builder, ti
     assert np.abs(shipped['colour']).max() > 0 and len(np.unique(shipped['colour'][:, 0])) == 16
 
   for crops, shape in (('center', (24, 64, 64, 3)), ('ten', (24, 72, 72, 3))):
-    want = list(input_pipeline.eval_iterator(config, builder, crops=crops, augment_on='host'))
-    shipped = list(input_pipeline.eval_iterator(config, builder, crops=crops,
+    want = list(prepared_input(config, builder).eval_batches(crops=crops, augment_on='host'))
+    shipped = list(prepared_input(config, builder).eval_batches(crops=crops,
                                                 augment_on='device'))
     assert len(shipped) == len(want) == 4
     for w, s in zip(want, shipped):
@@ -122,13 +124,13 @@ def test_the_steps_on_uint8_batches_equal_the_steps_on_host_batches(builder, tin
   results = {}
   for on, run in runs.items():
     config = run.config
-    constants = train.device_constants(run, builder)
+    constants = train.device_constants(run, prepared_input(config, builder))
     feed = lambda batches: next(train.prefetch_to_mesh(batches, run.batch_sharding,
                                                        constants=constants))
-    batch = feed(input_pipeline.train_iterator(config, builder, start_step=5, augment_on=on))
+    batch = feed(prepared_input(config, builder).train_batches(start_step=5, augment_on=on))
     state = run.state_from_params(initial_params)
     state, metrics = run.train_step.lower(state, batch).compile(FAST_COMPILE)(state, batch)
-    ten = feed(input_pipeline.eval_iterator(config, builder, crops='ten', augment_on=on))
+    ten = feed(prepared_input(config, builder).eval_batches(crops='ten', augment_on=on))
     sums = run.eval_step.lower(state.params, ten).compile(FAST_COMPILE)(state.params, ten)
     results[on] = jax.device_get((metrics, state.params, sums))
   (host_metrics, host_params, host_sums), (metrics, new_params, sums) = (
@@ -148,8 +150,8 @@ def test_device_augmentation_divides_by_std_and_subtracts_a_constant_mean(builde
   config = tiny.get_config()
   config.data_dir, config.augment_on, config.num_devices = tiny_data_dir, 'device', 2
   run = run_lib.build(config)
-  want = next(input_pipeline.train_iterator(config, builder, augment_on='host'))
-  shipped = next(input_pipeline.train_iterator(config, builder, augment_on='device'))
+  want = next(prepared_input(config, builder).train_batches(augment_on='host'))
+  shipped = next(prepared_input(config, builder).train_batches(augment_on='device'))
   assert not shipped['colour'].any()  # pca_lighting_std = 0: no colour noise
   got = np.asarray(run.augment(_placed(run, shipped, builder)))
   np.testing.assert_allclose(got, want['image'], rtol=0, atol=1e-5)
@@ -160,7 +162,7 @@ def test_device_augmentation_divides_by_std_and_subtracts_a_constant_mean(builde
 
 def test_device_batches_are_a_quarter_of_the_host_bytes(builder, tiny_data_dir):
   config = _paper_config(tiny_data_dir)
-  specs = {on: input_pipeline.train_dataset(config, builder, augment_on=on).element_spec
+  specs = {on: prepared_input(config, builder).train_dataset(augment_on=on).element_spec
            for on in ('host', 'device')}
   nbytes = {on: sum(s.shape.num_elements() * s.dtype.size for s in spec.values()) / 16
             for on, spec in specs.items()}

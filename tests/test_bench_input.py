@@ -8,10 +8,8 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
-from alexnet_jax.tools import bench_input
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RATES = ('decode', 'decode_resize', 'augment', 'pipeline', 'augment_device',
@@ -24,26 +22,6 @@ def _check_imagenet_like(images):
   assert 500 <= images['mean_long_side'] <= 560, images
   assert 340 <= images['mean_short_side'] <= 420, images
   assert images['min_side'] >= 333 and images['max_side'] <= 800, images
-
-
-def test_imagenet_like_jpegs_have_ilsvrc_sizes_and_are_deterministic():
-  sizes = [bench_input.image_size(np.random.default_rng([0, i])) for i in range(2000)]
-  share = lambda *dims: np.mean([sorted(s, reverse=True) in [list(d) for d in dims]
-                                 for s in sizes])
-  assert 0.7 < share((500, 375)) < 0.8 and 0.1 < share((500, 333)) < 0.2
-  assert 0.2 < np.mean([h > w for h, w in sizes]) < 0.3  # portraits
-  jpegs = [bench_input.encode_jpeg(bench_input.render_image(np.random.default_rng([0, i])))
-           for i in range(48)]
-  _check_imagenet_like(bench_input.jpeg_statistics(jpegs))
-  again = bench_input.encode_jpeg(bench_input.render_image(np.random.default_rng([0, 5])))
-  assert again == jpegs[5]
-
-
-def test_every_count_of_imagenet_like_jpegs_has_its_own_builder(tmp_path):
-  for count in (16, 500, 1000):  # 500: the default count
-    builder = bench_input.imagenet_like_builder(count, str(tmp_path))
-    assert builder.builder_config.num_images == count
-    assert builder.info.full_name == f'imagenet_like_jpegs/n{count}_seed0/1.0.0'
 
 
 def test_bench_input_command_writes_per_core_rates_and_their_ratio(tmp_path):

@@ -342,3 +342,87 @@ def test_unwritable_workdir_is_refused_before_any_work(tmp_path, tiny_data_dir):
   blocker.write_text('not a directory')
   with pytest.raises(config_lib.ConfigError, match=r'--workdir=.*a_file/run cannot be written'):
     train.train_and_evaluate(_config(tiny_data_dir), str(blocker / 'run'))
+
+
+# --- Resuming under another strategy and device count. ---
+
+RESUME_STEPS = 4  # K: trained under towers, then K more under data
+
+
+def _strategy_config(data_dir, parallelism, num_devices, num_train_steps, **overrides):
+  """tiny on the generated data, a constant rate (the evaluation every run makes at its last
+  step moves no schedule), a log line every step, a checkpoint at K."""
+  config = tiny.get_config()
+  config.data_dir = data_dir
+  config.parallelism, config.num_devices = parallelism, num_devices
+  config.num_train_steps = num_train_steps
+  config.lr_schedule.kind = 'constant'
+  config.log_every_steps = 1
+  config.checkpoint_every_steps = RESUME_STEPS
+  config.eval_every_steps = 2 * RESUME_STEPS
+  config.update(overrides)
+  return config
+
+
+def _gradient_terms(config, params) -> dict:
+  """Per layer, how many products one element of its gradient sums: every image of the batch
+  at every output position (the layer's multiply-adds per image over its kernel's size)."""
+  net = model_lib.make_network(config.model, config.model.num_classes)
+  macs = model_lib.layer_macs(net, config.image_size)
+  return {name: config.batch_size * macs[name] // math.prod(params[name]['kernel'].shape)
+          for name in macs}
+
+
+def test_a_towers_checkpoint_on_2_devices_resumes_under_data_on_4(tmp_path, tiny_data_dir):
+  """K steps under `towers` on 2 devices, then the same workdir resumed under `data` on 4 to
+  step 2K, against one uninterrupted `towers` run to 2K. In one process the training stream does
+  not depend on the strategy or the device count (its fields: data/spec.STREAM_FIELDS, with
+  input_shards = 1), so both runs see the same batches and dropout masks; the two strategies
+  sum each gradient in another order, so the parameters at 2K agree to float32 rounding, not bit
+  for bit. A resume that would change the stream (input_shards) is refused."""
+  k = RESUME_STEPS
+  straight, switched = str(tmp_path / 'straight'), str(tmp_path / 'switched')
+  train.train_and_evaluate(_strategy_config(tiny_data_dir, 'towers', 2, 2 * k), straight)
+  train.train_and_evaluate(_strategy_config(tiny_data_dir, 'towers', 2, k), switched)
+  assert _steps(switched) == [k]
+  _, at_k = checkpointing.restore_params(switched, k)
+  _assert_bit_identical(at_k, checkpointing.restore_params(straight, k)[1])  # same program
+
+  # The stream of another input_shards (what another process count makes of input_shards=0)
+  # is refused, and nothing is changed.
+  before = _files(switched)
+  with pytest.raises(checkpointing.CheckpointError) as e:
+    train.train_and_evaluate(_strategy_config(tiny_data_dir, 'data', 4, 2 * k, input_shards=2),
+                             switched)
+  assert 'config.input_shards (1 there, 2 here)' in str(e.value)
+  assert _files(switched) == before
+
+  config = _strategy_config(tiny_data_dir, 'data', 4, 2 * k)
+  train.train_and_evaluate(config, switched)
+  assert _steps(switched) == [k, 2 * k]
+  assert (_meta(switched, k)['config']['parallelism'], _meta(switched, k)['config']['num_devices']
+          ) == ('towers', 2)
+  assert (_meta(switched, 2 * k)['config']['parallelism'],
+          _meta(switched, 2 * k)['config']['num_devices']) == ('data', 4)
+  assert _meta(switched, 2 * k)['input'] == _meta(straight, 2 * k)['input']
+  logged = [r['step'] for r in _metrics(switched) if 'loss' in r]
+  assert logged == list(range(1, 2 * k + 1))  # the resumed run trained K+1..2K only
+
+  _, want = checkpointing.restore_params(straight)
+  _, got = checkpointing.restore_params(switched)
+  terms = _gradient_terms(config, want)
+  compared = dict(_flatten(want))
+  for name, expected in compared.items():
+    layer = name.split('/')[0]
+    start = dict(_flatten(at_k))[name].astype(np.float64)
+    moved = expected.astype(np.float64) - start
+    # Each of the K resumed steps sums every gradient element over `terms[layer]` products in
+    # another order under data (per-device partial sums, then an all-reduce) than under towers,
+    # with partial sums no larger than the K steps' whole movement; adding each update rounds
+    # once more, to an ulp of the parameter.
+    atol = (tolerance.float32_atol(moved, k * terms[layer])
+            + tolerance.float32_atol(expected, k))
+    np.testing.assert_allclose(dict(_flatten(got))[name], expected, rtol=0, atol=atol,
+                               err_msg=name)
+    # ... and the resumed steps moved the parameters far beyond that tolerance.
+    assert np.abs(moved).max() > 100 * atol, (name, np.abs(moved).max(), atol)

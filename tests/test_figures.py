@@ -12,9 +12,9 @@ from PIL import Image
 import pytest
 
 from alexnet_jax.tools import figures
-from alexnet_jax.data import input_pipeline
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import strategies
+from conftest import prepared_input
 from configs import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,8 +96,8 @@ def test_figures_json_matches_the_checkpoint_and_the_towers_forward(run, made):
   # The top-5 probabilities, against the paper's two-device forward (towers strategy).
   net = model_lib.make_network(config.model, config.model.num_classes)
   strategy = strategies.make_strategy('towers', net)
-  builder = input_pipeline.prepare_dataset(config)
-  batch = next(input_pipeline.eval_iterator(config, builder))
+  builder = prepared_input(config).builder
+  batch = next(prepared_input(config, builder).eval_batches())
   params = jax.device_put(params, strategy.param_sharding(params))
   probs = np.asarray(jax.nn.softmax(jax.jit(strategy.forward)(params, batch['image'], None)))
   names = builder.info.features['label'].names
@@ -137,9 +137,9 @@ def test_nearest_neighbour_of_an_image_in_its_own_set_is_itself(run):
   workdir, config = run
   params, step = figures.restore_params(workdir, config)
   assert step == STEPS
-  builder = input_pipeline.prepare_dataset(config)
+  builder = prepared_input(config).builder
   feature_fn = figures.make_feature_fn(config, jax.devices()[0])
-  batches = lambda: figures.iterate_features(config, builder, params, feature_fn, 'validation', 80)
+  batches = lambda: figures.iterate_features(config, prepared_input(config, builder), params, feature_fn, 'validation', 80)
   val = figures.concatenate(batches())
   assert val['fc7'].shape == (80, 2 * 128) and val['image'].dtype == np.uint8
   queries = val['fc7'][::8]  # 10 of the set

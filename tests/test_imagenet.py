@@ -15,7 +15,10 @@ import pytest
 import tensorflow_datasets as tfds
 
 from alexnet_jax.core import checkpointing
-from alexnet_jax.data import input_pipeline
+from alexnet_jax.data import image_check
+from alexnet_jax.data import refusals
+from alexnet_jax.data import stats as stats_lib
+from conftest import prepared_input
 from configs import paper
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -117,13 +120,13 @@ def test_paper_config_trains_on_a_miniature_imagenet_prepared_by_tfds(tmp_path, 
 
   # The training-set statistics, computed once and cached beside the dataset.
   stats_path = os.path.join(builder.data_dir, 'alexnet_jax_stats-train-r72-nall.npz')
-  stats = input_pipeline.dataset_stats.DatasetStats.load(stats_path)
+  stats = stats_lib.DatasetStats.load(stats_path)
   assert stats.num_images == 16 and stats.mean_image.shape == (72, 72, 3)
   # The stats command finds them (no second pass) and prints them.
   mtime = os.stat(stats_path).st_mtime_ns
   command = subprocess.run(
       [sys.executable, '-m', 'alexnet_jax.dataset_stats', '--config=configs/paper.py',
-       f'--config.data_dir={data_dir}', '--config.resize_size=72'],
+       f'--config.data_dir={data_dir}', '--config.resize_size=72', '--config.image_size=64'],
       cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert command.returncode == 0, command.stderr[-3000:]
   assert stats_path in command.stdout and 'images: 16' in command.stdout
@@ -149,8 +152,8 @@ def _prepare(tmp_path, manual):
   config = paper.get_config()
   config.data_dir = os.fspath(tmp_path / 'tfds')
   config.manual_dir = os.fspath(manual)
-  with pytest.raises(input_pipeline.DatasetNotReadyError) as info:
-    input_pipeline.prepare_dataset(config)
+  with pytest.raises(refusals.DatasetNotReadyError) as info:
+    prepared_input(config).builder
   data_dir = tmp_path / 'tfds'
   assert not data_dir.exists() or not any(data_dir.rglob('*'))  # refused before writing
   return str(info.value)
@@ -239,12 +242,12 @@ def test_a_truncated_jpeg_is_trained_on_as_far_as_it_goes_and_counted(truncated_
   assert '1 of the 16 images of imagenet2012 train are truncated JPEGs' in proc.stderr
   assert TRUNCATED in proc.stderr
   builder = tfds.builder('imagenet2012', data_dir=str(data_dir))
-  saved = json.load(open(input_pipeline.image_check_path(builder, 'train')))
+  saved = json.load(open(image_check.image_check_path(builder, 'train')))
   assert [name for name, _ in saved['truncated']] == [TRUNCATED] and not saved['undecodable']
   assert 0 < saved['truncated'][0][1] < 0.9 and saved['num_images'] == 16
   # Every image, the truncated one included, went into the statistics, 3 steps of 8 (more than
   # an epoch) and the evaluation.
-  stats = input_pipeline.dataset_stats.DatasetStats.load(
+  stats = stats_lib.DatasetStats.load(
       os.path.join(builder.data_dir, 'alexnet_jax_stats-train-r72-nall.npz'))
   assert stats.num_images == 16 and np.isfinite(stats.mean_image).all()
   records = [json.loads(line) for line in open(workdir / 'metrics.jsonl')]
@@ -275,7 +278,7 @@ def test_undecodable_jpegs_are_named_before_training_and_checkpoints_are_kept(tm
   assert errors[0].startswith('error: 2 images of imagenet2012 cannot be decoded as JPEG')
   assert UNDECODABLE in errors[0] and UNDECODABLE_VAL in errors[0]
   builder = tfds.builder('imagenet2012', data_dir=str(data_dir))
-  for words in [input_pipeline.IMAGENET_MD5['ILSVRC2012_img_train.tar'], os.fspath(manual),
+  for words in [refusals.IMAGENET_MD5['ILSVRC2012_img_train.tar'], os.fspath(manual),
                 f'rm -r {builder.data_dir}']:
     assert words in proc.stderr
   assert checkpointing.saved_steps(fresh) == [] and _files(fresh / 'checkpoints') == {}
@@ -316,7 +319,7 @@ def test_training_from_the_resized_imagenet_keeps_labels_and_file_names(tmp_path
       assert np.abs(ex['image'] - big[top:top + 72, left:left + 72]).mean() < 6
   assert resized.info.features['label'].names == source.info.features['label'].names
   stats = os.path.join(resized.data_dir, 'alexnet_jax_stats-train-r72-nall.npz')
-  assert input_pipeline.dataset_stats.DatasetStats.load(stats).num_images == 16
+  assert stats_lib.DatasetStats.load(stats).num_images == 16
   # The source's prepared files deleted: a new run trains from the squares alone.
   shutil.rmtree(data_dir / 'imagenet2012')
   again = _run_main(tmp_path / 'work2', data_dir, tmp_path / 'no_tars_here', '--config.resized=jpeg')

@@ -51,6 +51,7 @@ import jax
 jax.config.update('jax_num_cpu_devices', 2)
 from alexnet_jax.core import run as run_lib
 from alexnet_jax.core import strategies  # noqa: F401
+from alexnet_jax.data import refusals, spec  # noqa: F401  (the config check and the commands use them)
 from alexnet_jax.tools import bench  # noqa: F401
 from alexnet_jax.tools import measure
 from alexnet_jax.tools import plan  # noqa: F401

@@ -13,9 +13,13 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from alexnet_jax.core import config as config_lib
-from alexnet_jax.data import input_pipeline
+from alexnet_jax.data import spec as data_spec
+from alexnet_jax.data import prepare
+from alexnet_jax.data import records
+from alexnet_jax.data import refusals
+from alexnet_jax.data import stats as stats_lib
 from alexnet_jax.data import resized_dataset
-from conftest import pil_square, shapes_config
+from conftest import pil_square, prepared_input, shapes_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 72
@@ -27,14 +31,14 @@ def _config(data_dir, **overrides):
 
 @pytest.fixture(scope='module')
 def source(data_dir):
-  return input_pipeline.prepare_dataset(_config(data_dir))
+  return prepared_input(_config(data_dir)).builder
 
 
 @pytest.fixture(scope='module', params=['jpeg', 'raw'])
 def resized(request, data_dir, source):
   """(storage, the resized builder written by prepare_dataset from `source`)."""
   del source  # prepared first, so that only the resized dataset is timed and written here
-  return request.param, input_pipeline.prepare_dataset(_config(data_dir, resized=request.param))
+  return request.param, prepared_input(_config(data_dir, resized=request.param)).builder
 
 
 def _examples(builder, split, skip_decoding=False):
@@ -53,7 +57,7 @@ def test_resized_dataset_holds_every_source_image_as_its_square(data_dir, resize
   assert builder.info.full_name == (f'resized_squares/synthetic_shapes-tiny-1.0.0-r{SIZE}-'
                                     f'{"jpeg90" if storage == "jpeg" else "raw"}/1.0.0')
   assert os.fspath(builder.data_dir).startswith(os.fspath(data_dir))
-  assert input_pipeline.num_classes(builder) == 10
+  assert builder.info.features['label'].num_classes == 10
   assert builder.info.features['label'].names == source.info.features['label'].names
   for split in ('train', 'validation'):
     originals = _examples(source, split, skip_decoding=True)
@@ -74,7 +78,7 @@ def test_resized_dataset_holds_every_source_image_as_its_square(data_dir, resize
       if storage == 'raw':  # the normal path's pixels, exactly
         np.testing.assert_array_equal(
             ex['image'],
-            input_pipeline.decode_and_resize(tf.constant(original['image']), SIZE).numpy())
+            records.decode_and_resize(tf.constant(original['image']), SIZE).numpy())
     if storage == 'raw':
       assert np.mean(errors) < 0.5, np.mean(errors)
     else:  # JPEG 90 of sharp colour edges and +-10 levels of noise: a few levels off
@@ -96,9 +100,9 @@ def test_raw_and_jpeg_are_read_in_the_same_order(tmp_path, data_dir, source, mon
   streams, files = {}, {}
   for storage in resized_dataset.STORAGES:
     config = _config(target, resized=storage)
-    builder = input_pipeline.prepare_dataset(config)
+    builder = prepared_input(config).builder
     files[storage] = sorted(f for f in os.listdir(builder.data_dir) if '-train.' in f)
-    iterator = input_pipeline.train_iterator(config, builder)
+    iterator = prepared_input(config, builder).train_batches()
     streams[storage] = [next(iterator)['label'] for _ in range(22)]  # beyond an epoch
   assert len(files['jpeg']) == len(files['raw']) == 4, files
   np.testing.assert_array_equal(streams['jpeg'], streams['raw'])
@@ -108,7 +112,7 @@ def test_a_second_prepare_writes_nothing(data_dir, resized):
   storage, builder = resized
   files = sorted(os.listdir(builder.data_dir))
   mtimes = [os.stat(os.path.join(builder.data_dir, f)).st_mtime_ns for f in files]
-  again = input_pipeline.prepare_dataset(_config(data_dir, resized=storage))
+  again = prepared_input(_config(data_dir, resized=storage)).builder
   assert again.data_dir == builder.data_dir
   assert sorted(os.listdir(builder.data_dir)) == files
   assert [os.stat(os.path.join(builder.data_dir, f)).st_mtime_ns for f in files] == mtimes
@@ -127,16 +131,16 @@ def _image_multiset(batches):
 def test_evaluation_on_the_resized_data_counts_every_image_once(data_dir, resized, source):
   storage, builder = resized
   config = _config(data_dir, resized=storage)
-  batches = list(input_pipeline.eval_iterator(config, builder))
-  assert len(batches) == input_pipeline.eval_num_batches(config, builder) == 4  # 80 in 24s
+  batches = list(prepared_input(config, builder).eval_batches())
+  assert len(batches) == prepared_input(config, builder).eval_num_batches() == 4  # 80 in 24s
   assert sum(b['mask'].sum() for b in batches) == 80
   labels = sorted(int(l) for b in batches for l, m in zip(b['label'], b['mask']) if m)
   assert labels == sorted(int(ex['label']) for ex in _examples(source, 'validation', True))
   if storage == 'raw':  # the same images as the normal path's evaluation, in another order
-    normal = list(input_pipeline.eval_iterator(_config(data_dir), source))
+    normal = list(prepared_input(_config(data_dir), source).eval_batches())
     assert _image_multiset(batches) == _image_multiset(normal)
   # Across two processes: each image in exactly one of them.
-  parts = [list(input_pipeline.eval_iterator(config, builder, process_index=p, process_count=2))
+  parts = [list(prepared_input(config, builder).eval_batches(process_index=p, process_count=2))
            for p in range(2)]
   assert len(parts[0]) == len(parts[1])
   assert sum(b['mask'].sum() for part in parts for b in part) == 80
@@ -145,22 +149,22 @@ def test_evaluation_on_the_resized_data_counts_every_image_once(data_dir, resize
 def test_training_stream_from_the_resized_data_is_a_function_of_the_step(data_dir, resized):
   storage, builder = resized
   config = _config(data_dir, resized=storage, mean_subtraction='image', pca_lighting_std=0.1)
-  first = input_pipeline.train_iterator(config, builder)
+  first = prepared_input(config, builder).train_batches()
   batches = [next(first) for _ in range(25)]  # more than an epoch of 320
   assert batches[0]['image'].shape == (16, 64, 64, 3) and batches[0]['image'].dtype == np.float32
-  resumed = input_pipeline.train_iterator(config, builder, start_step=21)
+  resumed = prepared_input(config, builder).train_batches(start_step=21)
   for step in range(21, 25):
     again = next(resumed)
     np.testing.assert_array_equal(again['image'], batches[step]['image'])
     np.testing.assert_array_equal(again['label'], batches[step]['label'])
   # Two processes, each its shards: the same global batches.
   config.input_shards = 2
-  whole = next(input_pipeline.train_iterator(config, builder, start_step=3))
-  halves = [next(input_pipeline.train_iterator(config, builder, start_step=3, process_index=p,
+  whole = next(prepared_input(config, builder).train_batches(start_step=3))
+  halves = [next(prepared_input(config, builder).train_batches(start_step=3, process_index=p,
                                                process_count=2)) for p in range(2)]
   np.testing.assert_array_equal(np.concatenate([h['image'] for h in halves]), whole['image'])
   # The mean image is the resized data's own, cached beside it.
-  stats_path = input_pipeline.load_or_compute_stats(config, builder)[1]
+  stats_path = stats_lib.load_or_compute(data_spec.from_config(config), builder)[1]
   assert os.path.dirname(stats_path) == os.fspath(builder.data_dir)
 
 
@@ -178,8 +182,8 @@ def test_the_config_refuses_what_the_resized_data_cannot_do(data_dir):
 def test_a_resized_dataset_without_a_split_the_config_reads_is_refused(data_dir, resized):
   storage, _ = resized
   config = _config(data_dir, resized=storage, eval_split='test')
-  with pytest.raises(input_pipeline.DatasetNotReadyError, match='not test. Delete that directory'):
-    input_pipeline.open_dataset(config)
+  with pytest.raises(refusals.DatasetNotReadyError, match='not test. Delete that directory'):
+    prepare.open_dataset(data_spec.from_config(config))
 
 
 def test_resize_dataset_command_then_main_trains_from_it(tmp_path, run_main):

@@ -8,10 +8,11 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from alexnet_jax.data import input_pipeline
+from alexnet_jax.data import records
 from alexnet_jax.core import run as run_lib
 from alexnet_jax.core import steps
 from alexnet_jax.core import train
+from conftest import prepared_input
 from configs import tiny
 
 
@@ -21,7 +22,7 @@ def eval_setup(tmp_path_factory):
   config = tiny.get_config()
   config.data_dir = str(tmp_path_factory.mktemp('tfds'))
   config.eval_batch_size = 24  # 80 validation images: no batch of 24 divides them
-  builder = input_pipeline.prepare_dataset(config)
+  builder = prepared_input(config).builder
   config.seed = 3
   params = jax.device_get(run_lib.build(config).init_state().params)
   ds = builder.as_dataset(split='validation', shuffle_files=False,
@@ -36,7 +37,7 @@ def _by_hand(config, params, forward, examples, crops):
   off, mid = s - size, (s - size) // 2
   windows = [(mid, mid)] if crops == 'center' else [(0, 0), (0, off), (off, 0), (off, off),
                                                       (mid, mid)]
-  squares = np.stack([input_pipeline.decode_and_resize(tf.constant(jpeg), s).numpy()
+  squares = np.stack([records.decode_and_resize(tf.constant(jpeg), s).numpy()
                       for jpeg, _ in examples]).astype(np.float32)
   squares = (squares - np.array(config.mean_rgb)) / np.array(config.std_rgb)
   patches = [squares[:, t:t + size, l:l + size] for t, l in windows]
@@ -83,7 +84,7 @@ def test_evaluate_counts_every_image_once_and_averages_the_ten_softmaxes(eval_se
   config.parallelism, config.num_devices = parallelism, 2
   run = run_lib.build(config)
   params = jax.device_put(params, run.state_sharding.params)
-  metrics = train.evaluate(run, params, builder, crops=crops)
+  metrics = train.evaluate(run, params, prepared_input(config, builder), crops=crops)
   assert metrics['val_examples'] == 80
   forward = jax.jit(lambda p, x: run.strategy.forward(p, x, None))
   expected = _by_hand(config, params, forward, examples, crops)

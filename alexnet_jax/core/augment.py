@@ -8,7 +8,7 @@ random draws or the JPEG (decoding, resizing, the random 224 crop, the draws the
 ships uint8 pixels (150 KB per training image) with a few bytes of draws per image; the step
 does the rest, which is a few element-wise operations per pixel on the chip.
 
-The draws are the host path's own (input_pipeline.train_example_for_device evaluates the same
+The draws are the host path's own (data/preprocess.train_example_for_device evaluates the same
 stateless TF ops with the same seeds), so the two modes give the same images up to float
 rounding, and the stream stays a pure function of the config and the step.
 

@@ -40,13 +40,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from alexnet_jax.core import config as config_lib
+from alexnet_jax.data import spec as data_spec
 
-# The config fields the training stream is a function of (with the step): a resume that changes
-# one would continue a different stream than the checkpoint's run saw.
-STREAM_FIELDS = ('dataset', 'train_split', 'seed', 'batch_size', 'input_shards', 'cache_decoded',
-                 'shuffle_buffer', 'resized')
-# Stream fields added after checkpoints were written without them: the value those runs had.
-_STREAM_FIELDS_BEFORE = {'resized': ''}
 
 
 
@@ -83,14 +78,10 @@ def config_differences(saved: dict, current: ml_collections.ConfigDict) -> list[
 
 
 def input_position(config: ml_collections.ConfigDict, step: int, input_shards: int) -> dict:
-  """Where the training stream is: the next global batch is `step`, of the stream these fields
-  define (input_pipeline.train_iterator(start_step=step) continues it). `input_shards`: the
-  number the stream is made of (input_pipeline.input_shards; config.input_shards may say 0)."""
-  plain = _plain(config)
-  position = {field: plain.get(field) for field in STREAM_FIELDS}
-  position['input_shards'] = int(input_shards)
-  position['step'] = int(step)
-  return position
+  """Where the training stream is: the next global batch is `step`, of the stream the fields
+  data/spec.STREAM_FIELDS define (data/streams.py builds it). `input_shards`: the number the
+  stream is made of (config.input_shards may say 0)."""
+  return data_spec.from_config(config).stream_position(step, input_shards)
 
 
 def make_meta(config: ml_collections.ConfigDict, step: int, input_shards: int, schedule: dict,
@@ -234,7 +225,7 @@ class Checkpoints:
           'to start afresh. Nothing was changed.')
     position = input_position(config, step, input_shards)
     saved_position = meta.get('input') or {}
-    saved_position = {**_STREAM_FIELDS_BEFORE, **saved_position}
+    saved_position = {**data_spec.STREAM_FIELDS_BEFORE, **saved_position}
     changed = [(k, saved_position.get(k), v) for k, v in position.items()
                if k != 'step' and saved_position.get(k) != v]
     if changed:

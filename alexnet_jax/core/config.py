@@ -30,7 +30,7 @@ from alexnet_jax.core import kernels as kernels_lib
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import schedules
 from alexnet_jax.core import strategies
-from alexnet_jax.data import options as data_options
+from alexnet_jax.data import spec as data_spec
 from configs import default
 
 # Fields that were renamed: old dotted name -> (new name, {old value: new value} or None).
@@ -156,12 +156,7 @@ def _types(config: ml_collections.ConfigDict) -> list[str]:
 
 def _choices(config: ml_collections.ConfigDict) -> list[str]:
   choices = {'parallelism': strategies.STRATEGIES,
-             'mean_subtraction': data_options.MEAN_SUBTRACTIONS,
-             'pca_eigen': data_options.PCA_EIGENS,
-             'train_crop': data_options.TRAIN_CROPS,
-             'eval_crops': data_options.EVAL_CROPS,
-             'resized': ('',) + data_options.STORAGES,
-             'final_eval_crops': data_options.EVAL_CROPS,
+             **data_spec.CHOICES,
              'augment_on': augment_lib.AUGMENT_ON,
              'model.dtype': COMPUTE_DTYPES,
              'model.init_scheme': INIT_SCHEMES,
@@ -208,47 +203,8 @@ def _model(config: ml_collections.ConfigDict) -> list[str]:
 
 
 def _data(config: ml_collections.ConfigDict) -> list[str]:
-  problems = []
-  if config.image_size > config.resize_size:
-    problems.append(f'config.image_size={config.image_size} is larger than '
-                    f'config.resize_size={config.resize_size}; the crop must fit in the image.')
-  if not config.pca_lighting_std >= 0:
-    problems.append(f'config.pca_lighting_std={config.pca_lighting_std} must be >= 0 '
-                    '(0 turns the colour noise off; the paper uses 0.1).')
-  if config.train_crop == 'random_resized_crop':
-    if config.mean_subtraction == 'image':
-      problems.append(
-          "config.train_crop='random_resized_crop' resizes a random box of the photograph, "
-          "which has no place in the mean image; use --config.mean_subtraction=channel (or "
-          "'constant') with it.")
-    low, high = config.rrc_area_range
-    if not 0 < low <= high <= 1:
-      problems.append(f'config.rrc_area_range={tuple(config.rrc_area_range)} must satisfy '
-                      '0 < low <= high <= 1 (fractions of the image area).')
-  if config.augment_on == 'device':
-    if config.train_crop != 'random_crop':
-      problems.append(
-          f"config.augment_on='device' ships the paper's uint8 random crop, but "
-          f"train_crop={config.train_crop!r} resizes into float pixels on the host; use "
-          "--config.augment_on=host (or 'auto') with it.")
-    if config.resize_size == config.image_size and 'ten' in (config.eval_crops,
-                                                             config.final_eval_crops):
-      problems.append(
-          f"config.augment_on='device' cuts the ten patches on the device from the "
-          f'resize_size square, which cannot be told from a centre crop when '
-          f'resize_size = image_size = {config.image_size}; use --config.augment_on=host.')
-  if config.resized and config.train_crop == 'random_resized_crop':
-    problems.append(
-        f"config.resized={config.resized!r} keeps only the central {config.resize_size} square, "
-        "but train_crop='random_resized_crop' samples boxes of the whole photograph; use "
-        "--config.train_crop=random_crop, or --config.resized='' to read the source.")
-  if not 1 <= config.resized_jpeg_quality <= 100:
-    problems.append(f'config.resized_jpeg_quality={config.resized_jpeg_quality} must be in '
-                    '[1, 100] (90: the default).')
-  if config.input_shards < 0:
-    problems.append(f'config.input_shards={config.input_shards}: use 0 (one per process) or '
-                    'a positive number of shards.')
-  return problems
+  """The data layer's own refusals of the fields it reads (data/spec.py)."""
+  return data_spec.from_config(config).problems()
 
 
 def _loop(config: ml_collections.ConfigDict) -> list[str]:
@@ -321,12 +277,7 @@ def _placement(config: ml_collections.ConfigDict, devices: Sequence) -> list[str
     _, groups = strategy.input_group(config.batch_size)
   except ValueError as e:
     return [f'config.parallelism={config.parallelism!r} cannot be fed: {e}']
-  shards = config.input_shards or groups
-  if shards % groups or config.batch_size % shards:
-    problems.append(
-        f'config.input_shards={config.input_shards} does not fit the {groups} input '
-        f'group(s) (processes feeding different rows) and config.batch_size={config.batch_size}: '
-        f'use 0 (one per group) or a multiple of {groups} that divides the batch.')
+  problems += data_spec.shard_problems(data_spec.from_config(config), groups)
   return problems
 
 

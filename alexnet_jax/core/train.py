@@ -24,7 +24,8 @@ from alexnet_jax.core import metrics as metrics_lib
 from alexnet_jax.core import optimizer as optimizer_lib
 from alexnet_jax.core import run as run_lib
 from alexnet_jax.core import schedules
-from alexnet_jax.data import input_pipeline
+from alexnet_jax.data import pipeline
+from alexnet_jax.data import spec as data_spec
 from alexnet_jax.runtime import distributed
 from alexnet_jax.runtime import preemption
 
@@ -48,16 +49,15 @@ def prefetch_to_mesh(batches: Iterator[dict], sharding, size: int = 2,
     yield queue.popleft()
 
 
-def device_constants(run: run_lib.Run, builder) -> dict | None:
+def device_constants(run: run_lib.Run, data: pipeline.Input) -> dict | None:
   """With augment_on 'device': the mean and std the steps subtract and divide by
-  (input_pipeline.device_constants), replicated on the run's devices; None otherwise."""
+  (Input.device_constants), replicated on the run's devices; None otherwise."""
   if run.augment_on != 'device':
     return None
-  transform = input_pipeline.pixel_transform(run.config, builder)
-  return jax.device_put(input_pipeline.device_constants(transform), run.strategy.replicated)
+  return jax.device_put(data.device_constants(), run.strategy.replicated)
 
 
-def evaluate(run: run_lib.Run, params, builder, crops: str | None = None) -> dict:
+def evaluate(run: run_lib.Run, params, data: pipeline.Input, crops: str | None = None) -> dict:
   """Top-1 / top-5 accuracy and loss over the evaluation split, each image counted once.
 
   `crops`: 'center' or 'ten' (the paper's ten patches, softmax averaged, section 4.1 of
@@ -65,11 +65,10 @@ def evaluate(run: run_lib.Run, params, builder, crops: str | None = None) -> dic
   """
   config, totals = run.config, None
   group, groups = run.strategy.input_group(config.eval_batch_size)
-  batches = input_pipeline.eval_iterator(config, builder, process_index=group,
-                                         process_count=groups, crops=crops,
-                                         augment_on=run.augment_on)
+  batches = data.eval_batches(process_index=group, process_count=groups, crops=crops,
+                              augment_on=run.augment_on)
   for batch in prefetch_to_mesh(batches, run.batch_sharding,
-                                constants=device_constants(run, builder)):
+                                constants=device_constants(run, data)):
     sums = run.eval_step(params, batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
@@ -78,10 +77,10 @@ def evaluate(run: run_lib.Run, params, builder, crops: str | None = None) -> dic
           'val_top5': totals['top5'] / count, 'val_examples': totals['count']}
 
 
-def final_evaluation(run: run_lib.Run, params, builder) -> dict:
+def final_evaluation(run: run_lib.Run, params, data: pipeline.Input) -> dict:
   """The evaluation after the last step, the numbers a run reports: with
   config.final_eval_crops ('ten': the paper's ten patches)."""
-  return evaluate(run, params, builder, crops=run.config.final_eval_crops)
+  return evaluate(run, params, data, crops=run.config.final_eval_crops)
 
 
 def _format_duration(seconds: float) -> str:
@@ -142,13 +141,19 @@ def _open_workdir(workdir: str) -> str:
   return workdir
 
 
-def prepare_dataset(config: ml_collections.ConfigDict, builder):
-  """input_pipeline.prepare_dataset, by process 0 before the others (processes generating the
-  same files at once would collide); the others then find it prepared, or prepare their own copy
-  when their data dir is not shared. `builder`: the one open_dataset returned."""
-  return distributed.process_zero_first(
-      lambda first: input_pipeline.prepare_dataset(config, builder if first else None),
-      'dataset prepared')
+def prepare_input(data: pipeline.Input) -> pipeline.Input:
+  """data.prepare(), by process 0 before the others (processes generating the same files at
+  once would collide); the others then open it again and find it prepared, or prepare their own
+  copy when their data dir is not shared."""
+  return distributed.process_zero_first(lambda first: data.prepare(reopen=not first),
+                                        'dataset prepared')
+
+
+def planned_steps(config: ml_collections.ConfigDict, data: pipeline.Input) -> tuple[int, int]:
+  """(steps per epoch, steps the run trains): config.num_train_steps, or num_epochs epochs."""
+  num_steps = (config.num_train_steps if config.num_train_steps > 0
+               else int(config.num_epochs * data.steps_per_epoch))
+  return data.steps_per_epoch, num_steps
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -160,11 +165,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   WorkdirError when metrics cannot be written; in every case the checkpoints saved are intact.
   """
   run = run_lib.build(config)  # refuses a bad config: nothing is written before this
-  builder = input_pipeline.open_dataset(config)  # may refuse: nothing is written before this
-  config_lib.check_dataset(config, input_pipeline.num_classes(builder))
+  data = pipeline.open(data_spec.from_config(config))  # may refuse: nothing is written before
+  config_lib.check_dataset(config, data.num_classes)
   workdir = _open_workdir(workdir)
   group, groups = run.strategy.input_group(config.batch_size)  # which rows this process reads
-  stream_shards = input_pipeline.input_shards(config, groups)
+  stream_shards = data.input_shards(groups)
 
   checkpoints = checkpointing.Checkpoints(workdir, keep=config.keep_checkpoints)
   try:
@@ -180,12 +185,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         f.write(config.to_json_best_effort(indent=2))
     if state is None:
       init_compiled, steps_compiled = compile_ahead(run, init=True)
-      builder = prepare_dataset(config, builder)  # generated on first use, while compiling
+      data = prepare_input(data)  # generated on first use, while compiling
       state = init_compiled.result()(jax.random.key(config.seed))
     else:  # the dataset exists; a finished run (the same command again) compiles nothing
-      builder = prepare_dataset(config, builder)
+      data = prepare_input(data)
       steps_compiled = None
-    steps_per_epoch, num_steps = input_pipeline.planned_steps(config, builder)
+    steps_per_epoch, num_steps = planned_steps(config, data)
     if steps_compiled is None and int(state.step) < num_steps:
       _, steps_compiled = compile_ahead(run, init=False)
   except BaseException:
@@ -197,10 +202,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   start_step = int(state.step)
   train_batches = prefetch_to_mesh(
-      input_pipeline.train_iterator(config, builder, start_step=start_step,
-                                    process_index=group, process_count=groups,
-                                    augment_on=run.augment_on),
-      run.batch_sharding, constants=device_constants(run, builder))
+      data.train_batches(start_step=start_step, process_index=group, process_count=groups,
+                         augment_on=run.augment_on),
+      run.batch_sharding, constants=device_constants(run, data))
   current_lr = float(optimizer_lib.learning_rate(state.opt_state))
   pending = []  # (step, metrics) since the last log line: fetched only at log/eval/save steps
   timer_start, timer_step = None, start_step
@@ -266,7 +270,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if eval_now:
           eval_start = time.perf_counter()
           run_eval = final_evaluation if last else evaluate
-          eval_metrics = run_eval(run, state.params, builder)
+          eval_metrics = run_eval(run, state.params, data)
           schedule = schedules.after_evaluation(config, schedule, 1.0 - eval_metrics['val_top1'])
           timer_start += time.perf_counter() - eval_start  # images/s counts training only
           writer.write(step, **eval_metrics)

@@ -3,7 +3,7 @@
 The config check (core/config.py) refuses a value outside these before anything runs, and the
 tools that never read a dataset (bench, plan, calibrate) import that check: keeping the choices
 here, rather than beside the TensorFlow code that acts on them, lets those tools run where
-TensorFlow and tensorflow-datasets are not installed. input_pipeline.py and resized_dataset.py
+TensorFlow and tensorflow-datasets are not installed. spec.py and resized_dataset.py
 import them from here, so each list is defined once.
 """
 

@@ -3,6 +3,7 @@ writer of the resized squares (resized_dataset.py) share, in a module below both
 imports the other."""
 
 import os
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -70,3 +71,35 @@ def tf_data_options() -> tf.data.Options:
   options.threading.private_threadpool_size = max(1, os.cpu_count() or 1)
   options.threading.max_intra_op_parallelism = 1
   return options
+
+
+# The map functions are plain TF (no Python control flow on tensors); skipping AutoGraph avoids
+# its "could not transform" warnings with the installed gast.
+no_autograph = tf.autograph.experimental.do_not_convert
+
+
+def hide_gpus_from_tf() -> None:
+  """JAX owns the accelerators; TF (used for input only) must not allocate GPU memory."""
+  try:
+    tf.config.set_visible_devices([], 'GPU')
+  except (RuntimeError, ValueError):
+    pass  # TF's runtime is already initialised (then it is too late, and was done before)
+
+
+hide_gpus_from_tf()  # at import: it only works before TF creates its devices
+
+
+def read_encoded(builder: tfds.core.DatasetBuilder, split: Any, *, shuffle: bool,
+                 seed: int) -> tf.data.Dataset:
+  """The encoded JPEG bytes and labels of `split` (decoding is ours, after shuffling/caching)."""
+  read_config = tfds.ReadConfig(
+      options=tf_data_options(),
+      shuffle_seed=seed,
+      try_autocache=False,  # caching is spec.cache_decoded's decision
+  )
+  return builder.as_dataset(
+      split=split,
+      shuffle_files=shuffle,
+      decoders={'image': tfds.decode.SkipDecoding()},
+      read_config=read_config,
+  )

@@ -23,14 +23,14 @@ the split sizes (`download_config`), so the order examples are read in, and with
 stream, is a function of the source only: 'jpeg' and 'raw' are read in the same order, and two
 runs that differ only in the storage see the same images at the same steps.
 
-Damaged JPEGs: the source is checked (`input_pipeline.check_images`) before anything is written,
+Damaged JPEGs: the source is checked (`image_check.check_images`) before anything is written,
 so an undecodable image stops the writing with the usual message, and a truncated one is written
 as far as its data goes, as the normal path decodes it. The squares themselves are encoded here,
 from decoded pixels, so the check is not needed on them (tfrecord's checksums catch a file damaged
 on disk).
 
-The builder's config is made from the run's config (`builder`): one per source, size and storage,
-named e.g. `imagenet2012-5.1.0-r256-jpeg90`, all beside each other in `<data_dir>/resized_squares/`.
+The builder's config is made from the data spec (`squares_builder`): one per source, size and
+storage, named e.g. `imagenet2012-5.1.0-r256-jpeg90`, all beside each other in `<data_dir>/resized_squares/`.
 Once written, the source's own files are no longer read (they may be deleted).
 """
 
@@ -42,7 +42,6 @@ import re
 from typing import Any, Iterator
 
 from etils import epath
-import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -50,6 +49,7 @@ from tensorflow_datasets.core.utils import shard_utils
 
 from alexnet_jax.data import records
 from alexnet_jax.data.options import STORAGES  # noqa: F401  (defined once, TF-free)
+from alexnet_jax.data.spec import DataSpec
 
 NAME = 'resized_squares'
 
@@ -138,13 +138,13 @@ class ResizedSquares(tfds.core.GeneratorBasedBuilder,
       yield int(index), {'image': image, 'label': int(label), 'file_name': name.decode()}
 
 
-def download_config(builder_: tfds.core.DatasetBuilder) -> tfds.download.DownloadConfig:
+def download_config(squares: tfds.core.DatasetBuilder) -> tfds.download.DownloadConfig:
   """How the squares are written: in as many files as tfds would pick for the raw pixels of the
   largest split (at most the smallest split's size), whatever the storage. tfds reads a split's
   files interleaved, so the order examples are read in depends on the file count, which tfds
   would otherwise derive from the bytes written: JPEG and raw squares would be read in different
   orders, and the training stream would depend on the JPEG coder."""
-  cfg = builder_.builder_config
+  cfg = squares.builder_config
   source = source_builder(cfg)
   counts = [source.info.splits[split].num_examples for split in cfg.splits]
   raw_bytes = cfg.size * cfg.size * 3 + 100  # the pixels and the record's other features
@@ -180,34 +180,27 @@ def _base_split(split: str) -> str:
   return match.group(1)
 
 
-def builder(config: ml_collections.ConfigDict,
-            source: tfds.core.DatasetBuilder | None = None) -> tfds.core.DatasetBuilder:
-  """The resized dataset `config` trains from (config.resized: 'jpeg' or 'raw'), in its data
+def squares_builder(spec: DataSpec,
+                    source: tfds.core.DatasetBuilder | None = None) -> tfds.core.DatasetBuilder:
+  """The resized dataset `spec` trains from (spec.resized: 'jpeg' or 'raw'), in its data
   dir; writes nothing. Its name says the source (with its version), the size and the storage.
-  `source`: config.dataset's builder, where tfds cannot make it from the name."""
-  data_dir = os.path.expanduser(config.data_dir) if config.data_dir else None
+  `source`: spec.dataset's builder, where tfds cannot make it from the name."""
+  data_dir = os.path.expanduser(spec.data_dir) if spec.data_dir else None
   given = source
-  source = source or tfds.builder(config.dataset, data_dir=data_dir)
-  storage, size, quality = config.resized, int(config.resize_size), int(config.resized_jpeg_quality)
+  source = source or tfds.builder(spec.dataset, data_dir=data_dir)
+  storage, size, quality = spec.resized, int(spec.resize_size), int(spec.resized_jpeg_quality)
   name = (f'{source.info.full_name.replace("/", "-")}-r{size}-'
           f'{f"jpeg{quality}" if storage == "jpeg" else storage}')
   cfg = ResizedConfig(
-      name=name, description=f'{config.dataset} at {size} x {size}, {describe(storage, quality)}.',
-      source=config.dataset, source_data_dir=data_dir or '', size=size, storage=storage,
+      name=name, description=f'{spec.dataset} at {size} x {size}, {describe(storage, quality)}.',
+      source=spec.dataset, source_data_dir=data_dir or '', size=size, storage=storage,
       quality=quality,
-      splits=tuple(dict.fromkeys(_base_split(s) for s in (config.train_split, config.eval_split))),
+      splits=tuple(dict.fromkeys(_base_split(s) for s in (spec.train_split, spec.eval_split))),
       source_builder=given)
   return ResizedSquares(config=cfg, data_dir=data_dir)
 
 
-def source_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """`config` reading the source itself (config.resized off)."""
-  source = ml_collections.ConfigDict(config.to_dict())
-  source.resized = ''
-  return source
-
-
-def missing_splits(builder_: tfds.core.DatasetBuilder) -> list[str]:
+def missing_splits(squares: tfds.core.DatasetBuilder) -> list[str]:
   """Splits the config reads that a prepared resized dataset does not hold (written for a config
   that read others)."""
-  return [s for s in builder_.builder_config.splits if s not in builder_.info.splits]
+  return [s for s in squares.builder_config.splits if s not in squares.info.splits]

@@ -23,7 +23,15 @@ import os
 import tempfile
 from typing import Any, Callable, Iterable
 
+from absl import logging
 import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from alexnet_jax.data import preprocess
+from alexnet_jax.data import records
+from alexnet_jax.data.refusals import DatasetNotReadyError
+from alexnet_jax.data.spec import DataSpec
 
 STATS_VERSION = 1  # bump when the computation changes: old cache files are then ignored
 
@@ -111,3 +119,58 @@ def write_atomically(path: str, write: Callable[[Any], None], binary: bool = Fal
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def _stats_split(spec: DataSpec, builder: tfds.core.DatasetBuilder) -> str:
+  """The training split, or its first `stats_num_images` examples if it has more."""
+  if 0 < spec.stats_num_images < builder.info.splits[spec.train_split].num_examples:
+    return f'{spec.train_split}[:{spec.stats_num_images}]'
+  return spec.train_split
+
+
+def compute(spec: DataSpec, builder: tfds.core.DatasetBuilder) -> DatasetStats:
+  """One pass over the first `spec.stats_num_images` training images (all if <= 0; tfds
+  shuffled the examples when it wrote the files, so a prefix is a random sample), decoded exactly
+  as for training: shorter side `resize_size`, central square."""
+  records.hide_gpus_from_tf()
+  ds = records.read_encoded(builder, _stats_split(spec, builder), shuffle=False, seed=spec.seed)
+  decode = preprocess.square_decoder(spec)
+  ds = ds.map(records.no_autograph(lambda ex: decode(ex['image'])),
+              num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.batch(64).prefetch(tf.data.AUTOTUNE).with_options(records.tf_data_options())
+  return accumulate(tfds.as_numpy(ds))
+
+
+def load_or_compute(spec: DataSpec, builder: tfds.core.DatasetBuilder) -> tuple[DatasetStats, str]:
+  """The cached stats for (train split, resize_size, stats_num_images), computed and saved on
+  first use. Returns them and the cache file's path."""
+  path = spec_cache_path(spec, builder)
+  if os.path.isfile(path):
+    try:
+      return DatasetStats.load(path), path
+    except (ValueError, KeyError, OSError) as e:
+      logging.warning('Recomputing the dataset statistics: cannot use %s (%s).', path, e)
+  logging.info('Computing the training-set mean image and RGB PCA over %s of %s (once; cached '
+               'in %s).', _stats_split(spec, builder), builder.name, path)
+  computed = compute(spec, builder)
+  computed.save(path)
+  return computed, path
+
+
+def spec_cache_path(spec: DataSpec, builder: tfds.core.DatasetBuilder) -> str:
+  """Where the statistics `spec` needs are cached for the dataset `builder` holds."""
+  return cache_path(os.fspath(builder.data_dir), spec.train_split, spec.resize_size,
+                    spec.stats_num_images)
+
+
+def load_cached(spec: DataSpec, builder: tfds.core.DatasetBuilder) -> DatasetStats:
+  """The statistics a training run of `spec` cached, or DatasetNotReadyError saying how to make
+  them: for the commands that read a dataset without preparing it (evaluate)."""
+  path = spec_cache_path(spec, builder)
+  try:
+    return DatasetStats.load(path)
+  except (ValueError, KeyError, OSError) as e:
+    raise DatasetNotReadyError(
+        f'The training-set statistics this config subtracts are not cached in {path} ({e}). '
+        'Run python -m alexnet_jax.dataset_stats with the same --config first (training '
+        'writes them too).') from e

@@ -52,7 +52,8 @@ from alexnet_jax.core import checkpointing
 from alexnet_jax.core import config as config_lib
 from alexnet_jax.core import run as run_lib
 from alexnet_jax.runtime import devices
-from alexnet_jax.data import input_pipeline
+from alexnet_jax.data import pipeline
+from alexnet_jax.data import spec as data_spec
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import strategies
 from alexnet_jax.core import train
@@ -186,11 +187,11 @@ def model_cost(config: ml_collections.ConfigDict) -> dict:
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, run_dir: str, crops: str) -> dict:
   """The latest checkpoint of a finished run, evaluated with `crops` ('center' or 'ten')."""
-  builder = input_pipeline.prepare_dataset(config)
+  data = pipeline.open(data_spec.from_config(config)).prepare()
   run = run_lib.build(config)
   _, params = checkpointing.restore_params(run_dir)
   params = jax.device_put(params, run.state_sharding.params)
-  return train.evaluate(run, params, builder, crops=crops)
+  return train.evaluate(run, params, data, crops=crops)
 
 
 def run_one(name: str, config: ml_collections.ConfigDict, workdir: str,

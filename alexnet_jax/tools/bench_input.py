@@ -5,17 +5,17 @@
 Training can go no faster than the host decodes JPEGs, so the pipeline's own overhead is judged
 against that floor: per CPU core, in one run, on the same files,
 - decode: `tf.io.decode_jpeg` of the whole image (RGB, the pipeline's INTEGER_ACCURATE IDCT);
-- decode_resize: the pipeline's own `input_pipeline.decode_and_resize(jpeg, 256)` (it decodes only
+- decode_resize: the pipeline's own `records.decode_and_resize(jpeg, 256)` (it decodes only
   the central square's window, so it is not assumed to be slower than `decode`);
-- augment: the paper's training transform alone (`input_pipeline.train_example`: random 224 crop,
+- augment: the paper's training transform alone (`preprocess.train_example`: random 224 crop,
   mirror, colour noise, mean image) on already decoded 256 squares: where the rest goes;
-- pipeline: images/s out of the project's real training iterator (`input_pipeline.train_iterator`,
+- pipeline: images/s out of the project's real training iterator (`Input.train_batches`,
   configs/paper.py's preprocessing: the mean image and the RGB PCA of the training split, random
   crop and flip, colour noise; batches of `--batch_size`) reading the dataset's tfds records,
   after `--warmup_batches`.
 - augment_device, pipeline_device_augment: the same two with config.augment_on='device'
   (core/augment.py): the host's half of the transform alone (the uint8 random crop and the
-  draws: `input_pipeline.train_example_for_device`), and the real iterator shipping uint8 crops;
+  draws: `preprocess.train_example_for_device`), and the real iterator shipping uint8 crops;
   the flip, colour noise, mean and cast then run in the jitted step, not on the host. With the
   bytes per image each iterator yields (from its element spec), and the images/s a host of N
   cores can feed either way (`feed_per_host`: N / the CPU seconds per image, a linear
@@ -34,9 +34,9 @@ dataset (alexnet_jax/data/resized_dataset.py) in both storages, and measured on 
   normal path's (`decode_and_resize` of the originals): mean and largest absolute error, PSNR.
 
 Two datasets: ImageNet-like JPEGs generated here (`imagenet_like_jpegs`, a tfds dataset written
-once into --data_dir: dimensions and file sizes like ILSVRC-2012's, see `image_size` and
-`render_image`) and the
-project's generated `synthetic_shapes` (--shapes_dataset), of which the first --num_images
+once into --data_dir: dimensions and file sizes like ILSVRC-2012's, see
+alexnet_jax/data/imagenet_like_dataset.py) and the project's generated `synthetic_shapes`
+(--shapes_dataset), of which the first --num_images
 training images are read (split `train[:N]`), so every figure of a dataset is over the same files.
 
 "Per core": after the datasets are prepared (generation, the image check and the statistics use
@@ -61,171 +61,32 @@ load average.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
-import copy
 import dataclasses
-import io
 import json
 import logging
 import math
 import os
 import time
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 from absl import app
 from absl import flags
-from etils import epath
-import ml_collections
 import numpy as np
-from PIL import Image
-from PIL import ImageDraw
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from alexnet_jax.data import input_pipeline
+from alexnet_jax.data import imagenet_like_dataset as imagenet_like
+from alexnet_jax.data import pipeline
+from alexnet_jax.data import preprocess
+from alexnet_jax.data import records
 from alexnet_jax.data import resized_dataset
+from alexnet_jax.data import spec as data_spec
+from alexnet_jax.data.spec import DataSpec
 from configs import paper
 
 TARGET_RATIO = 0.8
 FEED_CORES = (1, 8, 16, 32, 64)  # host sizes for feed_per_host (a linear extrapolation)
-IMAGENET_LIKE = 'imagenet_like_jpegs'
-# ILSVRC-2012's training JPEGs: about 110 KB on average (138 GB / 1.28 M), most of them 500 px on
-# the long side (500 x 375, 500 x 333; 3:4 portraits), a minority larger. PIL's quality 92 on
-# `render_image`'s content gives that mean size (measured, in the JSON's "images").
-_JPEG_QUALITY = 92
-_NUM_CLASSES = 1000
-
-
-# ---------------------------------------------------------------------------------------------
-# ImageNet-like JPEGs.
-
-
-def image_size(rng: np.random.Generator) -> tuple[int, int]:
-  """(height, width): 500 x 375 (75 %), 500 x 333 (15 %), or 4:3 with a long side of 600-800
-  (10 %); a quarter of them portrait."""
-  u = rng.uniform()
-  if u < 0.75:
-    width, height = 500, 375
-  elif u < 0.9:
-    width, height = 500, 333
-  else:
-    width = int(rng.integers(600, 801))
-    height = width * 3 // 4
-  if rng.uniform() < 0.25:
-    width, height = height, width
-  return height, width
-
-
-def _pink_noise(rng: np.random.Generator, height: int, width: int,
-                exponent: float) -> np.ndarray:
-  """Gaussian noise with amplitude spectrum 1 / f^exponent (natural images: about 1), std 1."""
-  fy = np.fft.fftfreq(height)[:, None]
-  fx = np.fft.rfftfreq(width)[None, :]
-  f = np.sqrt(fx * fx + fy * fy)
-  f[0, 0] = 1.0
-  shape = (height, width // 2 + 1)
-  spectrum = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)) / f ** exponent
-  spectrum[0, 0] = 0.0
-  field = np.fft.irfft2(spectrum, s=(height, width))
-  return (field / field.std()).astype(np.float32)
-
-
-def render_image(rng: np.random.Generator) -> np.ndarray:
-  """An RGB uint8 image with the statistics a JPEG encoder and decoder care about in a photograph:
-  regions of different colours with sharp edges (3-8 ellipses and polygons over a background),
-  an illumination gradient, texture at every scale (1/f luminance noise, smoother colour noise)
-  and mild sensor noise. Not meant to look like anything."""
-  height, width = image_size(rng)
-  luminance = _pink_noise(rng, height, width, 1.0)
-  chroma1, chroma2 = _pink_noise(rng, height, width, 1.5), _pink_noise(rng, height, width, 1.5)
-  regions = Image.new('L', (width, height), 0)
-  draw = ImageDraw.Draw(regions)
-  count = int(rng.integers(3, 9))
-  for k in range(1, count + 1):
-    cx, cy = rng.uniform(0, width), rng.uniform(0, height)
-    radius = rng.uniform(0.08, 0.35) * min(height, width)
-    if rng.uniform() < 0.5:
-      squash = rng.uniform(0.5, 1.5)
-      draw.ellipse([cx - radius, cy - radius * squash, cx + radius, cy + radius * squash], fill=k)
-    else:
-      sides, angle = int(rng.integers(3, 7)), rng.uniform(0, 2 * math.pi)
-      draw.polygon([(cx + radius * math.cos(angle + 2 * math.pi * i / sides),
-                     cy + radius * math.sin(angle + 2 * math.pi * i / sides))
-                    for i in range(sides)], fill=k)
-  palette = rng.uniform(30, 220, size=(count + 1, 3)).astype(np.float32)
-  image = palette[np.asarray(regions)]
-  image *= np.linspace(rng.uniform(0.7, 1.1), rng.uniform(0.8, 1.2), height,
-                       dtype=np.float32)[:, None, None]
-  image += 30 * luminance[..., None] + np.stack(
-      [12 * chroma1, -6 * chroma1 - 6 * chroma2, 12 * chroma2], axis=-1)
-  image += rng.normal(0, 2, size=(height, width, 1)).astype(np.float32)
-  return np.clip(image, 0, 255).astype(np.uint8)
-
-
-def encode_jpeg(image: np.ndarray) -> bytes:
-  buffer = io.BytesIO()
-  Image.fromarray(image, mode='RGB').save(buffer, format='JPEG', quality=_JPEG_QUALITY)
-  return buffer.getvalue()
-
-
-@dataclasses.dataclass(eq=False)
-class ImageNetLikeConfig(tfds.core.BuilderConfig):
-  num_images: int = 500
-  seed: int = 0
-
-
-def _already_registered(name: str) -> bool:
-  return name in getattr(tfds.core.registered, '_DATASET_REGISTRY', {})
-
-
-class ImageNetLikeJpegs(tfds.core.GeneratorBasedBuilder,
-                        skip_registration=_already_registered(IMAGENET_LIKE)):
-  """`num_images` ImageNet-like JPEGs (render_image), one 'train' split, labels i % 1000 (only
-  so that the records have ImageNet's layout: JPEG `image`, integer `label`)."""
-
-  name = IMAGENET_LIKE
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
-  # `imagenet_like_builder` makes one config per count and seed (named n<count>_seed<seed>).
-  BUILDER_CONFIGS = [ImageNetLikeConfig(name='default', num_images=500, seed=0)]
-  code_path = epath.Path(__file__)  # as in shapes_dataset.py: no importlib_resources
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    return self.dataset_info_from_configs(
-        description='JPEGs with ILSVRC-2012-like dimensions and file sizes (bench_input).',
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(None, None, 3), encoding_format='jpeg'),
-            'label': tfds.features.ClassLabel(num_classes=_NUM_CLASSES),
-        }),
-        supervised_keys=('image', 'label'))
-
-  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    del dl_manager  # nothing to download
-    return {'train': self._generate_examples(self.builder_config.num_images)}
-
-  def _generate_examples(self, count: int) -> Iterator[tuple[int, dict]]:
-    """On every core (numpy's FFT and PIL's encoder release the GIL); example i depends only on
-    (seed, i)."""
-    seed = self.builder_config.seed
-
-    def example(index: int) -> dict:
-      image = render_image(np.random.default_rng([seed, index]))
-      return {'image': encode_jpeg(image), 'label': index % _NUM_CLASSES}
-
-    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-      for start in range(0, count, 64):
-        indices = range(start, min(start + 64, count))
-        yield from zip(indices, pool.map(example, indices))
-
-
-def imagenet_like_builder(num_images: int, data_dir: str | None,
-                          seed: int = 0) -> tfds.core.DatasetBuilder:
-  """The builder of `num_images` ImageNet-like JPEGs in data_dir (one config per count and seed,
-  so datasets of other sizes are kept beside it)."""
-  config = ImageNetLikeConfig(name=f'n{num_images}_seed{seed}', num_images=num_images, seed=seed,
-                              description=f'{num_images} ImageNet-like JPEGs, seed {seed}.')
-  return ImageNetLikeJpegs(config=config, data_dir=data_dir)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,59 +185,57 @@ def jpeg_statistics(jpegs: Sequence[bytes]) -> dict:
           'portrait_fraction': float(np.mean(shapes[:, 0] > shapes[:, 1]))}
 
 
-def pipeline_config(dataset: str, data_dir: str, split: str, batch_size: int):
+def pipeline_spec(dataset: str, data_dir: str, split: str, batch_size: int) -> DataSpec:
   """configs/paper.py's preprocessing on `split` of `dataset`, batches of `batch_size`."""
-  config = paper.get_config()
-  config.dataset = dataset
-  config.data_dir = data_dir
-  config.train_split = split
-  config.eval_split = split  # check_images then tries only the images measured
-  config.batch_size = batch_size
-  return config
+  return dataclasses.replace(
+      data_spec.from_config(paper.get_config()), dataset=dataset, data_dir=data_dir,
+      train_split=split, eval_split=split,  # the image check then tries only the images measured
+      batch_size=batch_size)
 
 
-def measure_dataset(config, builder: tfds.core.DatasetBuilder, repeats: int,
-                    warmup_batches: int) -> dict:
-  """decode, decode_resize, augment and pipeline rates (images/s) over `config.train_split`."""
-  jpegs = read_jpegs(builder, config.train_split)
-  count, resize = len(jpegs), config.resize_size
+def measure_dataset(data: pipeline.Input, repeats: int, warmup_batches: int) -> dict:
+  """decode, decode_resize, augment and pipeline rates (images/s) over the training split of a
+  prepared input."""
+  spec, builder = data.spec, data.builder
+  jpegs = read_jpegs(builder, spec.train_split)
+  count, resize = len(jpegs), spec.resize_size
   # Each stage traces its own loop once; TF would warn that it retraces.
   with tf.device('/CPU:0'), _quiet_tf_logger():
     files = tf.constant(jpegs, tf.string)
     decode = _rounds(image_loop(count, lambda i: tf.io.decode_jpeg(
         files[i], channels=3, dct_method='INTEGER_ACCURATE')), repeats)
     decode_resize = _rounds(image_loop(
-        count, lambda i: input_pipeline.decode_and_resize(files[i], resize)), repeats)
+        count, lambda i: records.decode_and_resize(files[i], resize)), repeats)
     # The training transform alone, on the decoded squares (decoded once, untimed).
-    squares = tf.stack([input_pipeline.decode_and_resize(j, resize) for j in jpegs])
-    transform = input_pipeline.pixel_transform(config, builder)
-    base_seed = tf.constant([config.seed, 0], tf.int64)
-    augment = _rounds(image_loop(count, lambda i: input_pipeline.train_example(
+    squares = tf.stack([records.decode_and_resize(j, resize) for j in jpegs])
+    transform = data.transform
+    base_seed = tf.constant([spec.seed, 0], tf.int64)
+    augment = _rounds(image_loop(count, lambda i: preprocess.train_example(
         squares[i], tf.random.experimental.stateless_fold_in(base_seed, tf.cast(i, tf.int64)),
-        config, transform)), repeats)
+        spec, transform)), repeats)
 
     # The host's half with augment_on='device': the crop and the draws; all of them summed so
     # none can be skipped.
     def host_half(i):
-      ex = input_pipeline.train_example_for_device(
+      ex = preprocess.train_example_for_device(
           squares[i], tf.random.experimental.stateless_fold_in(base_seed, tf.cast(i, tf.int64)),
-          config, transform)
+          spec, transform)
       return (tf.cast(ex['image'][:1, :1], tf.float32) + ex['colour'] + tf.cast(
           ex['flip'], tf.float32) + tf.cast(tf.reduce_sum(ex['crop']), tf.float32))
     augment_device = _rounds(image_loop(count, host_half), repeats)
 
-  batches = max(1, math.ceil(len(jpegs) / config.batch_size))
+  batches = max(1, math.ceil(len(jpegs) / spec.batch_size))
   pipelines, shipped = {}, {}
   for name, augment_on in (('pipeline', 'host'), ('pipeline_device_augment', 'device')):
-    shipped[name] = bytes_per_image(input_pipeline.train_dataset(
-        config, builder, augment_on=augment_on).element_spec, config.batch_size)
-    iterator = input_pipeline.train_iterator(config, builder, augment_on=augment_on)
+    shipped[name] = bytes_per_image(data.train_dataset(augment_on=augment_on).element_spec,
+                                    spec.batch_size)
+    iterator = data.train_batches(augment_on=augment_on)
 
     def pipeline_round():
       for _ in range(batches):
         batch = next(iterator)
-      assert batch['image'].shape[0] == config.batch_size
-      return batches * config.batch_size
+      assert batch['image'].shape[0] == spec.batch_size
+      return batches * spec.batch_size
 
     for _ in range(warmup_batches):
       next(iterator)
@@ -389,7 +248,7 @@ def measure_dataset(config, builder: tfds.core.DatasetBuilder, repeats: int,
               'augment_device': augment_device['images_per_second'],
               'pipeline_device_augment':
                   pipelines['pipeline_device_augment']['images_per_second']}
-  device_half = device_half_xla_cpu(config, repeats)
+  device_half = device_half_xla_cpu(spec, repeats)
   per_core['device_half_xla_cpu'] = device_half['images_per_second']
   ms = {k: 1000.0 / v for k, v in per_core.items()}
   cpu_ms = {k: 1000.0 / max(r['images_per_cpu_second']) for k, r in {
@@ -404,7 +263,7 @@ def measure_dataset(config, builder: tfds.core.DatasetBuilder, repeats: int,
   ms['other_device_augment'] = (ms['pipeline_device_augment'] - ms['decode_resize']
                                 - ms['augment_device'])
   return {
-      'split': config.train_split, 'images': jpeg_statistics(jpegs),
+      'split': spec.train_split, 'images': jpeg_statistics(jpegs),
       'per_core': per_core,
       'ratio': per_core['pipeline'] / per_core['decode_resize'],
       'ratio_device_augment': per_core['pipeline_device_augment'] / per_core['decode_resize'],
@@ -413,22 +272,22 @@ def measure_dataset(config, builder: tfds.core.DatasetBuilder, repeats: int,
       'cpu_ms_per_image': cpu_ms,
       'bytes_per_image': shipped,
       'feed_per_host': feed,
-      'pipeline_images_per_round': batches * config.batch_size,
+      'pipeline_images_per_round': batches * spec.batch_size,
       'rounds': {'decode': decode, 'decode_resize': decode_resize, 'augment': augment,
                  'augment_device': augment_device, **pipelines,
                  'device_half_xla_cpu': device_half},
   }
 
 
-def device_half_xla_cpu(config: ml_collections.ConfigDict, repeats: int) -> dict:
+def device_half_xla_cpu(spec: DataSpec, repeats: int) -> dict:
   """Rates of core/augment.train_images, jitted for one CPU device, on a batch of random uint8
-  crops with the config's shapes (a mean image of resize_size; the pixels' values do not matter
+  crops with the spec's shapes (a mean image of resize_size; the pixels' values do not matter
   to its speed)."""
   import jax  # pylint: disable=import-outside-toplevel  (only this stage needs it)
 
   from alexnet_jax.core import augment  # pylint: disable=import-outside-toplevel
   rng = np.random.default_rng(0)
-  b, size, square = config.batch_size, config.image_size, config.resize_size
+  b, size, square = spec.batch_size, spec.image_size, spec.resize_size
   batch = jax.device_put({
       'image': rng.integers(0, 256, (b, size, size, 3)).astype(np.uint8),
       'crop': rng.integers(0, square - size + 1, (b, 2)).astype(np.int32),
@@ -461,62 +320,55 @@ def pixel_difference(images: Sequence[np.ndarray], references: Sequence[np.ndarr
           'psnr_db': float('inf') if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))}
 
 
-def resized_config(config, storage: str):
-  """`config` training from its resized dataset (config.resized = storage)."""
-  config = copy.deepcopy(config)
-  config.resized = storage
-  return config
-
-
-def _iterator_rounds(config, builder: tfds.core.DatasetBuilder, count: int, repeats: int,
+def _iterator_rounds(data: pipeline.Input, count: int, repeats: int,
                      warmup_batches: int) -> dict:
   """Images/s out of the training iterator, rounds of ceil(count / batch) batches."""
-  batches = max(1, math.ceil(count / config.batch_size))
-  iterator = input_pipeline.train_iterator(config, builder)
+  batches = max(1, math.ceil(count / data.spec.batch_size))
+  iterator = data.train_batches()
 
   def pipeline_round():
     for _ in range(batches):
       next(iterator)
-    return batches * config.batch_size
+    return batches * data.spec.batch_size
 
   for _ in range(warmup_batches):
     next(iterator)
   return _rounds(pipeline_round, repeats, warmup=0)
 
 
-def measure_resized(config, source: tfds.core.DatasetBuilder,
-                    resized: dict[str, tfds.core.DatasetBuilder], repeats: int,
+def measure_resized(source: pipeline.Input, resized: dict[str, pipeline.Input], repeats: int,
                     warmup_batches: int) -> dict:
   """The same images from the resized datasets (resized_dataset.py, written by `run` before
   pinning), per storage: the bytes stored per image, the decode rate of the stored squares and
   the training iterator's rate on them (images/s per core), and how far the decoded squares are
   from what the normal path computes from the originals (`decode_and_resize`)."""
-  originals = read_jpegs(source, config.train_split)
-  resize, out = config.resize_size, {}
-  for storage, builder in resized.items():
-    rconfig = resized_config(config, storage)
-    ds = builder.as_dataset(split=config.train_split, shuffle_files=False,
+  spec = source.spec
+  originals = read_jpegs(source.builder, spec.train_split)
+  resize, out = spec.resize_size, {}
+  for storage, squares in resized.items():
+    builder = squares.builder
+    ds = builder.as_dataset(split=spec.train_split, shuffle_files=False,
                             decoders={'image': tfds.decode.SkipDecoding()})
-    records = list(tfds.as_numpy(ds))
-    stored = [r['image'] for r in records]
+    squares_read = list(tfds.as_numpy(ds))
+    stored = [r['image'] for r in squares_read]
     # file_name is 'train[i]': the i-th source image (the split is whole, so i is its index).
-    sources = [originals[int(r['file_name'].decode().rsplit('[', 1)[1][:-1])] for r in records]
+    sources = [originals[int(r['file_name'].decode().rsplit('[', 1)[1][:-1])] for r in squares_read]
     with tf.device('/CPU:0'), _quiet_tf_logger():
       files = tf.constant(stored, tf.string)
       decode = _rounds(image_loop(len(stored), lambda i: resized_dataset.decode_square(
           files[i], storage, resize)), repeats)
       difference = pixel_difference(
           [resized_dataset.decode_square(tf.constant(b), storage, resize).numpy() for b in stored],
-          [input_pipeline.decode_and_resize(tf.constant(j), resize).numpy() for j in sources])
-    pipeline = _iterator_rounds(rconfig, builder, len(stored), repeats, warmup_batches)
+          [records.decode_and_resize(tf.constant(j), resize).numpy() for j in sources])
+    rates = _iterator_rounds(squares, len(stored), repeats, warmup_batches)
     out[storage] = {
         'dataset': builder.info.full_name, 'count': len(stored),
         'mean_bytes': float(np.mean([len(b) for b in stored])),
-        'jpeg_quality': config.resized_jpeg_quality if storage == 'jpeg' else None,
+        'jpeg_quality': spec.resized_jpeg_quality if storage == 'jpeg' else None,
         'per_core': {'decode': decode['images_per_second'],
-                     'pipeline': pipeline['images_per_second']},
+                     'pipeline': rates['images_per_second']},
         'difference_from_decode_resize': difference,
-        'rounds': {'decode': decode, 'pipeline': pipeline}}
+        'rounds': {'decode': decode, 'pipeline': rates}}
   return out
 
 
@@ -537,27 +389,27 @@ def run(data_dir: str, num_images: int, batch_size: int, repeats: int, warmup_ba
   tf_single_threaded = single_threaded_tf()  # first: before any TF op starts TF's runtime
   data_dir = os.path.expanduser(data_dir) if data_dir else None
   prepared = {}
-  imagenet_like = imagenet_like_builder(num_images, data_dir)
-  config = pipeline_config(imagenet_like.info.full_name, data_dir or '', 'train', batch_size)
-  log(f'Preparing {imagenet_like.info.full_name} ({num_images} JPEGs) and its statistics.')
-  prepared['imagenet_like'] = (config, input_pipeline.prepare_dataset(config, imagenet_like))
-  write_seconds, resized_builders = {}, {}
+  source = imagenet_like.dataset_builder(num_images, data_dir)
+  spec = pipeline_spec(source.info.full_name, data_dir or '', 'train', batch_size)
+  log(f'Preparing {source.info.full_name} ({num_images} JPEGs) and its statistics.')
+  # tfds cannot make this builder from its name: the Input is given it.
+  prepared['imagenet_like'] = pipeline.Input(spec, source).prepare()
+  write_seconds, resized = {}, {}
   for storage in resized_dataset.STORAGES:  # the same images as squares, written once
     start = time.perf_counter()
-    rconfig = resized_config(config, storage)
-    resized = input_pipeline.prepare_dataset(
-        rconfig, resized_dataset.builder(rconfig, source=imagenet_like))
-    resized_builders[storage] = resized
+    rspec = dataclasses.replace(spec, resized=storage)
+    squares = pipeline.Input(rspec, resized_dataset.squares_builder(rspec, source=source))
+    resized[storage] = squares.prepare()
     write_seconds[storage] = time.perf_counter() - start
-    log(f'Prepared {resized.info.full_name} ({write_seconds[storage]:.1f} s, every core).')
-  config = pipeline_config(shapes_dataset, data_dir or '', 'train', batch_size)
-  shapes = input_pipeline.open_dataset(config)
+    log(f'Prepared {squares.builder.info.full_name} ({write_seconds[storage]:.1f} s, every core).')
+  spec = pipeline_spec(shapes_dataset, data_dir or '', 'train', batch_size)
+  shapes = pipeline.open(spec)
   log(f'Preparing {shapes_dataset} and the statistics of its first {num_images} images.')
-  if not shapes.is_prepared():
-    shapes.download_and_prepare()  # generated here, once (prepare_dataset does the same)
-  count = min(num_images, input_pipeline.num_examples(shapes, 'train'))
-  config = pipeline_config(shapes_dataset, data_dir or '', f'train[:{count}]', batch_size)
-  prepared['synthetic_shapes'] = (config, input_pipeline.prepare_dataset(config, shapes))
+  if not shapes.builder.is_prepared():
+    shapes.builder.download_and_prepare()  # generated here, once (prepare does the same)
+  count = min(num_images, shapes.num_examples('train'))
+  spec = pipeline_spec(shapes_dataset, data_dir or '', f'train[:{count}]', batch_size)
+  prepared['synthetic_shapes'] = pipeline.Input(spec, shapes.builder).prepare()
 
   pinned = pin_to_one_cpu(cpu)
   method = (f'every thread pinned to CPU {pinned} (sched_setaffinity) after preparing the '
@@ -576,21 +428,20 @@ def run(data_dir: str, num_images: int, batch_size: int, repeats: int, warmup_ba
                            'set_before_tf_started': tf_single_threaded},
             'load_average': list(os.getloadavg()) if hasattr(os, 'getloadavg') else None,
             'num_images': num_images, 'batch_size': batch_size, 'repeats': repeats,
-            'warmup_batches': warmup_batches, 'jpeg_quality': _JPEG_QUALITY,
+            'warmup_batches': warmup_batches, 'jpeg_quality': imagenet_like.JPEG_QUALITY,
             'target': TARGET_RATIO,
-            'config': {k: config[k] for k in (  # the preprocessing: configs/paper.py's
+            'config': {k: getattr(spec, k) for k in (  # the preprocessing: configs/paper.py's
                 'resize_size', 'image_size', 'mean_subtraction', 'pca_lighting_std',
                 'pca_eigen', 'train_crop', 'cache_decoded', 'shuffle_buffer', 'seed')},
             'datasets': {}}
-  for name, (config, builder) in prepared.items():
-    log(f'Measuring {builder.info.full_name} {config.train_split} on one core.')
-    result['datasets'][name] = {'dataset': builder.info.full_name,
-                                **measure_dataset(config, builder, repeats, warmup_batches)}
+  for name, data in prepared.items():
+    log(f'Measuring {data.builder.info.full_name} {data.spec.train_split} on one core.')
+    result['datasets'][name] = {'dataset': data.builder.info.full_name,
+                                **measure_dataset(data, repeats, warmup_batches)}
   main_figures = result['datasets']['imagenet_like']
-  config, builder = prepared['imagenet_like']
-  log(f'Measuring the resized squares of {builder.info.full_name} on one core.')
-  main_figures['resized'] = measure_resized(config, builder, resized_builders, repeats,
-                                            warmup_batches)
+  source = prepared['imagenet_like']
+  log(f'Measuring the resized squares of {source.builder.info.full_name} on one core.')
+  main_figures['resized'] = measure_resized(source, resized, repeats, warmup_batches)
   for storage, entry in main_figures['resized'].items():
     entry['prepare_seconds_all_cores'] = write_seconds[storage]
   main_figures['per_core'].update({  # the headline rows of decoding less

@@ -9,7 +9,9 @@ import ml_collections
 import numpy as np
 
 from alexnet_jax.core import config as config_lib
-from alexnet_jax.data import input_pipeline
+from alexnet_jax.data import pipeline
+from alexnet_jax.data import spec as data_spec
+from alexnet_jax.data import stats as stats_lib
 from alexnet_jax.runtime import command
 
 
@@ -18,15 +20,16 @@ def dataset_stats(config: ml_collections.ConfigDict):
   ConfigError for data fields the input pipeline refuses, DatasetNotReadyError for a dataset that
   is not there; both before anything is computed or written."""
   config_lib.check_data(config)
-  builder = input_pipeline.prepare_dataset(config)
-  return input_pipeline.load_or_compute_stats(config, builder)
+  data = pipeline.open(data_spec.from_config(config)).prepare(with_stats=True)
+  return data.train_stats, data.stats_path
 
 
-def report(stats, path: str) -> str:
+def report(train_stats: stats_lib.DatasetStats, path: str) -> str:
   with np.printoptions(precision=4, suppress=True):
-    return (f'{path}\n  images: {stats.num_images}\n  mean RGB ([0, 255]): {stats.mean_rgb}\n'
-            f'  eigenvalues ([0, 1] pixels): {stats.eigval}\n  eigenvectors (columns):\n'
-            f'{stats.eigvec}')
+    return (f'{path}\n  images: {train_stats.num_images}\n'
+            f'  mean RGB ([0, 255]): {train_stats.mean_rgb}\n'
+            f'  eigenvalues ([0, 1] pixels): {train_stats.eigval}\n  eigenvectors (columns):\n'
+            f'{train_stats.eigvec}')
 
 
 def main(argv) -> None:

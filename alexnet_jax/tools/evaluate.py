@@ -40,8 +40,9 @@ from alexnet_jax.core import config as config_lib
 from alexnet_jax.core import run as run_lib
 from alexnet_jax.core import strategies
 from alexnet_jax.core import train
-from alexnet_jax.data import input_pipeline
-from alexnet_jax.data import stats as dataset_stats
+from alexnet_jax.data import pipeline
+from alexnet_jax.data import spec as data_spec
+from alexnet_jax.data.refusals import DatasetNotReadyError
 
 CROPS = ('center', 'ten')
 # Model fields that do not change the function a trained network computes at evaluation: how it
@@ -180,33 +181,27 @@ def eval_config(member: Member, split: Optional[str], parallelism: str,
   return config
 
 
-def open_prepared_dataset(config: ml_collections.ConfigDict, workdir: str):
-  """The builder of the member's dataset, which its training prepared; EvaluateError if it is not
-  there, or if the training-set statistics the config subtracts are not cached beside it
-  (evaluation reads them as training does; it never computes them)."""
+def open_prepared_dataset(config: ml_collections.ConfigDict, workdir: str) -> pipeline.Input:
+  """The member's dataset, which its training prepared; EvaluateError if it is not there, or if
+  the training-set statistics the config subtracts are not cached beside it (evaluation reads
+  them as training does; it never computes them)."""
   try:
-    builder = input_pipeline.open_dataset(config)
-  except input_pipeline.DatasetNotReadyError as e:
+    data = pipeline.open(data_spec.from_config(config))
+  except DatasetNotReadyError as e:
     raise EvaluateError(str(e)) from e
-  if not builder.is_prepared():
+  if not data.builder.is_prepared():
     raise EvaluateError(f'{config.dataset} is not prepared in {config.data_dir} (the data_dir of '
                         f'{workdir}): run its training there, or move the dataset back.')
-  splits = builder.info.splits
+  splits = data.builder.info.splits
   if config.eval_split not in splits and config.eval_split.split('[')[0] not in splits:
     raise EvaluateError(f'--split={config.eval_split}: {config.dataset} has the splits '
                         f'{sorted(splits)}.')
-  config_lib.check_dataset(config, input_pipeline.num_classes(builder))
-  if input_pipeline._needs_stats(config):  # pylint: disable=protected-access
-    path = dataset_stats.cache_path(os.fspath(builder.data_dir), config.train_split,
-                                    config.resize_size, config.stats_num_images)
-    try:
-      dataset_stats.DatasetStats.load(path)
-    except (OSError, ValueError, KeyError) as e:
-      raise EvaluateError(
-          f'The training-set statistics {workdir} was trained with are not readable at {path} '
-          f'({type(e).__name__}); they are cached by its training, or by python -m '
-          f'alexnet_jax.dataset_stats with the same dataset, data_dir and resize_size.') from e
-  return builder
+  config_lib.check_dataset(config, data.num_classes)
+  try:
+    return data.use_cached_stats()
+  except DatasetNotReadyError as e:
+    raise EvaluateError(f'The training-set statistics {workdir} was trained with are not '
+                        f'readable: {e}') from e
 
 
 def build_run(config: ml_collections.ConfigDict, explicit: bool) -> run_lib.Run:
@@ -254,19 +249,22 @@ def probabilities_program(run: run_lib.Run):
   return jax.jit(probabilities, out_shardings=run.strategy.replicated)
 
 
-def predict(run: run_lib.Run, params, builder, crops: str) -> tuple[np.ndarray, np.ndarray]:
+def predict(run: run_lib.Run, params, data: pipeline.Input, crops: str
+            ) -> tuple[np.ndarray, np.ndarray]:
   """(probs [N, C] float32, labels [N]) over the run's eval split, each image once, in order:
   the same eval iterator, placement and device constants as train.evaluate."""
   group, groups = run.strategy.input_group(run.config.eval_batch_size)
   if groups != 1:
     raise EvaluateError(f'{groups} input groups: evaluate runs in one process; start it alone.')
   program = probabilities_program(run)
-  batches = input_pipeline.eval_iterator(run.config, builder, process_index=group,
-                                         process_count=groups, crops=crops,
-                                         augment_on=run.augment_on)
+  # The run may have rounded the batch sizes up to its devices (build_run).
+  data = data.replace(batch_size=run.config.batch_size,
+                      eval_batch_size=run.config.eval_batch_size)
+  batches = data.eval_batches(process_index=group, process_count=groups, crops=crops,
+                              augment_on=run.augment_on)
   probs, labels = [], []
   for batch in train.prefetch_to_mesh(batches, run.batch_sharding,
-                                      constants=train.device_constants(run, builder)):
+                                      constants=train.device_constants(run, data)):
     p, label, mask = jax.device_get(program(params, batch))
     keep = np.asarray(mask) > 0
     probs.append(np.asarray(p, np.float32)[keep])
@@ -282,10 +280,10 @@ def predict_member(member: Member, split: Optional[str], crops: str,
   count = num_devices or (member.config.num_devices if chosen == member.config.parallelism
                           else 0)
   config = eval_config(member, split, chosen, count)
-  builder = open_prepared_dataset(config, member.workdir)
+  data = open_prepared_dataset(config, member.workdir)
   run = build_run(config, explicit=parallelism is not None)
   params = run.state_from_params(member.params).params
-  probs, labels = predict(run, params, builder, crops)
+  probs, labels = predict(run, params, data, crops)
   return Predictions(probs=probs, labels=labels, parallelism=run.config.parallelism,
                      num_devices=len(run.devices))
 

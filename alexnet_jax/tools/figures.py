@@ -31,7 +31,8 @@ from PIL import Image, ImageDraw
 
 from alexnet_jax.core import checkpointing
 from alexnet_jax.tools import drawing
-from alexnet_jax.data import input_pipeline
+from alexnet_jax.data import pipeline
+from alexnet_jax.data import spec as data_spec
 from alexnet_jax.core import config as config_lib
 from alexnet_jax.core import run as run_lib
 from alexnet_jax.core import strategies
@@ -179,7 +180,7 @@ class NeighbourScan:
 
 
 def display_images(images: np.ndarray, config: ml_collections.ConfigDict) -> np.ndarray:
-  """Network inputs back to uint8 pixels: the normalisation of input_pipeline.normalize undone."""
+  """Network inputs back to uint8 pixels: the normalisation of preprocess.normalize undone."""
   pixels = np.asarray(images, np.float32)
   if config.std_rgb:
     pixels = pixels * np.asarray(config.std_rgb, np.float32)
@@ -199,13 +200,12 @@ def make_feature_fn(config: ml_collections.ConfigDict, device) -> Callable:
   return jax.jit(features)
 
 
-def iterate_features(config: ml_collections.ConfigDict, builder, params, feature_fn: Callable,
-                     split: str, count: int) -> Iterator[dict]:
+def iterate_features(config: ml_collections.ConfigDict, data: pipeline.Input, params,
+                     feature_fn: Callable, split: str, count: int) -> Iterator[dict]:
   """Batches of the first `count` images of `split` (centre crops, the evaluation
   preprocessing): {'image': uint8 pixels, 'label', 'fc7', 'probs'}, padding removed."""
-  config = config.copy_and_resolve_references()
-  config.eval_split, config.num_eval_examples = split, count
-  for batch in input_pipeline.eval_iterator(config, builder):
+  for batch in data.replace(eval_split=split, num_eval_examples=count).eval_batches(
+      crops='center'):
     real = batch['mask'] > 0
     if not real.any():
       continue
@@ -395,8 +395,8 @@ def make_figures(workdir: str, out_dir: Optional[str] = None, data_dir: Optional
     config.data_dir = data_dir
   params, step = restore_params(workdir, config)
   metrics = read_metrics(workdir)
-  builder = input_pipeline.prepare_dataset(config)
-  class_names = list(builder.info.features['label'].names)
+  data = pipeline.open(data_spec.from_config(config)).prepare()
+  class_names = list(data.builder.info.features['label'].names)
 
   kernel = pixel_space_kernels(params['conv1']['kernel'], config.std_rgb)
   scores = np.stack([colour_specificity(kernel[t]) for t in range(2)])
@@ -404,11 +404,11 @@ def make_figures(workdir: str, out_dir: Optional[str] = None, data_dir: Optional
   device = jax.devices()[0]
   device_params = jax.device_put(params, device)
   feature_fn = make_feature_fn(config, device)
-  val = concatenate(iterate_features(config, builder, device_params, feature_fn,
+  val = concatenate(iterate_features(config, data, device_params, feature_fn,
                                      config.eval_split, max(num_predictions, num_queries)))
   preds, queries = slice(0, num_predictions), slice(0, num_queries)
   scan = NeighbourScan(val['fc7'][queries], num_neighbours)
-  for batch in iterate_features(config, builder, device_params, feature_fn, config.train_split,
+  for batch in iterate_features(config, data, device_params, feature_fn, config.train_split,
                                 num_train_images):
     scan.add(batch['fc7'], batch['image'], batch['label'])
 

@@ -12,7 +12,8 @@ from ml_collections import config_flags
 import ml_collections
 
 from alexnet_jax.core import config as config_lib
-from alexnet_jax.data import input_pipeline
+from alexnet_jax.data import pipeline
+from alexnet_jax.data import spec as data_spec
 from alexnet_jax.runtime import command
 
 
@@ -25,7 +26,7 @@ def resize_dataset(config: ml_collections.ConfigDict) -> str:
   """Writes (or finds) the resized dataset of `config` (config.resized: 'jpeg' or 'raw') and
   returns what to print. ConfigError or DatasetNotReadyError before anything is written."""
   config_lib.check_data(config)
-  builder = input_pipeline.prepare_dataset(config)
+  builder = pipeline.open(data_spec.from_config(config)).prepare().builder
   counts = ', '.join(f'{name} {split.num_examples}' for name, split in builder.info.splits.items())
   size = _disk_bytes(os.fspath(builder.data_dir))
   return (f'{builder.info.full_name} in {builder.data_dir}\n  {counts} images, '
