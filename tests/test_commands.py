@@ -165,10 +165,7 @@ def test_call_maps_errors_to_one_line_and_an_exit_code(capfd, error, code):
 def test_the_project_errors_exit_codes():
   """Every error class command.py names exists under that name in the package, and maps."""
   from alexnet_jax.core import checkpointing, config, metrics  # pylint: disable=g-import-not-at-top
-  try:  # where the data layer's refusals live (data/input_pipeline.py is being split)
-    from alexnet_jax.data.refusals import DatasetNotReadyError  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    from alexnet_jax.data.input_pipeline import DatasetNotReadyError  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.data.refusals import DatasetNotReadyError  # pylint: disable=g-import-not-at-top
   from alexnet_jax.tools import ablate, calibrate, evaluate, figures, published, targets  # pylint: disable=g-import-not-at-top
   refused = [config.ConfigError, DatasetNotReadyError, ablate.AblationError,
              calibrate.CalibrationError, published.CaseError, evaluate.EvaluateError,
