@@ -51,7 +51,12 @@ import jax
 jax.config.update('jax_num_cpu_devices', 2)
 from alexnet_jax.core import run as run_lib
 from alexnet_jax.core import strategies  # noqa: F401
-from alexnet_jax.data import refusals, spec  # noqa: F401  (the config check and the commands use them)
+# Every core module but the training loop (which reads the data through data/pipeline.py), the
+# data layer's spec and refusals (the config check and the commands use them), the commands' runner.
+from alexnet_jax.core import augment, checkpointing, config, kernels, metrics  # noqa: F401
+from alexnet_jax.core import model, optimizer, schedules, steps  # noqa: F401
+from alexnet_jax.data import refusals, spec  # noqa: F401
+from alexnet_jax.runtime import command  # noqa: F401
 from alexnet_jax.tools import bench  # noqa: F401
 from alexnet_jax.tools import measure
 from alexnet_jax.tools import plan  # noqa: F401
