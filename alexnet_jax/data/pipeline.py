@@ -86,7 +86,7 @@ class Input:
     wanted = self.spec.needs_stats if with_stats is None else with_stats
     if wanted and self.train_stats is None:
       self.train_stats, self.stats_path = stats_lib.load_or_compute(self.spec, self.builder)
-    self.transform = preprocess.pixel_transform(self.spec, self.train_stats)
+    self.transform = pixel_transform(self.spec, self.train_stats)
     return self
 
   def use_cached_stats(self) -> Input:
@@ -94,7 +94,7 @@ class Input:
     from the cache beside it (DatasetNotReadyError if they are not there); returns self."""
     if self.spec.needs_stats and self.train_stats is None:
       self.train_stats = stats_lib.load_cached(self.spec, self.builder)
-    self.transform = preprocess.pixel_transform(self.spec, self.train_stats)
+    self.transform = pixel_transform(self.spec, self.train_stats)
     return self
 
   def replace(self, **changes) -> Input:
@@ -147,6 +147,24 @@ class Input:
     """What core/augment.py subtracts and divides by with augment_on='device', shipped once per
     run (preprocess.device_constants)."""
     return preprocess.device_constants(self._prepared())
+
+
+def pixel_transform(spec: DataSpec, train_stats: stats_lib.DatasetStats | None
+                    ) -> preprocess.PixelTransform:
+  """The spec's mean subtraction and colour noise. `train_stats`: the training set's statistics
+  (stats.py), where the spec needs them (spec.needs_stats), else None."""
+  if spec.needs_stats and train_stats is None:
+    raise ValueError(f'mean_subtraction={spec.mean_subtraction!r} with pca_eigen='
+                     f'{spec.pca_eigen!r} needs the training-set statistics.')
+  mean = {'constant': lambda: np.asarray(spec.mean_rgb, np.float32),
+          'channel': lambda: train_stats.mean_rgb,
+          'image': lambda: train_stats.mean_image}[spec.mean_subtraction]()
+  dataset_eigen = spec.pca_eigen == 'dataset' and train_stats is not None
+  return preprocess.PixelTransform(
+      mean=mean, std=np.asarray(spec.std_rgb, np.float32) if spec.std_rgb else None,
+      pca_std=float(spec.pca_lighting_std),
+      eigval=train_stats.eigval if dataset_eigen else np.asarray(preprocess.PCA_EIGVAL, np.float32),
+      eigvec=train_stats.eigvec if dataset_eigen else np.asarray(preprocess.PCA_EIGVEC, np.float32))
 
 
 def open(spec: DataSpec) -> Input:  # pylint: disable=redefined-builtin

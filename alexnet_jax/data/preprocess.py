@@ -22,7 +22,7 @@ example's position), so an example's augmentation is a function of its seed alon
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -30,9 +30,6 @@ import tensorflow as tf
 from alexnet_jax.data import resized_dataset
 from alexnet_jax.data.records import decode_and_resize
 from alexnet_jax.data.spec import DataSpec
-
-if TYPE_CHECKING:
-  from alexnet_jax.data.stats import DatasetStats
 
 # Eigen-decomposition of the RGB covariance of ImageNet pixels in [0, 1] (docs/alexnet2012.md,
 # section 4.1): the published values, used when spec.pca_eigen = 'published'.
@@ -156,29 +153,12 @@ def pca_lighting(image: tf.Tensor, seed: tf.Tensor, alpha_std: float, eigval: An
 @dataclasses.dataclass(frozen=True)
 class PixelTransform:
   """What the per-example functions subtract, divide by and add, resolved from the spec and
-  (where it asks for them) the training-set statistics."""
+  (where it asks for them) the training-set statistics (pipeline.pixel_transform)."""
   mean: np.ndarray  # [3], or the mean image [resize_size, resize_size, 3]; [0, 255] pixels
   std: np.ndarray | None  # [3] or None (the paper: no division)
   pca_std: float  # alpha ~ N(0, pca_std); 0: no colour noise
   eigval: np.ndarray  # [3], for [0, 1] pixels
   eigvec: np.ndarray  # [3, 3], columns
-
-
-def pixel_transform(spec: DataSpec, train_stats: DatasetStats | None) -> PixelTransform:
-  """The spec's mean subtraction and colour noise. `train_stats`: the training set's statistics
-  (stats.py), where the spec needs them (spec.needs_stats), else None."""
-  if spec.needs_stats and train_stats is None:
-    raise ValueError(f'mean_subtraction={spec.mean_subtraction!r} with pca_eigen='
-                     f'{spec.pca_eigen!r} needs the training-set statistics.')
-  mean = {'constant': lambda: np.asarray(spec.mean_rgb, np.float32),
-          'channel': lambda: train_stats.mean_rgb,
-          'image': lambda: train_stats.mean_image}[spec.mean_subtraction]()
-  dataset_eigen = spec.pca_eigen == 'dataset' and train_stats is not None
-  return PixelTransform(
-      mean=mean, std=np.asarray(spec.std_rgb, np.float32) if spec.std_rgb else None,
-      pca_std=float(spec.pca_lighting_std),
-      eigval=train_stats.eigval if dataset_eigen else np.asarray(PCA_EIGVAL, np.float32),
-      eigvec=train_stats.eigvec if dataset_eigen else np.asarray(PCA_EIGVEC, np.float32))
 
 
 def train_example(image_or_jpeg: tf.Tensor, seed: tf.Tensor, spec: DataSpec,
