@@ -10,10 +10,12 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from alexnet_jax.tools import bench
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import run as run_lib
+from alexnet_jax.runtime import command
+from alexnet_jax.tools import bench
 from configs import tiny
 import reference  # the network helper (tests/ is on sys.path under pytest)
 
@@ -76,6 +78,20 @@ def test_data_runs_on_one_device_and_towers_is_skipped_with_the_reason():
   entry = result['strategies']['data']
   assert entry['devices'] == 1 and entry['mesh'] == {'data': 1}
   assert entry['images_per_second'] > 0 and entry['matmul_flop_rate'] > 0
+
+
+def test_a_config_no_strategy_can_run_is_refused_not_reported_as_skipped():
+  """Exit 2's refusal (runtime/command.py), naming each strategy and its reason, when the
+  config's check refuses it for every strategy asked for."""
+  config = tiny.get_config()
+  config.learning_rate = -1.0
+  with pytest.raises(command.Refused) as info:
+    bench.run(config, ['towers', 'data'], num_devices=2, steps=1, warmup=0, matmul_size=128,
+              log=lambda *_: None)
+  message = str(info.value)
+  assert message.startswith('none of the strategies asked for can run here')
+  assert 'towers: ' in message and 'data: ' in message and 'learning_rate=-1.0' in message
+  assert command.exit_code(info.value) == 2
 
 
 def _first_step(dtype: str, params):

@@ -17,6 +17,7 @@ import ml_collections
 
 from alexnet_jax.core import config as config_lib
 from alexnet_jax.core import run as run_lib
+from alexnet_jax.runtime import command
 
 MEMORY_FIELDS = ('argument', 'output', 'temp', 'alias', 'generated_code')
 
@@ -91,7 +92,8 @@ def each_strategy(config: ml_collections.ConfigDict, names: Sequence[str], num_d
                   devices: Optional[Sequence] = None, log: Callable[[str], Any] = print
                   ) -> tuple[dict, dict]:
   """({name: measure_one(its config)}, {name: why skipped}) for every strategy in `names` on
-  `num_devices` of `devices` (0: what the strategy uses by default)."""
+  `num_devices` of `devices` (0: what the strategy uses by default). command.Refused (exit 2)
+  when none can run: a config the check refuses for every strategy is refused, not reported."""
   devices = list(jax.devices() if devices is None else devices)
   measured, skipped = {}, {}
   for name in names:
@@ -103,4 +105,7 @@ def each_strategy(config: ml_collections.ConfigDict, names: Sequence[str], num_d
       continue
     log(f'{name}: compiling and measuring on {devices[0].platform} ...')
     measured[name] = measure_one(config_n)
+  if skipped and not measured:  # a config refused whatever the strategy: the command's refusal
+    raise command.Refused('none of the strategies asked for can run here: ' + '; '.join(
+        f'{name}: {why}' for name, why in skipped.items()))
   return measured, skipped
