@@ -125,3 +125,16 @@ def test_the_statistics_are_read_once_and_the_streams_use_them(data_dir, shapes_
   assert other.train_stats is data.train_stats and other.eval_num_batches() == 1
   with pytest.raises(ValueError, match='resize_size'):
     data.replace(resize_size=64)
+
+
+def test_the_streams_refuse_device_augmentation_with_the_config_checks_words():
+  config = default.get_config()
+  config.train_crop, config.augment_on = 'random_resized_crop', 'device'
+  spec = data_spec.from_config(config)
+  problem, = data_spec.augment_on_problems(spec, 'device')
+  assert 'train_crop=' in problem and "config.augment_on='device'" in problem
+  with pytest.raises(ValueError) as info:  # refused before the dataset is read
+    streams.train_dataset(spec, None, None, augment_on='device')
+  assert str(info.value) == problem
+  assert not data_spec.augment_on_problems(dataclasses.replace(spec, train_crop='random_crop'),
+                                           'device')

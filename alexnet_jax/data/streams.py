@@ -24,7 +24,7 @@ import tensorflow_datasets as tfds
 from alexnet_jax.data import options
 from alexnet_jax.data import preprocess
 from alexnet_jax.data.records import hide_gpus_from_tf, no_autograph, read_encoded, tf_data_options
-from alexnet_jax.data.spec import RESOLVED_AUGMENT_ON, DataSpec, shard_problems
+from alexnet_jax.data.spec import RESOLVED_AUGMENT_ON, DataSpec, augment_on_problems, shard_problems
 
 def _per_process(global_batch: int, process_count: int, what: str) -> int:
   if global_batch % process_count:
@@ -126,9 +126,9 @@ def _check_augment_on(augment_on: str, spec: DataSpec) -> None:
   if augment_on not in RESOLVED_AUGMENT_ON:
     raise ValueError(f'augment_on={augment_on!r}: use one of {", ".join(RESOLVED_AUGMENT_ON)} '
                      "(resolve 'auto' with core/augment.resolve).")
-  if augment_on == 'device' and spec.train_crop != 'random_crop':
-    raise ValueError(f"augment_on='device' ships the paper's uint8 random crop; "
-                     f'train_crop={spec.train_crop!r} resizes into float pixels on the host.')
+  problems = augment_on_problems(spec, augment_on)  # the config check's own rule
+  if problems:
+    raise ValueError(problems[0])
 
 
 def train_iterator(spec: DataSpec, builder: tfds.core.DatasetBuilder,
