@@ -17,7 +17,7 @@ from alexnet_jax.core import checkpointing
 from alexnet_jax.core import train
 from alexnet_jax.runtime import allocator
 from alexnet_jax.runtime import command
-from alexnet_jax.runtime import devices
+from alexnet_jax.core import devices
 from alexnet_jax.runtime import distributed
 
 FLAGS = flags.FLAGS
@@ -75,4 +75,5 @@ def main(argv):
 if __name__ == '__main__':
   # Before any other thread allocates: the step's buffers stay in the heap (allocator.py).
   allocator.keep_freed_memory()
-  command.run(main)
+  from alexnet_jax.core import config as config_lib  # pylint: disable=g-import-not-at-top
+  command.run(main, config_lib.parse_flags)

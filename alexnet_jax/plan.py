@@ -1,4 +1,4 @@
-"""`python -m alexnet_jax.plan`: the pod plan, every strategy compiled for a TPU slice or GPU nodes and its step time predicted; with --published, the published runs replayed and the prediction's error stated (alexnet_jax/tools/plan.py, alexnet_jax/tools/validation.py)."""
+"""`python -m alexnet_jax.plan`: the pod plan, every strategy compiled for a TPU slice or GPU nodes and its step time predicted; with --published, the published runs replayed and the prediction's error stated (alexnet_jax/pods/plan.py, alexnet_jax/pods/validation.py)."""
 
 import sys
 
@@ -10,5 +10,5 @@ if __name__ == '__main__':
     quiet.compile_only_environment()
   with quiet.held_stderr(enabled=compile_only):
     # Imported here: what JAX and the compilers print as they load is held back too.
-    from alexnet_jax.tools import plan  # pylint: disable=g-import-not-at-top
+    from alexnet_jax.pods import plan  # pylint: disable=g-import-not-at-top
     plan.cli()

@@ -10,7 +10,7 @@ on a CPU). What the paper uses and quickstart / tiny do not: PCA colour noise wi
 it at zero). LRN, 3 / 2 pooling, two towers and dropout 0.5 are already every config's defaults
 (configs/default.py); they are set here again so the baseline is the paper's whatever the
 defaults become. Every run is evaluated on the centre crop; the
-`tencrop` variant evaluates the baseline on the ten patches (alexnet_jax/tools/ablate.py).
+`tencrop` variant evaluates the baseline on the ten patches (alexnet_jax/paper/ablate.py).
 """
 
 from configs import quickstart

@@ -63,7 +63,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.num_classes = 1000
   c.model.conv_features = (48, 128, 192, 192, 128)
   c.model.fc_features = (2048, 2048)
-  # The design choices the paper measures, each switchable for ablations (alexnet_jax/tools/ablate.py):
+  # The design choices the paper measures, each switchable for ablations (alexnet_jax/paper/ablate.py):
   # LRN after conv1 and conv2; max pooling window / stride (3 / 2 overlapping; 2 / 2 is the
   # non-overlapping one it beat); towers: 2, or 1 tower with half the kernels (the paper's one-GPU
   # net, model.one_tower_widths; runs with parallelism data, fsdp or hybrid). Dropout:

@@ -123,7 +123,7 @@ measured=0
 if [ -f "$calibration" ]; then
   summary=$(timeout 60 "$PYTHON" - "$calibration" 2>>"$LOG" <<'PY'
 import sys
-from alexnet_jax.tools import calibrate
+from alexnet_jax.pods import calibration
 try:
   result = calibrate.load_calibration(sys.argv[1])
 except calibrate.CalibrationError as e:

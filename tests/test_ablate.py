@@ -12,7 +12,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from alexnet_jax.tools import ablate
+from alexnet_jax.paper import ablate
 from configs import ablations
 from conftest import subprocess_env
 

@@ -15,7 +15,7 @@ import pytest
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import run as run_lib
 from alexnet_jax.runtime import command
-from alexnet_jax.tools import bench
+from alexnet_jax.perf import bench
 from configs import tiny
 import reference  # the network helper (tests/ is on sys.path under pytest)
 

@@ -14,9 +14,9 @@ import tomllib
 
 import pytest
 
-from alexnet_jax.tools import calibrate
+from alexnet_jax.pods import calibration as calibration_lib
 # calibrate's config loader, imported before any test's clock runs.
-from alexnet_jax.tools import plan as _plan  # noqa: F401
+from alexnet_jax.pods import plan as _plan  # noqa: F401
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = 'configs/tiny.py'
@@ -68,7 +68,7 @@ def calibrated(tmp_path_factory):
       cwd=ROOT, env=_environment(), capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
   assert '2 of 2 runs measured' in done.stdout
-  return calibrate.load_calibration(str(out)), out
+  return calibration_lib.load_calibration(str(out)), out
 
 
 def test_every_run_is_measured_and_its_numbers_follow_from_the_step(calibrated):
@@ -150,33 +150,33 @@ def _minimal() -> dict:
 def test_the_loader_refuses_a_wrong_file_in_one_line_naming_the_field(tmp_path, change, words):
   path = tmp_path / 'calibration.json'
   path.write_text(json.dumps(_minimal()))
-  assert calibrate.load_calibration(str(path))['runs'][0]['batch_size'] == 128
+  assert calibration_lib.load_calibration(str(path))['runs'][0]['batch_size'] == 128
   broken = copy.deepcopy(_minimal())
   change(broken)
   path.write_text(json.dumps(broken))
-  with pytest.raises(calibrate.CalibrationError) as e:
-    calibrate.load_calibration(str(path))
+  with pytest.raises(calibration_lib.CalibrationError) as e:
+    calibration_lib.load_calibration(str(path))
   assert words in str(e.value) and '\n' not in str(e.value) and str(path) in str(e.value)
 
 
 def test_the_loader_refuses_what_is_not_json(tmp_path):
   path = tmp_path / 'calibration.json'
   path.write_text('{"kind": ')
-  with pytest.raises(calibrate.CalibrationError, match='not JSON'):
-    calibrate.load_calibration(str(path))
-  with pytest.raises(calibrate.CalibrationError, match='cannot be read'):
-    calibrate.load_calibration(str(tmp_path / 'missing.json'))
+  with pytest.raises(calibration_lib.CalibrationError, match='not JSON'):
+    calibration_lib.load_calibration(str(path))
+  with pytest.raises(calibration_lib.CalibrationError, match='cannot be read'):
+    calibration_lib.load_calibration(str(tmp_path / 'missing.json'))
 
 
 def test_a_spent_budget_starts_no_run_and_says_so(tmp_path):
   out = tmp_path / 'calibration.json'
-  plan = calibrate.Plan(configs=(TINY,), dtypes=('float32', 'bfloat16'), batch_sizes=(2,),
+  plan = calibration_lib.Plan(configs=(TINY,), dtypes=('float32', 'bfloat16'), batch_sizes=(2,),
                         budget_s=0)
-  result = calibrate.calibrate(plan, 'gpu-h200', str(out), log=lambda _: None)
+  result = calibration_lib.calibrate(plan, 'gpu-h200', str(out), log=lambda _: None)
   assert [r['status'] for r in result['runs']] == ['skipped', 'skipped']
   assert all('budget' in r['error'] and r['images_per_second'] is None for r in result['runs'])
   assert result['ops'] == [] and result['trace'] is None
-  assert calibrate.load_calibration(str(out))['complete']
+  assert calibration_lib.load_calibration(str(out))['complete']
 
 
 def test_the_budget_stops_new_runs_and_a_failed_run_does_not_stop_the_others(tmp_path,
@@ -199,9 +199,9 @@ def test_the_budget_stops_new_runs_and_a_failed_run_does_not_stop_the_others(tmp
 
   monkeypatch.setattr(calibrate, 'measure_run', measure_run)
   out = tmp_path / 'calibration.json'
-  plan = calibrate.Plan(configs=(TINY,), dtypes=('float32', 'bfloat16'), batch_sizes=(1, 2, 3),
+  plan = calibration_lib.Plan(configs=(TINY,), dtypes=('float32', 'bfloat16'), batch_sizes=(1, 2, 3),
                         trace_steps=0, budget_s=2.5)
-  result = calibrate.calibrate(plan, 'gpu-h200', str(out), log=lambda _: None)
+  result = calibration_lib.calibrate(plan, 'gpu-h200', str(out), log=lambda _: None)
   # Starts: float32/1 at 0 s, bfloat16/1 at 1 s (fails at once), float32/2 at 1 s, bfloat16/2
   # at 2 s; float32/3 would start at 3 s, past the 2.5 s budget.
   assert [(r['dtype'], r['batch_size'], r['status']) for r in result['runs']] == [
@@ -212,7 +212,7 @@ def test_the_budget_stops_new_runs_and_a_failed_run_does_not_stop_the_others(tmp
                              'allocate')
   assert failed['images_per_second'] is None and failed['mfu'] is None
   assert all('budget' in r['error'] for r in result['runs'][4:])
-  assert calibrate.load_calibration(str(out))['runs'] == result['runs']
+  assert calibration_lib.load_calibration(str(out))['runs'] == result['runs']
 
 
 def test_the_gpu_script_runs_its_stages_on_cpu(tmp_path):
@@ -227,7 +227,7 @@ def test_the_gpu_script_runs_its_stages_on_cpu(tmp_path):
   done = subprocess.run(['bash', 'launch/calibrate_gpu.sh'], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-  result = calibrate.load_calibration(str(out / 'calibration.json'))
+  result = calibration_lib.load_calibration(str(out / 'calibration.json'))
   assert [r['status'] for r in result['runs']] == ['ok'] and result['complete']
   assert result['budget_s'] == 300  # the script's own budget, not the command's default
   assert (out / 'trace.xplane.pb').stat().st_size > 0 and (out / 'trace.json.gz').exists()

@@ -1,4 +1,4 @@
-"""The charts (tools/charts.py, matplotlib), read back from their Figures: device-count axes on a
+"""The charts (report/charts.py, matplotlib), read back from their Figures: device-count axes on a
 log2 scale ticked at the counts, a legend entry and a visible line for every series, a title
 that says PREDICTED or measured, and the PNG at the figure's size."""
 
@@ -9,13 +9,13 @@ import sys
 
 import pytest
 
-from alexnet_jax import tools
-from alexnet_jax.tools import charts
-from alexnet_jax.tools import comms
-from alexnet_jax.tools import figures
-from alexnet_jax.tools import plan
-from alexnet_jax.tools import validation
-from alexnet_jax.tools.hlo import LAYERS, LOSS
+from alexnet_jax import report
+from alexnet_jax.report import charts
+from alexnet_jax.perf import comms
+from alexnet_jax.paper import figures
+from alexnet_jax.pods import plan
+from alexnet_jax.pods import validation
+from alexnet_jax.program.hlo import LAYERS, LOSS
 
 COUNTS = [2, 4, 8, 24]
 
@@ -116,8 +116,8 @@ def test_plan_write_leaves_the_chart_out_without_matplotlib(tmp_path, monkeypatc
   """plan.write on a machine without matplotlib (the lent GPU images): plan.json and plan.md,
   which says why plan.png is missing."""
   monkeypatch.setattr(plan, 'markdown', lambda p: '# plan\n')
-  monkeypatch.delitem(sys.modules, 'alexnet_jax.tools.charts')
-  monkeypatch.delattr(tools, 'charts')
+  monkeypatch.delitem(sys.modules, 'alexnet_jax.report.charts')
+  monkeypatch.delattr(report, "charts")
   for name in [m for m in sys.modules if m.split('.')[0] == 'matplotlib']:
     monkeypatch.setitem(sys.modules, name, None)
   monkeypatch.setitem(sys.modules, 'matplotlib', None)

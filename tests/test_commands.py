@@ -101,9 +101,16 @@ def test_every_command_refuses_a_bad_config_a_bad_flag_and_a_missing_dataset(tmp
       # dataset_stats (a traceback and exit 1 before runtime/command.py)
       ('dataset_stats', [tiny_cfg, BAD_FIELD], 2, [UNKNOWN], None),
       ('dataset_stats', [tiny_cfg, *missing], 2, [NOT_PREPARED], None),
+      # a value the data fields' check refuses: refused before the data dir is read or written
+      ('dataset_stats', [tiny_cfg, f'--config.data_dir={tmp_path / "d1"}',
+                         '--config.pca_lighting_std=-1'], 2, ['config.pca_lighting_std=-1'],
+       'd1'),
       # resize_dataset (exit 1 before)
       ('resize_dataset', [tiny_cfg, BAD_FIELD], 2, [UNKNOWN], None),
       ('resize_dataset', [tiny_cfg, *missing], 2, [NOT_PREPARED], None),
+      ('resize_dataset', [tiny_cfg, f'--config.data_dir={tmp_path / "r1"}',
+                          '--config.pca_lighting_std=-1'], 2, ['config.pca_lighting_std=-1'],
+       'r1'),
       # evaluate: a flag, and the run's dataset gone
       ('evaluate', [f'--workdir={workdir}', '--crops=five'], 2, ['--crops'], None),
       ('evaluate', [f'--workdir={workdir}', f'--out={out}'], 2, ['is not prepared'], 'out'),
@@ -135,19 +142,6 @@ def test_every_command_refuses_a_bad_config_a_bad_flag_and_a_missing_dataset(tmp
   assert not failures, '\n\n'.join(failures)
 
 
-def test_dataset_stats_and_resize_dataset_check_the_data_fields_before_reading(tmp_path):
-  """A value the data fields' check refuses: ConfigError before anything is read or written (the
-  commands then exit 2, like main)."""
-  from alexnet_jax.core import config as config_lib  # pylint: disable=g-import-not-at-top
-  from alexnet_jax.tools import dataset_stats, resize_dataset  # pylint: disable=g-import-not-at-top
-  config = tiny.get_config()
-  config.data_dir, config.pca_lighting_std = str(tmp_path), -1.0
-  for tool in (dataset_stats.dataset_stats, resize_dataset.resize_dataset):
-    with pytest.raises(config_lib.ConfigError, match='config.pca_lighting_std=-1'):
-      tool(config)
-  assert os.listdir(tmp_path) == []
-
-
 @pytest.mark.parametrize('error,code', [
     (FloatingPointError('Training diverged at step 8'), 1),
     (command.Refused('no'), 2),
@@ -163,16 +157,17 @@ def test_call_maps_errors_to_one_line_and_an_exit_code(capfd, error, code):
 
 
 def test_the_project_errors_exit_codes():
-  """Every error class command.py names exists under that name in the package, and maps."""
+  """Every error class of the package derives from one of runtime/errors.py's two classes and
+  exits with its code; an OSError during the work exits 1; anything else is a bug (None)."""
   from alexnet_jax.core import checkpointing, config, metrics  # pylint: disable=g-import-not-at-top
   from alexnet_jax.data.refusals import DatasetNotReadyError  # pylint: disable=g-import-not-at-top
-  from alexnet_jax.tools import ablate, calibrate, evaluate, figures, published, targets  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.paper import ablate, evaluate, figures  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.pods import calibration, published, targets  # pylint: disable=g-import-not-at-top
   refused = [config.ConfigError, DatasetNotReadyError, ablate.AblationError,
-             calibrate.CalibrationError, published.CaseError, evaluate.EvaluateError,
-             figures.FiguresError, targets.TargetError, command.Refused]
-  failed = [checkpointing.CheckpointError, metrics.WorkdirError, FloatingPointError]
-  assert sorted(c.__name__ for c in refused) == sorted(command.REFUSALS)
-  assert sorted(c.__name__ for c in failed[:2]) == sorted(command.FAILURES)
+             calibration.CalibrationError, published.CaseError, evaluate.EvaluateError,
+             figures.FiguresError, targets.TargetError, command.Refused, app.UsageError]
+  failed = [checkpointing.CheckpointError, metrics.WorkdirError, FloatingPointError,
+            OSError, FileNotFoundError, PermissionError]
   for cls in refused:
     assert command.exit_code(cls('x')) == 2, cls
   for cls in failed:

@@ -7,10 +7,10 @@ import os
 
 import pytest
 
-from alexnet_jax.tools import comms
+from alexnet_jax.perf import comms
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import strategies
-from alexnet_jax.tools import formula
+from alexnet_jax.program import formula
 import reference  # the shared test helpers (tests/ is on sys.path under pytest)
 
 

@@ -5,9 +5,9 @@ import dataclasses
 
 import pytest
 
-from alexnet_jax.tools import costmodel
-from alexnet_jax.tools import plan as plan_lib
-from alexnet_jax.tools import targets
+from alexnet_jax.pods import costmodel
+from alexnet_jax.pods import plan as plan_lib
+from alexnet_jax.pods import targets
 
 
 def _profile(inside: dict, between: dict = None, **numbers) -> targets.Profile:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax.core import train
-from alexnet_jax.tools import evaluate
+from alexnet_jax.paper import evaluate
 from configs import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -11,7 +11,7 @@ import orbax.checkpoint as ocp
 from PIL import Image
 import pytest
 
-from alexnet_jax.tools import figures
+from alexnet_jax.paper import figures
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import strategies
 from conftest import prepared_input

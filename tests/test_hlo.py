@@ -1,4 +1,4 @@
-"""The HLO parser (alexnet_jax/tools/hlo.py): the collectives of programs compiled here whose
+"""The HLO parser (alexnet_jax/program/hlo.py): the collectives of programs compiled here whose
 collectives are known; every replica-group spelling and combined op; HLO text written here in the
 forms XLA:GPU and the TPU compiler print (collectives attributed to layers, what
 analysis.explain makes of them); and the ops of a compiled step with their FLOPs and memory."""
@@ -10,8 +10,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from alexnet_jax.core import strategies
-from alexnet_jax.tools import analysis
-from alexnet_jax.tools import hlo
+from alexnet_jax.program import analysis
+from alexnet_jax.program import hlo
 
 
 # --- Collectives of programs compiled here, and every replica-group spelling. ---

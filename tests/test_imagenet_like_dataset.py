@@ -4,7 +4,7 @@ about 110 KB, mostly 500 x 375 or 500 x 333, a quarter portraits."""
 import numpy as np
 
 from alexnet_jax.data import imagenet_like_dataset
-from alexnet_jax.tools import bench_input
+from alexnet_jax.perf import bench_input
 
 
 def _check_imagenet_like(images):

@@ -202,7 +202,7 @@ def test_head_zeroinit_zeroes_fc8_only_and_starts_at_loss_log_classes():
   logits = strategy.forward(jax.device_put(params, strategy.param_sharding(params)), images, None)
   np.testing.assert_array_equal(np.asarray(logits), 0.0)  # softmax loss: log 10 exactly
 
-# --- The ablation switches (alexnet_jax/tools/ablate.py): each changes exactly what it names. ---
+# --- The ablation switches (alexnet_jax/paper/ablate.py): each changes exactly what it names. ---
 
 def shapes(net, size):
   """Kernel shapes (stacked axis first) and each layer's output per image, all towers."""

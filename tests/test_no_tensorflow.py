@@ -57,9 +57,9 @@ from alexnet_jax.core import augment, checkpointing, config, kernels, metrics  #
 from alexnet_jax.core import model, optimizer, schedules, steps  # noqa: F401
 from alexnet_jax.data import refusals, spec  # noqa: F401
 from alexnet_jax.runtime import command  # noqa: F401
-from alexnet_jax.tools import bench  # noqa: F401
-from alexnet_jax.tools import measure
-from alexnet_jax.tools import plan  # noqa: F401
+from alexnet_jax.perf import bench  # noqa: F401
+from alexnet_jax.program import measure
+from alexnet_jax.pods import plan  # noqa: F401
 from configs import tiny
 config = measure.strategy_config(tiny.get_config(), 'towers', 2)  # bench's run of tiny
 run = run_lib.build(config, jax.devices()[:2])

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import pytest
 
 from alexnet_jax.core import model as model_lib
-from alexnet_jax.tools import published
-from alexnet_jax.tools import targets
+from alexnet_jax.pods import published
+from alexnet_jax.pods import targets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = ('alexnet2012', 'krizhevsky2014', 'tf_benchmarks2017')
@@ -98,7 +98,7 @@ def test_the_historical_profiles_load():
 
 
 def test_reading_a_case_imports_no_tensorflow():
-  code = ('import sys; from alexnet_jax.tools import published; published.load_all(); '
+  code = ('import sys; from alexnet_jax.pods import published; published.load_all(); '
           'print(any(m == "tensorflow" or m.startswith("tensorflow.") for m in sys.modules))')
   out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
                        timeout=300)

@@ -9,7 +9,7 @@ import pytest
 from alexnet_jax.core import config as config_lib
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import strategies
-from alexnet_jax.runtime import devices as devices_lib
+from alexnet_jax.core import devices as devices_lib
 from configs import tiny
 
 COUNTS = (0, 1, 2, 3, 4, 6, 8)

@@ -16,10 +16,10 @@ import sys
 import pytest
 
 from alexnet_jax.runtime import quiet
-from alexnet_jax.tools import costmodel
-from alexnet_jax.tools import hlo
-from alexnet_jax.tools import plan as plan_lib
-from alexnet_jax.tools import targets
+from alexnet_jax.pods import costmodel
+from alexnet_jax.program import hlo
+from alexnet_jax.pods import plan as plan_lib
+from alexnet_jax.pods import targets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRED = os.environ.get('ALEXNET_REQUIRE_TARGETS') == '1'
@@ -274,7 +274,7 @@ def test_data_and_fsdp_build_on_a_multi_host_slice():
   """On v5e:4x4 (4 hosts) a 1-D mesh follows the torus ring, so a host's rows are not one
   block of the batch; the config check accepts equal separate sets of rows."""
   from alexnet_jax.core import run as run_lib  # pylint: disable=g-import-not-at-top
-  from alexnet_jax.tools import measure  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.program import measure  # pylint: disable=g-import-not-at-top
   from configs import tiny  # pylint: disable=g-import-not-at-top
   quiet.compile_only_environment()
   devices = targets.devices(targets.load('tpu-v5e'), 16)

@@ -1,4 +1,4 @@
-"""The plan replayed against the published AlexNet measurements (tools/validation.py), and the
+"""The plan replayed against the published AlexNet measurements (pods/validation.py), and the
 plan command's calibration.
 
 The replay compiles each case for its GPU target (seconds a program), so it needs the CUDA plugin
@@ -56,7 +56,7 @@ def _plan(*args, cwd=ROOT):
 
 def test_a_malformed_case_file_is_refused_in_one_line_naming_the_field(tmp_path):
   """Before anything is compiled: exit 2, one line, the file and the field."""
-  from alexnet_jax.tools import published  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.pods import published  # pylint: disable=g-import-not-at-top
   good = open(os.path.join(published.CASES, 'tf_benchmarks2017.toml')).read()
   cases = tmp_path / 'cases'
   cases.mkdir()
@@ -86,7 +86,7 @@ def replayed(tmp_path_factory):
 @needs_gpu_compiler
 def test_every_published_case_is_replayed_and_written(replayed):
   out, result = replayed
-  from alexnet_jax.tools import published  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.pods import published  # pylint: disable=g-import-not-at-top
   keys = {c.key for c in published.load_all()}
   assert {c['key'] for c in result['cases']} == keys
   assert {'alexnet2012', 'krizhevsky2014', 'tf_benchmarks2017'} <= keys

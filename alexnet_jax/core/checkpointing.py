@@ -39,10 +39,10 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from alexnet_jax.runtime import errors
+from alexnet_jax.runtime import fields
 from alexnet_jax.core import config as config_lib
 from alexnet_jax.data import spec as data_spec
-
-
 
 
 def _handlers() -> dict:
@@ -51,28 +51,14 @@ def _handlers() -> dict:
   return {'state': ocp.StandardCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()}
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(errors.Failed, RuntimeError):
   """A checkpoint cannot be written, read, or used by this config; what exists is left intact."""
-
-
-def _plain(config: ml_collections.ConfigDict) -> dict:
-  """The config as JSON types (tuples become lists), as it is stored in `meta`."""
-  return json.loads(config.to_json_best_effort())
-
-
-def _flat(tree: dict, prefix: str = '') -> dict:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flat(value, f'{prefix}{key}.'))
-    else:
-      out[f'{prefix}{key}'] = value
-  return out
 
 
 def config_differences(saved: dict, current: ml_collections.ConfigDict) -> list[str]:
   """'field: checkpoint value -> this config's value' for every field that differs."""
-  old, new = _flat(_plain(config_lib.complete(saved))), _flat(_plain(current))
+  old = fields.flat(fields.plain(config_lib.complete(saved)))
+  new = fields.flat(fields.plain(current))
   return [f'{k}: {old.get(k, "(absent)")!r} -> {new.get(k, "(absent)")!r}'
           for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
@@ -87,7 +73,7 @@ def input_position(config: ml_collections.ConfigDict, step: int, input_shards: i
 def make_meta(config: ml_collections.ConfigDict, step: int, input_shards: int, schedule: dict,
               metrics: dict | None) -> dict:
   """What a checkpoint holds beside the arrays (see the layout above)."""
-  return {'step': int(step), 'config': _plain(config), 'schedule': schedule,
+  return {'step': int(step), 'config': fields.plain(config), 'schedule': schedule,
           'input': input_position(config, step, input_shards),
           'metrics': None if metrics is None else {k: float(v) for k, v in metrics.items()}}
 

@@ -25,6 +25,8 @@ from absl import app
 from absl import flags
 import ml_collections
 
+from alexnet_jax.runtime import errors
+from alexnet_jax.runtime import fields
 from alexnet_jax.core import augment as augment_lib
 from alexnet_jax.core import kernels as kernels_lib
 from alexnet_jax.core import model as model_lib
@@ -43,7 +45,7 @@ COMPUTE_DTYPES = ('float32', 'bfloat16')
 INIT_SCHEMES = ('paper', 'he')
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.Refused, ValueError):
   """A config that cannot run; raised before anything is compiled or written. The message has
   one line per problem, each naming the field and the fix."""
 
@@ -53,46 +55,26 @@ def defaults() -> ml_collections.ConfigDict:
   return default.get_config()
 
 
-def _flat(tree: Any, prefix: str = '') -> dict:
-  """{'model.lrn': True, ...} for a ConfigDict or a nested dict."""
-  items = tree.items() if hasattr(tree, 'items') else ()
-  out = {}
-  for key, value in items:
-    if hasattr(value, 'items'):
-      out.update(_flat(value, f'{prefix}{key}.'))
-    else:
-      out[f'{prefix}{key}'] = value
-  return out
-
-
-def _set(config: ml_collections.ConfigDict, field: str, value: Any) -> None:
-  *path, last = field.split('.')
-  node = config
-  for part in path:
-    node = node[part]
-  node[last] = tuple(value) if isinstance(value, list) else value
-
-
 def complete(saved: Any) -> ml_collections.ConfigDict:
   """Today's config for one read back from a checkpoint or a config.json (a dict or ConfigDict):
   the defaults, overlaid with every saved field that still exists, renamed fields translated.
   Fields that no longer exist are dropped (they cannot change what today's code does)."""
   config = defaults()
-  known = _flat(config)
-  for field, value in _flat(saved).items():
+  known = fields.flat(config)
+  for field, value in fields.flat(saved).items():
     if field in RENAMED:
       field, values = RENAMED[field]
       value = values.get(value, value) if values else value
     if field in known:
-      _set(config, field, value)
+      fields.set(config, field, value)
   return config
 
 
 def unknown_fields(config: Any) -> list[str]:
   """Fields of `config` that configs/default.py does not have: each a problem line."""
-  known = _flat(defaults())
+  known = fields.flat(defaults())
   problems = []
-  for field in _flat(config):
+  for field in fields.flat(config):
     if field not in known:
       problems.append(_unknown(field, known))
   return problems
@@ -112,7 +94,7 @@ def _unknown(field: str, known: dict) -> str:
 def parse_flags(argv: Sequence[str]) -> list[str]:
   """absl's flag parsing for the commands (app.run's `flags_parser`), with a one-line error for a
   `--config.FIELD=VALUE` that names no field or holds a malformed value."""
-  known = _flat(defaults())
+  known = fields.flat(defaults())
   for arg in argv[1:]:
     match = re.match(r'--config\.([\w.]+)=?', arg)
     if match and match.group(1) not in known:
@@ -136,8 +118,8 @@ def _exit_with(message: str) -> None:
 
 def _types(config: ml_collections.ConfigDict) -> list[str]:
   """Every field holds a value of its default's kind (a number, a string, a tuple, ...)."""
-  problems, known = [], _flat(defaults())
-  for field, value in _flat(config).items():
+  problems, known = [], fields.flat(defaults())
+  for field, value in fields.flat(config).items():
     expected = known.get(field)
     if expected is None:
       continue
@@ -163,7 +145,7 @@ def _choices(config: ml_collections.ConfigDict) -> list[str]:
              'model.kernels': kernels_lib.KERNEL_CHOICES,
              'model.num_towers': (2, 1),
              'lr_schedule.kind': schedules.KINDS}
-  flat = _flat(config)
+  flat = fields.flat(config)
   explain = {'model.num_towers': " (2: the paper's two towers; 1: one tower with half the "
                                  "kernels, the paper's one-GPU net)",
              'model.kernels': " ('auto': the CPU kernels on the CPU backend, the paper's "

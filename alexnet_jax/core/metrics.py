@@ -13,8 +13,10 @@ import os
 
 import jax
 
+from alexnet_jax.runtime import errors
 
-class WorkdirError(RuntimeError):
+
+class WorkdirError(errors.Failed, RuntimeError):
   """The workdir stopped taking writes (full disk, permissions) during a run."""
 
 

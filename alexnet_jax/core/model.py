@@ -20,7 +20,7 @@ fc8 is split by class: each tower computes the logits of half of the classes (th
 where fc8 lives free; the parameter count is the same), so `num_classes` must be even.
 
 The paper's design choices are fields of `Tower` (defaults: the paper's), so each can be turned
-off for an ablation (alexnet_jax/tools/ablate.py): `lrn`, `pool_window` / `pool_stride`, and `towers`
+off for an ablation (alexnet_jax/paper/ablate.py): `lrn`, `pool_window` / `pool_stride`, and `towers`
 (2, or 1: the paper's one-GPU net, see `one_tower_widths`).
 """
 

@@ -2,7 +2,7 @@
 
 What the input pipeline costs per image depends on the JPEGs it decodes: their dimensions, their
 file sizes and what their content does to the encoder. ImageNet itself needs an account and
-150 GB, so the input benchmark (tools/bench_input.py) measures on these instead: the sizes of
+150 GB, so the input benchmark (perf/bench_input.py) measures on these instead: the sizes of
 ILSVRC-2012's training JPEGs (`image_size`), photograph-like content (`render_image`: regions
 with sharp edges, an illumination gradient, 1/f texture, sensor noise) and the mean file size
 (PIL's quality 92 on that content). Example i is a function of (seed, i) only, so a dataset of
@@ -27,7 +27,7 @@ import tensorflow_datasets as tfds
 NAME = 'imagenet_like_jpegs'
 # ILSVRC-2012's training JPEGs: about 110 KB on average (138 GB / 1.28 M), most of them 500 px on
 # the long side (500 x 375, 500 x 333; 3:4 portraits), a minority larger. PIL's quality 92 on
-# `render_image`'s content gives that mean size (measured by tools/bench_input.py, in its JSON's
+# `render_image`'s content gives that mean size (measured by perf/bench_input.py, in its JSON's
 # "images").
 JPEG_QUALITY = 92
 _NUM_CLASSES = 1000
@@ -125,7 +125,7 @@ class ImageNetLikeJpegs(tfds.core.GeneratorBasedBuilder,
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        description='JPEGs with ILSVRC-2012-like dimensions and file sizes (tools/bench_input.py).',
+        description='JPEGs with ILSVRC-2012-like dimensions and file sizes (perf/bench_input.py).',
         features=tfds.features.FeaturesDict({
             'image': tfds.features.Image(shape=(None, None, 3), encoding_format='jpeg'),
             'label': tfds.features.ClassLabel(num_classes=_NUM_CLASSES),

@@ -11,13 +11,15 @@ import shlex
 import sys
 from typing import Any, Sequence
 
+from alexnet_jax.runtime import errors
+
 IMAGENET_MANUAL_FILES = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
 # What `md5sum` prints for the archives image-net.org serves.
 IMAGENET_MD5 = {'ILSVRC2012_img_train.tar': '1d675b47d978889d74fa0da5fadfb00e',
                 'ILSVRC2012_img_val.tar': '29b22e2961454d5413ddabcf34fc5622'}
 
 
-class DatasetNotReadyError(Exception):
+class DatasetNotReadyError(errors.Refused):
   """The dataset cannot be read as it is: files only a person can provide (ImageNet's tars),
   damaged files, or a dataset written for other splits. Raised before anything is written."""
 

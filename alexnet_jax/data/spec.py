@@ -22,6 +22,7 @@ from typing import Any
 
 import ml_collections
 
+from alexnet_jax.runtime import fields
 from alexnet_jax.data import options
 
 # The spec fields the training stream is a function of (with the step): a resume that changes one
@@ -81,7 +82,7 @@ class DataSpec:
     """Where the training stream is: the next global batch is `step`, of the stream these
     fields define (streams.train_iterator(start_step=step) continues it). `input_shards`: the
     number the stream is made of (streams.input_shards; the spec may say 0)."""
-    plain = {field: _plain(getattr(self, field)) for field in STREAM_FIELDS}
+    plain = {field: fields.plain(getattr(self, field)) for field in STREAM_FIELDS}
     return {**plain, 'input_shards': int(input_shards), 'step': int(step)}
 
   def problems(self) -> list[str]:
@@ -149,17 +150,12 @@ def augment_on_problems(spec: DataSpec, augment_on: str) -> list[str]:
   return problems
 
 
-def _plain(value: Any) -> Any:
-  """As JSON stores it (tuples become lists), so a saved position compares equal."""
-  return list(value) if isinstance(value, tuple) else value
-
-
 def from_config(config: ml_collections.ConfigDict) -> DataSpec:
   """The data layer's view of a run config: the one place the data layer reads one."""
-  fields = {f.name: config[f.name] for f in dataclasses.fields(DataSpec)}
+  values = {f.name: config[f.name] for f in dataclasses.fields(DataSpec)}
   for name in ('mean_rgb', 'std_rgb', 'rrc_area_range'):
-    fields[name] = tuple(float(v) for v in fields[name])
-  return DataSpec(**fields)
+    values[name] = tuple(float(v) for v in values[name])
+  return DataSpec(**values)
 
 
 # The choices each field may take, for core/config's check of choices.

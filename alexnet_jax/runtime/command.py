@@ -1,22 +1,20 @@
-"""How every command runs its main: the project's flag parser and exit codes.
+"""How every command runs its main: absl's flag parsing and the exit codes.
 
-    command.run(main)  # in a tools module's cli(), after its flags are defined
+    if __name__ == '__main__':
+      command.run(main, config_lib.parse_flags)  # in alexnet_jax/<command>.py, below its flags
 
-runs `main` under absl's `app.run` with `config.parse_flags` (a bad `--config.FIELD=VALUE` or
-flag: one line, exit 2) and turns the project's errors into one line on stderr,
-`error: <message>`, and an exit code:
+runs `main` under absl's `app.run` with the given flag parser (the project's checks every
+`--config.FIELD=VALUE`: one line, exit 2) and turns the project's errors into one line on stderr,
+`error: <message>`, and an exit code read from the error's class (runtime/errors.py):
 
-    2  refused before any work: a config, a dataset that is not there, a flag or a request the
-       command cannot run (ConfigError, DatasetNotReadyError, app.UsageError, the tools'
-       refusals: AblationError, CalibrationError, CaseError, EvaluateError, FiguresError,
-       TargetError; `Refused` for a refusal without a class of its own)
-    1  a failure during the work (FloatingPointError: training diverged; CheckpointError,
-       WorkdirError: a checkpoint or the workdir could not be read or written); what was saved
-       before it is intact
+    2  refused before any work: every `errors.Refused` (a config, a dataset that is not there, a
+       file or request the command cannot use), absl's usage and flag errors
+    1  a failure during the work: every `errors.Failed` (a checkpoint or the workdir could not be
+       written), FloatingPointError (training diverged), OSError (a file the work needed could
+       not be read or written); what was saved before it is intact
 
-Anything else is a bug and keeps its traceback. The project's classes are recognised by name
-among the classes of the `alexnet_jax` package, so this module imports neither JAX, TensorFlow
-nor the tools (a command that loads without TensorFlow still does).
+Anything else is a bug and keeps its traceback. This module imports neither JAX nor TensorFlow, so
+a command that loads without TensorFlow still does.
 """
 
 import functools
@@ -24,33 +22,22 @@ import os
 import sys
 from typing import Any, Callable, NoReturn, Optional, Sequence
 
+from absl import app
+from absl import flags
+
+from alexnet_jax.runtime import errors
+
 REFUSED = 2
 FAILED = 1
 
-# The project's error classes, by name (their modules need not be imported to run a command).
-REFUSALS = ('ConfigError', 'DatasetNotReadyError', 'AblationError', 'CalibrationError',
-            'CaseError', 'EvaluateError', 'FiguresError', 'TargetError', 'Refused')
-FAILURES = ('CheckpointError', 'WorkdirError')
-
-
-class Refused(Exception):
-  """A request a command refuses before any work, where no error class of the project's says
-  so (exit 2)."""
+Refused = errors.Refused  # the commands' refusal without a class of its own
 
 
 def exit_code(error: BaseException) -> Optional[int]:
   """2 (refused before any work), 1 (failed during the work) or None (a bug: let it raise)."""
-  from absl import app  # pylint: disable=import-outside-toplevel
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  for cls in type(error).__mro__:
-    if cls.__module__.split('.')[0] == 'alexnet_jax':
-      if cls.__name__ in REFUSALS:
-        return REFUSED
-      if cls.__name__ in FAILURES:
-        return FAILED
-  if isinstance(error, (app.UsageError, flags.Error)):
+  if isinstance(error, (errors.Refused, app.UsageError, flags.Error)):
     return REFUSED
-  if isinstance(error, FloatingPointError):
+  if isinstance(error, (errors.Failed, FloatingPointError, OSError)):
     return FAILED
   return None
 
@@ -80,8 +67,7 @@ def call(main: Callable[[Sequence[str]], Any], argv: Sequence[str]) -> Any:
     fail(str(e) or repr(e), code)
 
 
-def run(main: Callable[[Sequence[str]], Any]) -> None:
-  """absl's app.run of `main` with the project's flag parser and exit codes (see the module)."""
-  from absl import app  # pylint: disable=import-outside-toplevel
-  from alexnet_jax.core import config as config_lib  # pylint: disable=import-outside-toplevel
-  app.run(functools.partial(call, main), flags_parser=config_lib.parse_flags)
+def run(main: Callable[[Sequence[str]], Any],
+        flags_parser: Callable[[Sequence[str]], Any]) -> None:
+  """absl's app.run of `main` with `flags_parser` and the exit codes (see the module)."""
+  app.run(functools.partial(call, main), flags_parser=flags_parser)

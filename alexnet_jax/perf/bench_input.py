@@ -539,4 +539,5 @@ def cli() -> None:
   flags.DEFINE_string('shapes_dataset', 'synthetic_shapes/default', 'The generated dataset.')
   flags.DEFINE_integer('cpu', -1, 'The CPU to pin to (-1: the first this process may run on).')
   from alexnet_jax.runtime import command  # pylint: disable=g-import-not-at-top
-  command.run(main)
+  from alexnet_jax.core import config as config_lib  # pylint: disable=g-import-not-at-top
+  command.run(main, config_lib.parse_flags)

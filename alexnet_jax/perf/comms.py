@@ -27,11 +27,11 @@ from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import run as run_lib
 from alexnet_jax.core import strategies as strategies_lib
 
-from alexnet_jax.tools import analysis
-from alexnet_jax.tools import measure as measure_lib
-from alexnet_jax.tools import plan as plan_lib
-from alexnet_jax.tools.hlo import LAYERS, LOSS
-from alexnet_jax.tools.drawing import write_report
+from alexnet_jax.program import analysis
+from alexnet_jax.program import measure as measure_lib
+from alexnet_jax.pods import plan as plan_lib
+from alexnet_jax.program.hlo import LAYERS, LOSS
+from alexnet_jax.report.drawing import write_report
 
 # --- Measuring the real train step. ---
 
@@ -150,7 +150,7 @@ def markdown(result: dict) -> str:
   lines = [f'# Communication per training step ({result["devices"]} devices, batch '
            f'{result["batch_size"]}, {result["image_size"]}x{result["image_size"]}, '
            f'{result["platform"]}: {result["device_kind"]}, {result["date"]})', '',
-           'MB = 10^6 bytes sent per device per step (ring convention, see alexnet_jax/tools/comms.py).',
+           'MB = 10^6 bytes sent per device per step (ring convention, see alexnet_jax/perf/comms.py).',
            '', '| strategy | mesh | collectives | measured MB | analytic MB (model) | '
            'loss/metrics MB | s/step | images/s | compile s | temp MB/device |',
            '|---|---|---|---|---|---|---|---|---|---|']
@@ -181,7 +181,7 @@ def chart_figure(result: dict):
   """comms.png's Figure: per strategy a bar of MB per device per step stacked by layer, read
   from this machine's compiled program (measured, not predicted), the formula's total marked on
   it; beside it the measured seconds per step (linear axes: the bars add up)."""
-  from alexnet_jax.tools import charts  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.report import charts  # pylint: disable=g-import-not-at-top
   names = list(result['strategies'])
   entries = [result['strategies'][n] for n in names]
   parts = LAYERS + (LOSS,)
@@ -204,7 +204,7 @@ def chart_figure(result: dict):
 
 def chart(result: dict) -> bytes:
   """comms.png (chart_figure, drawn with matplotlib)."""
-  from alexnet_jax.tools import charts  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.report import charts  # pylint: disable=g-import-not-at-top
   return charts.png(chart_figure(result))
 
 
@@ -220,7 +220,7 @@ def _device_counts(text: str) -> list[int]:
 
 
 def main_target(config, counts: list[int], strategies) -> None:
-  """--target: the pod plan, as `python -m alexnet_jax.plan` makes it (tools/plan.py)."""
+  """--target: the pod plan, as `python -m alexnet_jax.plan` makes it (pods/plan.py)."""
   F = flags.FLAGS
   try:
     plan_lib.run_plan(config, F.target, counts, strategies, out=F.out,
@@ -283,4 +283,5 @@ def cli() -> None:
                       'programs\' analyses are kept ("" keeps none).')
   flags.mark_flags_as_required(['config', 'out'])
   from alexnet_jax.runtime import command  # pylint: disable=g-import-not-at-top
-  command.run(main)
+  from alexnet_jax.core import config as config_lib  # pylint: disable=g-import-not-at-top
+  command.run(main, config_lib.parse_flags)

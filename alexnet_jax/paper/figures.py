@@ -29,14 +29,15 @@ import ml_collections
 import numpy as np
 from PIL import Image, ImageDraw
 
+from alexnet_jax.runtime import errors
 from alexnet_jax.core import checkpointing
-from alexnet_jax.tools import drawing
+from alexnet_jax.report import drawing
 from alexnet_jax.data import pipeline
 from alexnet_jax.data import spec as data_spec
 from alexnet_jax.core import config as config_lib
 from alexnet_jax.core import run as run_lib
 from alexnet_jax.core import strategies
-from alexnet_jax.tools.drawing import LINE_HEIGHT
+from alexnet_jax.report.drawing import LINE_HEIGHT
 
 FIGURES = ('conv1_kernels.png', 'predictions.png', 'neighbours.png', 'curves.png')
 KERNELS_PER_ROW = 16  # Fig. 3 shows a tower's 48 kernels as 3 rows of 16
@@ -49,7 +50,7 @@ NEIGHBOUR_TILE = 96
 CURVES_SIZE = (900, 840)
 
 
-class FiguresError(Exception):
+class FiguresError(errors.Refused):
   """The workdir lacks what the figures need (config.json, a checkpoint), or a setting is bad."""
 
 
@@ -342,7 +343,7 @@ def curves_figure(metrics: list[dict]):
   """curves.png's Figure: the measured training loss, validation top-1 / top-5 error (1 - the
   logged accuracies) and the learning rate logged with them, against step, on a shared step
   axis (the learning rate on a log axis when it falls by 4x or more)."""
-  from alexnet_jax.tools import charts  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.report import charts  # pylint: disable=g-import-not-at-top
   train = [r for r in metrics if 'loss' in r]
   evals = [r for r in metrics if 'val_top1' in r]
   column = lambda records, key, f=lambda v: v: ([r['step'] for r in records],
@@ -369,7 +370,7 @@ def curves_figure(metrics: list[dict]):
 
 def draw_curves(metrics: list[dict]) -> Image.Image:
   """curves.png (curves_figure, drawn with matplotlib) as an image of CURVES_SIZE."""
-  from alexnet_jax.tools import charts  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.report import charts  # pylint: disable=g-import-not-at-top
   return Image.fromarray(charts.rgb(curves_figure(metrics)))
 
 
@@ -486,4 +487,5 @@ def cli() -> None:
   """`python -m alexnet_jax.figures` (alexnet_jax/figures.py): defines the flags and runs `main`."""
   from alexnet_jax.runtime import command  # pylint: disable=g-import-not-at-top
   define_flags()
-  command.run(main)
+  from alexnet_jax.core import config as config_lib  # pylint: disable=g-import-not-at-top
+  command.run(main, config_lib.parse_flags)

@@ -48,10 +48,12 @@ import jax
 import ml_collections
 from ml_collections import config_flags
 
+from alexnet_jax.runtime import errors
+from alexnet_jax.runtime import fields
 from alexnet_jax.core import checkpointing
 from alexnet_jax.core import config as config_lib
 from alexnet_jax.core import run as run_lib
-from alexnet_jax.runtime import devices
+from alexnet_jax.core import devices
 from alexnet_jax.data import pipeline
 from alexnet_jax.data import spec as data_spec
 from alexnet_jax.core import model as model_lib
@@ -90,23 +92,8 @@ VARIANTS = {v.name: v for v in (
 DEFAULT_VARIANTS = ('lrn', 'overlap', 'one_tower', 'pca', 'tencrop')
 
 
-class AblationError(ValueError):
+class AblationError(errors.Refused, ValueError):
   """A request the runner refuses before training anything: the message says what to do."""
-
-
-def _get(config: ml_collections.ConfigDict, field: str):
-  node = config
-  for part in field.split('.'):
-    node = node[part]
-  return node
-
-
-def _set(config: ml_collections.ConfigDict, field: str, value) -> None:
-  *path, last = field.split('.')
-  node = config
-  for part in path:
-    node = node[part]
-  node[last] = value
 
 
 def baseline_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -123,7 +110,7 @@ def variant_config(baseline: ml_collections.ConfigDict, variant: Variant
   towers); hybrid runs one tower as Krizhevsky 2014 did and stays hybrid."""
   config = baseline.copy_and_resolve_references()
   for field, value in variant.overrides.items():
-    _set(config, field, value)
+    fields.set(config, field, value)
   if config.model.num_towers == 1 and config.parallelism in strategies.TOWER_STRATEGIES:
     config.num_devices = strategies.resolve_num_devices(config.parallelism, config.num_devices,
                                                         jax.device_count())
@@ -137,16 +124,12 @@ def check_request(baseline: ml_collections.ConfigDict, names: Sequence[str]) -> 
     if name not in VARIANTS:
       raise AblationError(f'Unknown variant {name!r}; choose from {", ".join(VARIANTS)}.')
     overrides = VARIANTS[name].overrides
-    if overrides and all(_get(baseline, f) == v for f, v in overrides.items()):
-      fields = ', '.join(f'config.{f}={v!r}' for f, v in overrides.items())
+    if overrides and all(fields.get(baseline, f) == v for f, v in overrides.items()):
+      named = ', '.join(f'config.{f}={v!r}' for f, v in overrides.items())
       raise AblationError(
-          f'Variant {name} sets {fields}, but the baseline config already has that, so the '
+          f'Variant {name} sets {named}, but the baseline config already has that, so the '
           "variant would equal the baseline. Give the baseline the paper's setting "
           f'(configs/ablations.py does), or leave {name} out of --variants.')
-
-
-def _plain(config: ml_collections.ConfigDict) -> dict:
-  return json.loads(config.to_json_best_effort())
 
 
 def _read_result(run_dir: str, config: ml_collections.ConfigDict) -> Optional[dict]:
@@ -156,7 +139,7 @@ def _read_result(run_dir: str, config: ml_collections.ConfigDict) -> Optional[di
     return None
   with open(path) as f:
     result = json.load(f)
-  saved, wanted = result['config'], _plain(config)
+  saved, wanted = result['config'], fields.plain(config)
   if saved != wanted:
     flat = lambda d, p='': ({k: v for key, sub in d.items()
                              for k, v in flat(sub, f'{p}{key}.').items()}
@@ -216,7 +199,7 @@ def run_one(name: str, config: ml_collections.ConfigDict, workdir: str,
     if not metrics:  # trained to the end earlier, stopped before result.json: evaluate again
       metrics = evaluate_checkpoint(config, run_dir, 'center')
   result = {'name': name, **{k: float(v) for k, v in metrics.items()},
-            **model_cost(config), 'config': _plain(config)}
+            **model_cost(config), 'config': fields.plain(config)}
   _write_json(os.path.join(run_dir, 'result.json'), result)
   return result
 
@@ -370,4 +353,5 @@ def cli() -> None:
   flags.DEFINE_string('only', '', 'Train only this run (baseline or a variant) and exit.')
   flags.mark_flags_as_required(['config', 'workdir'])
   from alexnet_jax.runtime import command  # pylint: disable=g-import-not-at-top
-  command.run(main)
+  from alexnet_jax.core import config as config_lib  # pylint: disable=g-import-not-at-top
+  command.run(main, config_lib.parse_flags)

@@ -378,7 +378,7 @@ def bytes_by_layer(collectives: Sequence[Collective]) -> dict[str, float]:
   return totals
 
 
-# --- The work of a compiled step, op by op (for the cost model, tools/costmodel.py). ---
+# --- The work of a compiled step, op by op (for the cost model, pods/costmodel.py). ---
 
 # Ops that move no data of their own: views, tuples, parameters, control.
 _FREE = {'parameter', 'get-tuple-element', 'tuple', 'bitcast', 'constant', 'after-all',

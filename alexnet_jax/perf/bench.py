@@ -7,7 +7,7 @@ For each strategy: the jitted train step (forward, backward, the paper's update,
 run.build as the training loop builds it, parameters donated) on
 one synthetic global batch that stays on the devices (no input pipeline, no host transfer). Each
 timed step is waited for on its own and the fastest is reported (the mean is in bench.json;
-tools/measure.py times comms's steps the same way), as the matrix product's best round is: both
+program/measure.py times comms's steps the same way), as the matrix product's best round is: both
 are then the least disturbed measurement on a shared machine. It reports images/s, compile seconds,
 memory per device, the model FLOP rate and, measured in the same run on the same devices, the
 FLOP rate of a large matrix product, and their ratio. The dataset is not needed.
@@ -50,7 +50,7 @@ from ml_collections import config_flags
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import run as run_lib
 from alexnet_jax.core import strategies as strategies_lib
-from alexnet_jax.tools import measure as measure_lib
+from alexnet_jax.program import measure as measure_lib
 
 # Matmul sizes: large enough to reach the machine's rate, small enough to time quickly.
 _CPU_MATMUL_SIZE = 2048
@@ -211,4 +211,5 @@ def cli() -> None:
                        f'{_CPU_MATMUL_SIZE} on CPU, {_ACCELERATOR_MATMUL_SIZE} on accelerators).')
   flags.mark_flags_as_required(['config'])
   from alexnet_jax.runtime import command  # pylint: disable=g-import-not-at-top
-  command.run(main)
+  from alexnet_jax.core import config as config_lib  # pylint: disable=g-import-not-at-top
+  command.run(main, config_lib.parse_flags)

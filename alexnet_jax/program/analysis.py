@@ -10,9 +10,9 @@ from typing import Optional
 import ml_collections
 
 from alexnet_jax.core import run as run_lib
-from alexnet_jax.tools import formula
-from alexnet_jax.tools import hlo
-from alexnet_jax.tools.hlo import LAYERS, LOSS, Module, bytes_by_layer, parse_collectives
+from alexnet_jax.program import formula
+from alexnet_jax.program import hlo
+from alexnet_jax.program.hlo import LAYERS, LOSS, Module, bytes_by_layer, parse_collectives
 
 # Per strategy and layer, the collectives the layer-table formula counts (formula.analytic_bytes).
 _TOWER_READS = ('conv3', 'fc6', 'fc7', 'fc8')

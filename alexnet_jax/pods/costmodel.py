@@ -30,7 +30,7 @@ import dataclasses
 import math
 from typing import Optional, Sequence
 
-from alexnet_jax.tools import targets as targets_lib
+from alexnet_jax.pods import targets as targets_lib
 
 
 @dataclasses.dataclass(frozen=True)

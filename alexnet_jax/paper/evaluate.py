@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from alexnet_jax.runtime import errors
 from alexnet_jax.core import augment as augment_lib
 from alexnet_jax.core import checkpointing
 from alexnet_jax.core import config as config_lib
@@ -52,7 +53,7 @@ _IGNORED_MODEL_FIELDS = ('kernels', 'dtype', 'init_scheme', 'head_zeroinit', 'dr
 _SHARED_FIELDS = ('dataset', 'image_size')
 
 
-class EvaluateError(Exception):
+class EvaluateError(errors.Refused):
   """The command cannot run as given (nothing evaluated): one line saying what to do."""
 
 
@@ -427,4 +428,5 @@ def cli() -> None:
   """`python -m alexnet_jax.evaluate` (alexnet_jax/evaluate.py)."""
   from alexnet_jax.runtime import command  # pylint: disable=g-import-not-at-top
   define_flags()
-  command.run(main)
+  from alexnet_jax.core import config as config_lib  # pylint: disable=g-import-not-at-top
+  command.run(main, config_lib.parse_flags)

@@ -12,7 +12,7 @@ import jax
 
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import strategies
-from alexnet_jax.tools.hlo import LAYERS
+from alexnet_jax.program.hlo import LAYERS
 
 
 def layer_table(net, image_size: int) -> dict:

@@ -18,13 +18,15 @@ from typing import Any, Optional
 
 from jax.experimental import topologies
 
+from alexnet_jax.runtime import errors
+
 PROFILES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'profiles')
 NUMBERS = ('peak_bf16_flops', 'fp32_matmul_flops', 'peak_fp32_flops', 'memory_bytes',
            'memory_bandwidth', 'host_cpus_per_chip')
 INSTALL = 'pip install -r requirements-targets.txt'
 
 
-class TargetError(ValueError):
+class TargetError(errors.Refused, ValueError):
   """A target that cannot be compiled for here, with what to do."""
 
 

@@ -26,11 +26,11 @@ Writes DIR/validation.json, DIR/validation.md and DIR/validation.png.
 import time
 from typing import Any, Callable, Optional, Sequence
 
-from alexnet_jax.tools import costmodel
-from alexnet_jax.tools import plan as plan_lib
-from alexnet_jax.tools import published
-from alexnet_jax.tools import targets as targets_lib
-from alexnet_jax.tools.drawing import write_report
+from alexnet_jax.pods import costmodel
+from alexnet_jax.pods import plan as plan_lib
+from alexnet_jax.pods import published
+from alexnet_jax.pods import targets as targets_lib
+from alexnet_jax.report.drawing import write_report
 
 ERROR_TARGET = 0.15  # |predicted / published - 1| at every point that was not fitted
 SCALING_TARGET = 0.08  # |predicted - published scaling efficiency|
@@ -220,7 +220,7 @@ def chart_figure(result: dict):
   """validation.png's Figure: per case, the published (measured) images/s with its range where
   the source gives one, and the PREDICTED images/s before and after the model's changes, against
   the device count (log2 axis, ticks at the counts; log images/s: both double)."""
-  from alexnet_jax.tools import charts  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.report import charts  # pylint: disable=g-import-not-at-top
   cases = list(result['cases'])
   fig, axes = charts.figure(900, 330 * max(1, len(cases)), max(1, len(cases)))
   for ax, c in zip(axes, cases):
@@ -244,7 +244,7 @@ def chart_figure(result: dict):
 
 def chart(result: dict) -> bytes:
   """validation.png (chart_figure, drawn with matplotlib)."""
-  from alexnet_jax.tools import charts  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.report import charts  # pylint: disable=g-import-not-at-top
   return charts.png(chart_figure(result))
 
 

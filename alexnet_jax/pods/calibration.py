@@ -10,7 +10,7 @@ paper's two-tower network and tf_cnn_benchmarks' one-tower variant), compute dty
 which the GPU runs on TF32 tensor cores at JAX's default precision, and bfloat16) and batch size:
 the train step as training builds it (run.build, parallelism 'data' on one device: the whole
 network on one chip), compiled and timed with the functions bench and comms use
-(tools/measure.py), on a synthetic batch that stays on the device (run.synthetic_batch). So a
+(program/measure.py), on a synthetic batch that stays on the device (run.synthetic_batch). So a
 calibration's step is the same measurement as bench's, and the planner fits what trains.
 
 MFU: model FLOPs per image (bench.train_flops_per_image: forward and backward of the conv and fc
@@ -63,6 +63,8 @@ from typing import Any, Callable, Optional, Sequence
 import jax
 import ml_collections
 
+from alexnet_jax.runtime import errors
+
 KIND = 'alexnet_jax calibration'
 VERSION = 1
 DEFAULT_CONFIGS = ('configs/paper.py', 'configs/tf_cnn_alexnet.py')
@@ -89,7 +91,7 @@ _CONV_KERNEL = re.compile(r'conv|fprop|dgrad|wgrad', re.IGNORECASE)
 _MATMUL_KERNEL = re.compile(r'gemm|dot|matmul|cublas|cutlass', re.IGNORECASE)
 
 
-class CalibrationError(ValueError):
+class CalibrationError(errors.Refused, ValueError):
   """A calibration file that cannot be used; the message is one line naming the field."""
 
 
@@ -202,7 +204,7 @@ def hlo_categories(hlo_text: str) -> dict[str, tuple[str, str]]:
   ops of its body are events of their own). The layer is the first of conv1..fc8 its source
   name (op_name) names, or ''. Names are also listed as XLA spells them in kernel names ('.'
   and '-' as '_')."""
-  from alexnet_jax.tools import hlo  # pylint: disable=import-outside-toplevel
+  from alexnet_jax.program import hlo  # pylint: disable=import-outside-toplevel
   module = hlo.Module(hlo_text)
   memo: dict = {}
 
@@ -416,7 +418,7 @@ def network_name(path: str) -> str:
 def run_config(config: ml_collections.ConfigDict, dtype: str,
                batch_size: int) -> ml_collections.ConfigDict:
   """`config` as one device trains it: parallelism 'data' on 1 device, `dtype` and `batch_size`."""
-  from alexnet_jax.tools import measure  # pylint: disable=import-outside-toplevel
+  from alexnet_jax.program import measure  # pylint: disable=import-outside-toplevel
   config = measure.strategy_config(config, 'data', 1)
   config.model.dtype = dtype
   config.batch_size = batch_size
@@ -442,8 +444,8 @@ def measure_run(config: ml_collections.ConfigDict, device, peak_flops: float, st
   `trace(compiled, state, batch)`, if given, runs after the timing with the program still
   compiled (no second compile)."""
   from alexnet_jax.core import run as run_lib  # pylint: disable=import-outside-toplevel
-  from alexnet_jax.tools import bench  # pylint: disable=import-outside-toplevel
-  from alexnet_jax.tools import measure  # pylint: disable=import-outside-toplevel
+  from alexnet_jax.perf import bench  # pylint: disable=import-outside-toplevel
+  from alexnet_jax.program import measure  # pylint: disable=import-outside-toplevel
   run = run_lib.build(config, [device])
   state, batch = run.init_state(), run.synthetic_batch(config.seed)
   compiled, compile_seconds = measure.compile_train_step(run, state, batch)
@@ -467,7 +469,7 @@ def measure_run(config: ml_collections.ConfigDict, device, peak_flops: float, st
 def calibrate(plan: Plan, target: str, out: str, trace_dir: str = '',
               log: Callable[[str], Any] = print) -> dict:
   """Every run of `plan` on this process's first device, written to `out` after each run."""
-  from alexnet_jax.tools import targets  # pylint: disable=import-outside-toplevel
+  from alexnet_jax.pods import targets  # pylint: disable=import-outside-toplevel
   start = time.monotonic()
   profile = targets.load(target)
   device = jax.devices()[0]
@@ -522,7 +524,7 @@ def calibrate(plan: Plan, target: str, out: str, trace_dir: str = '',
       continue
     try:
       if path not in configs:
-        from alexnet_jax.tools import plan as plan_lib  # pylint: disable=import-outside-toplevel
+        from alexnet_jax.pods import plan as plan_lib  # pylint: disable=import-outside-toplevel
         configs[path] = plan_lib.load_config_file(path)
       config = run_config(configs[path], dtype, batch_size)
       peak = profile.per_device(PEAK_FIELDS[dtype])
@@ -603,12 +605,12 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError('--configs is empty')
   if plan.steps < 1 or plan.warmup < 0 or plan.trace_steps < 0:
     raise app.UsageError('--steps must be 1 or more, --warmup and --trace_steps 0 or more')
-  from alexnet_jax.tools import targets  # pylint: disable=import-outside-toplevel
+  from alexnet_jax.pods import targets  # pylint: disable=import-outside-toplevel
   try:
     targets.load(f.target)
   except targets.TargetError as e:
     raise app.UsageError(str(e)) from e
-  from alexnet_jax.tools import published  # pylint: disable=import-outside-toplevel
+  from alexnet_jax.pods import published  # pylint: disable=import-outside-toplevel
   for path in plan.configs:  # a config file that cannot be imported: refused (exit 2) first
     published.load_config_file(path)
   result = calibrate(plan, f.target, f.out, f.trace_dir)
@@ -638,4 +640,5 @@ def cli() -> None:
                      'flight finishes); the rest are recorded as skipped.')
   flags.mark_flags_as_required(['out'])
   from alexnet_jax.runtime import command  # pylint: disable=import-outside-toplevel
-  command.run(main)
+  from alexnet_jax.core import config as config_lib  # pylint: disable=g-import-not-at-top
+  command.run(main, config_lib.parse_flags)

@@ -36,12 +36,12 @@ import ml_collections
 
 from alexnet_jax.core import run as run_lib
 from alexnet_jax.core import strategies as strategies_lib
-from alexnet_jax.tools import analysis
-from alexnet_jax.tools import costmodel
-from alexnet_jax.tools import formula
-from alexnet_jax.tools import measure as measure_lib
-from alexnet_jax.tools import targets as targets_lib
-from alexnet_jax.tools.hlo import LAYERS, LOSS
+from alexnet_jax.program import analysis
+from alexnet_jax.pods import costmodel
+from alexnet_jax.program import formula
+from alexnet_jax.program import measure as measure_lib
+from alexnet_jax.pods import targets as targets_lib
+from alexnet_jax.program.hlo import LAYERS, LOSS
 
 
 PREDICTED = 'PREDICTED, not measured'
@@ -469,7 +469,7 @@ def chart_figure(plan: dict):
   lines scale perfectly); below, communication's PREDICTED share of the step (no overlap)."""
   # matplotlib (and the Pillow it reads images with) is imported here: a GPU machine that only
   # measures may not have them (see write).
-  from alexnet_jax.tools import charts  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.report import charts  # pylint: disable=g-import-not-at-top
   by = {}
   for r in plan['runs']:
     by.setdefault(r['strategy'], []).append(r)
@@ -498,7 +498,7 @@ def chart_figure(plan: dict):
 
 def chart(plan: dict) -> bytes:
   """plan.png (chart_figure, drawn with matplotlib)."""
-  from alexnet_jax.tools import charts  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.report import charts  # pylint: disable=g-import-not-at-top
   return charts.png(chart_figure(plan))
 
 
@@ -558,7 +558,7 @@ def input_per_core(path: str) -> dict:
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
   """get_config() of a config file by path (published.load_config_file)."""
-  from alexnet_jax.tools import published  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.pods import published  # pylint: disable=g-import-not-at-top
   return published.load_config_file(path)
 
 
@@ -578,7 +578,7 @@ def calibrated_efficiency(calibration: dict, config: ml_collections.ConfigDict,
         f'the calibration file has no measured run in {config.model.dtype}; run '
         f'python -m alexnet_jax.calibrate with that dtype')
   # The same network: its model FLOPs per image (bench.train_flops_per_image) are the plan's.
-  from alexnet_jax.tools import bench  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.perf import bench  # pylint: disable=g-import-not-at-top
   devices = targets_lib.devices(profile, 1)
   mine = bench.train_flops_per_image(run_lib.network(config, devices[0].platform),
                                      config.image_size)
@@ -630,8 +630,8 @@ def run_plan(config: ml_collections.ConfigDict, target: str, counts: Sequence[in
     raise targets_lib.TargetError(why)
   source = 'assumed'
   if calibration:
-    from alexnet_jax.tools import calibrate  # pylint: disable=g-import-not-at-top
-    efficiency, source = calibrated_efficiency(calibrate.load_calibration(calibration), config,
+    from alexnet_jax.pods import calibration as calibration_lib  # pylint: disable=g-import-not-at-top
+    efficiency, source = calibrated_efficiency(calibration_lib.load_calibration(calibration), config,
                                                profile, cache_dir or None)
   result = make_plan(config, profile, counts, strategies=strategies,
                      batch_per_replica=batch_per_replica, efficiency=efficiency,
@@ -656,7 +656,7 @@ def main(argv) -> None:
   F = flags.FLAGS
   try:
     if F.published:
-      from alexnet_jax.tools import validation  # pylint: disable=g-import-not-at-top
+      from alexnet_jax.pods import validation  # pylint: disable=g-import-not-at-top
       from alexnet_jax.runtime import quiet  # pylint: disable=g-import-not-at-top
       quiet.compile_only_environment()
       jax.config.update('jax_platforms', 'cpu')
@@ -714,4 +714,5 @@ def cli() -> None:
   flags.DEFINE_string('cases', '', 'With --published: a folder of case files instead of the '
                       'shipped ones.')
   flags.mark_flags_as_required(['out'])
-  command.run(main)
+  from alexnet_jax.core import config as config_lib  # pylint: disable=g-import-not-at-top
+  command.run(main, config_lib.parse_flags)

@@ -2,7 +2,7 @@
 
 A case file (alexnet_jax/published/*.toml, one per published run) says what was measured, on
 which machine, with which network and strategy, and where it was published, so that the pod plan
-can replay it (`python -m alexnet_jax.plan --published`, tools/validation.py) and state its
+can replay it (`python -m alexnet_jax.plan --published`, pods/validation.py) and state its
 error against a number someone else measured. The format (every table and field required unless
 marked optional):
 
@@ -13,7 +13,7 @@ marked optional):
     checked = true      # whether the figures were read from the source itself
     note = "..."        # how images/s were derived from what is published; what was not verified
     [hardware]
-    profile = "..."     # a shipped hardware profile (tools/targets.py, profiles/*.toml)
+    profile = "..."     # a shipped hardware profile (pods/targets.py, profiles/*.toml)
     [network]           # the network as published: widths are totals over towers
     config = "configs/....py"   # from the repository root, or absolute
     num_towers = 1
@@ -48,6 +48,8 @@ import sys
 import tomllib
 from typing import Any, Optional
 
+from alexnet_jax.runtime import errors
+
 # The repository root (configs/ lives beside alexnet_jax/, installed or not) and the shipped cases.
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CASES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'published')
@@ -63,7 +65,7 @@ DTYPES = ('float32', 'bfloat16')
 WIDTHS = {'conv_features': 5, 'fc_features': 2}  # AlexNet's five conv and two hidden fc layers
 
 
-class CaseError(ValueError):
+class CaseError(errors.Refused, ValueError):
   """A case file that cannot be replayed: one line naming the file, the field and what is
   expected."""
 
@@ -117,7 +119,7 @@ class _Reader:
   def table(self, raw: dict, name: str, fields: dict, extra_ok: bool = False) -> dict:
     if name not in raw:
       raise self.fail(f'[{name}]', 'missing; every case file has the tables '
-                      f'{", ".join(f"[{t}]" for t in TABLES)} (see alexnet_jax/tools/published.py)')
+                      f'{", ".join(f"[{t}]" for t in TABLES)} (see alexnet_jax/pods/published.py)')
     table = raw[name]
     if not isinstance(table, dict):
       raise self.fail(name, 'expected a table [' + name + ']')
@@ -176,7 +178,7 @@ def load(path: str) -> Case:
                           extra_ok=True)
 
   # The machine: a profile this project ships (profiles/*.toml).
-  from alexnet_jax.tools import targets  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.pods import targets  # pylint: disable=g-import-not-at-top
   profiles = targets.known()
   if hardware['profile'] not in profiles:
     raise reader.fail('hardware.profile', f'{hardware["profile"]!r} is not a shipped profile; '

@@ -1,1 +1,0 @@
-"""What the commands comms, bench, ablate and figures do (the commands are alexnet_jax/<name>.py)."""
