@@ -40,5 +40,4 @@ def main(argv) -> None:
 
 
 if __name__ == '__main__':
-  from alexnet_jax.core import config as config_lib  # pylint: disable=g-import-not-at-top
   command.run(main, config_lib.parse_flags)

@@ -174,17 +174,3 @@ def test_the_project_errors_exit_codes():
     assert command.exit_code(cls('x')) == 1, cls
   assert command.exit_code(ValueError('a bug')) is None
   assert command.exit_code(KeyError('a bug')) is None
-
-
-def test_the_entry_files_hold_no_logic():
-  """Each `python -m alexnet_jax.X` file is a docstring, imports and one call of its tools
-  module's cli() (main.py apart, and comms/plan's stderr held back before their imports)."""
-  for name in ('ablate', 'bench', 'bench_input', 'calibrate', 'dataset_stats', 'evaluate',
-               'figures', 'resize_dataset'):
-    with open(os.path.join(ROOT, 'alexnet_jax', f'{name}.py')) as f:
-      code = [line for line in f.read().split('"""')[-1].splitlines()
-              if line.strip() and not line.lstrip().startswith('#')]
-    calls = [line for line in code if not line.startswith(('from ', 'import ', 'if __name__'))]
-    assert calls in ([f'  {name}.cli()'],
-                     ['  allocator.keep_freed_memory()  # before other threads allocate '
-                      '(alexnet_jax/runtime/allocator.py)', f'  {name}.cli()']), (name, calls)

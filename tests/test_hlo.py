@@ -12,6 +12,7 @@ from jax.sharding import PartitionSpec as P
 from alexnet_jax.core import strategies
 from alexnet_jax.program import analysis
 from alexnet_jax.program import hlo
+from alexnet_jax.program import ops as ops_lib
 
 
 # --- Collectives of programs compiled here, and every replica-group spelling. ---
@@ -220,7 +221,7 @@ ENTRY %main (x: f32[128,3,227,227], w: f32[48,3,11,11], k: f32[2,9216,2048], a: 
 def test_ops_of_a_compiled_step_with_their_flops_and_memory():
   module = hlo.Module(GPU_STEP)
   collectives = hlo.parse_collectives(module, 2)
-  ops = {o.name: o for o in hlo.step_ops(module, collectives)}
+  ops = {o.name: o for o in ops_lib.step_ops(module, collectives)}
   forward = 2 * 128 * 48 * 55 * 55 * (3 * 11 * 11)  # 2 x output x (filter per output map)
   assert ops['conv'].category == 'conv' and ops['conv'].flops == forward
   assert ops['conv'].layer == 'conv1'
@@ -260,6 +261,6 @@ ENTRY %main (x: bf16[8,32,32,64], w: bf16[3,3,64,128]) -> bf16[8,32,32,128] {
   ROOT %f = bf16[8,32,32,128]{3,2,1,0} fusion(%x, %w), kind=kOutput, calls=%fused_conv
 }
 '''
-  (f,) = [o for o in hlo.step_ops(hlo.Module(text)) if o.name == 'f']
+  (f,) = [o for o in ops_lib.step_ops(hlo.Module(text)) if o.name == 'f']
   assert f.category == 'conv' and f.flops == 2 * 8 * 32 * 32 * 128 * (3 * 3 * 64)
   assert f.bytes == 2 * (8 * 32 * 32 * 64 + 3 * 3 * 64 * 128 + 8 * 32 * 32 * 128)

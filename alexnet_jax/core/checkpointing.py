@@ -28,7 +28,6 @@ cannot be read, or was written by another config, is refused with a message and 
 building the model or knowing the devices it was trained on.
 """
 
-import json
 import logging as std_logging
 import os
 from typing import Any

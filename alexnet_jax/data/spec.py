@@ -18,7 +18,6 @@ that never read a dataset import it.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import ml_collections
 

@@ -41,19 +41,15 @@ import json
 import os
 from typing import Optional, Sequence
 
-from absl import app
-from absl import flags
 from absl import logging
 import jax
 import ml_collections
-from ml_collections import config_flags
 
 from alexnet_jax.runtime import errors
 from alexnet_jax.runtime import fields
 from alexnet_jax.core import checkpointing
 from alexnet_jax.core import config as config_lib
 from alexnet_jax.core import run as run_lib
-from alexnet_jax.core import devices
 from alexnet_jax.data import pipeline
 from alexnet_jax.data import spec as data_spec
 from alexnet_jax.core import model as model_lib
@@ -327,31 +323,3 @@ def run(config: ml_collections.ConfigDict, names: Sequence[str], workdir: str,
   with open(os.path.join(workdir, 'ablations.md'), 'w') as f:
     f.write(text)
   return result
-
-
-FLAGS = flags.FLAGS
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  checkpointing.quiet_orbax_logs()
-  devices.simulate_cpu_devices(FLAGS.config)  # before JAX starts a backend; every run uses them
-  # Refusals (AblationError, a config or dataset) exit 2; a run that fails exits 1 (command.py).
-  result = run(FLAGS.config, FLAGS.variants, FLAGS.workdir, FLAGS.only)
-  if result is not None:
-    print(markdown(result), flush=True)
-
-
-def cli() -> None:
-  """`python -m alexnet_jax.ablate` (alexnet_jax/ablate.py): defines the flags and runs `main`."""
-  config_flags.DEFINE_config_file(
-      'config', None, 'The baseline config (configs/ablations.py: the paper\'s switches; '
-      'configs/ablations.py:tiny for small images).', lock_config=True)
-  flags.DEFINE_string('workdir', None, 'Where each run (DIR/<name>) and the table are written.')
-  flags.DEFINE_list('variants', list(DEFAULT_VARIANTS), f'Among {", ".join(VARIANTS)}.')
-  flags.DEFINE_string('only', '', 'Train only this run (baseline or a variant) and exit.')
-  flags.mark_flags_as_required(['config', 'workdir'])
-  from alexnet_jax.runtime import command  # pylint: disable=g-import-not-at-top
-  from alexnet_jax.core import config as config_lib  # pylint: disable=g-import-not-at-top
-  command.run(main, config_lib.parse_flags)

@@ -26,8 +26,6 @@ import os
 import re
 from typing import Optional, Sequence
 
-from absl import app
-from absl import flags
 from absl import logging
 import jax
 import jax.numpy as jnp
@@ -387,46 +385,3 @@ def evaluate_workdirs(workdirs: Sequence[str], out: Optional[str] = None,
       f.write(markdown_table(result))
   result['out'] = out
   return result
-
-
-# ---------------------------------------------------------------------------------------------
-# The command.
-
-FLAGS = flags.FLAGS
-
-
-def define_flags() -> None:
-  """The command's flags, defined only when it runs (other programs import this module)."""
-  flags.DEFINE_multi_string('workdir', [], 'A training workdir; repeat for an ensemble.')
-  flags.DEFINE_string('split', None, "The split (tfds syntax); default: the run's eval_split.")
-  flags.DEFINE_enum('crops', 'center', list(CROPS), "'center' or the paper's 'ten' patches.")
-  flags.DEFINE_integer('step', None, 'The checkpoint step of every workdir; default: the latest.')
-  flags.DEFINE_string('parallelism', None, "The strategy to evaluate with; default: the "
-                      "checkpoint's, or 'data' if that cannot run here.")
-  flags.DEFINE_integer('num_devices', 0, "Devices; 0: the strategy's default.")
-  flags.DEFINE_string('out', None, "Where the files go; default: the first workdir's "
-                      'evaluation/.')
-
-
-def main(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  checkpointing.quiet_orbax_logs()
-  if not FLAGS.workdir:
-    raise EvaluateError('Give at least one --workdir=DIR of a training run.')
-  # Before JAX starts its backend: a CPU-only machine presents the devices the strategies need.
-  jax.config.update('jax_num_cpu_devices', devices_to_simulate(
-      FLAGS.workdir, FLAGS.parallelism, FLAGS.num_devices))
-  # EvaluateError, a config or dataset refused: one line, exit 2 (runtime/command.py).
-  result = evaluate_workdirs(FLAGS.workdir, FLAGS.out, FLAGS.split, FLAGS.crops, FLAGS.step,
-                             FLAGS.parallelism, FLAGS.num_devices)
-  print(markdown_table(result), end='')
-  print(f'wrote evaluation.json, evaluation.md and the softmax outputs to {result["out"]}')
-
-
-def cli() -> None:
-  """`python -m alexnet_jax.evaluate` (alexnet_jax/evaluate.py)."""
-  from alexnet_jax.runtime import command  # pylint: disable=g-import-not-at-top
-  define_flags()
-  from alexnet_jax.core import config as config_lib  # pylint: disable=g-import-not-at-top
-  command.run(main, config_lib.parse_flags)

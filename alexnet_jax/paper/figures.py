@@ -22,8 +22,6 @@ import json
 import os
 from typing import Callable, Iterator, Optional
 
-from absl import app
-from absl import flags
 import jax
 import ml_collections
 import numpy as np
@@ -449,43 +447,3 @@ def make_figures(workdir: str, out_dir: Optional[str] = None, data_dir: Optional
     with open(os.path.join(out_dir, 'figures.json'), 'w') as f:
       json.dump(result, f, indent=1)
   return result
-
-
-FLAGS = flags.FLAGS
-
-
-def define_flags() -> None:
-  """The command's flags, defined only when it runs, so other programs (alexnet_jax.ablate)
-  can import this module's functions beside flags of the same names."""
-  flags.DEFINE_string('workdir', None, 'A training workdir (config.json, metrics.jsonl, '
-                      'checkpoints/).')
-  flags.DEFINE_string('out', None, 'Where the figures go (default: WORKDIR/figures).')
-  flags.DEFINE_string('data_dir', None, "The tfds data dir, if not the run's config.data_dir.")
-  flags.DEFINE_integer('num_predictions', 8, 'Validation images in predictions.png.')
-  flags.DEFINE_integer('num_queries', 5, 'Validation images (rows) in neighbours.png.')
-  flags.DEFINE_integer('num_neighbours', 6, 'Nearest training images shown per query.')
-  flags.DEFINE_integer('num_train_images', 1000, 'Training images scanned for neighbours (the '
-                       'first N of the split; each costs one forward pass).')
-  flags.mark_flags_as_required(['workdir'])
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  checkpointing.quiet_orbax_logs()
-  # FiguresError, a dataset that is not there: one line, exit 2 (runtime/command.py).
-  result = make_figures(FLAGS.workdir, FLAGS.out, FLAGS.data_dir, FLAGS.num_predictions,
-                        FLAGS.num_queries, FLAGS.num_neighbours, FLAGS.num_train_images)
-  scores = result['colour_specificity']
-  out = FLAGS.out or os.path.join(os.path.abspath(FLAGS.workdir), 'figures')
-  print(f'step {result["step"]}: colour specificity of conv1, tower 1 {scores["tower1"]:.3f}, '
-        f'tower 2 {scores["tower2"]:.3f}')
-  print(f'wrote {", ".join(FIGURES)} and figures.json to {out}')
-
-
-def cli() -> None:
-  """`python -m alexnet_jax.figures` (alexnet_jax/figures.py): defines the flags and runs `main`."""
-  from alexnet_jax.runtime import command  # pylint: disable=g-import-not-at-top
-  define_flags()
-  from alexnet_jax.core import config as config_lib  # pylint: disable=g-import-not-at-top
-  command.run(main, config_lib.parse_flags)

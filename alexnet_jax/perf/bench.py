@@ -34,18 +34,14 @@ own through XLA_FLAGS, which the result records. The kernels (config.model.kerne
 too: 'auto' takes the CPU kernels on the CPU backend and the reference ones elsewhere.
 """
 
-import json
 import math
 import os
 import time
 from typing import Sequence
 
-from absl import app
-from absl import flags
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
-from ml_collections import config_flags
 
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import run as run_lib
@@ -53,8 +49,8 @@ from alexnet_jax.core import strategies as strategies_lib
 from alexnet_jax.program import measure as measure_lib
 
 # Matmul sizes: large enough to reach the machine's rate, small enough to time quickly.
-_CPU_MATMUL_SIZE = 2048
-_ACCELERATOR_MATMUL_SIZE = 8192
+CPU_MATMUL_SIZE = 2048
+ACCELERATOR_MATMUL_SIZE = 8192
 
 
 def train_flops_per_image(net, image_size: int) -> int:
@@ -106,8 +102,8 @@ def measure(config, parallelism: str, num_devices: int, steps: int = 5, warmup: 
   flops = train_flops_per_image(run.net, config.image_size)
   dtype = config.model.dtype
   devices = run.devices
-  size = matmul_size or (_CPU_MATMUL_SIZE if devices[0].platform == 'cpu'
-                         else _ACCELERATOR_MATMUL_SIZE)
+  size = matmul_size or (CPU_MATMUL_SIZE if devices[0].platform == 'cpu'
+                         else ACCELERATOR_MATMUL_SIZE)
   matmul_rate = matmul_flop_rate(devices, size, dtype)
   model_rate = images_per_second * flops
   memory = measure_lib.memory(compiled, devices)
@@ -172,44 +168,3 @@ def markdown(result: dict) -> str:
   for name, why in result['skipped'].items():
     rows.append(f'| {name} | skipped: {why} | | | | | | | | |')
   return '\n'.join(rows) + '\n'
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  f = flags.FLAGS
-  config = f.config
-  names = [s for s in f.strategies.split(',') if s]
-  unknown = [s for s in names if s not in strategies_lib.STRATEGIES]
-  if unknown:
-    raise app.UsageError(f'Unknown strategies {unknown}; choose from '
-                         f'{",".join(strategies_lib.STRATEGIES)}.')
-  # Before JAX starts a backend: as many simulated CPU devices as the largest strategy asks for
-  # (accelerators keep their real devices).
-  jax.config.update('jax_num_cpu_devices', max(
-      [strategies_lib.devices_needed(s, f.devices) for s in names] + [1]))
-  result = run(config, names, f.devices, steps=f.steps, warmup=f.warmup,
-               matmul_size=f.matmul_size)
-  os.makedirs(f.out, exist_ok=True)
-  with open(os.path.join(f.out, 'bench.json'), 'w') as fh:
-    json.dump(result, fh, indent=1)
-  print(markdown(result))
-  print(f'load average {result["load_average"]} -> {result["load_average_after"]}; wrote '
-        f'{os.path.join(f.out, "bench.json")}')
-
-
-def cli() -> None:
-  """`python -m alexnet_jax.bench` (alexnet_jax/bench.py): defines the flags and runs `main`."""
-  config_flags.DEFINE_config_file('config', None, 'A configs/*.py file.', lock_config=True)
-  flags.DEFINE_string('strategies', 'towers,data', 'Comma-separated strategies to time.')
-  flags.DEFINE_integer('devices', 0, 'Devices per strategy (0: 2 for towers, all visible for '
-                       'the others; on CPU, that many are simulated).')
-  flags.DEFINE_string('out', '/tmp/alexnet_bench', 'Where bench.json is written.')
-  flags.DEFINE_integer('steps', 5, 'Timed steps per strategy.')
-  flags.DEFINE_integer('warmup', 2, 'Untimed steps after compiling.')
-  flags.DEFINE_integer('matmul_size', 0, f'S of the S x S matrix product (0: '
-                       f'{_CPU_MATMUL_SIZE} on CPU, {_ACCELERATOR_MATMUL_SIZE} on accelerators).')
-  flags.mark_flags_as_required(['config'])
-  from alexnet_jax.runtime import command  # pylint: disable=g-import-not-at-top
-  from alexnet_jax.core import config as config_lib  # pylint: disable=g-import-not-at-top
-  command.run(main, config_lib.parse_flags)

@@ -63,15 +63,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
 import os
 import time
 from typing import Callable, Sequence
 
-from absl import app
-from absl import flags
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -498,46 +495,3 @@ def markdown(result: dict) -> str:
 def config_size(result: dict) -> str:
   size = result['config']['resize_size']
   return f'{size} x {size}'
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  f = flags.FLAGS
-  if f.num_images < 1 or f.batch_size < 1 or f.repeats < 1:
-    raise app.UsageError('--num_images, --batch_size and --repeats must be positive.')
-  result = run(f.data_dir, f.num_images, f.batch_size, f.repeats, f.warmup_batches,
-               f.shapes_dataset, f.cpu)
-  os.makedirs(f.out, exist_ok=True)
-  path = os.path.join(f.out, 'bench_input.json')
-  with open(path, 'w') as fh:
-    json.dump(result, fh, indent=1)
-  print(f'images/s per core ({result["per_core_method"]}):')
-  print(markdown(result))
-  device = result['datasets']['imagenet_like']
-  print(f'ImageNet-like, augment_on=device: host CPU ms/image '
-        f'{device["cpu_ms_per_image"]["pipeline"]:.3f} -> '
-        f'{device["cpu_ms_per_image"]["pipeline_device_augment"]:.3f}; bytes/image shipped '
-        f'{device["bytes_per_image"]["pipeline"]:,.0f} -> '
-        f'{device["bytes_per_image"]["pipeline_device_augment"]:,.0f}')
-  verdict = 'met' if result['target_met'] else 'NOT met'
-  print(f'ImageNet-like: pipeline / decode_resize = {result["ratio"]:.3f} (target >= '
-        f'{TARGET_RATIO}: {verdict}); load average {result["load_average"]} -> '
-        f'{result["load_average_after"]}; wrote {path}')
-
-
-def cli() -> None:
-  """`python -m alexnet_jax.bench_input` (alexnet_jax/bench_input.py): the flags, then `main`."""
-  flags.DEFINE_string('out', '/tmp/alexnet_bench_input', 'Where bench_input.json is written.')
-  flags.DEFINE_string('data_dir', '', "tfds data dir of both datasets ('': tfds's default, "
-                      '~/tensorflow_datasets or $TFDS_DATA_DIR).')
-  flags.DEFINE_integer('num_images', 500, 'ImageNet-like JPEGs generated, and synthetic_shapes '
-                       'training images read; every round of every figure goes over them once.')
-  flags.DEFINE_integer('batch_size', 128, 'Batch size of the training iterator (the paper: 128).')
-  flags.DEFINE_integer('repeats', 5, 'Timed rounds per figure (the best is reported).')
-  flags.DEFINE_integer('warmup_batches', 2, 'Untimed batches of the training iterator.')
-  flags.DEFINE_string('shapes_dataset', 'synthetic_shapes/default', 'The generated dataset.')
-  flags.DEFINE_integer('cpu', -1, 'The CPU to pin to (-1: the first this process may run on).')
-  from alexnet_jax.runtime import command  # pylint: disable=g-import-not-at-top
-  from alexnet_jax.core import config as config_lib  # pylint: disable=g-import-not-at-top
-  command.run(main, config_lib.parse_flags)

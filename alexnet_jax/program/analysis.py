@@ -2,7 +2,7 @@
 devices this process has) and the pod plan (plan.py, compiled for a target): the program read
 once (hlo.Module), its collectives attributed to layers, their bytes set against the formula
 in the program's own dtypes (activations in the compute dtype, parameters in float32), every
-difference explained, and the ops the cost model times (hlo.step_ops).
+difference explained, and the ops the cost model times (ops.step_ops).
 """
 
 from typing import Optional
@@ -12,6 +12,7 @@ import ml_collections
 from alexnet_jax.core import run as run_lib
 from alexnet_jax.program import formula
 from alexnet_jax.program import hlo
+from alexnet_jax.program import ops
 from alexnet_jax.program.hlo import LAYERS, LOSS, Module, bytes_by_layer, parse_collectives
 
 # Per strategy and layer, the collectives the layer-table formula counts (formula.analytic_bytes).
@@ -145,8 +146,8 @@ def compiled_step(run: run_lib.Run, config: ml_collections.ConfigDict, hlo_text:
   analytic = formula.analytic_bytes(config.parallelism, n, config.batch_size, table,
                                     act_bytes=activation_bytes(config),
                                     num_towers=run.net.num_towers)
-  ops = hlo.step_ops(module, collectives)
-  compute = [o for o in ops if o.category in ('conv', 'matmul')]
+  step_ops = ops.step_ops(module, collectives)
+  compute = [o for o in step_ops if o.category in ('conv', 'matmul')]
   return {
       'collectives': collectives,
       'bytes_per_step': sum(measured.values()),
@@ -158,6 +159,6 @@ def compiled_step(run: run_lib.Run, config: ml_collections.ConfigDict, hlo_text:
       'explanations': explain(config.parallelism, collectives, measured, analytic,
                               config.model.dtype, leaves),
       'heavy_ops': module.heavy_ops(),
-      'ops': [o.to_json() for o in ops],
+      'ops': [o.to_json() for o in step_ops],
       'op_flops_per_device': sum(o.flops for o in compute) or None,
   }
