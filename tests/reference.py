@@ -126,3 +126,17 @@ def initial_params(num_towers: int = 2):
   params = jax.jit(lambda k: model_lib.init_params(net, k, config.image_size))(
       jax.random.key(config.seed))
   return jax.tree.map(lambda p: np.asarray(p) * 10.0, params)
+
+
+def layer_shapes(net, size: int):
+  """Shapes only, nothing computed: the parameters (towers stacked on the first axis) and each
+  weight layer's output per image and tower."""
+  params = jax.eval_shape(lambda k: model_lib.init_params(net, k, size), jax.random.key(0))
+  one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), params)
+  _, state = jax.eval_shape(
+      lambda p, x: net.apply({'params': p}, x, model_lib.self_exchange(net),
+                               capture_intermediates=True, mutable=['intermediates']),
+      one, jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
+  outputs = {name: v['__call__'][0].shape[1:] for name, v in state['intermediates'].items()
+             if name in params}
+  return params, outputs

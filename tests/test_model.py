@@ -11,6 +11,7 @@ import pytest
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import strategies
 # The independent one-device network and the shared helpers (tests/ is on sys.path under pytest).
+import reference
 from reference import SMALL, SMALL_SIZE, model_config, network, one_device_alexnet, rel_err
 
 PAPER_PARAMS = 60_965_224
@@ -206,14 +207,7 @@ def test_head_zeroinit_zeroes_fc8_only_and_starts_at_loss_log_classes():
 
 def shapes(net, size):
   """Kernel shapes (stacked axis first) and each layer's output per image, all towers."""
-  params = jax.eval_shape(lambda k: model_lib.init_params(net, k, size), jax.random.key(0))
-  one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), params)
-  _, state = jax.eval_shape(
-      lambda p, x: net.apply({'params': p}, x, model_lib.self_exchange(net),
-                               capture_intermediates=True, mutable=['intermediates']),
-      one, jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
-  out = {name: v['__call__'][0].shape[1:] for name, v in state['intermediates'].items()
-         if name in params}
+  params, out = reference.layer_shapes(net, size)
   out = {name: s[:-1] + (net.num_towers * s[-1],) for name, s in out.items()}
   return {name: p['kernel'].shape for name, p in params.items()}, out
 

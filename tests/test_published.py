@@ -7,13 +7,12 @@ import os
 import subprocess
 import sys
 
-import jax
-import jax.numpy as jnp
 import pytest
 
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.pods import published
 from alexnet_jax.pods import targets
+import reference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = ('alexnet2012', 'krizhevsky2014', 'tf_benchmarks2017')
@@ -265,15 +264,7 @@ def hand_layers(convs, fcs, classes, pool5):
 def shapes(config):
   """A config's network, shapes only: parameter shapes and each layer's output per image."""
   net = model_lib.make_network(config.model, config.model.num_classes)
-  size = config.image_size
-  params = jax.eval_shape(lambda k: model_lib.init_params(net, k, size), jax.random.key(0))
-  one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), params)
-  _, state = jax.eval_shape(
-      lambda p, x: net.apply({'params': p}, x, model_lib.self_exchange(net),
-                               capture_intermediates=True, mutable=['intermediates']),
-      one, jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
-  outputs = {n: v['__call__'][0].shape[1:] for n, v in state['intermediates'].items()
-             if n in params}
+  params, outputs = reference.layer_shapes(net, config.image_size)
   return net, params, outputs
 
 

@@ -69,10 +69,12 @@ import os
 import time
 from typing import Callable, Sequence
 
+import jax
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from alexnet_jax.core import augment
 from alexnet_jax.data import imagenet_like_dataset as imagenet_like
 from alexnet_jax.data import pipeline
 from alexnet_jax.data import preprocess
@@ -280,9 +282,6 @@ def device_half_xla_cpu(spec: DataSpec, repeats: int) -> dict:
   """Rates of core/augment.train_images, jitted for one CPU device, on a batch of random uint8
   crops with the spec's shapes (a mean image of resize_size; the pixels' values do not matter
   to its speed)."""
-  import jax  # pylint: disable=import-outside-toplevel  (only this stage needs it)
-
-  from alexnet_jax.core import augment  # pylint: disable=import-outside-toplevel
   rng = np.random.default_rng(0)
   b, size, square = spec.batch_size, spec.image_size, spec.resize_size
   batch = jax.device_put({
