@@ -21,8 +21,8 @@ all 2,600 to be decoded.
 
 Expected: about 64-74 % top-1 on the centre crop (seed 0: 69.0 % on the Xeon it was tuned on,
 73.6 % on an AMD EPYC; another CPU rounds the matrix products differently and follows another
-trajectory, like another seed). Its run time, every measured recipe and each figure's date and machine:
-docs/performance.md.
+trajectory, like another seed). Its run time: docs/performance.md; every measured recipe and
+each figure's date and machine: docs/measurements/2026-11-23-quickstart.md.
 """
 
 from configs import default

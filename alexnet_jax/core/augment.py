@@ -42,9 +42,9 @@ def resolve(config: ml_collections.ConfigDict, platform: str) -> str:
   """'host' or 'device': config.augment_on for a run on `platform`. 'auto' is 'device' on
   accelerators, where the host's CPU time per image limits training and the chip's share of the
   work is negligible, and 'host' on the CPU backend, where the "device" is the same cores
-  (docs/performance.md gives the measurements). Where 'device' is refused (config.check: the
-  random-resized crop, which resizes into float pixels on the host; ten patches of a square no
-  larger than the crop) 'auto' is 'host'."""
+  (docs/measurements/2026-11-26-input-pipeline.md gives the measurements). Where 'device' is
+  refused (config.check: the random-resized crop, which resizes into float pixels on the host;
+  ten patches of a square no larger than the crop) 'auto' is 'host'."""
   if config.augment_on != 'auto':
     return config.augment_on
   refused = config.train_crop != 'random_crop' or (

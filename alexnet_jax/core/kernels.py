@@ -7,8 +7,8 @@ implementations that compute the same function:
   cuDNN and the TPU compiler have fast gradients of their own, and nothing there needs the
   materialisation barriers of the CPU kernels (which would only stop fusions).
 - 'cpu': hand-written gradients for XLA:CPU, where the project's tests and quick start run and
-  automatic differentiation of the formulas is correct but slow (docs/performance.md has the
-  measurements):
+  automatic differentiation of the formulas is correct but slow (docs/measurements/
+  2026-11-22-xeon-train-step.md has the measurements):
 
   - `conv2d`: XLA computes a convolution's kernel gradient as another convolution, with the
     batch as the contracted axis and the input's channels as the batch. XLA:CPU runs that

@@ -256,7 +256,7 @@ def gather_towers(x: jax.Array) -> jax.Array:
   Gathered on a new leading axis, then concatenated on the channels: gathering on the channel
   axis itself led XLA:CPU to store pool2 channels-major for the collective, and the max pool
   writing that layout and its gradient reading it were a large part of the step
-  (docs/performance.md).
+  (docs/measurements/2026-11-22-xeon-train-step.md).
   """
   both = jax.lax.all_gather(x, 'tower', axis=0)
   return jnp.concatenate(list(both), axis=-1)

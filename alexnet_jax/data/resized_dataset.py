@@ -10,7 +10,8 @@ evaluation read them from there. Two storages:
   libjpeg-turbo's defaults as TF calls it). A few tens of KB per image: ImageNet's training set
   fits in a fraction of the disk the original tfds files take. Decoding a square is a fraction of
   decoding and resampling a full-size photograph; the pixels differ from the normal path's by
-  JPEG's rounding (measured in docs/performance.md).
+  JPEG's rounding (measured in
+  docs/measurements/2026-11-26-resized-squares.md).
 - 'raw': the square's uint8 pixels as they are (196,608 bytes at 256). The normal path's pixels
   exactly, with no decoding at all; the disk (about 250 GB for ImageNet's training set) and the
   read bandwidth are the price.

@@ -4,7 +4,8 @@ XLA:CPU allocates each execution's temporary buffer with malloc on a worker thre
 MB per device for the paper's network. glibc serves a block that large from a fresh mapping
 (`mmap`, also on a worker thread's own arena, whatever the thresholds) and returns it to the
 kernel on free, so every step the kernel zero-fills all those pages again: a large share of the
-wall time spent in page faults (the measurements: docs/performance.md). One arena, no `mmap`,
+wall time spent in page faults (the measurements:
+docs/measurements/2026-11-22-xeon-train-step.md). One arena, no `mmap`,
 and no trimming make glibc keep the freed block for the next step.
 
 This must run before other threads allocate (first thing in an entry point): glibc fixes the
