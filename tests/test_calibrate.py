@@ -199,8 +199,8 @@ def test_the_budget_stops_new_runs_and_a_failed_run_does_not_stop_the_others(tmp
 
   monkeypatch.setattr(calibrate, 'measure_run', measure_run)
   out = tmp_path / 'calibration.json'
-  runs = calibrate.Runs(configs=(TINY,), dtypes=('float32', 'bfloat16'), batch_sizes=(1, 2, 3),
-                        trace_steps=0, budget_s=2.5)
+  runs = calibrate.Runs(configs=(TINY,), dtypes=('float32', 'bfloat16'),
+                        batch_sizes=(1, 2, 3), trace_steps=0, budget_s=2.5)
   result = calibrate.calibrate(runs, 'gpu-h200', str(out), log=lambda _: None)
   # Starts: float32/1 at 0 s, bfloat16/1 at 1 s (fails at once), float32/2 at 1 s, bfloat16/2
   # at 2 s; float32/3 would start at 3 s, past the 2.5 s budget.
