@@ -1,14 +1,113 @@
-"""`python -m alexnet_jax.plan`: the pod plan, every strategy compiled for a TPU slice or GPU nodes and its step time predicted; with --published, the published runs replayed and the prediction's error stated (alexnet_jax/pods/plan.py, alexnet_jax/pods/validation.py)."""
+"""The pod plan: every strategy compiled for a TPU slice or GPU nodes, its step time predicted.
+
+    python -m alexnet_jax.plan --config=configs/paper.py --target=tpu-v5e \
+        --devices=2,4,16,64,256 --out=DIR [--calibration=FILE] [--bench_input=FILE]
+    python -m alexnet_jax.plan --published --out=DIR     # replay the published runs
+
+Writes DIR/plan.json, DIR/plan.md and DIR/plan.png (the plan: alexnet_jax/pods/plan.py, compiled
+by alexnet_jax/pods/compile.py); with --published, DIR/validation.json, validation.md and
+validation.png (alexnet_jax/pods/validation.py). `python -m alexnet_jax.comms --target=...` is an
+alias of this command.
+
+The efficiency is assumed (--efficiency) or fitted to a calibration file written by `python -m
+alexnet_jax.calibrate` (--calibration; pods/calibration.py); the report says which. Refused (exit
+2) before any work: a target it cannot compile for, a calibration, bench_input or case folder it
+cannot read or use (named), bad --devices. A file that cannot be written during the work: exit 1.
+"""
 
 import sys
 
 from alexnet_jax.runtime import quiet
 
-if __name__ == '__main__':
-  compile_only = quiet.compile_only(sys.argv) or '--published' in sys.argv
-  if compile_only:
+# A compile-only run (a target and nothing to run here, or --published) runs on the CPU and holds
+# back what JAX and the compilers print as they load and compile (runtime/quiet.py): so the
+# environment is set, and stderr held, before the imports below, which are after this set-up on
+# purpose.
+COMPILE_ONLY = __name__ == '__main__' and (quiet.compile_only(sys.argv)
+                                           or '--published' in sys.argv)
+if COMPILE_ONLY:
+  quiet.compile_only_environment()
+
+with quiet.held_stderr(enabled=COMPILE_ONLY):
+  # pylint: disable=g-import-not-at-top,wrong-import-position
+  from absl import app
+  from absl import flags
+  import jax
+  from ml_collections import config_flags
+
+  from alexnet_jax.core import config as config_lib
+  from alexnet_jax.pods import calibration as calibration_lib
+  from alexnet_jax.pods import compile as compile_lib
+  from alexnet_jax.pods import plan as plan_lib
+  from alexnet_jax.pods import targets as targets_lib
+  from alexnet_jax.pods import validation
+  from alexnet_jax.program import measure as measure_lib
+  from alexnet_jax.runtime import command
+  # pylint: enable=g-import-not-at-top,wrong-import-position
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'A configs/*.py file.', lock_config=False)
+flags.DEFINE_string('target', '', 'The hardware to compile for: '
+                    + ', '.join(targets_lib.known()) + ', or a profile file (TOML).')
+flags.DEFINE_string('devices', '2,8', 'Comma-separated device counts.')
+flags.DEFINE_string('out', None, 'Where plan.json, plan.md and plan.png go (with --published: '
+                    'validation.json, validation.md and validation.png).')
+flags.DEFINE_string('strategies', '', 'Comma-separated subset (default: all that fit).')
+flags.DEFINE_integer('batch_per_replica', 128, 'Images per batch shard (the global batch grows '
+                     'with the shards); 0: the config\'s batch_size.')
+flags.DEFINE_float('efficiency', plan_lib.ASSUMED_EFFICIENCY, 'The fraction of peak FLOP/s of '
+                   'the convolutions and matrix products, assumed (see --calibration).')
+flags.DEFINE_string('calibration', '', 'A calibration file (python -m alexnet_jax.calibrate) '
+                    'whose measured one-device step the efficiency is fitted to, in place of '
+                    '--efficiency.')
+flags.DEFINE_string('bench_input', '', 'A bench_input.json (or its directory) whose per-core '
+                    'pipeline rate sets the hosts\' input ceiling (default: '
+                    f'{plan_lib.INPUT_PER_CORE["host"]:.0f} images/s per core augmenting on the '
+                    f'host, {plan_lib.INPUT_PER_CORE["device"]:.0f} on the device, '
+                    'docs/performance.md).')
+flags.DEFINE_integer('measure_steps', 0, 'On a machine with GPUs or TPUs of the target\'s kind: '
+                     'also run each planned step that fits them for this many timed steps, and '
+                     'put the measured images/s beside the predicted.')
+flags.DEFINE_string('cache_dir', compile_lib.default_cache_dir(), 'Where compiled programs\' '
+                    'outputs are kept ("" keeps none).')
+flags.DEFINE_bool('published', False, 'Replay every published run (alexnet_jax/published/*.toml) '
+                  'through the project\'s compiled programs and write the error of each '
+                  'prediction.')
+flags.DEFINE_string('cases', '', 'With --published: a folder of case files instead of the '
+                    'shipped ones.')
+flags.mark_flags_as_required(['out'])
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if FLAGS.published:
+    cases = validation.load_cases(FLAGS.cases or None)  # CaseError (exit 2) before any work
     quiet.compile_only_environment()
-  with quiet.held_stderr(enabled=compile_only):
-    # Imported here: what JAX and the compilers print as they load is held back too.
-    from alexnet_jax.pods import plan  # pylint: disable=g-import-not-at-top
-    plan.cli()
+    jax.config.update('jax_platforms', 'cpu')
+    result = validation.replay(cases, cache_dir=FLAGS.cache_dir or None)
+    validation.write(result, FLAGS.out)
+    print(validation.markdown(result))
+    return
+  if not FLAGS.config or not FLAGS.target:
+    raise app.UsageError('give --config and --target (or --published to replay the published '
+                         'runs)')
+  try:
+    counts = measure_lib.device_counts(FLAGS.devices)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  strategies = [s for s in FLAGS.strategies.split(',') if s] or None
+  # The files the command line names are read before any work: one that cannot be read or used
+  # is refused (exit 2), naming it.
+  calibration = (calibration_lib.load_calibration(FLAGS.calibration) if FLAGS.calibration
+                 else None)
+  input_rates = plan_lib.input_per_core(FLAGS.bench_input)
+  plan_lib.run_plan(FLAGS.config, FLAGS.target, counts, strategies, out=FLAGS.out,
+                    batch_per_replica=FLAGS.batch_per_replica, efficiency=FLAGS.efficiency,
+                    calibration=calibration, input_rates=input_rates,
+                    measure_steps=FLAGS.measure_steps, cache_dir=FLAGS.cache_dir)
+
+
+if __name__ == '__main__':
+  with quiet.held_stderr(enabled=COMPILE_ONLY):
+    command.run(main, config_lib.parse_flags)

@@ -123,10 +123,11 @@ measured=0
 if [ -f "$calibration" ]; then
   summary=$(timeout 60 "$PYTHON" - "$calibration" 2>>"$LOG" <<'PY'
 import sys
+from alexnet_jax.perf import calibrate
 from alexnet_jax.pods import calibration
 try:
-  result = calibrate.load_calibration(sys.argv[1])
-except calibrate.CalibrationError as e:
+  result = calibration.load_calibration(sys.argv[1])
+except calibration.CalibrationError as e:
   print(f'the calibration file is not usable: {e}')
   sys.exit()
 print(calibrate.markdown(result))

@@ -14,9 +14,9 @@ import tomllib
 
 import pytest
 
+from alexnet_jax.perf import calibrate  # the measuring run (its config loader imported with it,
+# before any test's clock runs)
 from alexnet_jax.pods import calibration as calibration_lib
-# calibrate's config loader, imported before any test's clock runs.
-from alexnet_jax.pods import plan as _plan  # noqa: F401
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = 'configs/tiny.py'
@@ -170,9 +170,9 @@ def test_the_loader_refuses_what_is_not_json(tmp_path):
 
 def test_a_spent_budget_starts_no_run_and_says_so(tmp_path):
   out = tmp_path / 'calibration.json'
-  plan = calibration_lib.Plan(configs=(TINY,), dtypes=('float32', 'bfloat16'), batch_sizes=(2,),
+  runs = calibrate.Runs(configs=(TINY,), dtypes=('float32', 'bfloat16'), batch_sizes=(2,),
                         budget_s=0)
-  result = calibration_lib.calibrate(plan, 'gpu-h200', str(out), log=lambda _: None)
+  result = calibrate.calibrate(runs, 'gpu-h200', str(out), log=lambda _: None)
   assert [r['status'] for r in result['runs']] == ['skipped', 'skipped']
   assert all('budget' in r['error'] and r['images_per_second'] is None for r in result['runs'])
   assert result['ops'] == [] and result['trace'] is None
@@ -199,9 +199,9 @@ def test_the_budget_stops_new_runs_and_a_failed_run_does_not_stop_the_others(tmp
 
   monkeypatch.setattr(calibrate, 'measure_run', measure_run)
   out = tmp_path / 'calibration.json'
-  plan = calibration_lib.Plan(configs=(TINY,), dtypes=('float32', 'bfloat16'), batch_sizes=(1, 2, 3),
-                        trace_steps=0, budget_s=2.5)
-  result = calibration_lib.calibrate(plan, 'gpu-h200', str(out), log=lambda _: None)
+  runs = calibrate.Runs(configs=(TINY,), dtypes=('float32', 'bfloat16'),
+                        batch_sizes=(1, 2, 3), trace_steps=0, budget_s=2.5)
+  result = calibrate.calibrate(runs, 'gpu-h200', str(out), log=lambda _: None)
   # Starts: float32/1 at 0 s, bfloat16/1 at 1 s (fails at once), float32/2 at 1 s, bfloat16/2
   # at 2 s; float32/3 would start at 3 s, past the 2.5 s budget.
   assert [(r['dtype'], r['batch_size'], r['status']) for r in result['runs']] == [

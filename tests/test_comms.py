@@ -152,3 +152,80 @@ def test_both_towers_executors_agree():
   assert out['max_abs_difference'] <= 1e-5 * out['max_abs_value'] and out['max_abs_value'] > 0
   assert out['split_grouped_convolutions'] == 0 < out['vmapped_grouped_convolutions']
   assert out['split_seconds'] > 0 and out['vmapped_seconds'] > 0
+
+
+# --- The command's config check, its alias, and what commands and libraries hold. ---
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _paper_one_tower():
+  from configs import paper  # pylint: disable=g-import-not-at-top
+  config = paper.get_config()
+  config.model.num_towers = 1
+  return config
+
+
+def test_the_train_step_is_refused_only_for_the_fields_it_uses():
+  """`comms --config=configs/paper.py --config.model.num_towers=1 --strategies=hybrid
+  --devices=4`: the paper's evaluation batch (250) does not split over 4 batch shards, but comms
+  and bench compile the train step only, so it is not theirs to refuse (the plan's
+  replica_config adapts it the same way, measure.train_step_only); a training batch that does
+  not split still is."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.program import measure  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.runtime import command  # pylint: disable=g-import-not-at-top
+  devices = jax.devices()[:4]
+  config = _paper_one_tower()
+  assert config.eval_batch_size == 250 and config.batch_size == 128
+  assert measure.skip_reason(measure.strategy_config(config, 'hybrid', 4), devices) is None
+  measured, skipped = measure.each_strategy(config, ['hybrid'], 4, lambda c: c.eval_batch_size,
+                                            devices=devices, log=lambda _: None)
+  assert measured == {'hybrid': 128} and not skipped
+  config.batch_size = 130
+  why = measure.skip_reason(measure.strategy_config(config, 'hybrid', 4), devices)
+  assert why and 'config.batch_size=130 cannot be split over the 4 batch shard(s)' in why
+  with pytest.raises(command.Refused, match='config.batch_size=130'):
+    measure.each_strategy(config, ['hybrid'], 4, lambda c: None, devices=devices,
+                          log=lambda _: None)
+
+
+def test_comms_with_a_target_is_the_plan_command(tmp_path):
+  """`comms --target=X ...` is `plan --target=X ...`: a flag only the plan defines is taken, and
+  the plan's refusal of a target it does not know is the answer (exit 2, one line)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  out = tmp_path / 'out'
+  done = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.comms', '--config=configs/tiny.py',
+       '--target=no-such-target', '--devices=2', '--batch_per_replica=8', f'--out={out}'],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 2, done.stderr[-3000:]
+  assert 'no-such-target' in done.stderr and 'Traceback' not in done.stderr
+  assert 'batch_per_replica' not in done.stderr  # the plan's flag, parsed by the plan
+  assert not out.exists()
+
+
+def test_commands_import_no_command_and_libraries_define_no_flags():
+  """A command (alexnet_jax/<name>.py) imports libraries only; the libraries of plan, comms and
+  calibrate define no flags and no main."""
+  import ast  # pylint: disable=g-import-not-at-top
+  package = os.path.join(ROOT, 'alexnet_jax')
+  commands = {n[:-3] for n in os.listdir(package) if n.endswith('.py') and n != '__init__.py'}
+  for name in commands:
+    with open(os.path.join(package, f'{name}.py')) as f:
+      tree = ast.parse(f.read())
+    for node in ast.walk(tree):
+      names = []
+      if isinstance(node, ast.ImportFrom) and node.module == 'alexnet_jax':
+        names = [a.name for a in node.names]
+      elif isinstance(node, ast.ImportFrom) and node.module:
+        names = [node.module.split('.')[1]] if node.module.startswith('alexnet_jax.') else []
+      elif isinstance(node, ast.Import):
+        names = [a.name.split('.')[1] for a in node.names if a.name.startswith('alexnet_jax.')]
+      assert not set(names) & commands, (name, names)
+  libraries = ['pods/' + n for n in os.listdir(os.path.join(package, 'pods')) if n.endswith('.py')]
+  for path in libraries + ['perf/comms.py', 'perf/calibrate.py', 'report/write.py']:
+    with open(os.path.join(package, path)) as f:
+      text = f.read()
+    assert 'flags.DEFINE' not in text and 'def main(' not in text and 'def cli(' not in text, path

@@ -18,6 +18,7 @@ import pytest
 from alexnet_jax.runtime import quiet
 from alexnet_jax.pods import costmodel
 from alexnet_jax.program import hlo
+from alexnet_jax.pods import compile as compile_lib
 from alexnet_jax.pods import plan as plan_lib
 from alexnet_jax.pods import targets
 
@@ -296,7 +297,7 @@ def test_a_batch_axis_spans_two_slices():
   from configs import tiny  # pylint: disable=g-import-not-at-top
   quiet.compile_only_environment()
   devices = targets.devices(targets.load('tpu-v5e'), 8, slices=2)
-  config = plan_lib.replica_config(tiny.get_config(), 'data', 8, devices, 4)
+  config = compile_lib.replica_config(tiny.get_config(), 'data', 8, devices, 4)
   run = run_lib.build(config, devices)
   slice_of = [d.slice_index for d in run.devices]
   assert sorted(slice_of) == [0] * 4 + [1] * 4

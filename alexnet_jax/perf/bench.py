@@ -43,20 +43,14 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import run as run_lib
 from alexnet_jax.core import strategies as strategies_lib
 from alexnet_jax.program import measure as measure_lib
+from alexnet_jax.program.formula import train_flops_per_image  # moved: calibrate and plan use it
 
 # Matmul sizes: large enough to reach the machine's rate, small enough to time quickly.
 CPU_MATMUL_SIZE = 2048
 ACCELERATOR_MATMUL_SIZE = 8192
-
-
-def train_flops_per_image(net, image_size: int) -> int:
-  """Forward + backward FLOPs per training image (see the module docstring for what counts)."""
-  macs = model_lib.layer_macs(net, image_size)
-  return sum(2 * m * (2 if layer == 'conv1' else 3) for layer, m in macs.items())
 
 
 def _best_seconds(fn, repeats: int, min_seconds: float = 0.3) -> float:

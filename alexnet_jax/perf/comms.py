@@ -6,7 +6,7 @@ compiles the real train step (train.train_step) of every strategy that fits N de
 every collective out of the compiled HLO, attributes it to a layer (each strategy runs its
 collectives under a `jax.named_scope` named after the layer), compares the bytes with the
 formula from the layer table (`analytic_bytes`), times a few steps, and writes DIR/comms.json,
-DIR/comms.md and DIR/comms.png.
+DIR/comms.md and DIR/comms.png. The command's flags: alexnet_jax/comms.py.
 
 Bytes are counted per device per step, as a ring algorithm moves them over a group of g devices
 holding S bytes: all-gather (g-1)/g * S of its result, reduce-scatter (g-1)/g * S of its input,
@@ -17,21 +17,16 @@ all-reduce 2 (g-1)/g * S, all-to-all (g-1)/g * S, collective-permute S. For the 
 import time
 from typing import Optional
 
-from absl import app
-from absl import flags
 import jax
 import jax.numpy as jnp
-from ml_collections import config_flags
 
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import run as run_lib
 from alexnet_jax.core import strategies as strategies_lib
-
 from alexnet_jax.program import analysis
 from alexnet_jax.program import measure as measure_lib
-from alexnet_jax.pods import plan as plan_lib
 from alexnet_jax.program.hlo import LAYERS, LOSS
-from alexnet_jax.report.drawing import write_report
+from alexnet_jax.report.write import write_report
 
 # --- Measuring the real train step. ---
 
@@ -209,79 +204,5 @@ def chart(result: dict) -> bytes:
 
 
 def write(result: dict, out_dir: str) -> None:
-  write_report(out_dir, 'comms', result, markdown(result), chart(result))
-
-
-def _device_counts(text: str) -> list[int]:
-  try:
-    return plan_lib.device_counts(text)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from None
-
-
-def main_target(config, counts: list[int], strategies) -> None:
-  """--target: the pod plan, as `python -m alexnet_jax.plan` makes it (pods/plan.py)."""
-  F = flags.FLAGS
-  try:
-    plan_lib.run_plan(config, F.target, counts, strategies, out=F.out,
-                      batch_per_replica=F.batch_per_replica, efficiency=F.efficiency,
-                      calibration='', bench_input=F.bench_input,
-                      measure_steps=F.measure_steps, cache_dir=F.cache_dir)
-  except plan_lib.targets_lib.TargetError as e:
-    raise app.UsageError(str(e)) from None
-
-
-def main(argv):
-  del argv
-  config = flags.FLAGS.config
-  counts = _device_counts(flags.FLAGS.devices)
-  strategies = [s for s in flags.FLAGS.strategies.split(',') if s] or None
-  if flags.FLAGS.target:
-    return main_target(config, counts, strategies)
-  if len(counts) > 1:
-    raise app.UsageError('several device counts need --target (a simulated CPU report is one '
-                         'device count per run)')
-  jax.config.update('jax_num_cpu_devices', counts[0])  # only the CPU backend uses it
-  result = report(config, counts[0], steps=flags.FLAGS.steps,
-                  warmup=flags.FLAGS.warmup, strategies=strategies)
-  if flags.FLAGS.time_convs:
-    result['both_towers_executor'] = time_both_towers_executors(
-        run_lib.network(config, jax.devices()[0].platform), flags.FLAGS.time_convs,
-        config.image_size)
-    print('both towers on one device:', result['both_towers_executor'])
-  write(result, flags.FLAGS.out)
-  print(markdown(result))
-
-
-def cli() -> None:
-  """`python -m alexnet_jax.comms` (alexnet_jax/comms.py): defines the flags and runs `main`."""
-  config_flags.DEFINE_config_file('config', None, 'A configs/*.py file.', lock_config=False)
-  flags.DEFINE_string('devices', '2', 'Devices (simulated on CPU when there are fewer); with '
-                      '--target, a comma-separated list of device counts.')
-  flags.DEFINE_string('out', None, 'Where comms.json, comms.md and comms.png go (with --target: '
-                      'plan.json, plan.md and plan.png).')
-  flags.DEFINE_integer('steps', 3, 'Timed steps per strategy (after the warm-up).')
-  flags.DEFINE_integer('warmup', 1, 'Untimed steps before timing.')
-  flags.DEFINE_string('strategies', '', 'Comma-separated subset (default: all that fit).')
-  flags.DEFINE_integer('time_convs', 0, 'If > 0: also time the two ways one device can '
-                       'run both towers (split vs vmapped) at this batch size.')
-  flags.DEFINE_string('target', '', 'Compile for this hardware instead of running here: '
-                      + ', '.join(plan_lib.targets_lib.known()) + ', or a profile file (TOML).')
-  flags.DEFINE_integer('batch_per_replica', 128, 'With --target: images per batch shard (the '
-                       'global batch grows with the shards); 0: the config\'s batch_size.')
-  flags.DEFINE_float('efficiency', 0.4, 'With --target: the fraction of peak FLOP/s the '
-                     'prediction assumes for compute.')
-  flags.DEFINE_string('bench_input', '', 'With --target: a bench_input.json (or its directory) '
-                      'whose per-core pipeline rate sets the hosts\' input ceiling (default: '
-                      f'{plan_lib.INPUT_PER_CORE["host"]:.0f} images/s per core augmenting on the '
-                      f'host, {plan_lib.INPUT_PER_CORE["device"]:.0f} on the device, '
-                      'docs/performance.md).')
-  flags.DEFINE_integer('measure_steps', 0, 'With --target, on a machine with GPUs or TPUs of '
-                       'the target\'s kind: also run each planned step that fits them for this '
-                       'many timed steps, and put the measured images/s beside the predicted.')
-  flags.DEFINE_string('cache_dir', plan_lib.default_cache_dir(), 'With --target: where compiled '
-                      'programs\' analyses are kept ("" keeps none).')
-  flags.mark_flags_as_required(['config', 'out'])
-  from alexnet_jax.runtime import command  # pylint: disable=g-import-not-at-top
-  from alexnet_jax.core import config as config_lib  # pylint: disable=g-import-not-at-top
-  command.run(main, config_lib.parse_flags)
+  """comms.json, comms.md and comms.png."""
+  write_report(out_dir, 'comms', result, markdown, chart)

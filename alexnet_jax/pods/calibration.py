@@ -1,45 +1,31 @@
-"""One device's measured train step, written down for the planner to fit its efficiency to.
-
-    python -m alexnet_jax.calibrate --out=/tmp/calibration.json --target=gpu-h200
+"""A calibration: one device's measured train step, its file, its trace, and the efficiency fitted
+to it.
 
 The pod plan (plan.py) predicts every step from a cost model whose one free number is the
-fraction of peak FLOP/s the convolutions and matrix products reach. This command measures, on
-ONE device of this machine, what the real train step does, so that number can be fitted
-(`plan --calibration=FILE`) instead of assumed. For every config file (`--configs`; default the
-paper's two-tower network and tf_cnn_benchmarks' one-tower variant), compute dtype (float32,
-which the GPU runs on TF32 tensor cores at JAX's default precision, and bfloat16) and batch size:
-the train step as training builds it (run.build, parallelism 'data' on one device: the whole
-network on one chip), compiled and timed with the functions bench and comms use
-(program/measure.py), on a synthetic batch that stays on the device (run.synthetic_batch). So a
-calibration's step is the same measurement as bench's, and the planner fits what trains.
+fraction of peak FLOP/s the convolutions and matrix products reach. `python -m
+alexnet_jax.calibrate` (the measuring run: perf/calibrate.py) measures the real train step on ONE
+device and writes it down in the file this module reads, checks and writes; `plan
+--calibration=FILE` then fits that number to it (`calibrated_efficiency`) instead of assuming it.
 
-MFU: model FLOPs per image (bench.train_flops_per_image: forward and backward of the conv and fc
-layers of the layer table) x images/s / the device's peak, the peak taken from the hardware
-profile `--target` names (targets.py): `fp32_matmul_flops` for float32 (the rate at JAX's default
-precision), `peak_bf16_flops` for bfloat16, per device.
+The fit: the file's run nearest the plan (the same compute dtype; the same network, by its model
+FLOPs per image, formula.train_flops_per_image; the batch closest to the plan's) is compiled for
+the target on one device (compile.py) and the efficiency solved so that the model's step equals
+the measured one (costmodel.fit_efficiency).
 
-Every run is guarded: one that fails (out of memory, a compile error, a config this device
-cannot hold) is recorded with its error and the others go on; once `--budget_s` is spent no new
-run starts, and those not started are recorded as skipped. The file is rewritten after every run
-(`complete` false until the end), so a process killed by a stage timeout leaves what it had.
-Runs are ordered batch size first, then config, then dtype: a short budget still covers every
-network and dtype at the first batch size (by default 128, the paper's).
-
-Per-op times: for the first run that succeeds, `--trace_steps` more steps run under
-`jax.profiler.trace`, and the trace the profiler writes (`<host>.xplane.pb`, an XSpace protocol
-buffer) is read with `jax.profiler.ProfileData`, which jaxlib ships: no TensorFlow, no
-tensorboard plugin. A device's ops are its plane's kernel events (`/device:GPU:0`), attributed to
-HLO instructions by the `hlo_op` stat the runtime annotates each kernel with (or by the kernel's
-name, which XLA derives from the fusion's); on the CPU backend, the host plane's thunk events,
-which carry the same stat. Where ProfileData is missing or reads nothing, the profiler's
-`<host>.trace.json.gz` (the same events as Chrome trace JSON) is read instead. Each op's category (conv, matmul, other)
+Per-op times: the trace the profiler writes (`<host>.xplane.pb`, an XSpace protocol buffer) is
+read with `jax.profiler.ProfileData`, which jaxlib ships: no TensorFlow, no tensorboard plugin. A
+device's ops are its plane's kernel events (`/device:GPU:0`), attributed to HLO instructions by
+the `hlo_op` stat the runtime annotates each kernel with (or by the kernel's name, which XLA
+derives from the fusion's); on the CPU backend, the host plane's thunk events, which carry the
+same stat. Where ProfileData is missing or reads nothing, the profiler's `<host>.trace.json.gz`
+(the same events as Chrome trace JSON) is read instead. Each op's category (conv, matmul, other)
 comes from the compiled program's HLO (`hlo_categories`: a convolution or matrix product, on its
 own, as a library call or inside a fusion). An op's time is its events' own time (an event
 nested in another on the same thread or stream, a while loop's body say, is taken out of its
 parent's) summed and divided by the traced steps; ops that overlap on different streams or
 threads are each counted in full, so the ops' sum can exceed the step.
 
-The file (`load_calibration` checks it; plan.py calls it):
+The file (`load_calibration` checks it; `write` replaces it in one rename):
   {"kind": "alexnet_jax calibration", "version": 1, "date", "device_kind", "platform",
    "jax_version", "target": profile key, "runs": [{"config": path, "network": short name,
    "dtype", "batch_size", "images_per_second", "step_seconds", "compile_seconds",
@@ -49,29 +35,29 @@ The file (`load_calibration` checks it; plan.py calls it):
 A run that failed or was skipped has null measurements.
 """
 
-import dataclasses
-import gc
 import glob
 import gzip
 import json
 import math
 import os
 import re
-import time
 from typing import Any, Callable, Optional, Sequence
 
 import jax
 import ml_collections
 
+from alexnet_jax.core import run as run_lib
+from alexnet_jax.pods import compile as compile_lib
+from alexnet_jax.pods import costmodel
+from alexnet_jax.pods import published
+from alexnet_jax.pods import targets as targets_lib
+from alexnet_jax.program import formula
+from alexnet_jax.program import hlo
 from alexnet_jax.runtime import errors
 
 KIND = 'alexnet_jax calibration'
 VERSION = 1
-DEFAULT_CONFIGS = ('configs/paper.py', 'configs/tf_cnn_alexnet.py')
 DTYPES = ('float32', 'bfloat16')
-DEFAULT_BATCH_SIZES = (128, 256, 512)
-# The profile's number a dtype's MFU is taken against (profiles.toml says what each means).
-PEAK_FIELDS = {'float32': 'fp32_matmul_flops', 'bfloat16': 'peak_bf16_flops'}
 CATEGORIES = ('conv', 'matmul', 'other')
 
 # The fields every file and every run has; a run that did not measure holds null in the numbers.
@@ -175,7 +161,7 @@ def load_calibration(path: str) -> dict:
   return validate(calibration, path)
 
 
-def _write(path: str, result: dict) -> None:
+def write(path: str, result: dict) -> None:
   """Replaces the file in one rename: a reader (or a kill) never sees half of it."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
@@ -186,6 +172,12 @@ def _write(path: str, result: dict) -> None:
 
 
 # --- The trace. ---
+
+
+def one_line(error: BaseException) -> str:
+  """An error as the file records it: its class and the first line of its message."""
+  text = str(error).strip().splitlines()
+  return f'{type(error).__name__}: {text[0] if text else ""}'[:500]
 
 
 def _hlo_module_name(hlo_text: str) -> str:
@@ -204,7 +196,6 @@ def hlo_categories(hlo_text: str) -> dict[str, tuple[str, str]]:
   ops of its body are events of their own). The layer is the first of conv1..fc8 its source
   name (op_name) names, or ''. Names are also listed as XLA spells them in kernel names ('.'
   and '-' as '_')."""
-  from alexnet_jax.program import hlo  # pylint: disable=import-outside-toplevel
   module = hlo.Module(hlo_text)
   memo: dict = {}
 
@@ -369,7 +360,7 @@ def trace_ops(trace_dir: str, steps: int, hlo_text: str = '',
       try:
         totals, note = read(path, only)
       except Exception as e:  # pylint: disable=broad-except  # a format this reader cannot read
-        errors.append(f'{path} could not be read: {_one_line(e)}')
+        errors.append(f'{path} could not be read: {one_line(e)}')
       if totals:
         break
     if totals:
@@ -392,253 +383,53 @@ def trace_ops(trace_dir: str, steps: int, hlo_text: str = '',
   return ops, note
 
 
-# --- The runs. ---
+# --- The fit. ---
 
 
-@dataclasses.dataclass(frozen=True)
-class Plan:
-  """What one invocation measures."""
-  configs: tuple
-  dtypes: tuple = DTYPES
-  batch_sizes: tuple = DEFAULT_BATCH_SIZES
-  steps: int = 20
-  warmup: int = 3
-  trace_steps: int = 2
-  budget_s: float = 420.0
+def calibrated_efficiency(calibration: dict, config: ml_collections.ConfigDict,
+                          profile: targets_lib.Profile, cache_dir: Optional[str],
+                          log: Callable[[str], Any] = print) -> tuple[float, str]:
+  """The compute efficiency fitted to a calibration file's measured one-device step.
 
-  def runs(self) -> list[tuple[str, str, int]]:
-    """(config, dtype, batch size), batch size first (see the module docstring for why)."""
-    return [(c, d, b) for b in self.batch_sizes for c in self.configs for d in self.dtypes]
-
-
-def network_name(path: str) -> str:
-  return os.path.splitext(os.path.basename(path))[0]
-
-
-def run_config(config: ml_collections.ConfigDict, dtype: str,
-               batch_size: int) -> ml_collections.ConfigDict:
-  """`config` as one device trains it: parallelism 'data' on 1 device, `dtype` and `batch_size`."""
-  from alexnet_jax.program import measure  # pylint: disable=import-outside-toplevel
-  config = measure.strategy_config(config, 'data', 1)
-  config.model.dtype = dtype
-  config.batch_size = batch_size
-  return config
-
-
-def _empty_run(path: str, dtype: str, batch_size: int) -> dict:
-  entry = {'config': path, 'network': network_name(path), 'dtype': dtype,
-           'batch_size': batch_size}
-  entry.update({field: None for field in RUN_NUMBERS})
-  entry.update({'status': None, 'error': None})
-  return entry
-
-
-def _one_line(error: BaseException) -> str:
-  text = str(error).strip().splitlines()
-  return f'{type(error).__name__}: {text[0] if text else ""}'[:500]
-
-
-def measure_run(config: ml_collections.ConfigDict, device, peak_flops: float, steps: int,
-                warmup: int, trace: Optional[Callable] = None) -> dict:
-  """One run's measurements on `device`: the train step compiled and timed as bench does it.
-  `trace(compiled, state, batch)`, if given, runs after the timing with the program still
-  compiled (no second compile)."""
-  from alexnet_jax.core import run as run_lib  # pylint: disable=import-outside-toplevel
-  from alexnet_jax.perf import bench  # pylint: disable=import-outside-toplevel
-  from alexnet_jax.program import measure  # pylint: disable=import-outside-toplevel
-  run = run_lib.build(config, [device])
-  state, batch = run.init_state(), run.synthetic_batch(config.seed)
-  compiled, compile_seconds = measure.compile_train_step(run, state, batch)
-  timing = measure.time_steps(compiled, state, batch, steps, warmup)
-  step_seconds = timing['step_seconds']
-  images_per_second = config.batch_size / step_seconds
-  flops = bench.train_flops_per_image(run.net, config.image_size)
-  entry = {'images_per_second': images_per_second, 'step_seconds': step_seconds,
-           'mean_step_seconds': timing['mean_step_seconds'],
-           'compile_seconds': compile_seconds, 'model_flops_per_image': flops,
-           'mfu': flops * images_per_second / peak_flops, 'peak_flops': peak_flops,
-           'image_size': config.image_size, 'kernels': run.kernels,
-           'augment_on': run.augment_on, 'steps': steps, 'warmup': warmup,
-           'final_loss': float(timing['metrics']['loss']),
-           **measure.memory(compiled, [device])}
-  if trace is not None:
-    trace(compiled, timing['state'], batch)
-  return entry
-
-
-def calibrate(plan: Plan, target: str, out: str, trace_dir: str = '',
-              log: Callable[[str], Any] = print) -> dict:
-  """Every run of `plan` on this process's first device, written to `out` after each run."""
-  from alexnet_jax.pods import targets  # pylint: disable=import-outside-toplevel
-  start = time.monotonic()
-  profile = targets.load(target)
-  device = jax.devices()[0]
-  trace_dir = os.path.abspath(trace_dir or os.path.join(os.path.dirname(os.path.abspath(out)),
-                                                        'trace'))
-  result = {
-      'kind': KIND, 'version': VERSION,
-      'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
-      'device_kind': device.device_kind, 'platform': device.platform,
-      'jax_version': jax.__version__, 'target': profile.key, 'target_name': profile.name,
-      'matmul_precision': str(jax.config.jax_default_matmul_precision or 'default'),
-      'xla_flags': os.environ.get('XLA_FLAGS', ''), 'budget_s': plan.budget_s,
-      'runs': [], 'ops': [], 'ops_note': '', 'trace': None, 'traced_run': None,
-      'complete': False, 'elapsed_s': 0.0}
-  configs: dict = {}
-  traced = {'done': plan.trace_steps <= 0}
-
-  def trace_after(entry: dict) -> Optional[Callable]:
-    if traced['done']:
-      return None
-
-    def trace(compiled, state, batch) -> None:
-      traced['done'] = True
-      if time.monotonic() - start >= plan.budget_s:
-        result['ops_note'] = f'no trace: the {plan.budget_s:g} s budget was spent'
-        return
-      since = time.time()
-      try:  # the run's measurements stand whatever the profiler does
-        with jax.profiler.trace(trace_dir):
-          for _ in range(plan.trace_steps):
-            state, metrics = compiled(state, batch)
-          jax.block_until_ready((state, metrics))
-      except Exception as e:  # pylint: disable=broad-except
-        result['ops_note'] = f'no trace: the profiler failed ({_one_line(e)})'
-        return
-      result['trace'] = trace_dir
-      result['traced_run'] = {k: entry[k] for k in ('config', 'dtype', 'batch_size')}
-      result['trace_steps'] = plan.trace_steps
-      result['trace_files'] = trace_files(trace_dir, since)
-      result['ops'], result['ops_note'] = trace_ops(trace_dir, plan.trace_steps,
-                                                    compiled.as_text(), since)
-    return trace
-
-  for path, dtype, batch_size in plan.runs():
-    entry = _empty_run(path, dtype, batch_size)
-    result['runs'].append(entry)
-    label = f'{network_name(path)} {dtype} batch {batch_size}'
-    if time.monotonic() - start >= plan.budget_s:
-      entry['status'] = 'skipped'
-      entry['error'] = f'not started: the {plan.budget_s:g} s budget was spent'
-      log(f'{label}: skipped (budget)')
-      continue
-    try:
-      if path not in configs:
-        from alexnet_jax.pods import plan as plan_lib  # pylint: disable=import-outside-toplevel
-        configs[path] = plan_lib.load_config_file(path)
-      config = run_config(configs[path], dtype, batch_size)
-      peak = profile.per_device(PEAK_FIELDS[dtype])
-      log(f'{label}: compiling and measuring on {device.device_kind} ...')
-      entry.update(measure_run(config, device, peak, plan.steps, plan.warmup,
-                               trace_after(entry)))
-      entry['status'] = 'ok'
-      log(f'{label}: {entry["images_per_second"]:,.1f} images/s, step '
-          f'{entry["step_seconds"] * 1e3:.2f} ms, compile {entry["compile_seconds"]:.1f} s, '
-          f'MFU {entry["mfu"]:.3f}')
-    except Exception as e:  # pylint: disable=broad-except  # recorded; the other runs go on
-      entry.update({field: None for field in RUN_NUMBERS})
-      entry['status'], entry['error'] = 'error', _one_line(e)
-      log(f'{label}: failed: {entry["error"]}')
-    finally:
-      gc.collect()  # the failed or finished run's buffers, before the next one allocates
-    result['elapsed_s'] = time.monotonic() - start
-    _write(out, result)
-  if not traced['done']:
-    result['ops_note'] = 'no trace: no run was measured'
-  elif plan.trace_steps <= 0:
-    result['ops_note'] = 'no trace asked for (--trace_steps=0)'
-  result['complete'] = True
-  result['elapsed_s'] = time.monotonic() - start
-  _write(out, validate(result))
-  return result
-
-
-def markdown(result: dict) -> str:
-  """The runs as a table, then the ten longest ops and their categories' totals."""
-  rows = ['| network | dtype | batch | images/s | step ms | compile s | MFU | status |',
-          '|---|---|---|---|---|---|---|---|']
-  for r in result['runs']:
-    if r['status'] == 'ok':
-      rows.append(f'| {r["network"]} | {r["dtype"]} | {r["batch_size"]} | '
-                  f'{r["images_per_second"]:,.1f} | {r["step_seconds"] * 1e3:.2f} | '
-                  f'{r["compile_seconds"]:.1f} | {r["mfu"]:.3f} | ok |')
-    else:
-      rows.append(f'| {r["network"]} | {r["dtype"]} | {r["batch_size"]} | | | | | '
-                  f'{r["status"]}: {r["error"]} |')
-  text = '\n'.join(rows) + '\n'
-  if result['ops']:
-    totals = {c: sum(o['seconds_per_step'] for o in result['ops'] if o['category'] == c)
-              for c in CATEGORIES}
-    run = result['traced_run']
-    text += (f'\nper-op times of {network_name(run["config"])} {run["dtype"]} batch '
-             f'{run["batch_size"]} (ms per step): '
-             + ', '.join(f'{c} {totals[c] * 1e3:.2f}' for c in CATEGORIES) + '\n')
-    text += ''.join(f'  {o["seconds_per_step"] * 1e3:8.3f}  {o["category"]:6s} {o["name"]}\n'
-                    for o in result['ops'][:10])
-  if result.get('ops_note'):
-    text += f'ops: {result["ops_note"]}\n'
-  return text
-
-
-def _list(text: str) -> tuple:
-  return tuple(s.strip() for s in text.split(',') if s.strip())
-
-
-def main(argv: Sequence[str]) -> None:
-  from absl import app  # pylint: disable=import-outside-toplevel
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  f = flags.FLAGS
-  dtypes = _list(f.dtypes)
-  if not dtypes or any(d not in DTYPES for d in dtypes):
-    raise app.UsageError(f'--dtypes={f.dtypes}: choose from {",".join(DTYPES)}')
-  try:
-    batch_sizes = tuple(int(b) for b in _list(f.batch_sizes))
-  except ValueError:
-    batch_sizes = ()
-  if not batch_sizes or min(batch_sizes) < 1:
-    raise app.UsageError(f'--batch_sizes={f.batch_sizes}: give positive integers, e.g. 128,256')
-  plan = Plan(configs=_list(f.configs), dtypes=dtypes, batch_sizes=batch_sizes, steps=f.steps,
-              warmup=f.warmup, trace_steps=f.trace_steps, budget_s=f.budget_s)
-  if not plan.configs:
-    raise app.UsageError('--configs is empty')
-  if plan.steps < 1 or plan.warmup < 0 or plan.trace_steps < 0:
-    raise app.UsageError('--steps must be 1 or more, --warmup and --trace_steps 0 or more')
-  from alexnet_jax.pods import targets  # pylint: disable=import-outside-toplevel
-  try:
-    targets.load(f.target)
-  except targets.TargetError as e:
-    raise app.UsageError(str(e)) from e
-  from alexnet_jax.pods import published  # pylint: disable=import-outside-toplevel
-  for path in plan.configs:  # a config file that cannot be imported: refused (exit 2) first
-    published.load_config_file(path)
-  result = calibrate(plan, f.target, f.out, f.trace_dir)
-  print(markdown(result))
-  measured = sum(r['status'] == 'ok' for r in result['runs'])
-  print(f'{measured} of {len(result["runs"])} runs measured in {result["elapsed_s"]:.0f} s; '
-        f'wrote {f.out}')
-
-
-def cli() -> None:
-  """`python -m alexnet_jax.calibrate` (alexnet_jax/calibrate.py): the flags, then `main`."""
-  from absl import flags  # pylint: disable=import-outside-toplevel
-  flags.DEFINE_string('configs', ','.join(DEFAULT_CONFIGS), 'Comma-separated config files.')
-  flags.DEFINE_string('dtypes', ','.join(DTYPES), 'Comma-separated compute dtypes '
-                      '(model.dtype).')
-  flags.DEFINE_string('batch_sizes', ','.join(map(str, DEFAULT_BATCH_SIZES)),
-                      'Comma-separated batch sizes (the one device\'s whole batch).')
-  flags.DEFINE_string('target', 'gpu-h200', 'The hardware profile whose peak the MFU is taken '
-                      'against (alexnet_jax/profiles), or a profile file.')
-  flags.DEFINE_string('out', None, 'The calibration file to write (JSON).')
-  flags.DEFINE_integer('steps', 20, 'Timed steps per run.')
-  flags.DEFINE_integer('warmup', 3, 'Untimed steps after compiling.')
-  flags.DEFINE_integer('trace_steps', 2, 'Steps traced with jax.profiler for the per-op times, '
-                       'on the first run that succeeds (0: no trace).')
-  flags.DEFINE_string('trace_dir', '', 'Where the trace goes (default: trace/ beside --out).')
-  flags.DEFINE_float('budget_s', 420.0, 'Seconds after which no new run starts (the one in '
-                     'flight finishes); the rest are recorded as skipped.')
-  flags.mark_flags_as_required(['out'])
-  from alexnet_jax.runtime import command  # pylint: disable=import-outside-toplevel
-  from alexnet_jax.core import config as config_lib  # pylint: disable=g-import-not-at-top
-  command.run(main, config_lib.parse_flags)
+  The run of the file nearest the plan (the same compute dtype; the same network's config where
+  the file has it; the batch closest to the plan's) is compiled for the target on one device
+  and the model's efficiency solved so that its predicted step equals the measured one
+  (costmodel.fit_efficiency): the same model then predicts every other size."""
+  runs = [r for r in calibration['runs'] if r.get('images_per_second')
+          and r.get('dtype') == config.model.dtype]
+  if not runs:
+    raise targets_lib.TargetError(
+        f'the calibration file has no measured run in {config.model.dtype}; run '
+        f'python -m alexnet_jax.calibrate with that dtype')
+  # The same network: its model FLOPs per image (formula.train_flops_per_image) are the plan's.
+  devices = targets_lib.devices(profile, 1)
+  mine = formula.train_flops_per_image(run_lib.network(config, devices[0].platform),
+                                       config.image_size)
+  same = lambda r: abs(float(r.get('model_flops_per_image') or 0) - mine) <= 1e-6 * mine
+  runs.sort(key=lambda r: (not same(r), abs(r['batch_size'] - config.batch_size),
+                           r.get('config', '')))
+  run = runs[0]
+  measured_config = config
+  if not same(run):  # fit on the network that was measured: its own config file
+    measured_config = published.load_config_file(run['config'])
+    measured_config.model.dtype = config.model.dtype
+    log(f'the calibration file has no run of this network; the efficiency is fitted on '
+        f'{run["config"]}, which it measured')
+  config_1 = compile_lib.replica_config(measured_config, 'data', 1, devices, 0)
+  config_1.batch_size = config_1.eval_batch_size = int(run['batch_size'])
+  job = compile_lib.lower('calibration/1', config_1, devices, profile, cache_dir,
+                          targets_lib.topology_name(profile, 1))
+  compile_lib.compile_all([job])
+  entry = compile_lib.analyse(job, profile)
+  step = run['batch_size'] / run['images_per_second']
+  efficiency = costmodel.fit_efficiency(entry, profile, config.model.dtype, step)
+  if efficiency is None:
+    raise targets_lib.TargetError(
+        f'no compute efficiency makes the model reach the calibration\'s measured '
+        f'{run["images_per_second"]:,.0f} images/s (batch {run["batch_size"]}): the model '
+        'bounds that step by memory traffic alone; check the file\'s device and target')
+  source = (f'calibrated: {efficiency:.3f} fitted to {run["images_per_second"]:,.0f} images/s '
+            f'measured on {calibration.get("device_kind", "?")}, batch {run["batch_size"]}, '
+            f'{calibration.get("date", "")}')
+  log(source)
+  return efficiency, source

@@ -45,6 +45,10 @@ class Features:
   schedule_overlap: bool = True  # the compiled schedule replayed on two streams
 
 
+# The compute efficiency assumed where nothing was calibrated (plan --efficiency's default, the
+# validation's "before" model and its cases that do not calibrate).
+ASSUMED_EFFICIENCY = 0.4
+
 FIRST = Features(False, False, False, False, False)
 ALL = Features()
 # The model's changes in the order the docs show them (name, what it adds).

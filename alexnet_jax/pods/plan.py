@@ -15,17 +15,13 @@ a collective stream. The one number not from a datasheet is the compute efficien
 (--efficiency), or calibrated from a measured run (--calibration, a file written by
 `python -m alexnet_jax.calibrate`); the report says which.
 
-Compiled programs are cached (keyed by the lowered program, the target and the compiler's
-version), so a second plan of the same configs only lowers.
+Compiling and reading the programs: compile.py (cached, keyed by the lowered program, the target
+and the compiler's version, so a second plan of the same configs only lowers). The command's
+flags: alexnet_jax/plan.py.
 
 Writes DIR/plan.json, DIR/plan.md and DIR/plan.png.
 """
 
-import concurrent.futures
-import dataclasses
-import gzip
-import hashlib
-import importlib.metadata
 import json
 import os
 import time
@@ -36,155 +32,20 @@ import ml_collections
 
 from alexnet_jax.core import run as run_lib
 from alexnet_jax.core import strategies as strategies_lib
-from alexnet_jax.program import analysis
+from alexnet_jax.pods import calibration as calibration_lib
+from alexnet_jax.pods import compile as compile_lib
 from alexnet_jax.pods import costmodel
-from alexnet_jax.program import formula
-from alexnet_jax.program import measure as measure_lib
 from alexnet_jax.pods import targets as targets_lib
+from alexnet_jax.program import measure as measure_lib
 from alexnet_jax.program.hlo import LAYERS, LOSS
+from alexnet_jax.runtime import errors
+from alexnet_jax.runtime import quiet
+from alexnet_jax.report.write import write_report
 
 
 PREDICTED = 'PREDICTED, not measured'
 # The compute efficiency a plan assumes without a calibration (--efficiency).
-ASSUMED_EFFICIENCY = 0.4
-
-
-def default_cache_dir() -> str:
-  return os.path.join(os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')),
-                      'alexnet_jax', 'compiled')
-
-
-def compiler_version(profile: targets_lib.Profile) -> str:
-  for package in {'tpu': ('libtpu',),
-                  'gpu': ('jax-cuda12-plugin', 'jax-cuda13-plugin')}[profile.compiler]:
-    try:
-      return f'jax {jax.__version__}, {package} {importlib.metadata.version(package)}'
-    except importlib.metadata.PackageNotFoundError:
-      continue
-  return f'jax {jax.__version__}'
-
-
-def replica_config(config: ml_collections.ConfigDict, parallelism: str, num_devices: int,
-                   devices: Sequence, batch_per_replica: int) -> ml_collections.ConfigDict:
-  """`config` for one strategy on `num_devices`, with `batch_per_replica` examples per batch
-  shard (0: the config's global batch). The evaluation batch follows the training batch: the plan
-  compiles the train step only, and a pod's evaluation batch must divide like it."""
-  config = measure_lib.strategy_config(config, parallelism, num_devices)
-  if batch_per_replica:
-    net = run_lib.network(config, devices[0].platform)
-    shards = strategies_lib.make_strategy(parallelism, net, devices, num_devices).batch_shards
-    config.batch_size = batch_per_replica * shards
-  config.eval_batch_size = config.batch_size
-  return config
-
-
-def _links(groups: list, devices: Sequence, profile: targets_lib.Profile,
-           topology: str = '') -> dict:
-  """Which link a collective's groups cross; (TPU) the extent of each torus axis they span and
-  the slice's shape; (PCIe) how many peer groups one group spans (devices in order, filled
-  peer group by peer group)."""
-  unit = ((lambda d: getattr(d, 'slice_index', None) or 0) if profile.compiler == 'tpu'
-          else (lambda d: d.process_index))
-  between = any(len({unit(devices[i]) for i in g}) > 1 for g in groups)
-  out = {'crosses': 'between' if between else 'inside', 'extents': []}
-  if profile.compiler == 'tpu' and not between:
-    coords = [[tuple(devices[i].coords) for i in g] for g in groups]
-    extents = [max(len({c[axis] for c in group}) for group in coords) for axis in range(3)]
-    out['extents'] = [e for e in extents if e > 1]
-    shape = topology.split(':')[-1] if ':' in topology else ''
-    out['slice_shape'] = [int(x) for x in shape.split('x') if x] if shape else out['extents']
-  peer = int(profile.inside.get('peer_group', 0) or 0)
-  if peer and not between:
-    out['peer_groups'] = max(len({i // peer for i in g}) for g in groups)
-  return out
-
-
-def _instructions(collectives: list, devices: Sequence, profile: targets_lib.Profile,
-                  topology: str = '') -> dict:
-  out = {}
-  for c in collectives:
-    entry = out.setdefault(c.instruction, {
-        'kind': c.kind, 'group_size': c.group_size, 'bytes_per_device': 0.0,
-        'asynchronous': c.asynchronous, 'overlap_ops': c.overlap_ops, 'layers': [],
-        **_links(c.groups, devices, profile, topology)})
-    entry['bytes_per_device'] += c.bytes_per_device
-    if c.layer not in entry['layers']:
-      entry['layers'].append(c.layer)
-  return out
-
-
-@dataclasses.dataclass
-class Job:
-  """One strategy on one device count: built and lowered; compiled unless the cache has it."""
-  label: str
-  config: ml_collections.ConfigDict
-  run: run_lib.Run
-  lowered: Any
-  cache_path: Optional[str]
-  topology: str
-  compiled: Optional[dict] = None  # the compiler's outputs: hlo text, memory, flops, seconds
-
-
-def lower(label: str, config: ml_collections.ConfigDict, devices: Sequence,
-          profile: targets_lib.Profile, cache_dir: Optional[str], topology: str) -> Job:
-  """Builds and lowers one strategy's train step (cheap), and looks up what the compiler made of
-  it before (the optimized program's text, its memory analysis and FLOPs), keyed by the lowered
-  program, the target and the compiler's version. The analysis is not cached: it is redone from
-  the compiler's output every time."""
-  run = run_lib.build(config, devices)
-  lowered = run.train_step.lower(run.abstract_state, run.abstract_batch())
-  key = hashlib.sha256('\n'.join([
-      lowered.as_text(), profile.compiler, profile.topology, profile.target_config,
-      compiler_version(profile), str([str(d) for d in run.devices])]).encode()).hexdigest()[:24]
-  path = os.path.join(cache_dir, f'{key}.json.gz') if cache_dir else None
-  job = Job(label, config, run, lowered, path, topology)
-  if path and os.path.exists(path):
-    with gzip.open(path, 'rt') as f:
-      job.compiled = dict(json.load(f), cached=True)
-  return job
-
-
-def analyse(job: Job, profile: targets_lib.Profile) -> dict:
-  """One strategy's compiled facts: ops, collectives, bytes against the formula, memory, FLOPs
-  (analysis.compiled_step, as comms reads its own compiled step)."""
-  config, run, out = job.config, job.run, job.compiled
-  n = run.strategy.num_devices
-  step = analysis.compiled_step(run, config, out['hlo'])
-  collectives = step.pop('collectives')
-  return {
-      'strategy': config.parallelism, 'devices': n, 'topology': job.topology,
-      'mesh': dict(run.mesh.shape), 'batch_size': config.batch_size,
-      'augment_on': run.augment_on, 'input_path': config.resized or run.augment_on,
-      'batch_shards': run.strategy.batch_shards,
-      'hosts': len({d.process_index for d in run.devices}),
-      'compile_seconds': out['compile_seconds'], 'cached': out.get('cached', False),
-      'memory_per_device': out['memory'],
-      # XLA's count where the compiler gives one (TPU), else the ops' (GPU gives none).
-      'compiled_flops_per_device': out['flops'] or step['op_flops_per_device'],
-      'analytic_flops_per_device': formula.step_flops(run.net, config.image_size,
-                                                      config.batch_size) / n,
-      'collectives': [c.to_json() for c in collectives],
-      'instructions': _instructions(collectives, run.devices, profile, job.topology),
-      **step,
-  }
-
-
-def _compile(job: Job) -> dict:
-  """Compiles a job's program and keeps what the analysis needs (and caches it)."""
-  start = time.perf_counter()
-  compiled = job.lowered.compile()
-  seconds = time.perf_counter() - start
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
-  out = {'hlo': compiled.as_text(), 'memory': measure_lib.memory(compiled),
-         'flops': float(cost['flops']) if cost and 'flops' in cost else None,
-         'compile_seconds': seconds}
-  if job.cache_path:
-    os.makedirs(os.path.dirname(job.cache_path), exist_ok=True)
-    with gzip.open(job.cache_path + '.tmp', 'wt') as f:
-      json.dump(out, f)
-    os.replace(job.cache_path + '.tmp', job.cache_path)
-  return out
+ASSUMED_EFFICIENCY = costmodel.ASSUMED_EFFICIENCY
 
 
 def predict(entry: dict, profile: targets_lib.Profile, efficiency: float, dtype: str,
@@ -245,7 +106,7 @@ def make_plan(config: ml_collections.ConfigDict, profile: targets_lib.Profile,
     for name in strategies or strategies_lib.STRATEGIES:
       label = f'{name}/{n}'
       try:
-        config_n = replica_config(config, name, n, devices, batch_per_replica)
+        config_n = compile_lib.replica_config(config, name, n, devices, batch_per_replica)
       except ValueError as e:
         skipped[label] = str(e)
         log(f'{label}: skipped ({e})')
@@ -255,14 +116,14 @@ def make_plan(config: ml_collections.ConfigDict, profile: targets_lib.Profile,
         skipped[label] = why
         log(f'{label}: skipped ({why})')
         continue
-      jobs.append(lower(label, config_n, devices, profile, cache_dir, topology))
+      jobs.append(compile_lib.lower(label, config_n, devices, profile, cache_dir, topology))
   todo = [j for j in jobs if j.compiled is None]
   if todo:
     log(f'compiling {len(todo)} programs for {profile.key} ({len(jobs) - len(todo)} cached) ...')
-  compile_all(todo, workers)
+  compile_lib.compile_all(todo, workers)
   runs = []
   for job in jobs:
-    entry = analyse(job, profile)
+    entry = compile_lib.analyse(job, profile)
     entry.update(predict(entry, profile, efficiency, config.model.dtype, input_per_core,
                          features))
     runs.append(entry)
@@ -271,7 +132,7 @@ def make_plan(config: ml_collections.ConfigDict, profile: targets_lib.Profile,
         f'{entry["predicted_images_per_second"]["with_overlap"]:,.0f} images/s ({PREDICTED})')
   return {
       'target': profile.key, 'profile': profile.to_json(),
-      'compiler': compiler_version(profile), 'date': time.strftime('%Y-%m-%d %H:%M UTC',
+      'compiler': compile_lib.compiler_version(profile), 'date': time.strftime('%Y-%m-%d %H:%M UTC',
                                                                  time.gmtime()),
       'dtype': config.model.dtype, 'image_size': config.image_size,
       'batch_per_replica': batch_per_replica, 'efficiency': efficiency,
@@ -281,14 +142,6 @@ def make_plan(config: ml_collections.ConfigDict, profile: targets_lib.Profile,
                f'({efficiency_source})',
       'runs': runs, 'skipped': skipped, 'winners': winners(runs),
       'sensitivity': sensitivity(runs, profile, efficiency, config.model.dtype, features)}
-
-
-def compile_all(jobs: Sequence[Job], workers: int = 0) -> None:
-  """Compiles the jobs the cache lacks, `workers` at a time (0: one per CPU)."""
-  todo = [j for j in jobs if j.compiled is None]
-  with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
-    for job, out in zip(todo, pool.map(_compile, todo)):
-      job.compiled = out
 
 
 # Where the ranking is tested: the efficiency x 0.5 .. x 1.5, every latency x 0.5 .. x 4.
@@ -329,8 +182,8 @@ def measure_beside(plan: dict, config: ml_collections.ConfigDict, devices: Seque
     if r['devices'] > len(devices):
       r['measured_step_seconds'] = r['measured_images_per_second'] = None
       continue
-    config_n = replica_config(config, r['strategy'], r['devices'], devices,
-                              plan['batch_per_replica'])
+    config_n = compile_lib.replica_config(config, r['strategy'], r['devices'], devices,
+                                          plan['batch_per_replica'])
     run = run_lib.build(config_n, devices)
     state, batch = run.init_state(), run.synthetic_batch(config.seed)
     compiled, _ = measure_lib.compile_train_step(run, state, batch)
@@ -467,8 +320,8 @@ def chart_figure(plan: dict):
   """plan.png's Figure: PREDICTED images/s per device (with overlap) per strategy against the
   device count (log2 axis, ticks at the counts), with the hosts' input ceiling per device (flat
   lines scale perfectly); below, communication's PREDICTED share of the step (no overlap)."""
-  # matplotlib (and the Pillow it reads images with) is imported here: a GPU machine that only
-  # measures may not have them (see write).
+  # matplotlib (and the Pillow it reads images with) is imported here, an optional dependency:
+  # a GPU machine that only measures may not have them (see write).
   from alexnet_jax.report import charts  # pylint: disable=g-import-not-at-top
   by = {}
   for r in plan['runs']:
@@ -505,23 +358,10 @@ def chart(plan: dict) -> bytes:
 def write(plan: dict, out_dir: str) -> None:
   """plan.json, plan.md and plan.png (without matplotlib or Pillow installed, plan.png is left
   out and plan.md says so: the JAX images lent for measuring carry neither)."""
-  try:
-    png = chart(plan)
-  except ImportError as e:
-    png = None
-    plan['chart'] = f'plan.png not drawn: {e}'
-  text = markdown(plan) + (f'\n{plan["chart"]}\n' if png is None else '')
-  os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, 'plan.json'), 'w') as f:
-    json.dump(plan, f, indent=1)
-  with open(os.path.join(out_dir, 'plan.md'), 'w') as f:
-    f.write(text)
-  if png is not None:
-    with open(os.path.join(out_dir, 'plan.png'), 'wb') as f:
-      f.write(png)
+  write_report(out_dir, 'plan', plan, markdown, chart, chart_optional=True)
 
 
-# --- The command: python -m alexnet_jax.plan. ---
+# --- What the command (alexnet_jax/plan.py) reads, and the plan it makes. ---
 
 # Images/s one CPU core feeds through the training pipeline on ImageNet-like JPEGs (bench_input,
 # 2026-11-26, docs/performance.md): augmenting on the host or leaving it to the device, and from
@@ -530,97 +370,39 @@ def write(plan: dict, out_dir: str) -> None:
 INPUT_PER_CORE = {'host': 355.0, 'device': 395.0, 'jpeg': 1712.0, 'raw': 2517.0}
 
 
-def device_counts(text: str) -> list[int]:
-  """'2,8,32' -> [2, 8, 32]; ValueError with what to type otherwise."""
-  try:
-    counts = [int(x) for x in text.split(',') if x.strip()]
-  except ValueError:
-    counts = []
-  if not counts or min(counts) < 1:
-    raise ValueError(f'--devices={text}: give device counts, e.g. --devices=2 or '
-                     '--devices=2,8,32')
-  return counts
-
-
 def input_per_core(path: str) -> dict:
   """Images/s per core by input path ('host', 'device', 'jpeg', 'raw'): from a
-  bench_input.json where it has the row, else the defaults."""
+  bench_input.json where it has the row, else the defaults. A file that cannot be read or is not
+  a bench_input.json is refused (errors.Refused, one line naming it): it is read before any work."""
   rates = dict(INPUT_PER_CORE)
   if path:
-    with open(os.path.join(path, 'bench_input.json') if os.path.isdir(path) else path) as f:
-      per_core = json.load(f)['per_core']
-    for key, row in (('host', 'pipeline'), ('device', 'pipeline_device_augment'),
-                     ('jpeg', 'pipeline_256'), ('raw', 'pipeline_raw')):
-      if row in per_core:
-        rates[key] = float(per_core[row])
+    name = os.path.join(path, 'bench_input.json') if os.path.isdir(path) else path
+    try:
+      with open(name) as f:
+        per_core = json.load(f)['per_core']
+      found = {key: float(per_core[row]) for key, row in (
+          ('host', 'pipeline'), ('device', 'pipeline_device_augment'),
+          ('jpeg', 'pipeline_256'), ('raw', 'pipeline_raw')) if row in per_core}
+    except OSError as e:
+      raise errors.Refused(f'--bench_input={path}: {name} cannot be read '
+                           f'({e.strerror or e})') from e
+    except (ValueError, KeyError, TypeError) as e:  # not JSON, no per_core, not numbers
+      raise errors.Refused(f'--bench_input={path}: {name} is not a bench_input.json with '
+                           f'per-core rates ({type(e).__name__}: {e})') from e
+    rates.update(found)
   return rates
-
-
-def load_config_file(path: str) -> ml_collections.ConfigDict:
-  """get_config() of a config file by path (published.load_config_file)."""
-  from alexnet_jax.pods import published  # pylint: disable=g-import-not-at-top
-  return published.load_config_file(path)
-
-
-def calibrated_efficiency(calibration: dict, config: ml_collections.ConfigDict,
-                          profile: targets_lib.Profile, cache_dir: Optional[str],
-                          log: Callable[[str], Any] = print) -> tuple[float, str]:
-  """The compute efficiency fitted to a calibration file's measured one-device step.
-
-  The run of the file nearest the plan (the same compute dtype; the same network's config where
-  the file has it; the batch closest to the plan's) is compiled for the target on one device
-  and the model's efficiency solved so that its predicted step equals the measured one
-  (costmodel.fit_efficiency): the same model then predicts every other size."""
-  runs = [r for r in calibration['runs'] if r.get('images_per_second')
-          and r.get('dtype') == config.model.dtype]
-  if not runs:
-    raise targets_lib.TargetError(
-        f'the calibration file has no measured run in {config.model.dtype}; run '
-        f'python -m alexnet_jax.calibrate with that dtype')
-  # The same network: its model FLOPs per image (bench.train_flops_per_image) are the plan's.
-  from alexnet_jax.perf import bench  # pylint: disable=g-import-not-at-top
-  devices = targets_lib.devices(profile, 1)
-  mine = bench.train_flops_per_image(run_lib.network(config, devices[0].platform),
-                                     config.image_size)
-  same = lambda r: abs(float(r.get('model_flops_per_image') or 0) - mine) <= 1e-6 * mine
-  runs.sort(key=lambda r: (not same(r), abs(r['batch_size'] - config.batch_size),
-                           r.get('config', '')))
-  run = runs[0]
-  measured_config = config
-  if not same(run):  # fit on the network that was measured: its own config file
-    measured_config = load_config_file(run['config'])
-    measured_config.model.dtype = config.model.dtype
-    log(f'the calibration file has no run of this network; the efficiency is fitted on '
-        f'{run["config"]}, which it measured')
-  config_1 = replica_config(measured_config, 'data', 1, devices, 0)
-  config_1.batch_size = config_1.eval_batch_size = int(run['batch_size'])
-  job = lower('calibration/1', config_1, devices, profile, cache_dir,
-              targets_lib.topology_name(profile, 1))
-  compile_all([job])
-  entry = analyse(job, profile)
-  step = run['batch_size'] / run['images_per_second']
-  efficiency = costmodel.fit_efficiency(entry, profile, config.model.dtype, step)
-  if efficiency is None:
-    raise targets_lib.TargetError(
-        f'no compute efficiency makes the model reach the calibration\'s measured '
-        f'{run["images_per_second"]:,.0f} images/s (batch {run["batch_size"]}): the model '
-        'bounds that step by memory traffic alone; check the file\'s device and target')
-  source = (f'calibrated: {efficiency:.3f} fitted to {run["images_per_second"]:,.0f} images/s '
-            f'measured on {calibration.get("device_kind", "?")}, batch {run["batch_size"]}, '
-            f'{calibration.get("date", "")}')
-  log(source)
-  return efficiency, source
 
 
 def run_plan(config: ml_collections.ConfigDict, target: str, counts: Sequence[int],
              strategies: Optional[Sequence[str]], *, out: str, batch_per_replica: int = 128,
-             efficiency: float = ASSUMED_EFFICIENCY, calibration: str = '',
-             bench_input: str = '', measure_steps: int = 0,
+             efficiency: float = ASSUMED_EFFICIENCY, calibration: Optional[dict] = None,
+             input_rates: Optional[dict] = None, measure_steps: int = 0,
              cache_dir: Optional[str] = None) -> dict:
-  """The plan of `config` on `target`, written to `out` (plan.json, plan.md, plan.png); with
-  `measure_steps`, on a machine with the target's chips, the planned steps that fit are run and
-  measured beside the prediction. Refuses (TargetError) a target it cannot compile for."""
-  from alexnet_jax.runtime import quiet  # pylint: disable=g-import-not-at-top
+  """The plan of `config` on `target`, written to `out` (plan.json, plan.md, plan.png); with a
+  `calibration` (a loaded file, calibration.load_calibration) the efficiency is fitted to it;
+  with `measure_steps`, on a machine with the target's chips, the planned steps that fit are run
+  and measured beside the prediction. Refuses (TargetError) a target it cannot compile for,
+  before compiling anything."""
   if not measure_steps:
     quiet.compile_only_environment()
     jax.config.update('jax_platforms', 'cpu')
@@ -629,13 +411,13 @@ def run_plan(config: ml_collections.ConfigDict, target: str, counts: Sequence[in
   if why:
     raise targets_lib.TargetError(why)
   source = 'assumed'
-  if calibration:
-    from alexnet_jax.pods import calibration as calibration_lib  # pylint: disable=g-import-not-at-top
-    efficiency, source = calibrated_efficiency(calibration_lib.load_calibration(calibration), config,
-                                               profile, cache_dir or None)
+  if calibration is not None:
+    efficiency, source = calibration_lib.calibrated_efficiency(calibration, config, profile,
+                                                               cache_dir or None)
   result = make_plan(config, profile, counts, strategies=strategies,
                      batch_per_replica=batch_per_replica, efficiency=efficiency,
-                     efficiency_source=source, input_per_core=input_per_core(bench_input),
+                     efficiency_source=source,
+                     input_per_core=input_rates if input_rates is not None else input_per_core(''),
                      cache_dir=cache_dir or None)
   if measure_steps:
     local = jax.devices()
@@ -648,71 +430,3 @@ def run_plan(config: ml_collections.ConfigDict, target: str, counts: Sequence[in
   write(result, out)
   print(markdown(result))
   return result
-
-
-def main(argv) -> None:
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  del argv
-  F = flags.FLAGS
-  try:
-    if F.published:
-      from alexnet_jax.pods import validation  # pylint: disable=g-import-not-at-top
-      from alexnet_jax.runtime import quiet  # pylint: disable=g-import-not-at-top
-      quiet.compile_only_environment()
-      jax.config.update('jax_platforms', 'cpu')
-      result = validation.replay(validation.load_cases(F.cases or None),
-                                 cache_dir=F.cache_dir or None)
-      validation.write(result, F.out)
-      print(validation.markdown(result))
-      return
-    if not F.config or not F.target:
-      raise ValueError('give --config and --target (or --published to replay the published '
-                       'runs)')
-    counts = device_counts(F.devices)
-    strategies = [s for s in F.strategies.split(',') if s] or None
-    run_plan(F.config, F.target, counts, strategies, out=F.out,
-             batch_per_replica=F.batch_per_replica, efficiency=F.efficiency,
-             calibration=F.calibration, bench_input=F.bench_input,
-             measure_steps=F.measure_steps, cache_dir=F.cache_dir)
-  except (ValueError, OSError) as e:  # TargetError, CaseError, CalibrationError, bad flags
-    # Refused before any work: one line, exit 2 (runtime/command.py).
-    from alexnet_jax.runtime import command  # pylint: disable=g-import-not-at-top
-    raise command.Refused(str(e).splitlines()[0] if str(e) else repr(e)) from e
-
-
-def cli() -> None:
-  """`python -m alexnet_jax.plan` (alexnet_jax/plan.py): defines the flags and runs `main`."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  from alexnet_jax.runtime import command  # pylint: disable=g-import-not-at-top
-  config_flags.DEFINE_config_file('config', None, 'A configs/*.py file.', lock_config=False)
-  flags.DEFINE_string('target', '', 'The hardware to compile for: '
-                      + ', '.join(targets_lib.known()) + ', or a profile file (TOML).')
-  flags.DEFINE_string('devices', '2,8', 'Comma-separated device counts.')
-  flags.DEFINE_string('out', None, 'Where plan.json, plan.md and plan.png go (with '
-                      '--published: validation.json, validation.md and validation.png).')
-  flags.DEFINE_string('strategies', '', 'Comma-separated subset (default: all that fit).')
-  flags.DEFINE_integer('batch_per_replica', 128, 'Images per batch shard (the global batch '
-                       'grows with the shards); 0: the config\'s batch_size.')
-  flags.DEFINE_float('efficiency', ASSUMED_EFFICIENCY, 'The fraction of peak FLOP/s of the '
-                     'convolutions and matrix products, assumed (see --calibration).')
-  flags.DEFINE_string('calibration', '', 'A calibration file (python -m alexnet_jax.calibrate) '
-                      'whose measured one-device step the efficiency is fitted to, in place of '
-                      '--efficiency.')
-  flags.DEFINE_string('bench_input', '', 'A bench_input.json (or its directory) whose per-core '
-                      'pipeline rate sets the hosts\' input ceiling (default: '
-                      f'{INPUT_PER_CORE["host"]:.0f} images/s per core augmenting on the host, '
-                      f'{INPUT_PER_CORE["device"]:.0f} on the device, docs/performance.md).')
-  flags.DEFINE_integer('measure_steps', 0, 'On a machine with GPUs or TPUs of the target\'s '
-                       'kind: also run each planned step that fits them for this many timed '
-                       'steps, and put the measured images/s beside the predicted.')
-  flags.DEFINE_string('cache_dir', default_cache_dir(), 'Where compiled programs\' outputs '
-                      'are kept ("" keeps none).')
-  flags.DEFINE_bool('published', False, 'Replay every published run (alexnet_jax/published/'
-                    '*.toml) through the project\'s compiled programs and write the error of '
-                    'each prediction.')
-  flags.DEFINE_string('cases', '', 'With --published: a folder of case files instead of the '
-                      'shipped ones.')
-  flags.mark_flags_as_required(['out'])
-  from alexnet_jax.core import config as config_lib  # pylint: disable=g-import-not-at-top
-  command.run(main, config_lib.parse_flags)

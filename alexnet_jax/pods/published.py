@@ -48,6 +48,9 @@ import sys
 import tomllib
 from typing import Any, Optional
 
+from alexnet_jax.core import model as model_lib
+from alexnet_jax.core import strategies
+from alexnet_jax.pods import targets
 from alexnet_jax.runtime import errors
 
 # The repository root (configs/ lives beside alexnet_jax/, installed or not) and the shipped cases.
@@ -178,7 +181,6 @@ def load(path: str) -> Case:
                           extra_ok=True)
 
   # The machine: a profile this project ships (profiles/*.toml).
-  from alexnet_jax.pods import targets  # pylint: disable=g-import-not-at-top
   profiles = targets.known()
   if hardware['profile'] not in profiles:
     raise reader.fail('hardware.profile', f'{hardware["profile"]!r} is not a shipped profile; '
@@ -202,7 +204,6 @@ def load(path: str) -> Case:
     raise reader.fail('network.dtype', f'{network["dtype"]!r}; expected one of {", ".join(DTYPES)}')
 
   # The run.
-  from alexnet_jax.core import strategies  # pylint: disable=g-import-not-at-top
   if run['strategy'] not in strategies.STRATEGIES:
     raise reader.fail('run.strategy', f'{run["strategy"]!r} is not a strategy; expected one of '
                       f'{", ".join(strategies.STRATEGIES)}')
@@ -290,7 +291,6 @@ def network_matches(case: Case) -> list[str]:
   the network is built with model.make_network, as every run builds it, so a config whose
   per-tower widths are mistranslated (model.one_tower_widths doubles conv5 and the fc layers of
   a one-tower net) is caught here, not in a replayed number."""
-  from alexnet_jax.core import model as model_lib  # pylint: disable=g-import-not-at-top
   config = load_config(case)
   net = model_lib.make_network(config.model, config.model.num_classes)
   towers = net.num_towers

@@ -6,7 +6,7 @@ Every case file (alexnet_jax/published/*.toml, read by published.py) names a pub
 source, its machine (a hardware profile whose numbers have public sources), the network as
 published (a config of this project built to match it), the strategy, the batch per device, the
 device counts and the measured images/s. Each device count is compiled for the case's target as
-the plan compiles a pod (plan.lower / plan.analyse, the nearest compiler here where the machine
+the plan compiles a pod (compile.lower / compile.analyse, the nearest compiler here where the machine
 has none: `compile_as`), and predicted by the cost model (costmodel.py) at each of its stages, so
 the error of each change to the model shows:
 
@@ -26,11 +26,11 @@ Writes DIR/validation.json, DIR/validation.md and DIR/validation.png.
 import time
 from typing import Any, Callable, Optional, Sequence
 
+from alexnet_jax.pods import compile as compile_lib
 from alexnet_jax.pods import costmodel
-from alexnet_jax.pods import plan as plan_lib
 from alexnet_jax.pods import published
 from alexnet_jax.pods import targets as targets_lib
-from alexnet_jax.report.drawing import write_report
+from alexnet_jax.report.write import write_report
 
 ERROR_TARGET = 0.15  # |predicted / published - 1| at every point that was not fitted
 SCALING_TARGET = 0.08  # |predicted - published scaling efficiency|
@@ -65,7 +65,7 @@ def predict_case(case, entries: Sequence[dict], profile: targets_lib.Profile, dt
                                           features)
     source = f'calibrated at {case.devices[0]} device{"s" * (case.devices[0] > 1)}'
   if efficiency is None:
-    efficiency, source = plan_lib.ASSUMED_EFFICIENCY, 'assumed'
+    efficiency, source = costmodel.ASSUMED_EFFICIENCY, 'assumed'
   steps = [costmodel.predict_step(e, profile, efficiency, dtype, features) for e in entries]
   predicted = [b / s['step_seconds']['with_overlap'] for b, s in zip(batch, steps)]
   errors = [p / m - 1 for p, m in zip(predicted, measured)]
@@ -104,22 +104,22 @@ def replay(cases: Sequence, cache_dir: Optional[str] = None, workers: int = 0,
     config = published.load_config(case)
     for n in case.devices:
       devices = targets_lib.devices(profile, n)
-      config_n = plan_lib.replica_config(config, case.strategy, n, devices,
-                                         case.batch_per_device)
-      jobs[(case.key, n)] = plan_lib.lower(f'{case.key}/{n}', config_n, devices, profile,
-                                           cache_dir, targets_lib.topology_name(profile, n))
+      config_n = compile_lib.replica_config(config, case.strategy, n, devices,
+                                            case.batch_per_device)
+      jobs[(case.key, n)] = compile_lib.lower(f'{case.key}/{n}', config_n, devices, profile,
+                                              cache_dir, targets_lib.topology_name(profile, n))
   todo = [j for j in jobs.values() if j.compiled is None]
   log(f'compiling {len(todo)} programs ({len(jobs) - len(todo)} cached) ...')
-  plan_lib.compile_all(todo, workers)
+  compile_lib.compile_all(todo, workers)
   out = []
   for case in cases:
     profile = profiles[case.profile]
-    entries = [plan_lib.analyse(jobs[(case.key, n)], profile) for n in case.devices]
+    entries = [compile_lib.analyse(jobs[(case.key, n)], profile) for n in case.devices]
     dtype = jobs[(case.key, case.devices[0])].config.model.dtype
     stages = []
     # The plan before this model: its first form at the assumed efficiency.
     before = predict_case(case, entries, profile, dtype, costmodel.FIRST,
-                          plan_lib.ASSUMED_EFFICIENCY)
+                          costmodel.ASSUMED_EFFICIENCY)
     for name, features in costmodel.STAGES:
       stages.append(dict(predict_case(case, entries, profile, dtype, features), stage=name))
     after = stages[-1]
@@ -129,7 +129,7 @@ def replay(cases: Sequence, cache_dir: Optional[str] = None, workers: int = 0,
         'key': case.key, 'title': case.title, 'cite': case.cite, 'url': case.url,
         'checked': case.checked, 'note': case.note, 'profile': case.profile,
         'profile_name': profile.name, 'compiled_as': profile.compiled_as or profile.key,
-        'compiler': plan_lib.compiler_version(profile), 'config': case.config,
+        'compiler': compile_lib.compiler_version(profile), 'config': case.config,
         'strategy': case.strategy, 'batch_per_device': case.batch_per_device,
         'calibrate': case.calibrate, 'devices': list(case.devices),
         'global_batch': [e['batch_size'] for e in entries],
@@ -249,4 +249,4 @@ def chart(result: dict) -> bytes:
 
 
 def write(result: dict, out_dir: str) -> None:
-  write_report(out_dir, 'validation', result, markdown(result), chart(result))
+  write_report(out_dir, 'validation', result, markdown, chart)

@@ -101,3 +101,12 @@ def step_flops(net, image_size: int, batch_size: int) -> float:
   forward = sum(2.0 * math.prod(row['leaves']['kernel']) * row['positions']
                 for row in table.values())
   return 3.0 * forward * batch_size
+
+
+def train_flops_per_image(net, image_size: int) -> int:
+  """Model FLOPs of one training image, as bench, calibrate and the plan's calibration count
+  them: 2 FLOPs per multiply-add of every conv and fc layer (model.layer_macs), forward (1x) plus
+  backward (2x: input gradient and weight gradient), except conv1, whose input gradient (the
+  image's) is never computed: 2x. ReLU, LRN, pooling, softmax and the update are not counted."""
+  macs = model_lib.layer_macs(net, image_size)
+  return sum(2 * m * (2 if layer == 'conv1' else 3) for layer, m in macs.items())

@@ -24,10 +24,33 @@ MEMORY_FIELDS = ('argument', 'output', 'temp', 'alias', 'generated_code')
 
 def strategy_config(config: ml_collections.ConfigDict, parallelism: str,
                     num_devices: int) -> ml_collections.ConfigDict:
-  """`config` with the strategy and device count a tool asks for."""
+  """`config` with the strategy and device count a tool asks for, its evaluation batch following
+  the training batch (train_step_only)."""
   config = config.copy_and_resolve_references()
   config.parallelism, config.num_devices = parallelism, num_devices
+  return train_step_only(config)
+
+
+def train_step_only(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` (changed in place, and returned) for a tool that compiles the train step only
+  (comms, bench, calibrate, plan): the evaluation batch follows the training batch, so the config
+  check refuses only the fields the step uses. A pod's evaluation batch must divide over the
+  batch shards like the training batch; `--config.eval_batch_size=250` on 4 shards is a training
+  run's concern, not a train step's. Call it again after changing `batch_size`."""
+  config.eval_batch_size = config.batch_size
   return config
+
+
+def device_counts(text: str) -> list[int]:
+  """'2,8,32' -> [2, 8, 32] (a tool's --devices); ValueError with what to type otherwise."""
+  try:
+    counts = [int(x) for x in text.split(',') if x.strip()]
+  except ValueError:
+    counts = []
+  if not counts or min(counts) < 1:
+    raise ValueError(f'--devices={text}: give device counts, e.g. --devices=2 or '
+                     '--devices=2,8,32')
+  return counts
 
 
 def skip_reason(config: ml_collections.ConfigDict, devices: Sequence) -> Optional[str]:

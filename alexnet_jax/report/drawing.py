@@ -1,14 +1,12 @@
-"""What the project's PNGs share: writing a report's files, and the Pillow parts of the paper's
-image grids (Fig. 3, Fig. 4 in figures.py): the palette, Pillow's default font, image tiles.
+"""The Pillow parts of the paper's image grids (Fig. 3, Fig. 4 in paper/figures.py): the palette,
+Pillow's default font, image tiles.
 
 The line and bar charts (comms.png, plan.png, validation.png, curves.png) are drawn with
-matplotlib, in charts.py. Pillow is imported only by the functions that draw with it, so
-`write_report` works where Pillow is not installed.
+matplotlib, in charts.py; a report's files are written by write.py. Pillow is imported only by the
+functions that draw with it.
 """
 
 import io
-import json
-import os
 
 import numpy as np
 
@@ -41,14 +39,3 @@ def fit_text(draw, text: str, width: float) -> str:
   while text and draw.textlength(text + '..') > width:
     text = text[:-1]
   return text + '..'
-
-
-def write_report(out_dir: str, stem: str, result: dict, markdown: str, png: bytes) -> None:
-  """A report's three files: STEM.json (everything), STEM.md (the tables), STEM.png."""
-  os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, f'{stem}.json'), 'w') as f:
-    json.dump(result, f, indent=1)
-  with open(os.path.join(out_dir, f'{stem}.md'), 'w') as f:
-    f.write(markdown)
-  with open(os.path.join(out_dir, f'{stem}.png'), 'wb') as f:
-    f.write(png)

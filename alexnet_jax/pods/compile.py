@@ -1,0 +1,181 @@
+"""Compiling a strategy's train step for a target this machine may lack, and reading it.
+
+    job = compile.lower(label, config, devices, profile, cache_dir, topology)
+    compile.compile_all([job])          # the compiler's outputs, unless the cache has them
+    entry = compile.analyse(job, profile)
+
+The real train step (run.build on the target's devices, `jax.experimental.topologies`, or a
+machine's own) is lowered here and compiled by the target's own compiler without being run; from
+the compiled program come its ops in scheduled order and its collectives (program/analysis.py,
+program/hlo.py: kind, bytes, layer, group, whether asynchronous), which link each collective
+crosses, and XLA's memory analysis and FLOP count. The plan (plan.py), its validation against the
+published runs (validation.py) and the calibration's fit (calibration.py) all compile this way.
+
+Compiled programs are cached (keyed by the lowered program, the target and the compiler's
+version), so a second plan of the same configs only lowers.
+"""
+
+import concurrent.futures
+import dataclasses
+import gzip
+import hashlib
+import importlib.metadata
+import json
+import os
+import time
+from typing import Any, Optional, Sequence
+
+import jax
+import ml_collections
+
+from alexnet_jax.core import run as run_lib
+from alexnet_jax.core import strategies as strategies_lib
+from alexnet_jax.pods import targets as targets_lib
+from alexnet_jax.program import analysis
+from alexnet_jax.program import formula
+from alexnet_jax.program import measure as measure_lib
+
+
+def default_cache_dir() -> str:
+  return os.path.join(os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')),
+                      'alexnet_jax', 'compiled')
+
+
+def compiler_version(profile: targets_lib.Profile) -> str:
+  for package in {'tpu': ('libtpu',),
+                  'gpu': ('jax-cuda12-plugin', 'jax-cuda13-plugin')}[profile.compiler]:
+    try:
+      return f'jax {jax.__version__}, {package} {importlib.metadata.version(package)}'
+    except importlib.metadata.PackageNotFoundError:
+      continue
+  return f'jax {jax.__version__}'
+
+
+def replica_config(config: ml_collections.ConfigDict, parallelism: str, num_devices: int,
+                   devices: Sequence, batch_per_replica: int) -> ml_collections.ConfigDict:
+  """`config` for one strategy on `num_devices`, with `batch_per_replica` examples per batch
+  shard (0: the config's global batch). The evaluation batch follows the training batch, as for
+  every tool that compiles the train step only (measure.train_step_only)."""
+  config = measure_lib.strategy_config(config, parallelism, num_devices)
+  if batch_per_replica:
+    net = run_lib.network(config, devices[0].platform)
+    shards = strategies_lib.make_strategy(parallelism, net, devices, num_devices).batch_shards
+    config.batch_size = batch_per_replica * shards
+  return measure_lib.train_step_only(config)
+
+
+def _links(groups: list, devices: Sequence, profile: targets_lib.Profile,
+           topology: str = '') -> dict:
+  """Which link a collective's groups cross; (TPU) the extent of each torus axis they span and
+  the slice's shape; (PCIe) how many peer groups one group spans (devices in order, filled
+  peer group by peer group)."""
+  unit = ((lambda d: getattr(d, 'slice_index', None) or 0) if profile.compiler == 'tpu'
+          else (lambda d: d.process_index))
+  between = any(len({unit(devices[i]) for i in g}) > 1 for g in groups)
+  out = {'crosses': 'between' if between else 'inside', 'extents': []}
+  if profile.compiler == 'tpu' and not between:
+    coords = [[tuple(devices[i].coords) for i in g] for g in groups]
+    extents = [max(len({c[axis] for c in group}) for group in coords) for axis in range(3)]
+    out['extents'] = [e for e in extents if e > 1]
+    shape = topology.split(':')[-1] if ':' in topology else ''
+    out['slice_shape'] = [int(x) for x in shape.split('x') if x] if shape else out['extents']
+  peer = int(profile.inside.get('peer_group', 0) or 0)
+  if peer and not between:
+    out['peer_groups'] = max(len({i // peer for i in g}) for g in groups)
+  return out
+
+
+def _instructions(collectives: list, devices: Sequence, profile: targets_lib.Profile,
+                  topology: str = '') -> dict:
+  out = {}
+  for c in collectives:
+    entry = out.setdefault(c.instruction, {
+        'kind': c.kind, 'group_size': c.group_size, 'bytes_per_device': 0.0,
+        'asynchronous': c.asynchronous, 'overlap_ops': c.overlap_ops, 'layers': [],
+        **_links(c.groups, devices, profile, topology)})
+    entry['bytes_per_device'] += c.bytes_per_device
+    if c.layer not in entry['layers']:
+      entry['layers'].append(c.layer)
+  return out
+
+
+@dataclasses.dataclass
+class Job:
+  """One strategy on one device count: built and lowered; compiled unless the cache has it."""
+  label: str
+  config: ml_collections.ConfigDict
+  run: run_lib.Run
+  lowered: Any
+  cache_path: Optional[str]
+  topology: str
+  compiled: Optional[dict] = None  # the compiler's outputs: hlo text, memory, flops, seconds
+
+
+def lower(label: str, config: ml_collections.ConfigDict, devices: Sequence,
+          profile: targets_lib.Profile, cache_dir: Optional[str], topology: str) -> Job:
+  """Builds and lowers one strategy's train step (cheap), and looks up what the compiler made of
+  it before (the optimized program's text, its memory analysis and FLOPs), keyed by the lowered
+  program, the target and the compiler's version. The analysis is not cached: it is redone from
+  the compiler's output every time."""
+  run = run_lib.build(config, devices)
+  lowered = run.train_step.lower(run.abstract_state, run.abstract_batch())
+  key = hashlib.sha256('\n'.join([
+      lowered.as_text(), profile.compiler, profile.topology, profile.target_config,
+      compiler_version(profile), str([str(d) for d in run.devices])]).encode()).hexdigest()[:24]
+  path = os.path.join(cache_dir, f'{key}.json.gz') if cache_dir else None
+  job = Job(label, config, run, lowered, path, topology)
+  if path and os.path.exists(path):
+    with gzip.open(path, 'rt') as f:
+      job.compiled = dict(json.load(f), cached=True)
+  return job
+
+
+def analyse(job: Job, profile: targets_lib.Profile) -> dict:
+  """One strategy's compiled facts: ops, collectives, bytes against the formula, memory, FLOPs
+  (analysis.compiled_step, as comms reads its own compiled step)."""
+  config, run, out = job.config, job.run, job.compiled
+  n = run.strategy.num_devices
+  step = analysis.compiled_step(run, config, out['hlo'])
+  collectives = step.pop('collectives')
+  return {
+      'strategy': config.parallelism, 'devices': n, 'topology': job.topology,
+      'mesh': dict(run.mesh.shape), 'batch_size': config.batch_size,
+      'augment_on': run.augment_on, 'input_path': config.resized or run.augment_on,
+      'batch_shards': run.strategy.batch_shards,
+      'hosts': len({d.process_index for d in run.devices}),
+      'compile_seconds': out['compile_seconds'], 'cached': out.get('cached', False),
+      'memory_per_device': out['memory'],
+      # XLA's count where the compiler gives one (TPU), else the ops' (GPU gives none).
+      'compiled_flops_per_device': out['flops'] or step['op_flops_per_device'],
+      'analytic_flops_per_device': formula.step_flops(run.net, config.image_size,
+                                                      config.batch_size) / n,
+      'collectives': [c.to_json() for c in collectives],
+      'instructions': _instructions(collectives, run.devices, profile, job.topology),
+      **step,
+  }
+
+
+def _compile(job: Job) -> dict:
+  """Compiles a job's program and keeps what the analysis needs (and caches it)."""
+  start = time.perf_counter()
+  compiled = job.lowered.compile()
+  seconds = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
+  out = {'hlo': compiled.as_text(), 'memory': measure_lib.memory(compiled),
+         'flops': float(cost['flops']) if cost and 'flops' in cost else None,
+         'compile_seconds': seconds}
+  if job.cache_path:
+    os.makedirs(os.path.dirname(job.cache_path), exist_ok=True)
+    with gzip.open(job.cache_path + '.tmp', 'wt') as f:
+      json.dump(out, f)
+    os.replace(job.cache_path + '.tmp', job.cache_path)
+  return out
+
+
+def compile_all(jobs: Sequence[Job], workers: int = 0) -> None:
+  """Compiles the jobs the cache lacks, `workers` at a time (0: one per CPU)."""
+  todo = [j for j in jobs if j.compiled is None]
+  with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+    for job, out in zip(todo, pool.map(_compile, todo)):
+      job.compiled = out
