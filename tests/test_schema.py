@@ -44,6 +44,8 @@ def test_a_good_file_passes_with_numbers_as_floats_and_extras_kept():
     (lambda f: f.pop('title'), 'f.json: title: missing'),
     (lambda f: f.update(title='  '), 'title: '),
     (lambda f: f.update(runs={}), 'runs: {} is not a list'),
+    (lambda f: f['runs'][1].update(batch=1.0), 'runs[1].batch: 1.0 is not an integer'),
+    (lambda f: f['runs'][1].update(strategy=True), 'runs[1].strategy: True; expected one of'),
     (lambda f: f['runs'][1].update(strategy='hybrid'), "runs[1].strategy: 'hybrid'; expected one "
      'of towers, data'),
     (lambda f: f['runs'][0].update(batch=0), 'runs[0].batch: 0 is not an integer >= 1'),
@@ -70,3 +72,20 @@ def test_a_list_of_fixed_length():
   assert pair([1, 2], 'p') == [1, 2]
   with pytest.raises(schema.Mismatch, match='p: 3 values; expected 2'):
     pair([1, 2, 3], 'p')
+
+
+def test_a_choice_is_of_the_choices_type():
+  towers = schema.one_of(1, 2)
+  assert towers(2, 'p') == 2
+  with pytest.raises(schema.Mismatch, match='p: True; expected one of 1, 2'):
+    towers(True, 'p')
+  with pytest.raises(schema.Mismatch):
+    towers(2.0, 'p')
+
+
+def test_either_of_two_forms():
+  bus = schema.either(schema.number(positive=True), schema.table({}, others=schema.number()),
+                      'a number or a table of numbers')
+  assert bus(6e9, 'b') == 6e9 and bus({'2': 1, '8': 3}, 'b') == {'2': 1.0, '8': 3.0}
+  with pytest.raises(schema.Mismatch, match="b: {'2': 'x'} is not a number or a table"):
+    bus({'2': 'x'}, 'b')

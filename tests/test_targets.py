@@ -81,13 +81,37 @@ def test_a_profile_of_ones_own_from_a_file(tmp_path):
   assert p.numbers['memory_bytes'] == 96e9 and 'H100' in p.target_config
   bad = tmp_path / 'bad.toml'
   bad.write_text('[x]\nname = "x"\ncompile_as = "gpu-h100"\n')
-  with pytest.raises(targets.TargetError, match='lacks peak_bf16_flops'):
+  with pytest.raises(targets.TargetError, match='peak_bf16_flops: missing'):
     targets.load(str(bad))
   bad.write_text(path.read_text().replace('gpu-h100', 'gpu-h900'))
   with pytest.raises(targets.TargetError, match='compile_as'):
     targets.load(str(bad))
   with pytest.raises(targets.TargetError, match='unknown target'):
     targets.load('tpu-v9')
+
+
+def test_a_profile_file_is_refused_by_field_in_one_line(tmp_path):
+  good = ('[my-tpu]\nname = "My TPU"\ncompile_as = "tpu-v5e"\n'
+          'peak_bf16_flops = 1e15\nfp32_matmul_flops = 5e14\npeak_fp32_flops = 6e13\n'
+          'memory_bytes = 96e9\nmemory_bandwidth = 4e12\nhost_cpus_per_chip = 16\n'
+          'inside = { name = "ici", wiring = "torus", ports = 4, link_bandwidth = 4.5e10, '
+          'latency = 1e-6 }\nbetween = { name = "dcn", bandwidth = 3e9, latency = 1e-5 }\n')
+  path = tmp_path / 'mine.toml'
+  path.write_text(good)
+  assert targets.load(str(path)).inside['ports'] == 4
+  for old, new, words in [
+      ('ports = 4', 'ports = "four"', "inside.ports: 'four' is not an integer >= 1"),
+      ('ports = 4, ', '', 'inside.ports: missing; a torus link gives ports and link_bandwidth'),
+      ('wiring = "torus"', 'wiring = "ring"', "inside.wiring: 'ring'; expected one of"),
+      ('memory_bytes = 96e9', 'memory_bytes = -1', 'memory_bytes: -1 is not a positive number'),
+      ('latency = 1e-5', 'latency = 1e-5, bandwith = 3', 'between: unknown key bandwith'),
+  ]:
+    assert old in good
+    path.write_text(good.replace(old, new))
+    with pytest.raises(targets.TargetError) as e:
+      targets.load(str(path))
+    assert words in str(e.value) and "profile 'my-tpu'" in str(e.value), str(e.value)
+    assert '\n' not in str(e.value)
 
 
 def test_topologies_for_device_counts():

@@ -38,7 +38,6 @@ A run that failed or was skipped has null measurements.
 import glob
 import gzip
 import json
-import math
 import os
 import re
 from typing import Any, Callable, Optional, Sequence
@@ -50,6 +49,7 @@ from alexnet_jax.core import run as run_lib
 from alexnet_jax.pods import compile as compile_lib
 from alexnet_jax.pods import costmodel
 from alexnet_jax.pods import published
+from alexnet_jax.pods import schema
 from alexnet_jax.pods import targets as targets_lib
 from alexnet_jax.program import formula
 from alexnet_jax.program import hlo
@@ -61,12 +61,9 @@ DTYPES = ('float32', 'bfloat16')
 CATEGORIES = ('conv', 'matmul', 'other')
 
 # The fields every file and every run has; a run that did not measure holds null in the numbers.
-FILE_FIELDS = ('kind', 'version', 'date', 'device_kind', 'platform', 'jax_version', 'target',
-               'runs', 'ops', 'trace')
 RUN_FIELDS = ('config', 'network', 'dtype', 'batch_size', 'images_per_second', 'step_seconds',
               'compile_seconds', 'model_flops_per_image', 'mfu', 'peak_flops')
 RUN_NUMBERS = RUN_FIELDS[4:]
-OP_FIELDS = ('name', 'category', 'seconds_per_step')
 
 # Lines of a device plane that the profiler's post-processing derives from the kernels (when a
 # file holds them): counting them beside the kernels would count every op twice.
@@ -84,9 +81,30 @@ class CalibrationError(errors.Refused, ValueError):
 # --- The file. ---
 
 
-def _number_or_null(value: Any) -> bool:
-  return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
-                           and math.isfinite(value) and value >= 0)
+def _exactly(expected: Any, why: str) -> schema.Check:
+  def check(value, path):
+    if value != expected or type(value) is not type(expected):
+      raise schema.Mismatch(path, f'{value!r}, not {expected!r}: {why}')
+    return value
+  return check
+
+
+# The format as data (pods/schema.py). Fields beyond these are kept: a newer writer may add some.
+_NUMBER_OR_NULL = schema.nullable(schema.number(minimum=0))
+RUN = schema.table({'config': schema.string(), 'network': schema.string(),
+                    'dtype': schema.one_of(*DTYPES), 'batch_size': schema.integer(minimum=1),
+                    **{field: _NUMBER_OR_NULL for field in RUN_NUMBERS}},
+                   others=schema.anything(), what='an object')
+OP = schema.table({'name': schema.string(), 'category': schema.one_of(*CATEGORIES),
+                   'seconds_per_step': schema.number(minimum=0)},
+                  others=schema.anything(), what='an object')
+FORMAT = schema.table({
+    'kind': _exactly(KIND, 'not a file of python -m alexnet_jax.calibrate'),
+    'version': _exactly(VERSION, f'this reader knows version {VERSION}'),
+    **{field: schema.string() for field in ('date', 'device_kind', 'platform', 'jax_version',
+                                            'target')},
+    'runs': schema.list_of(RUN), 'ops': schema.list_of(OP),
+    'trace': schema.nullable(schema.string())}, others=schema.anything(), what='a JSON object')
 
 
 def validate(calibration: Any, where: str = 'calibration') -> dict:
@@ -94,58 +112,12 @@ def validate(calibration: Any, where: str = 'calibration') -> dict:
   field that is wrong. Checks kinds and types only: how the numbers relate is the writer's
   business (tests/test_calibrate.py checks it), and a reader should not refuse a file over
   rounding."""
-  def fail(message: str):
-    raise CalibrationError(f'{where}: {message}')
-
-  if not isinstance(calibration, dict):
-    fail('not a JSON object')
-  for field in FILE_FIELDS:
-    if field not in calibration:
-      fail(f'field "{field}" is missing')
-  if calibration['kind'] != KIND:
-    fail(f'"kind" is {calibration["kind"]!r}, not {KIND!r}: not a file of '
-         'python -m alexnet_jax.calibrate')
-  if calibration['version'] != VERSION:
-    fail(f'"version" is {calibration["version"]!r}; this reader knows version {VERSION}')
-  for field in ('date', 'device_kind', 'platform', 'jax_version', 'target'):
-    if not isinstance(calibration[field], str):
-      fail(f'"{field}" should be a string, not {calibration[field]!r}')
-  if not isinstance(calibration['runs'], list):
-    fail('"runs" should be a list')
+  calibration = schema.check(calibration, FORMAT, where, CalibrationError)
   for i, run in enumerate(calibration['runs']):
-    if not isinstance(run, dict):
-      fail(f'runs[{i}] is not an object')
-    for field in RUN_FIELDS:
-      if field not in run:
-        fail(f'runs[{i}].{field} is missing')
-    for field in ('config', 'network', 'dtype'):
-      if not isinstance(run[field], str):
-        fail(f'runs[{i}].{field} should be a string, not {run[field]!r}')
-    if run['dtype'] not in DTYPES:
-      fail(f'runs[{i}].dtype is {run["dtype"]!r}, not one of {", ".join(DTYPES)}')
-    if isinstance(run['batch_size'], bool) or not isinstance(run['batch_size'], int) or (
-        run['batch_size'] < 1):
-      fail(f'runs[{i}].batch_size should be a positive integer, not {run["batch_size"]!r}')
-    for field in RUN_NUMBERS:
-      if not _number_or_null(run[field]):
-        fail(f'runs[{i}].{field} should be a finite number >= 0 or null, not {run[field]!r}')
     if run['images_per_second'] is not None and not (
         run['images_per_second'] > 0 and run['step_seconds']):
-      fail(f'runs[{i}].step_seconds should be a positive number where images_per_second is')
-  if not isinstance(calibration['ops'], list):
-    fail('"ops" should be a list')
-  for i, op in enumerate(calibration['ops']):
-    if not isinstance(op, dict):
-      fail(f'ops[{i}] is not an object')
-    for field in OP_FIELDS:
-      if field not in op:
-        fail(f'ops[{i}].{field} is missing')
-    if op['category'] not in CATEGORIES:
-      fail(f'ops[{i}].category is {op["category"]!r}, not one of {", ".join(CATEGORIES)}')
-    if not _number_or_null(op['seconds_per_step']) or op['seconds_per_step'] is None:
-      fail(f'ops[{i}].seconds_per_step should be a finite number >= 0')
-  if calibration['trace'] is not None and not isinstance(calibration['trace'], str):
-    fail(f'"trace" should be a directory or null, not {calibration["trace"]!r}')
+      raise CalibrationError(f'{where}: runs[{i}].step_seconds: expected a positive number '
+                             'where images_per_second is')
   return calibration
 
 

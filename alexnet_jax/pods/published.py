@@ -42,14 +42,14 @@ only) to check it against the published one.
 
 import dataclasses
 import importlib.util
-import math
 import os
 import sys
 import tomllib
-from typing import Any, Optional
+from typing import Optional
 
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import strategies
+from alexnet_jax.pods import schema
 from alexnet_jax.pods import targets
 from alexnet_jax.runtime import errors
 
@@ -57,15 +57,31 @@ from alexnet_jax.runtime import errors
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CASES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'published')
 
-TABLES = ('source', 'hardware', 'network', 'run', 'measured')
-SOURCE_FIELDS = {'cite': str, 'url': str, 'checked': bool, 'note': str}
-HARDWARE_FIELDS = {'profile': str}
-NETWORK_FIELDS = {'config': str, 'num_towers': int, 'conv_features': list, 'fc_features': list,
-                  'lrn': bool, 'image_size': int, 'num_classes': int, 'dtype': str}
-RUN_FIELDS = {'strategy': str, 'batch_per_device': int, 'calibrate': bool}
 RANGE_FIELDS = ('images_per_second_low', 'images_per_second_high')
 DTYPES = ('float32', 'bfloat16')
 WIDTHS = {'conv_features': 5, 'fc_features': 2}  # AlexNet's five conv and two hidden fc layers
+
+# The format as data (pods/schema.py); what relates one field to another is checked in `load`.
+_POSITIVE = schema.integer(minimum=1)
+_RATES = schema.list_of(schema.number(positive=True))
+FORMAT = schema.table({
+    'title': schema.string(nonempty=True),
+    'source': schema.table({'cite': schema.string(), 'url': schema.string(),
+                            'checked': schema.boolean(), 'note': schema.string()}),
+    'hardware': schema.table({'profile': schema.string()}),
+    'network': schema.table({
+        'config': schema.string(), 'num_towers': schema.one_of(1, 2),
+        'conv_features': schema.list_of(_POSITIVE, length=WIDTHS['conv_features']),
+        'fc_features': schema.list_of(_POSITIVE, length=WIDTHS['fc_features']),
+        'lrn': schema.boolean(), 'image_size': _POSITIVE, 'num_classes': _POSITIVE,
+        'dtype': schema.one_of(*DTYPES)}),
+    'run': schema.table({'strategy': schema.one_of(*strategies.STRATEGIES),
+                         'batch_per_device': _POSITIVE, 'calibrate': schema.boolean()}),
+    'measured': schema.table({'devices': schema.list_of(_POSITIVE, nonempty=True),
+                              'images_per_second': _RATES},
+                             optional={field: _RATES for field in RANGE_FIELDS},
+                             others=schema.anything()),
+})
 
 
 class CaseError(errors.Refused, ValueError):
@@ -101,154 +117,67 @@ def config_path(config: str) -> str:
   return config if os.path.isabs(config) else os.path.join(ROOT, config)
 
 
-def _is_number(value: Any) -> bool:
-  return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _type_name(kind: type) -> str:
-  return {str: 'a string', bool: 'true or false', int: 'an integer', list: 'a list'}[kind]
-
-
-class _Reader:
-  """Checks one parsed file; every refusal is `fail(field, expected)`."""
-
-  def __init__(self, path: str):
-    self.path = path
-
-  def fail(self, field: str, expected: str) -> CaseError:
-    message = f'{self.path}: {field}: {expected}'
-    return CaseError(' '.join(message.split()))  # one line whatever the parts hold
-
-  def table(self, raw: dict, name: str, fields: dict, extra_ok: bool = False) -> dict:
-    if name not in raw:
-      raise self.fail(f'[{name}]', 'missing; every case file has the tables '
-                      f'{", ".join(f"[{t}]" for t in TABLES)} (see alexnet_jax/pods/published.py)')
-    table = raw[name]
-    if not isinstance(table, dict):
-      raise self.fail(name, 'expected a table [' + name + ']')
-    unknown = sorted(set(table) - set(fields))
-    if unknown and not extra_ok:
-      raise self.fail(f'[{name}]', f'unknown key{"s" * (len(unknown) > 1)} '
-                      f'{", ".join(unknown)}; expected only {", ".join(fields)}')
-    for field, kind in fields.items():
-      if field not in table:
-        raise self.fail(f'{name}.{field}', f'missing; expected {_type_name(kind)}')
-      value = table[field]
-      ok = (isinstance(value, kind) and not (kind is int and isinstance(value, bool)))
-      if not ok:
-        raise self.fail(f'{name}.{field}', f'{value!r} is not {_type_name(kind)}')
-    return table
-
-  def positive_int(self, value: Any, field: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-      raise self.fail(field, f'{value!r} is not a positive integer')
-    return value
-
-  def numbers(self, values: Any, field: str, length: int, length_of: str) -> tuple[float, ...]:
-    if not isinstance(values, list) or not all(_is_number(v) for v in values):
-      raise self.fail(field, f'{values!r} is not a list of numbers')
-    if len(values) != length:
-      raise self.fail(field, f'{len(values)} values for {length} device counts; expected one per '
-                      f'entry of {length_of}')
-    if not all(v > 0 and math.isfinite(v) for v in values):
-      raise self.fail(field, f'{values!r}: expected positive numbers')
-    return tuple(float(v) for v in values)
-
-
 def load(path: str) -> Case:
   """The case of one file, checked (CaseError, one line, for anything malformed)."""
   path = os.fspath(path)
-  reader = _Reader(path)
+
+  def fail(field: str, expected: str) -> CaseError:
+    return CaseError(' '.join(f'{path}: {field}: {expected}'.split()))
+
   try:
     with open(path, 'rb') as f:
       raw = tomllib.load(f)
   except tomllib.TOMLDecodeError as error:
-    raise reader.fail('TOML', f'{error}; expected a TOML file') from None
+    raise fail('TOML', f'{error}; expected a TOML file') from None
   except OSError as error:
-    raise reader.fail('file', f'cannot be read ({error.strerror or error})') from None
-
-  unknown = sorted(set(raw) - set(TABLES) - {'title'})
-  if unknown:
-    raise reader.fail('top level', f'unknown key{"s" * (len(unknown) > 1)} {", ".join(unknown)}; '
-                      f'expected title and the tables {", ".join(f"[{t}]" for t in TABLES)}')
-  if not isinstance(raw.get('title'), str) or not raw['title'].strip():
-    raise reader.fail('title', 'missing or not a string; expected title = "..."')
-  source = reader.table(raw, 'source', SOURCE_FIELDS)
-  hardware = reader.table(raw, 'hardware', HARDWARE_FIELDS)
-  network = reader.table(raw, 'network', NETWORK_FIELDS)
-  run = reader.table(raw, 'run', RUN_FIELDS)
-  measured = reader.table(raw, 'measured', {'devices': list, 'images_per_second': list},
-                          extra_ok=True)
+    raise fail('file', f'cannot be read ({error.strerror or error})') from None
+  case = schema.check(raw, FORMAT, path, CaseError)
+  hardware, network, run, measured = (case[t] for t in ('hardware', 'network', 'run', 'measured'))
 
   # The machine: a profile this project ships (profiles/*.toml).
   profiles = targets.known()
   if hardware['profile'] not in profiles:
-    raise reader.fail('hardware.profile', f'{hardware["profile"]!r} is not a shipped profile; '
-                      f'expected one of {", ".join(profiles)}')
-
-  # The network as published.
+    raise fail('hardware.profile', f'{hardware["profile"]!r} is not a shipped profile; '
+               f'expected one of {", ".join(profiles)}')
   if not os.path.isfile(config_path(network['config'])):
-    raise reader.fail('network.config', f'{network["config"]!r}: no such file '
-                      f'({config_path(network["config"])}); expected a configs/*.py file')
-  if network['num_towers'] not in (1, 2):
-    raise reader.fail('network.num_towers', f'{network["num_towers"]}; expected 1 or 2')
-  for field, length in WIDTHS.items():
-    widths = network[field]
-    if (len(widths) != length
-        or not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths)):
-      raise reader.fail(f'network.{field}', f'{widths!r}; expected {length} positive integers '
-                        '(totals over towers)')
-  reader.positive_int(network['image_size'], 'network.image_size')
-  reader.positive_int(network['num_classes'], 'network.num_classes')
-  if network['dtype'] not in DTYPES:
-    raise reader.fail('network.dtype', f'{network["dtype"]!r}; expected one of {", ".join(DTYPES)}')
+    raise fail('network.config', f'{network["config"]!r}: no such file '
+               f'({config_path(network["config"])}); expected a configs/*.py file')
 
-  # The run.
-  if run['strategy'] not in strategies.STRATEGIES:
-    raise reader.fail('run.strategy', f'{run["strategy"]!r} is not a strategy; expected one of '
-                      f'{", ".join(strategies.STRATEGIES)}')
-  reader.positive_int(run['batch_per_device'], 'run.batch_per_device')
-
-  # What was measured.
-  devices = measured['devices']
-  for n in devices:
-    reader.positive_int(n, 'measured.devices')
-  if not devices:
-    raise reader.fail('measured.devices', 'empty; expected at least one device count')
+  # What was measured: one rate per device count, within the published range if there is one.
+  devices, ips = measured['devices'], measured['images_per_second']
   if any(b <= a for a, b in zip(devices, devices[1:])):
-    raise reader.fail('measured.devices', f'{devices!r}; expected increasing device counts')
+    raise fail('measured.devices', f'{devices!r}; expected increasing device counts')
   if run['calibrate'] and len(devices) < 2:
-    raise reader.fail('run.calibrate', 'true with a single device count: the fitted point would '
-                      'leave nothing to check; expected calibrate = false or more device counts')
-  ips = reader.numbers(measured['images_per_second'], 'measured.images_per_second', len(devices),
-                       'measured.devices')
-  bounds = {}
-  for field in RANGE_FIELDS:
-    if field in measured:
-      bounds[field] = reader.numbers(measured[field], f'measured.{field}', len(devices),
-                                     'measured.devices')
+    raise fail('run.calibrate', 'true with a single device count: the fitted point would '
+               'leave nothing to check; expected calibrate = false or more device counts')
+  bounds = {field: measured[field] for field in RANGE_FIELDS if field in measured}
+  for field, values in [('images_per_second', ips), *bounds.items()]:
+    if len(values) != len(devices):
+      raise fail(f'measured.{field}', f'{len(values)} values for {len(devices)} device counts; '
+                 'expected one per entry of measured.devices')
   if len(bounds) == 1:
     missing = next(f for f in RANGE_FIELDS if f not in bounds)
-    raise reader.fail(f'measured.{missing}', 'missing; a published range gives both '
-                      f'{" and ".join(RANGE_FIELDS)}')
-  low, high = bounds.get(RANGE_FIELDS[0]), bounds.get(RANGE_FIELDS[1])
+    raise fail(f'measured.{missing}', 'missing; a published range gives both '
+               f'{" and ".join(RANGE_FIELDS)}')
+  low, high = (tuple(bounds[f]) if f in bounds else None for f in RANGE_FIELDS)
   if low and high:
     for n, lo, hi, mid in zip(devices, low, high, ips):
       if lo > hi:
-        raise reader.fail('measured.images_per_second_low', f'{lo:g} > high {hi:g} at {n} '
-                          'devices; expected low <= high')
+        raise fail('measured.images_per_second_low', f'{lo:g} > high {hi:g} at {n} devices; '
+                   'expected low <= high')
       if not lo <= mid <= hi:
-        raise reader.fail('measured.images_per_second', f'{mid:g} at {n} devices is outside the '
-                          f'published range {lo:g}-{hi:g}; expected low <= value <= high')
+        raise fail('measured.images_per_second', f'{mid:g} at {n} devices is outside the '
+                   f'published range {lo:g}-{hi:g}; expected low <= value <= high')
   extra = {k: v for k, v in measured.items()
            if k not in ('devices', 'images_per_second') + RANGE_FIELDS}
 
+  source = case['source']
   return Case(
-      key=os.path.splitext(os.path.basename(path))[0], title=raw['title'], cite=source['cite'],
+      key=os.path.splitext(os.path.basename(path))[0], title=case['title'], cite=source['cite'],
       url=source['url'], checked=source['checked'], note=source['note'],
       profile=hardware['profile'], config=network['config'], network=dict(network),
       strategy=run['strategy'], batch_per_device=run['batch_per_device'],
-      calibrate=run['calibrate'], devices=tuple(devices), images_per_second=ips,
+      calibrate=run['calibrate'], devices=tuple(devices), images_per_second=tuple(ips),
       low=low, high=high, extra=extra, path=path)
 
 

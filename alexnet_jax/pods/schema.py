@@ -88,10 +88,23 @@ def number(minimum: Optional[float] = None, positive: bool = False) -> Check:
 
 
 def one_of(*choices: Any) -> Check:
+  """One of `choices`, of the same type (true is not the integer 1 here)."""
   def check(value, path):
-    if value not in choices:
+    if not any(value == c and type(value) is type(c) for c in choices):
       raise Mismatch(path, f'{value!r}; expected one of {", ".join(map(str, choices))}')
     return value
+  return check
+
+
+def either(first: Check, second: Check, what: str) -> Check:
+  """What `first` accepts, else what `second` accepts; refused as not `what`."""
+  def check(value, path):
+    for option in (first, second):
+      try:
+        return option(value, path)
+      except Mismatch:
+        pass
+    raise Mismatch(path, f'{value!r} is not {what}')
   return check
 
 

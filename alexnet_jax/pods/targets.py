@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 from jax.experimental import topologies
 
+from alexnet_jax.pods import schema
 from alexnet_jax.runtime import errors
 
 PROFILES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'profiles')
@@ -28,6 +29,36 @@ INSTALL = 'pip install -r requirements-targets.txt'
 
 class TargetError(errors.Refused, ValueError):
   """A target that cannot be compiled for here, with what to do."""
+
+
+# A profile's format as data (pods/schema.py); profiles.toml says what each field means. How the
+# fields relate (a torus's ports, compile_as naming a profile with a compiler) is checked below.
+_RATE = schema.number(positive=True)
+_LINK = {'name': schema.string(), 'latency': schema.number(minimum=0)}
+_LINK_OPTIONS = {'bandwidth': _RATE,
+                 'bus_bandwidth': schema.either(  # a number, or one by group size
+                     _RATE, schema.table({}, others=_RATE),
+                     'a positive number or a table of them by group size')}
+INSIDE = schema.table({**_LINK, 'wiring': schema.one_of('switch', 'torus', 'pcie')},
+                      optional={**_LINK_OPTIONS, 'ports': schema.integer(minimum=1),
+                                'link_bandwidth': _RATE,
+                                'wraparound_min_extent': schema.integer(minimum=0),
+                                'wraparound_full_cubes': schema.boolean(),
+                                'peer_group': schema.integer(minimum=1),
+                                'host_bandwidth': _RATE})
+BETWEEN = schema.table({**_LINK, 'bandwidth': _RATE}, optional=_LINK_OPTIONS)
+FORMAT = schema.table(
+    {'name': schema.string(nonempty=True), **{field: _RATE for field in NUMBERS},
+     'host_cpus_per_chip': schema.number(minimum=0),  # 0: not stated (no input ceiling)
+     'inside': INSIDE, 'between': BETWEEN},
+    optional={'compiler': schema.one_of('tpu', 'gpu'), 'compile_as': schema.string(),
+              'topology': schema.string(), 'shapes': schema.table({}, others=schema.string()),
+              'target_config': schema.string(), 'devices_per_chip': schema.integer(minimum=1),
+              'devices_per_host': schema.integer(minimum=1),
+              'reported_images_per_second': _RATE,
+              'sources': schema.table({}, others=schema.string())})
+_WIRED = {'torus': ('ports', 'link_bandwidth'), 'switch': ('bandwidth',),
+          'pcie': ('bandwidth', 'host_bandwidth')}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,10 +125,12 @@ def load(name_or_file: str) -> Profile:
 
 
 def _profile(key: str, raw: dict, table: dict) -> Profile:
-  missing = [f for f in NUMBERS + ('name', 'inside', 'between') if f not in raw]
-  if missing:
-    raise TargetError(f'profile {key!r} lacks {", ".join(missing)} (see '
-                      'alexnet_jax/profiles/profiles.toml for the fields)')
+  where = f'profile {key!r} (fields: alexnet_jax/profiles/profiles.toml)'
+  raw = schema.check(raw, FORMAT, where, TargetError)
+  needs = [f for f in _WIRED[raw['inside']['wiring']] if f not in raw['inside']]
+  if needs:
+    raise TargetError(f'{where}: inside.{needs[0]}: missing; a {raw["inside"]["wiring"]} '
+                      f'link gives {" and ".join(_WIRED[raw["inside"]["wiring"]])}')
   compiled = raw
   if 'compile_as' in raw:
     if raw['compile_as'] not in table or 'compile_as' in table[raw['compile_as']]:
