@@ -28,8 +28,8 @@ On a shared file system:
 In a multi-process run (jax.distributed) only process 0 locks; `hold_for_run` tells every
 process its verdict through the coordination service, so a refusal stops all of them at once
 (none is left waiting in a collective for process 0). `ablate` holds its own directory for its
-whole run (shared with `--only`, so one job per variant can share it); each training run below
-it locks its own sub-workdir, a different file.
+whole run (not with `--only`, whose jobs, one per run, share it); each training run below it
+locks its own sub-workdir, a different file.
 
 This module imports neither JAX nor TensorFlow (hold_for_run imports JAX when it is called).
 """
@@ -41,6 +41,7 @@ import os
 import socket
 import sys
 import threading
+import time
 from typing import Callable, Optional
 
 from alexnet_jax.runtime import errors
@@ -56,7 +57,7 @@ class WorkdirUnusable(errors.Refused):
   """The workdir cannot be created or its lock file opened (exit 2)."""
 
 
-# path -> [fd, shared, holds]: one descriptor per lock file and process (see the module docstring).
+# path -> [fd, holds]: one descriptor per lock file and process (see the module docstring).
 _held: dict[str, list] = {}
 _held_guard = threading.Lock()
 
@@ -100,8 +101,8 @@ class Lock:
       entry = _held.get(path)
       if entry is None:
         return
-      entry[2] -= 1
-      if entry[2] > 0:
+      entry[1] -= 1
+      if entry[1] > 0:
         return
       del _held[path]
     os.close(entry[0])  # closing the descriptor releases the lock; the file stays
@@ -116,33 +117,39 @@ class Lock:
 NOT_LOCKED = Lock(None)  # what processes other than 0 of a multi-process run hold
 
 
-def _busy(workdir: str, path: str, fd: int, shared_wanted: bool) -> WorkdirBusy:
-  """The refusal, naming the holder from the lock file's content."""
-  held_shared = False
-  if not shared_wanted:  # exclusive refused: is it held shared (ablate --only jobs)?
-    try:
-      fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-      fcntl.flock(fd, fcntl.LOCK_UN)
-      held_shared = True
-    except OSError:
-      pass
-  if held_shared:
-    who = ('by one or more `ablate --only=NAME` runs sharing it (their own runs\' workdirs '
-           'below it name their processes in their .lock files)')
-  else:
+def _dead_here(holder: dict) -> bool:
+  """Whether the holder named is a process of this host that no longer exists."""
+  if holder.get('host') != socket.gethostname():
+    return False
+  try:
+    os.kill(int(holder['pid']), 0)
+  except ProcessLookupError:
+    return True
+  except (OSError, ValueError):
+    return False
+  return False
+
+
+def _busy(workdir: str, path: str) -> WorkdirBusy:
+  """The refusal, naming the holder from the lock file's content. A holder that has just locked
+  writes its content a moment later (until then the file may still name an earlier, dead run):
+  read again for up to a second while it names no live process of this host."""
+  for _ in range(10):
     holder = read_holder(path)
-    if holder.get('pid'):
-      who = (f'by process {holder["pid"]} on host {holder.get("host", "?")} (started '
-             f'{holder.get("started", "?")}: {holder.get("command", "?")})')
-    else:
-      who = f'by another process (it has not written its host and pid into {path} yet)'
-    pid, host = holder.get('pid', 'PID'), holder.get('host', 'its host')
-  stop = ('stop them' if held_shared else
-          f'stop that process (`kill {pid}` on {host}: SIGTERM saves a checkpoint first)')
+    if holder.get('pid') and not _dead_here(holder):
+      break
+    time.sleep(0.1)
+  if holder.get('pid'):
+    who = (f'by process {holder["pid"]} on host {holder.get("host", "?")} (started '
+           f'{holder.get("started", "?")}: {holder.get("command", "?")})')
+  else:
+    who = f'by another process (it has not written its host and pid into {path} yet)'
+  pid, host = holder.get('pid', 'PID'), holder.get('host', 'its host')
   return WorkdirBusy(
       f'{workdir} is in use {who}. One run at a time may write a workdir: wait for it to '
-      f'finish, or {stop}, then run this command again to resume; or use another --workdir. '
-      'Nothing was written.')
+      f'finish, or stop that process (`kill {pid}` on {host}: SIGTERM saves a checkpoint '
+      'first), then run this command again to resume; or use another --workdir. Nothing was '
+      'written.')
 
 
 def _unusable(workdir: str, error: OSError) -> errors.Refused:
@@ -150,20 +157,18 @@ def _unusable(workdir: str, error: OSError) -> errors.Refused:
                          'use a directory you can write to.')
 
 
-def acquire(workdir: str, *, shared: bool = False,
+def acquire(workdir: str, *,
             unusable: Callable[[str, OSError], errors.Refused] = _unusable) -> Lock:
   """Locks WORKDIR/.lock (creating the directory) or raises WorkdirBusy naming its holder.
 
-  `shared`: a shared hold (`ablate --only`), compatible with other shared holds and refused
-  while a run holds it exclusively (and the other way round). A path this process already
-  holds is held again (nested; released when every hold is). `unusable(workdir, OSError)`: the
+  A path this process already holds is held again (nested; released when every hold is). `unusable(workdir, OSError)`: the
   refusal when the directory cannot be created or the file opened."""
   workdir = os.path.abspath(workdir)
   path = os.path.join(workdir, LOCK_NAME)
   with _held_guard:
     entry = _held.get(path)
     if entry is not None:
-      entry[2] += 1
+      entry[1] += 1
       return Lock(path)
     try:
       os.makedirs(workdir, exist_ok=True)
@@ -172,25 +177,24 @@ def acquire(workdir: str, *, shared: bool = False,
     except OSError as e:
       raise unusable(workdir, e) from e
     try:
-      fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
       try:
         if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-          raise _busy(workdir, path, fd, shared) from None
+          raise _busy(workdir, path) from None
         raise WorkdirUnusable(
             f'Cannot lock {path} ({e.strerror or e}): the file system of --workdir={workdir} '
             'does not support locks (see alexnet_jax/runtime/workdir_lock.py). Use a local or '
             'NFS directory.') from e
       finally:
         os.close(fd)
-    if not shared:  # the holder says who it is; shared holders leave the content alone
-      try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, describe_self().encode(), 0)
-        os.fsync(fd)
-      except OSError:
-        pass  # the lock is what counts; the content is only for the message
-    _held[path] = [fd, shared, 1]
+    try:  # the holder says who it is
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, describe_self().encode(), 0)
+      os.fsync(fd)
+    except OSError:
+      pass  # the lock is what counts; the content is only for the message
+    _held[path] = [fd, 1]
   return Lock(path)
 
 
