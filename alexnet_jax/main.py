@@ -58,7 +58,7 @@ def main(argv):
   # A refused config or dataset exits 2 (nothing ran: fix the command); a divergence or a
   # checkpoint or workdir that cannot be written exits 1 (the checkpoints saved are intact):
   # runtime/command.py.
-  # A preemption leaves at once once its checkpoint is committed (runtime/prompt_exit.py).
+  # After a preemption, leave as soon as the checkpoint is committed (runtime/prompt_exit.py).
   prompt_exit.enable()
   try:
     result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
