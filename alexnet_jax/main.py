@@ -1,7 +1,9 @@
 """Trains AlexNet: `python -m alexnet_jax.main --config=configs/quickstart.py --workdir=DIR`.
 
 Only parses flags, joins a multi-process run if there is one (alexnet_jax/runtime/distributed.py) and
-calls `train.train_and_evaluate`, which the tests call too.
+calls `train.train_and_evaluate`, which the tests call too. It refuses a workdir another live run
+holds (runtime/workdir_lock.py, exit 2) and, after a preemption, exits as soon as the checkpoint is
+committed (runtime/prompt_exit.py).
 """
 
 import os
@@ -19,6 +21,7 @@ from alexnet_jax.runtime import allocator
 from alexnet_jax.runtime import command
 from alexnet_jax.core import devices
 from alexnet_jax.runtime import distributed
+from alexnet_jax.runtime import prompt_exit
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training config (a configs/*.py file).',
@@ -55,8 +58,10 @@ def main(argv):
   # A refused config or dataset exits 2 (nothing ran: fix the command); a divergence or a
   # checkpoint or workdir that cannot be written exits 1 (the checkpoints saved are intact):
   # runtime/command.py.
+  # After a preemption, leave as soon as the checkpoint is committed (runtime/prompt_exit.py).
+  prompt_exit.enable()
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except jax.errors.JaxRuntimeError as e:
     if not joined:
       raise
@@ -69,7 +74,10 @@ def main(argv):
     logging.error('%s', message)
     command.write_error(message)
     os._exit(1)
-  # A SIGTERM (preemption) ends train_and_evaluate normally after a checkpoint: exit 0.
+  # A SIGTERM (preemption) ends train_and_evaluate normally after a checkpoint: exit 0, without
+  # waiting for the input pipeline's threads.
+  if 'preempted_at_step' in result:
+    prompt_exit.leave(0, joined=joined)
 
 
 if __name__ == '__main__':

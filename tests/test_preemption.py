@@ -1,6 +1,7 @@
 """Preemption for real: a SIGTERM to this process, and a SIGTERM to one of two processes joined
 by jax.distributed on 127.0.0.1 (CPU collectives over gloo) that must stop at the same step."""
 
+import json
 import os
 import signal
 import socket
@@ -126,3 +127,51 @@ def test_two_processes_stop_at_the_same_step_when_one_gets_sigterm(tmp_path, ser
   assert steps[0] >= signalled_after
   if service == 'off':
     assert steps[0] % 10 == 0  # the fallback agrees only at steps that sync anyway
+
+
+def test_main_leaves_at_once_after_the_sigterm_line_with_its_checkpoint_committed(
+    tmp_path, tiny_data_dir, run_main):
+  """After `SIGTERM: stopped after step N` main waits for nothing: the exit hook (runtime/
+  prompt_exit.py) finds no thread but the main one alive (no orbax save or commit in flight),
+  the batch iterator, whose destructor would wait for its tf.data workers, is left behind, and
+  checkpoint N is complete; the same command resumes from it and finishes."""
+  from alexnet_jax.core import checkpointing  # pylint: disable=import-outside-toplevel
+  from alexnet_jax.runtime import prompt_exit  # pylint: disable=import-outside-toplevel
+  workdir, log, report = str(tmp_path / 'run'), str(tmp_path / 'first.log'), tmp_path / 'exit.json'
+  command = ('--config.num_train_steps=200', '--config.checkpoint_every_steps=100',
+             '--config.log_every_steps=5', '--config.eval_every_steps=200',
+             '--config.num_eval_examples=48')
+  os.environ[prompt_exit.REPORT_ENV] = str(report)  # run_main passes this environment on
+  try:
+    proc = run_main(workdir, *command, data_dir=tiny_data_dir, log=log)
+  finally:
+    del os.environ[prompt_exit.REPORT_ENV]
+  try:
+    deadline = time.monotonic() + 300
+    while 'compiled and ran' not in open(log).read():  # training, its first step done
+      assert proc.poll() is None, open(log).read()[-3000:]
+      assert time.monotonic() < deadline, open(log).read()[-3000:]
+      time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) == 0, open(log).read()[-3000:]
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+  output = open(log).read()
+  stopped = int(output.split('SIGTERM: stopped after step ')[1].split()[0])
+  assert stopped < 200
+  exit_report = json.loads(report.read_text())
+  # No thread a normal exit would wait for (daemon ones, such as tqdm's monitor after the
+  # dataset was generated, it would not either).
+  assert [t for t in exit_report['threads'] if not t.endswith('(daemon)')] == [], exit_report
+  assert exit_report['kept'] == ['generator'] and exit_report['code'] == 0, exit_report
+  assert checkpointing.saved_steps(workdir) == [stopped]  # committed: renamed from its tmp dir
+  assert not [n for n in os.listdir(os.path.join(workdir, 'checkpoints')) if 'tmp' in n]
+  _, params = checkpointing.restore_params(workdir)  # readable
+  assert params
+
+  resumed = run_main(workdir, *command, data_dir=tiny_data_dir)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f'Resumed from {workdir}/checkpoints at step {stopped}' in resumed.stderr
+  assert checkpointing.saved_steps(workdir)[-1] == 200

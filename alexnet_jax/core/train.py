@@ -28,6 +28,8 @@ from alexnet_jax.data import pipeline
 from alexnet_jax.data import spec as data_spec
 from alexnet_jax.runtime import distributed
 from alexnet_jax.runtime import preemption
+from alexnet_jax.runtime import prompt_exit
+from alexnet_jax.runtime import workdir_lock
 
 
 def prefetch_to_mesh(batches: Iterator[dict], sharding, size: int = 2,
@@ -163,10 +165,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   Stops with FloatingPointError at the first non-finite loss or gradient (nothing non-finite is
   saved), CheckpointError for checkpoints that cannot be read, written or used by this config,
   WorkdirError when metrics cannot be written; in every case the checkpoints saved are intact.
+  Refuses (workdir_lock.WorkdirBusy, before writing anything there) a workdir that another live
+  run holds; holds it until it returns.
   """
   run = run_lib.build(config)  # refuses a bad config: nothing is written before this
   data = pipeline.open(data_spec.from_config(config))  # may refuse: nothing is written before
   config_lib.check_dataset(config, data.num_classes)
+  workdir = os.path.abspath(workdir)
+  # Before anything is written there: a workdir a live run holds is refused here (exit 2), on
+  # every process of a multi-process run (runtime/workdir_lock.py).
+  lock = workdir_lock.hold_for_run(workdir, unusable=config_lib.workdir_error)
+  try:
+    return _train_and_evaluate(config, workdir, run, data)
+  finally:
+    lock.release()
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, run: run_lib.Run,
+                        data: pipeline.Input) -> dict:
+  """train_and_evaluate's work, with the workdir held."""
   workdir = _open_workdir(workdir)
   group, groups = run.strategy.input_group(config.batch_size)  # which rows this process reads
   stream_shards = data.input_shards(groups)
@@ -292,6 +309,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           preempted_at = step
           logging.warning('SIGTERM: stopped after step %d and saved it in %s. Run the same '
                           'command again to resume.', step, checkpoints.directory)
+          # Destroying the batch iterator waits for its tf.data workers (seconds, a minute on a
+          # loaded machine); main leaves without it (runtime/prompt_exit.py).
+          prompt_exit.keep(train_batches)
           break
   except BaseException as error:
     if jax.process_count() > 1 and isinstance(error, jax.errors.JaxRuntimeError):

@@ -47,6 +47,7 @@ import ml_collections
 
 from alexnet_jax.runtime import errors
 from alexnet_jax.runtime import fields
+from alexnet_jax.runtime import workdir_lock
 from alexnet_jax.core import checkpointing
 from alexnet_jax.core import config as config_lib
 from alexnet_jax.core import run as run_lib
@@ -305,7 +306,20 @@ def run(config: ml_collections.ConfigDict, names: Sequence[str], workdir: str,
   for c in configs.values():  # every run checked before the first one trains
     config_lib.check(c, jax.devices())
   workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  # The directory for the whole run, before anything is written there: a second ablate on it is
+  # refused (exit 2). Not with --only, whose jobs (one per run) share DIR: each training run
+  # below it holds its own sub-workdir (train.train_and_evaluate, a different lock file), so two
+  # jobs never train one run at once (runtime/workdir_lock.py).
+  if only:
+    os.makedirs(workdir, exist_ok=True)
+    return _run_locked(configs, names, workdir, only)
+  with workdir_lock.acquire(workdir):
+    return _run_locked(configs, names, workdir, only)
+
+
+def _run_locked(configs: dict[str, ml_collections.ConfigDict], names: Sequence[str],
+                workdir: str, only: str) -> Optional[dict]:
+  """run's work, with `workdir` held."""
   for name, c in configs.items():
     cost = model_cost(c)
     print(f'{name:9s} {cost["params"]:>12,} parameters  '
