@@ -7,7 +7,7 @@
 #   bash launch/local.sh 2 2 --config=configs/tiny.py --config.parallelism=towers_data \
 #       --workdir=/tmp/alexnet_local
 #
-# Process 0 writes to this script's stdout/stderr; process i > 0 to WORKDIR/logs/process_i.log
+# Process 0 writes to this script's stdout/stderr; process i > 0 appends to WORKDIR/logs/process_i.log
 # (LOG_DIR overrides). Exits 0 when every process does. When one fails, the others get GRACE_S
 # seconds (default 60) to notice and stop with their own message, then are killed; every failure
 # is reported, and the exit code is the first one seen. PYTHON (default python3) and PORT
@@ -41,7 +41,7 @@ for ((i = 0; i < num_processes; i++)); do
   if [ "$i" -eq 0 ]; then
     "${cmd[@]}" &
   else
-    "${cmd[@]}" > "$LOG_DIR/process_$i.log" 2>&1 &
+    "${cmd[@]}" >> "$LOG_DIR/process_$i.log" 2>&1 &
   fi
   pids+=($!)
   rank_of[$!]=$i
