@@ -61,10 +61,14 @@ def _meta(workdir, step):
 
 
 def _files(workdir):
-  """{path: sha1} of every file under workdir: to show that nothing was changed."""
+  """{path: sha1} of every file under workdir: to show that nothing was changed. The lock file
+  is left out: it names whichever run last held the workdir (runtime/workdir_lock.py), and a run
+  refused for its checkpoint held it while it looked."""
   out = {}
   for root, _, names in os.walk(workdir):
     for name in names:
+      if root == workdir and name == '.lock':
+        continue
       path = os.path.join(root, name)
       with open(path, 'rb') as f:
         out[os.path.relpath(path, workdir)] = hashlib.sha1(f.read()).hexdigest()
