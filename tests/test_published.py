@@ -280,6 +280,16 @@ def test_float16_needs_a_profile_with_a_float16_rate(tmp_path):
     costmodel.compute_peak(k20, 'float16')
 
 
+def test_the_plan_refuses_float16_on_a_profile_without_its_rate_before_compiling(tmp_path):
+  out = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.plan', '--config=configs/tiny.py',
+       '--config.model.dtype=float16', '--target=gpu-k20-pcie', f'--out={tmp_path / "out"}'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert 'peak_fp16_flops: missing' in out.stderr and 'Traceback' not in out.stderr
+  assert not (tmp_path / 'out').exists()
+
+
 def test_a_fixed_global_batch_is_split_over_the_batch_shards(tmp_path):
   case = published.load(write(tmp_path, GOOD.replace('batch_per_device = 128',
                                                      'global_batch = 256')))
