@@ -75,8 +75,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.dropout_rate = 0.5
   c.model.init_scheme = 'paper'  # or 'he' (see model.Tower.init_scheme)
   c.model.head_zeroinit = False  # fc8's kernel at zero (not the paper; model.Tower.head_zeroinit)
-  # Compute dtype of activations and matrix products: 'float32' or 'bfloat16' (for GPUs and
-  # TPUs). Parameters, gradients and the optimizer state stay float32 either way.
+  # Compute dtype of activations and matrix products: 'float32', 'bfloat16' (for GPUs and
+  # TPUs) or 'float16' (GPUs; what published fp16 runs computed in: the pod plan replays them so,
+  # and no loss scaling is applied). Parameters, gradients, the optimizer state, logits and the
+  # loss stay float32 whichever it is.
   c.model.dtype = 'float32'
   # LRN, max pooling and the convolutions (alexnet_jax/core/kernels.py): 'reference' = the paper's
   # formulas, differentiated by JAX (what GPUs and TPUs run); 'cpu' = hand-written gradients for

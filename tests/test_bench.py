@@ -1,9 +1,10 @@
 """The benchmark: its FLOP count against the paper's layer table, its command line end to end,
-one-device runs (a single GPU), and the bfloat16 compute option against float32."""
+one-device runs (a single GPU), and the bfloat16 and float16 compute options against float32."""
 
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -126,3 +127,34 @@ def test_bfloat16_compute_keeps_float32_state_and_a_close_loss():
               for s in (state32, state16))
   assert np.abs(w32).max() > 0
   assert np.linalg.norm(w16 - w32) <= 0.1 * np.linalg.norm(w32)
+
+
+def test_float16_compute_keeps_float32_state_and_a_loss_within_its_rounding():
+  """float16 means what bfloat16 means (activations and products in it; parameters, gradients,
+  momentum, logits and the loss float32), with an 11-bit significand: unit roundoff
+  u = 2**-11. Each of the 8 weighted layers rounds its input and its output to float16, a
+  relative error of at most 2u each to first order, so the logits, and the loss (about linear
+  in them once they are large: here about 124), differ from float32's by at most
+  2 x 8 x u = 16u = 0.78 % relatively; fc6's update, from gradients that pass back through the
+  same layers, by as much. (Measured on one CPU: 0.022 % and 0.067 %; bfloat16, u = 2**-8, gives
+  about 8 times that, as its 3 fewer bits say.)"""
+  config = tiny.get_config()
+  net = model_lib.make_network(config.model, config.model.num_classes)
+  params = jax.tree.map(np.asarray, jax.jit(
+      lambda k: model_lib.init_params(net, k, config.image_size))(jax.random.key(0)))
+  state32, metrics32, hlo32 = _first_step('float32', params)
+  state16, metrics16, hlo16 = _first_step('float16', params)
+  # The float16 program really computes in float16 (StableHLO's f16, not bf16).
+  half = re.compile(r'(?<![a-z])f16\b|x f16>|xf16>')
+  assert half.search(hlo16) and not half.search(hlo32)
+  for leaf in jax.tree.leaves((state16.params, state16.opt_state)):
+    if hasattr(leaf, 'dtype') and jnp.issubdtype(leaf.dtype, jnp.floating):
+      assert leaf.dtype == jnp.float32, leaf.dtype
+  loss32, loss16 = float(metrics32['loss']), float(metrics16['loss'])
+  assert math.isfinite(loss16) and loss32 > 1.0
+  bound = 2 * 8 * 2.0 ** -11
+  assert abs(loss16 - loss32) <= bound * loss32, (loss16, loss32)
+  w32, w16 = (np.asarray(s.params['fc6']['kernel']) - params['fc6']['kernel']
+              for s in (state32, state16))
+  assert np.abs(w32).max() > 0
+  assert np.linalg.norm(w16 - w32) <= bound * np.linalg.norm(w32)

@@ -92,6 +92,26 @@ def test_bad_model_switch_is_refused(changes, words):
     assert word in str(e.value)
 
 
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16', 'float16'])
+def test_each_compute_dtype_is_accepted_and_builds_its_network(dtype):
+  config = tiny.get_config()
+  config.model.dtype = dtype
+  config_lib.check(config, jax.devices())  # no exception
+  assert config_lib.COMPUTE_DTYPES == model_lib.COMPUTE_DTYPES == ('float32', 'bfloat16', 'float16')
+  net = model_lib.make_network(config.model, config.model.num_classes)
+  assert net.dtype == jax.numpy.dtype(dtype)
+
+
+@pytest.mark.parametrize('dtype', ['float64', 'half', 'fp16', 'int8'])
+def test_another_compute_dtype_is_refused_naming_the_choices(dtype):
+  config = tiny.get_config()
+  config.model.dtype = dtype
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.check(config, jax.devices())
+  assert f"model.dtype={dtype!r}" in str(e.value)
+  assert "'float32', 'bfloat16', 'float16'" in str(e.value)
+
+
 @pytest.mark.parametrize('window,stride,smallest', [(3, 2, 64), (2, 2, 36)])
 def test_crop_too_small_for_pool5_is_refused_with_the_smallest_that_works(window, stride,
                                                                          smallest):

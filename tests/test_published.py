@@ -10,8 +10,10 @@ import sys
 import pytest
 
 from alexnet_jax.core import model as model_lib
+from alexnet_jax.pods import costmodel
 from alexnet_jax.pods import published
 from alexnet_jax.pods import targets
+from alexnet_jax.pods import validation
 import reference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -128,6 +130,8 @@ dtype = "float32"
 strategy = "hybrid"
 batch_per_device = 128
 calibrate = true
+collective_algorithm = "ring"
+algorithm_source = "made up"
 [measured]
 devices = [1, 2]
 images_per_second = [100.0, 190.0]
@@ -181,6 +185,17 @@ def test_a_good_case_loads(tmp_path):
      'network.config'),
     ('devices = [1, 2]\nimages_per_second = [100.0, 190.0]',
      'devices = [1]\nimages_per_second = [100.0]', 'run.calibrate'),
+    ('profile = "gpu-k20-pcie"', 'profile = ""', 'hardware.profile'),
+    ('dtype = "float32"', 'dtype = "float16"', 'network.dtype'),  # a K20 has no float16 rate
+    ('batch_per_device = 128', 'batch_per_device = 128\nglobal_batch = 256', 'run.global_batch'),
+    ('batch_per_device = 128\n', '', 'run.batch_per_device'),
+    ('batch_per_device = 128', 'global_batch = 255', 'run.global_batch'),
+    ('batch_per_device = 128', 'global_batch = 0', 'run.global_batch'),
+    ('collective_algorithm = "ring"\n', '', 'run.collective_algorithm'),
+    ('collective_algorithm = "ring"', 'collective_algorithm = "allreduce"',
+     'run.collective_algorithm'),
+    ('algorithm_source = "made up"', 'algorithm_source = " "', 'run.algorithm_source'),
+    ('algorithm_source = "made up"\n', '', 'run.algorithm_source'),
 ])
 def test_each_malformed_field_is_refused_by_name(tmp_path, old, new, field):
   assert old in GOOD
@@ -195,6 +210,165 @@ def test_what_is_expected_is_said(tmp_path):
       tmp_path, GOOD.replace('profile = "gpu-k20-pcie"', 'profile = "gpu-k10"'))
   assert 'increasing' in refusal(tmp_path, GOOD.replace('devices = [1, 2]', 'devices = [2, 1]'))
   assert 'one per' in refusal(tmp_path, GOOD.replace('[100.0, 190.0]', '[100.0]'))
+
+
+# --- The fields added to the format: a profile file, float16, a fixed global batch, the
+# collective algorithm and its source, and what the replay does with [network]. ---
+
+PROFILE = '''[my-p100]
+name = "8 x P100, a profile file of the user's"
+compile_as = "gpu-a100"
+devices_per_host = 8
+peak_bf16_flops = 10.6e12
+peak_fp16_flops = 21.2e12
+fp32_matmul_flops = 10.6e12
+peak_fp32_flops = 10.6e12
+memory_bytes = 16e9
+memory_bandwidth = 732e9
+host_cpus_per_chip = 10
+inside = { name = "NVLink 1", wiring = "switch", bandwidth = 80e9, latency = 5e-6 }
+between = { name = "EDR", bandwidth = 6.25e9, latency = 5e-6 }
+'''
+
+
+def test_hardware_profile_names_a_profile_file_relative_to_the_case_or_absolute(tmp_path):
+  (tmp_path / 'machines').mkdir()
+  profile = tmp_path / 'machines' / 'p100.toml'
+  profile.write_text(PROFILE)
+  case = published.load(write(tmp_path, GOOD.replace('"gpu-k20-pcie"', '"machines/p100.toml"')))
+  assert case.profile == str(profile) and case.profile_written == 'machines/p100.toml'
+  loaded = targets.load(case.profile)  # what the replay loads
+  assert loaded.key == 'my-p100' and loaded.compiled_as == 'gpu-a100'
+  case = published.load(write(tmp_path, GOOD.replace('"gpu-k20-pcie"', f'"{profile}"')))
+  assert case.profile == str(profile)
+  # A shipped profile keeps its name.
+  assert published.load(write(tmp_path, GOOD)).profile == 'gpu-k20-pcie'
+
+
+def test_a_missing_or_malformed_profile_file_is_refused_naming_the_field(tmp_path):
+  message = refusal(tmp_path, GOOD.replace('"gpu-k20-pcie"', '"nowhere.toml"'))
+  assert 'hardware.profile' in message and 'no such file' in message
+  assert str(tmp_path / 'nowhere.toml') in message and 'gpu-k20-pcie' in message
+  (tmp_path / 'bad.toml').write_text('[p\nname = 1\n')
+  message = refusal(tmp_path, GOOD.replace('"gpu-k20-pcie"', '"bad.toml"'))
+  assert 'hardware.profile' in message and 'TOML' in message
+  (tmp_path / 'short.toml').write_text(PROFILE.replace('memory_bandwidth = 732e9\n', ''))
+  message = refusal(tmp_path, GOOD.replace('"gpu-k20-pcie"', '"short.toml"'))
+  assert 'hardware.profile' in message and 'memory_bandwidth' in message
+  (tmp_path / 'two.toml').write_text(PROFILE + PROFILE.replace('[my-p100]', '[other]'))
+  message = refusal(tmp_path, GOOD.replace('"gpu-k20-pcie"', '"two.toml"'))
+  assert 'hardware.profile' in message and '2 tables' in message
+  (tmp_path / 'folder.toml').mkdir()
+  message = refusal(tmp_path, GOOD.replace('"gpu-k20-pcie"', '"folder.toml"'))
+  assert 'hardware.profile' in message
+
+
+def test_float16_needs_a_profile_with_a_float16_rate(tmp_path):
+  float16 = GOOD.replace('dtype = "float32"', 'dtype = "float16"')
+  message = refusal(tmp_path, float16)  # gpu-k20-pcie: Kepler has no float16 arithmetic
+  assert 'network.dtype' in message and 'peak_fp16_flops' in message and 'gpu-k20-pcie' in message
+  case = published.load(write(tmp_path, float16.replace('"gpu-k20-pcie"', '"gpu-p100-dgx1"')))
+  assert case.network['dtype'] == 'float16'
+  (tmp_path / 'p100.toml').write_text(PROFILE)
+  assert published.load(write(tmp_path, float16.replace('"gpu-k20-pcie"', '"p100.toml"')))
+  # The cost model's rate per dtype (costmodel.PEAK_FIELDS), and the field a profile lacks.
+  p100, k20 = targets.load('gpu-p100-dgx1'), targets.load('gpu-k20-pcie')
+  assert costmodel.compute_peak(p100, 'float16') == 21.2e12
+  assert costmodel.compute_peak(p100, 'bfloat16') == costmodel.compute_peak(p100, 'float32')
+  assert p100.sources['peak_fp16_flops'].strip()
+  with pytest.raises(targets.TargetError, match='peak_fp16_flops'):
+    costmodel.compute_peak(k20, 'float16')
+
+
+def test_the_plan_refuses_float16_on_a_profile_without_its_rate_before_compiling(tmp_path):
+  out = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.plan', '--config=configs/tiny.py',
+       '--config.model.dtype=float16', '--target=gpu-k20-pcie', f'--out={tmp_path / "out"}'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert 'peak_fp16_flops: missing' in out.stderr and 'Traceback' not in out.stderr
+  assert not (tmp_path / 'out').exists()
+
+
+def test_a_fixed_global_batch_is_split_over_the_batch_shards(tmp_path):
+  case = published.load(write(tmp_path, GOOD.replace('batch_per_device = 128',
+                                                     'global_batch = 256')))
+  assert case.global_batch == 256 and case.batch_per_device is None
+  assert published.batch_per_replica(case, 2, 2) == 128
+  assert published.batch_per_replica(case, 2, 1) == 256  # a strategy that does not split it
+  with pytest.raises(published.CaseError, match='run.global_batch.*3 batch shards'):
+    published.batch_per_replica(case, 3, 3)
+  per_device = published.load(write(tmp_path, GOOD))
+  assert per_device.global_batch is None
+  assert published.batch_per_replica(per_device, 2, 2) == 128
+  # Refusals name both fields, or the device count that does not divide the batch.
+  both = refusal(tmp_path, GOOD.replace('batch_per_device = 128',
+                                        'batch_per_device = 128\nglobal_batch = 256'))
+  assert 'run.global_batch' in both and 'run.batch_per_device' in both
+  neither = refusal(tmp_path, GOOD.replace('batch_per_device = 128\n', ''))
+  assert 'missing' in neither and 'run.global_batch' in neither
+  odd = refusal(tmp_path, GOOD.replace('batch_per_device = 128', 'global_batch = 255'))
+  assert '255 is not divisible by 2 devices' in odd
+
+
+def test_the_collective_algorithm_is_one_of_a_closed_set_with_its_source(tmp_path):
+  message = refusal(tmp_path, GOOD.replace('"ring"', '"allreduce"'))
+  assert 'run.collective_algorithm' in message
+  assert ', '.join(published.ALGORITHMS) in message
+  for algorithm in published.ALGORITHMS:
+    case = published.load(write(tmp_path, GOOD.replace('"ring"', f'"{algorithm}"')))
+    assert case.collective_algorithm == algorithm and case.algorithm_source == 'made up'
+    assert algorithm in published.__doc__  # each one is described
+
+
+def test_the_shipped_cases_state_their_collective_algorithm_and_its_source():
+  found = cases()
+  assert found['alexnet2012'].collective_algorithm == 'peer_to_peer'
+  assert found['krizhevsky2014'].collective_algorithm == 'host_staged'
+  assert found['tf_benchmarks2017'].collective_algorithm == 'ring'
+  assert 'section 3.2' in found['alexnet2012'].algorithm_source
+  assert 'reducepipeline.cu' in found['krizhevsky2014'].algorithm_source
+  assert 'use_nccl' in found['tf_benchmarks2017'].algorithm_source
+  for case in found.values():
+    assert case.collective_algorithm in published.ALGORITHMS
+    assert 'not verified' in case.algorithm_source.lower()  # what could not be checked is said
+
+
+def test_the_replay_applies_the_published_dtype_and_nothing_else(tmp_path):
+  bf16 = published.load(write(tmp_path, GOOD.replace('dtype = "float32"', 'dtype = "bfloat16"')))
+  assert published.load_config(bf16).model.dtype == 'float32'  # the config as written
+  assert published.network_matches(bf16) == [
+      "dtype: published 'bfloat16', configs/krizhevsky2014.py builds 'float32'"]
+  config = published.replay_config(bf16)
+  assert config.model.dtype == 'bfloat16' and published.network_matches(bf16, config) == []
+  assert config.model.conv_features == published.load_config(bf16).model.conv_features
+  f16 = published.load(write(tmp_path, GOOD.replace('dtype = "float32"', 'dtype = "float16"')
+                             .replace('"gpu-k20-pcie"', '"gpu-p100-dgx1"')))
+  assert published.replay_config(f16).model.dtype == 'float16'
+  for case in cases().values():  # the shipped cases: their configs' dtype, unchanged
+    assert published.replay_config(case).model.dtype == case.network['dtype'] == 'float32'
+
+
+def test_a_network_the_config_does_not_build_is_refused_before_any_compile(tmp_path, monkeypatch):
+  text = (GOOD.replace('lrn = true', 'lrn = false')
+          .replace('dtype = "float32"', 'dtype = "bfloat16"'))
+  case = published.load(write(tmp_path, text))
+  with pytest.raises(published.CaseError) as info:
+    published.replay_config(case)
+  message = str(info.value)
+  assert '\n' not in message and str(case.path) in message
+  assert 'network.lrn: published False, configs/krizhevsky2014.py builds True' in message
+  assert 'dtype' not in message.split('expected')[0]  # the dtype is applied, not refused
+  # The replay checks before it compiles or even makes a target's devices.
+  calls = []
+  monkeypatch.setattr(validation.targets_lib, 'devices', lambda *a, **k: calls.append(a))
+  monkeypatch.setattr(validation.compile_lib, 'lower', lambda *a, **k: calls.append(a))
+  good = published.load(write(tmp_path, GOOD, 'good.toml'))
+  with pytest.raises(published.CaseError, match='network.lrn'):
+    validation.replay([good, case], log=lambda *_: None)
+  assert calls == []
+  from alexnet_jax.runtime import command  # pylint: disable=g-import-not-at-top
+  assert command.exit_code(info.value) == 2
 
 
 def test_a_range_with_low_above_high_is_refused(tmp_path):

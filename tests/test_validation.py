@@ -69,6 +69,27 @@ def test_a_malformed_case_file_is_refused_in_one_line_naming_the_field(tmp_path)
   assert not (tmp_path / 'out').exists()  # nothing written
 
 
+def test_a_case_whose_config_builds_another_network_is_refused_before_compiling(tmp_path):
+  """The replay checks every case's [network] against its config before anything is compiled
+  (no compiler needed to see it): exit 2, one line naming the file, the field and both values;
+  the dtype alone is applied, not refused."""
+  from alexnet_jax.pods import published  # pylint: disable=g-import-not-at-top
+  good = open(os.path.join(published.CASES, 'tf_benchmarks2017.toml')).read()
+  assert 'lrn = false' in good and 'dtype = "float32"' in good
+  cases = tmp_path / 'cases'
+  cases.mkdir()
+  (cases / 'other.toml').write_text(good.replace('lrn = false', 'lrn = true')
+                                    .replace('dtype = "float32"', 'dtype = "bfloat16"'))
+  done = _plan('--published', f'--cases={cases}', f'--out={tmp_path / "out"}')
+  assert done.returncode == 2, done.stderr[-2000:]
+  errors = [line for line in done.stderr.splitlines() if 'other.toml' in line]
+  assert len(errors) == 1, done.stderr[-2000:]
+  assert ('network.lrn: published True, configs/tf_cnn_alexnet.py builds False' in errors[0]
+          and 'dtype: published' not in errors[0]), errors[0]
+  assert 'Traceback' not in done.stderr and 'compiling' not in done.stdout
+  assert not (tmp_path / 'out').exists()
+
+
 def test_the_plan_command_without_a_target_says_what_to_give(tmp_path):
   done = _plan(f'--out={tmp_path}', '--config=configs/tiny.py')
   assert done.returncode == 2 and '--target' in done.stderr and 'Traceback' not in done.stderr
@@ -93,6 +114,10 @@ def test_every_published_case_is_replayed_and_written(replayed):
   md = open(out / 'validation.md').read()
   for c in result['cases']:
     assert c['key'] in md
+    # The software stack's collective algorithm, in the table and with its source.
+    assert c['collective_algorithm'] in published.ALGORITHMS
+    assert f'| {c["key"]} | {c["collective_algorithm"]} |' in md
+    assert c['algorithm_source'] in md and c['dtype'] == 'float32'
     # Each prediction is published images/s against the compiled program's step, by hand.
     for stage in [c['before']] + c['stages']:
       for ips, m, err in zip(stage['predicted_images_per_second'],

@@ -41,7 +41,7 @@ RENAMED = {
     'model.weight_grad': ('model.kernels', {'auto': 'auto', 'offsets': 'cpu', 'xla': 'reference'}),
 }
 
-COMPUTE_DTYPES = ('float32', 'bfloat16')
+COMPUTE_DTYPES = ('float32', 'bfloat16', 'float16')
 INIT_SCHEMES = ('paper', 'he')
 
 

@@ -217,7 +217,7 @@ def one_tower_widths(conv_features: Sequence[int], fc_features: Sequence[int]
   return (c1, c2, c3, c4, 2 * c5), (2 * f6, 2 * f7)
 
 
-COMPUTE_DTYPES = ('float32', 'bfloat16')
+COMPUTE_DTYPES = ('float32', 'bfloat16', 'float16')
 
 
 def make_network(model_config, num_classes: int, kernels: str = 'reference') -> Tower:

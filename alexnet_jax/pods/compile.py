@@ -58,10 +58,16 @@ def replica_config(config: ml_collections.ConfigDict, parallelism: str, num_devi
   every tool that compiles the train step only (measure.train_step_only)."""
   config = measure_lib.strategy_config(config, parallelism, num_devices)
   if batch_per_replica:
-    net = run_lib.network(config, devices[0].platform)
-    shards = strategies_lib.make_strategy(parallelism, net, devices, num_devices).batch_shards
-    config.batch_size = batch_per_replica * shards
+    config.batch_size = batch_per_replica * batch_shards(config, parallelism, num_devices,
+                                                         devices)
   return measure_lib.train_step_only(config)
+
+
+def batch_shards(config: ml_collections.ConfigDict, parallelism: str, num_devices: int,
+                 devices: Sequence) -> int:
+  """How many ways `parallelism` on `num_devices` of `devices` splits the global batch."""
+  net = run_lib.network(config, devices[0].platform)
+  return strategies_lib.make_strategy(parallelism, net, devices, num_devices).batch_shards
 
 
 def _links(groups: list, devices: Sequence, profile: targets_lib.Profile,

@@ -63,9 +63,23 @@ STAGES = (
 )
 
 
+# The profile field that holds a compute dtype's matrix-product rate. float16 has its own: on
+# Pascal (P100) it is twice float32 and there is no bfloat16; Kepler and Fermi have no float16
+# arithmetic, and TPUs none at all, so a profile without the field refuses float16.
+PEAK_FIELDS = {'float32': 'fp32_matmul_flops', 'bfloat16': 'peak_bf16_flops',
+               'float16': 'peak_fp16_flops'}
+
+
 def compute_peak(profile: targets_lib.Profile, dtype: str) -> float:
-  """FLOP/s of a convolution or matrix product in the compute dtype, per device."""
-  return profile.per_device('peak_bf16_flops' if dtype == 'bfloat16' else 'fp32_matmul_flops')
+  """FLOP/s of a convolution or matrix product in the compute dtype, per device (TargetError
+  where the profile lacks the dtype's field: PEAK_FIELDS)."""
+  field = PEAK_FIELDS.get(str(dtype), 'fp32_matmul_flops')
+  if field not in profile.numbers:
+    raise targets_lib.TargetError(
+        f'profile {profile.key!r}: {field}: missing; {dtype} compute is predicted from it: add '
+        f'{field} (FLOP/s per chip) with its public source to the profile, or compute in '
+        'float32 or bfloat16')
+  return profile.per_device(field)
 
 
 def op_seconds(op: dict, profile: targets_lib.Profile, efficiency: float, dtype: str) -> float:

@@ -407,6 +407,9 @@ def run_plan(config: ml_collections.ConfigDict, target: str, counts: Sequence[in
     quiet.compile_only_environment()
     jax.config.update('jax_platforms', 'cpu')
   profile = targets_lib.load(target)
+  # A compute dtype the profile has no rate for (float16 without peak_fp16_flops) is refused
+  # before anything is compiled.
+  costmodel.compute_peak(profile, config.model.dtype)
   why = targets_lib.compiler_missing(profile)
   if why:
     raise targets_lib.TargetError(why)

@@ -24,6 +24,9 @@ from alexnet_jax.runtime import errors
 PROFILES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'profiles')
 NUMBERS = ('peak_bf16_flops', 'fp32_matmul_flops', 'peak_fp32_flops', 'memory_bytes',
            'memory_bandwidth', 'host_cpus_per_chip')
+# Numbers a profile may give, each with its source: only what needs them reads them (float16
+# compute reads peak_fp16_flops, costmodel.compute_peak; a profile without it refuses float16).
+OPTIONAL_NUMBERS = ('peak_fp16_flops',)
 INSTALL = 'pip install -r requirements-targets.txt'
 
 
@@ -51,7 +54,8 @@ FORMAT = schema.table(
     {'name': schema.string(nonempty=True), **{field: _RATE for field in NUMBERS},
      'host_cpus_per_chip': schema.number(minimum=0),  # 0: not stated (no input ceiling)
      'inside': INSIDE, 'between': BETWEEN},
-    optional={'compiler': schema.one_of('tpu', 'gpu'), 'compile_as': schema.string(),
+    optional={**{field: _RATE for field in OPTIONAL_NUMBERS},
+              'compiler': schema.one_of('tpu', 'gpu'), 'compile_as': schema.string(),
               'topology': schema.string(), 'shapes': schema.table({}, others=schema.string()),
               'target_config': schema.string(), 'devices_per_chip': schema.integer(minimum=1),
               'devices_per_host': schema.integer(minimum=1),
@@ -67,7 +71,7 @@ class Profile:
   key: str
   name: str
   compiler: str  # 'tpu' or 'gpu': whose compiler builds the program
-  numbers: dict  # the NUMBERS fields, per chip
+  numbers: dict  # the NUMBERS fields, and the OPTIONAL_NUMBERS the profile gives, per chip
   devices_per_chip: int
   inside: dict  # the link inside a node / slice: name, wiring, bandwidth or ports + link_bandwidth
   between: dict  # the link between nodes / slices: name, bandwidth, latency
@@ -147,7 +151,7 @@ def _profile(key: str, raw: dict, table: dict) -> Profile:
       target_config = f.read()
   return Profile(
       key=key, name=raw['name'], compiler=compiler,
-      numbers={f: float(raw[f]) for f in NUMBERS},
+      numbers={f: float(raw[f]) for f in NUMBERS + OPTIONAL_NUMBERS if f in raw},
       devices_per_chip=int(raw.get('devices_per_chip', 1)),
       inside=dict(raw['inside']), between=dict(raw['between']),
       sources=dict(raw.get('sources', {})), topology=compiled.get('topology', ''),

@@ -17,8 +17,13 @@ the error of each change to the model shows:
 
 For each case and device count: the published and predicted images/s, the error, the scaling
 efficiency (images/s at N over N/N0 x images/s at the smallest count N0) both ways, and whether
-the order of the sizes is kept. Targets: every point other than a calibration point within
-+-15 %, every scaling efficiency within +-0.08 of the published one.
+the order of the sizes is kept, beside the collective algorithm each case's software stack
+used (run.collective_algorithm: shown, not yet modelled). Targets: every point other than a
+calibration point within +-15 %, every scaling efficiency within +-0.08 of the published one.
+
+Before anything is compiled, every case's [network] is checked against its config and the
+published dtype applied (published.replay_config); a fixed global batch (run.global_batch) is
+split over each count's batch shards (published.batch_per_replica).
 
 Writes DIR/validation.json, DIR/validation.md and DIR/validation.png.
 """
@@ -96,16 +101,21 @@ def replay(cases: Sequence, cache_dir: Optional[str] = None, workers: int = 0,
   """Every case compiled at each of its device counts and predicted at every model stage."""
   jobs = {}
   profiles = {}
+  # Every case's [network] against its config, the published dtype applied, before anything is
+  # compiled (published.replay_config: CaseError, exit 2).
+  configs = {case.key: published.replay_config(case) for case in cases}
   for case in cases:
-    profile = profiles.setdefault(case.profile, targets_lib.load(case.profile))
+    profiles.setdefault(case.profile, targets_lib.load(case.profile))
+  for case in cases:
+    profile = profiles[case.profile]
     why = targets_lib.compiler_missing(profile)
     if why:
       raise targets_lib.TargetError(f'{case.key}: {why}')
-    config = published.load_config(case)
     for n in case.devices:
       devices = targets_lib.devices(profile, n)
-      config_n = compile_lib.replica_config(config, case.strategy, n, devices,
-                                            case.batch_per_device)
+      shards = compile_lib.batch_shards(configs[case.key], case.strategy, n, devices)
+      config_n = compile_lib.replica_config(configs[case.key], case.strategy, n, devices,
+                                            published.batch_per_replica(case, n, shards))
       jobs[(case.key, n)] = compile_lib.lower(f'{case.key}/{n}', config_n, devices, profile,
                                               cache_dir, targets_lib.topology_name(profile, n))
   todo = [j for j in jobs.values() if j.compiled is None]
@@ -131,6 +141,9 @@ def replay(cases: Sequence, cache_dir: Optional[str] = None, workers: int = 0,
         'profile_name': profile.name, 'compiled_as': profile.compiled_as or profile.key,
         'compiler': compile_lib.compiler_version(profile), 'config': case.config,
         'strategy': case.strategy, 'batch_per_device': case.batch_per_device,
+        'fixed_global_batch': case.global_batch, 'dtype': dtype,
+        'collective_algorithm': case.collective_algorithm,
+        'algorithm_source': case.algorithm_source,
         'calibrate': case.calibrate, 'devices': list(case.devices),
         'global_batch': [e['batch_size'] for e in entries],
         'published_images_per_second': list(case.images_per_second),
@@ -166,9 +179,9 @@ def markdown(result: dict) -> str:
            f'scaling efficiency within +-{result["scaling_target"]} of the published one. '
            '"before": the plan\'s first model at the assumed efficiency; "after": the full '
            'model, its efficiency calibrated at the smallest count where the case calibrates.',
-           '', '| case | devices | batch | published images/s | before | error | after | error '
-           '| scaling published | scaling predicted | order kept |',
-           '|---|---|---|---|---|---|---|---|---|---|---|']
+           '', '| case | algorithm | devices | batch | published images/s | before | error | '
+           'after | error | scaling published | scaling predicted | order kept |',
+           '|---|---|---|---|---|---|---|---|---|---|---|---|']
   for c in result['cases']:
     b, a = c['before'], c['after']
     for i, n in enumerate(c['devices']):
@@ -177,7 +190,8 @@ def markdown(result: dict) -> str:
         pub += f' ({c["published_low"][i]:,.0f}-{c["published_high"][i]:,.0f})'
       fitted = ' (fitted)' if a['fitted'][i] else ''
       lines.append(
-          f'| {c["key"]} | {n} | {c["global_batch"][i]} | {pub} | '
+          f'| {c["key"]} | {c.get("collective_algorithm") or "-"} | {n} | '
+          f'{c["global_batch"][i]} | {pub} | '
           f'{b["predicted_images_per_second"][i]:,.0f} | {_pct(b["errors"][i])} | '
           f'{a["predicted_images_per_second"][i]:,.0f} | {_pct(a["errors"][i])}{fitted} | '
           f'{_f(a["published_scaling"][i]) if len(c["devices"]) > 1 else "-"} | '
@@ -203,8 +217,13 @@ def markdown(result: dict) -> str:
               f'- Source: {c["cite"]} {c["url"]} (figures read from the source here: '
               f'{"yes" if c["checked"] else "NO"}). {c["note"]}',
               f'- Machine: {c["profile_name"]} (profile `{c["profile"]}`), compiled as '
-              f'`{c["compiled_as"]}` by {c["compiler"]}; network `{c["config"]}`, '
-              f'`{c["strategy"]}`, {c["batch_per_device"]} images per device.',
+              f'`{c["compiled_as"]}` by {c["compiler"]}; network `{c["config"]}` in '
+              f'{c.get("dtype", "float32")}, `{c["strategy"]}`, '
+              + (f'a global batch of {c["fixed_global_batch"]} split over the batch shards.'
+                 if c.get('fixed_global_batch') else
+                 f'{c["batch_per_device"]} images per device.'),
+              f'- Collective algorithm: {c.get("collective_algorithm") or "-"} (source: '
+              f'{c.get("algorithm_source") or "-"}).',
               f'- Efficiency used: {a["efficiency"]:.3f} ({a["efficiency_source"]}); the '
               f'efficiency each published point implies: {implied}.',
               f'- Per device count: compute {", ".join(f"{t * 1e3:.1f}" for t in a["compute_seconds"])} ms, '

@@ -53,7 +53,7 @@ def explain(parallelism: str, collectives: list, measured: dict, analytic: dict,
   per instruction that carries several arrays, what the compiler combined and how its parts
   were attributed. `leaves`: leaf_shapes(run), to tell parameters from activations."""
   leaves = leaves or {}
-  act_bytes = 2 if compute_dtype == 'bfloat16' else 4
+  act_bytes = 2 if compute_dtype in ('bfloat16', 'float16') else 4
   layers = {}
   for layer in LAYERS + (LOSS, '?'):
     expected = expected_kinds(parallelism, layer)
@@ -94,7 +94,7 @@ def explain(parallelism: str, collectives: list, measured: dict, analytic: dict,
                       if hlo.DTYPE_BYTES[c.dtype] != program_bytes(c)})
     if changed and layer not in (LOSS, '?'):
       notes.append(f'dtype: {", ".join(changed)} where the program has '
-                   f'{"bfloat16" if act_bytes == 2 else "float32"} activations and float32 '
+                   f'{"16-bit" if act_bytes == 2 else "float32"} activations and float32 '
                    'parameters (the compiler moved a conversion across the collective); in the '
                    f'program\'s dtypes{", counted once" if repeats else ""}: '
                    f'{as_program / 1e6:.3f} MB')
@@ -128,7 +128,7 @@ def explain(parallelism: str, collectives: list, measured: dict, analytic: dict,
 
 
 def activation_bytes(config: ml_collections.ConfigDict) -> int:
-  return 2 if config.model.dtype == 'bfloat16' else 4
+  return 2 if config.model.dtype in ('bfloat16', 'float16') else 4
 
 
 def compiled_step(run: run_lib.Run, config: ml_collections.ConfigDict, hlo_text: str) -> dict:
