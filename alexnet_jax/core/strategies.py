@@ -31,10 +31,11 @@ are rounded to that dtype, summed in it, and turned back into float32; parameter
 gradients, momentum and the update stay float32. It halves the bytes of the gradient all-reduce
 of `data` (every layer), of `hybrid` (conv1-conv5 over all N; fc8's over `block` for two towers),
 of `towers_data` (each tower's gradients across replicas) and of `fsdp`'s gradient
-reduce-scatters (and the all-reduce of a leaf it cannot split); fsdp's parameter all-gathers and
-the towers' activation exchanges stay in the compute dtype. `towers` exchanges no gradients, so
-the option changes nothing there. Where float32 would make the all-reduce implicit (the
-transpose of using a replicated parameter), `exchange_gradients` makes it explicit.
+reduce-scatters (and the all-reduce of a leaf it cannot split). fsdp's parameter all-gathers stay
+float32, and the activation exchanges (towers, hybrid's fc layers, towers_data inside a replica)
+stay in the compute dtype; `towers` exchanges no gradients, so the option changes nothing there.
+Where float32 leaves the all-reduce implicit (the transpose of using a replicated parameter),
+`exchange_gradients` makes it explicit, in the exchange dtype.
 """
 
 import dataclasses
@@ -404,7 +405,8 @@ def exchange_gradients(params, axes, dtype: str = 'float32', gather_axes=None) -
   psum_scatter). With 'bfloat16' or 'float16' each is a `jax.custom_vjp` with the same forward
   whose backward casts the float32 cotangent to `dtype`, psums (or psum_scatters) it over `axes`
   and casts the sum back: the only collective of that gradient, since the custom rule returns
-  a cotangent already invariant over `axes` and shard_map adds no psum of its own.
+  a cotangent already invariant over `axes` and shard_map adds no psum of its own. Either way
+  the exchange is traced under the layer's name, for the communication report.
   """
   axes = (axes,) if isinstance(axes, str) else tuple(axes)
   reduced = dtype != 'float32'
@@ -549,12 +551,13 @@ def one_tower_hybrid_strategy(net: model_lib.Tower, devices=None, num_devices: i
   """Krizhevsky 2014 as the paper ran it: the one-tower net (model.num_towers = 1) on N devices.
 
   Mesh (block=N). conv1-conv5 run on each device's N-th of the batch with replicated weights
-  (their gradients are all-reduced over all N, in gradient_exchange_dtype). fc6, fc7 and fc8 are model parallel, every one
-  on the whole batch: device r holds block r of fc6's and fc7's neurons and of fc8's classes.
-  Before fc6 the pool5 features of the whole batch are all-gathered; before fc7 and fc8 all of
-  the previous layer's neurons; the backward reduce-scatters their gradients. No fc weight is
-  replicated, so none has its gradient all-reduced; the logits come out split by class and jit
-  partitions the loss over them. N = 1 is the paper's one-GPU baseline: nothing to exchange.
+  (their gradients are all-reduced over all N, in gradient_exchange_dtype). fc6, fc7 and fc8 are
+  model parallel, every one on the whole batch: device r holds block r of fc6's and fc7's
+  neurons and of fc8's classes. Before fc6 the pool5 features of the whole batch are
+  all-gathered; before fc7 and fc8 all of the previous layer's neurons; the backward
+  reduce-scatters their gradients. No fc weight is replicated, so none has its gradient
+  all-reduced; the logits come out split by class and jit partitions the loss over them. N = 1
+  is the paper's one-GPU baseline: nothing to exchange.
   """
   n, grads = num_devices, gradient_exchange_dtype
   mesh = make_mesh((n,), ('block',), devices)
