@@ -95,6 +95,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Devices the strategy uses (the first N). 0: 2 for towers, every visible device otherwise;
   # on CPU, main.py simulates N devices (2 by default, 4 for towers_data).
   c.num_devices = 0
+  # The dtype data-parallel gradients are summed across devices in: 'float32' (exact), or
+  # 'bfloat16' / 'float16' (each device's gradient rounded, half the bytes of the all-reduce of
+  # data, hybrid's convs, towers_data's replicas and fsdp's reduce-scatters). Parameters, the
+  # summed gradients, momentum and the update stay float32; towers exchanges no gradients.
+  c.gradient_exchange_dtype = 'float32'
 
   # Training (section 5).
   c.batch_size = 128  # global batch

@@ -264,3 +264,38 @@ ENTRY %main (x: bf16[8,32,32,64], w: bf16[3,3,64,128]) -> bf16[8,32,32,128] {
   (f,) = [o for o in ops_lib.step_ops(hlo.Module(text)) if o.name == 'f']
   assert f.category == 'conv' and f.flops == 2 * 8 * 32 * 32 * 128 * (3 * 3 * 64)
   assert f.bytes == 2 * (8 * 32 * 32 * 64 + 3 * 3 * 64 * 128 + 8 * 32 * 32 * 128)
+
+
+def test_a_16_bit_reduction_widened_by_the_compiler_is_counted_in_16_bits():
+  """XLA:CPU has no bfloat16 all-reduce: it rounds the operand to bf16 and back (here fused) and
+  reduces in float32. Such an operand is counted at 2 bytes (dtype bf16, widened_to f32); a
+  float32 operand of the same instruction that was never rounded stays 4 bytes."""
+  text = '''HloModule m
+
+%rounded (p0: f32[64,32]) -> f32[64,32] {
+  %p0 = f32[64,32]{1,0} parameter(0)
+  %to16 = bf16[64,32]{1,0} convert(%p0)
+  ROOT %back = f32[64,32]{1,0} convert(%to16)
+}
+
+%sum (a: f32[], b: f32[]) -> f32[] {
+  %a = f32[] parameter(0)
+  %b = f32[] parameter(1)
+  ROOT %add = f32[] add(%a, %b)
+}
+
+ENTRY %main (x: f32[64,32], y: f32[64,32]) -> (f32[64,32], f32[64,32]) {
+  %x = f32[64,32]{1,0} parameter(0)
+  %y = f32[64,32]{1,0} parameter(1)
+  %f = f32[64,32]{1,0} fusion(%x), kind=kLoop, calls=%rounded
+  ROOT %ar = (f32[64,32]{1,0}, f32[64,32]{1,0}) all-reduce(%f, %y), replica_groups={{0,1}}, to_apply=%sum_promoted, metadata={op_name="jit(f)/(transpose(jvp())/shard_map/fc7/psum_invariant:transpose(jvp())/shard_map/fc7/psum_invariant)"}
+}
+'''
+  found = hlo.parse_collectives(text, 2)
+  assert [(c.dtype, c.widened_to, c.bytes_per_device) for c in found] == [
+      ('bf16', 'f32', 64 * 32 * 2.0), ('f32', '', 64 * 32 * 4.0)]
+  out = analysis.explain('data', found[:1], hlo.bytes_by_layer(found[:1]),
+                         {'fc7': 64 * 32 * 2.0}, 'float32', {'fc7': [((64, 32), (64, 32))]},
+                         'bfloat16')
+  assert out['layers']['fc7']['status'] == 'equal'
+  assert any(n.startswith('widened') for n in out['layers']['fc7']['notes'])

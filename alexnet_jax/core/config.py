@@ -138,6 +138,7 @@ def _types(config: ml_collections.ConfigDict) -> list[str]:
 
 def _choices(config: ml_collections.ConfigDict) -> list[str]:
   choices = {'parallelism': strategies.STRATEGIES,
+             'gradient_exchange_dtype': strategies.GRADIENT_EXCHANGE_DTYPES,
              **data_spec.CHOICES,
              'augment_on': augment_lib.AUGMENT_ON,
              'model.dtype': COMPUTE_DTYPES,
@@ -149,7 +150,9 @@ def _choices(config: ml_collections.ConfigDict) -> list[str]:
   explain = {'model.num_towers': " (2: the paper's two towers; 1: one tower with half the "
                                  "kernels, the paper's one-GPU net)",
              'model.kernels': " ('auto': the CPU kernels on the CPU backend, the paper's "
-                              "formulas elsewhere)"}
+                              "formulas elsewhere)",
+             'gradient_exchange_dtype': ' (the dtype data-parallel gradients are summed across '
+                                        'devices in)'}
   return [f'config.{field}={flat[field]!r} is not one of {", ".join(map(repr, allowed))}'
           f'{explain.get(field, "")}.'
           for field, allowed in choices.items() if flat[field] not in allowed]

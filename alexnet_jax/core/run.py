@@ -149,7 +149,8 @@ def build(config: ml_collections.ConfigDict, devices: Optional[Sequence] = None)
   config_lib.check(config, devices)
   kernels = kernels_lib.resolve(config.model.kernels, devices[0].platform)
   net = model_lib.make_network(config.model, config.model.num_classes, kernels)
-  strategy = strategies.make_strategy(config.parallelism, net, devices, config.num_devices)
+  strategy = strategies.make_strategy(config.parallelism, net, devices, config.num_devices,
+                                      config.gradient_exchange_dtype)
   tx = optimizer_lib.from_config(config)
   shapes = jax.eval_shape(
       lambda: steps.initial_state(net, tx, jax.random.key(0), config.image_size))

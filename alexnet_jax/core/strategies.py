@@ -24,9 +24,22 @@ a reduce-scatter, and a parameter replicated over a batch axis gets its gradient
 
 Every collective runs inside a `jax.named_scope` named after its layer, so the communication
 report (comms.py) can tell which layer each collective in the compiled program belongs to.
+
+Reduced-precision gradient exchange (`config.gradient_exchange_dtype`, 'float32' by default):
+with 'bfloat16' or 'float16' the gradients that data parallelism sums across the batch's devices
+are rounded to that dtype, summed in it, and turned back into float32; parameters, the summed
+gradients, momentum and the update stay float32. It halves the bytes of the gradient all-reduce
+of `data` (every layer), of `hybrid` (conv1-conv5 over all N; fc8's over `block` for two towers),
+of `towers_data` (each tower's gradients across replicas) and of `fsdp`'s gradient
+reduce-scatters (and the all-reduce of a leaf it cannot split). fsdp's parameter all-gathers stay
+float32, and the activation exchanges (towers, hybrid's fc layers, towers_data inside a replica)
+stay in the compute dtype; `towers` exchanges no gradients, so the option changes nothing there.
+Where float32 leaves the all-reduce implicit (the transpose of using a replicated parameter),
+`exchange_gradients` makes it explicit, in the exchange dtype.
 """
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, Optional
 
@@ -57,6 +70,8 @@ class Strategy:
   param_spec: ParamSpec  # per leaf of the stacked (2, ...) parameters
   batch_spec: P  # for the leading (batch) axis of images and labels
   forward: Forward
+  # The dtype batch-axis gradient sums travel in (config.gradient_exchange_dtype).
+  gradient_exchange_dtype: str = 'float32'
 
   def param_specs(self, params) -> Any:
     """The PartitionSpec of every leaf of `params` (arrays or shape structs)."""
@@ -341,27 +356,85 @@ def body_both_towers(net: model_lib.Tower):
   return run
 
 
-def _vary(params, axes) -> Any:
-  """Marks replicated parameters as varying over `axes`, layer by layer, under the layer's name.
+GRADIENT_EXCHANGE_DTYPES = ('float32', 'bfloat16', 'float16')
 
-  shard_map would insert the same conversion implicitly; doing it here names the gradient
-  all-reduce that is its transpose after the layer, for the communication report.
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _vary_reduced(x: jax.Array, axes: tuple, dtype: str) -> jax.Array:
+  """pcast(x, axes, to='varying') whose transpose sums the cotangent over `axes` in `dtype`."""
+  return jax.lax.pcast(x, axes, to='varying')
+
+
+def _vary_reduced_fwd(x, axes, dtype):
+  return _vary_reduced(x, axes, dtype), None
+
+
+def _vary_reduced_bwd(axes, dtype, _, g):
+  return (jax.lax.psum(g.astype(dtype), axes).astype(g.dtype),)
+
+
+_vary_reduced.defvjp(_vary_reduced_fwd, _vary_reduced_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _gather_reduced(x: jax.Array, axes: tuple, axis: int, dtype: str) -> jax.Array:
+  """all_gather(x, axes, axis, tiled) whose transpose reduce-scatters the cotangent in `dtype`."""
+  return jax.lax.all_gather(x, axes, axis=axis, tiled=True)
+
+
+def _gather_reduced_fwd(x, axes, axis, dtype):
+  return _gather_reduced(x, axes, axis, dtype), None
+
+
+def _gather_reduced_bwd(axes, axis, dtype, _, g):
+  return (jax.lax.psum_scatter(g.astype(dtype), axes, scatter_dimension=axis,
+                               tiled=True).astype(g.dtype),)
+
+
+_gather_reduced.defvjp(_gather_reduced_fwd, _gather_reduced_bwd)
+
+
+def exchange_gradients(params, axes, dtype: str = 'float32', gather_axes=None) -> Any:
+  """The parameters as a batch-split body uses them, layer by layer under the layer's name; the
+  transpose of each use is that parameter's gradient exchange over the batch axes `axes`.
+
+  A replicated leaf is marked varying over `axes` (its gradient is all-reduced); with
+  `gather_axes` ({layer: {leaf: axis or None}}, fsdp) a leaf split on that axis is all-gathered
+  first (its gradient is reduce-scattered). With `dtype` 'float32' these are plain
+  `jax.lax.pcast` and `all_gather`, whose transposes shard_map derives (an implicit psum, a
+  psum_scatter). With 'bfloat16' or 'float16' each is a `jax.custom_vjp` with the same forward
+  whose backward casts the float32 cotangent to `dtype`, psums (or psum_scatters) it over `axes`
+  and casts the sum back: the only collective of that gradient, since the custom rule returns
+  a cotangent already invariant over `axes` and shard_map adds no psum of its own. Either way
+  the exchange is traced under the layer's name, for the communication report.
   """
+  axes = (axes,) if isinstance(axes, str) else tuple(axes)
+  reduced = dtype != 'float32'
+
+  def use(a, axis):
+    if axis is not None:
+      return (_gather_reduced(a, axes, axis, dtype) if reduced
+              else jax.lax.all_gather(a, axes, axis=axis, tiled=True))
+    return _vary_reduced(a, axes, dtype) if reduced else jax.lax.pcast(a, axes, to='varying')
+
   out = {}
   for layer, leaves in params.items():
     with jax.named_scope(layer):
-      out[layer] = jax.tree.map(lambda a: jax.lax.pcast(a, axes, to='varying'), leaves)
+      out[layer] = {what: use(a, (gather_axes or {}).get(layer, {}).get(what))
+                    for what, a in leaves.items()}
   return out
 
 
 # --- The strategies. ---
 
-def towers_strategy(net: model_lib.Tower, devices=None, num_devices: int = 2) -> Strategy:
+def towers_strategy(net: model_lib.Tower, devices=None, num_devices: int = 2,
+                    gradient_exchange_dtype: str = 'float32') -> Strategy:
   """The paper's split: tower t's parameters on device t, the whole batch on both.
 
   conv1, conv2, conv4, conv5 run in their tower without communication. conv3, fc6, fc7 and fc8
   all-gather both towers' activations across `tower` (forward) and reduce-scatter their
-  gradients (backward). Each tower returns the logits of its half of the classes.
+  gradients (backward). Each tower returns the logits of its half of the classes. No gradient
+  is exchanged, so `gradient_exchange_dtype` changes nothing.
   """
   mesh = make_mesh((2,), ('tower',), devices)
   forward = jax.shard_map(
@@ -371,46 +444,54 @@ def towers_strategy(net: model_lib.Tower, devices=None, num_devices: int = 2) ->
                 P(None, 'tower')),  # dropout masks: each tower's own fc6/fc7 units
       out_specs=P(None, 'tower'))  # logits: each tower's half of the classes
   return Strategy('towers', mesh, param_spec=lambda *_: P('tower'), batch_spec=P(),
-                  forward=forward)
+                  forward=forward, gradient_exchange_dtype=gradient_exchange_dtype)
 
 
-def data_strategy(net: model_lib.Tower, devices=None, num_devices: int = 2) -> Strategy:
+def data_strategy(net: model_lib.Tower, devices=None, num_devices: int = 2,
+                  gradient_exchange_dtype: str = 'float32') -> Strategy:
   """Pure data parallelism: the whole model on every device, the batch split N ways.
 
   No communication in the forward pass; the backward all-reduces every parameter's gradient
-  (the transpose of using replicated parameters on a split batch).
+  (the transpose of using replicated parameters on a split batch), in gradient_exchange_dtype.
   """
   mesh = make_mesh((num_devices,), ('data',), devices)
   run = body_both_towers(net)
+  grads = gradient_exchange_dtype
   forward = jax.shard_map(
-      lambda params, images, keep: run(_vary(params, 'data'), images, keep), mesh=mesh,
+      lambda params, images, keep: run(exchange_gradients(params, 'data', grads), images, keep),
+      mesh=mesh,
       in_specs=(P(),  # parameters: replicated
                 P('data'),  # images: the batch split N ways
                 P('data')),  # dropout masks: each device its examples' rows
       out_specs=P('data'))  # logits: each device its examples
   return Strategy('data', mesh, param_spec=lambda *_: P(), batch_spec=P('data'),
-                  forward=forward)
+                  forward=forward, gradient_exchange_dtype=grads)
 
 
-def towers_data_strategy(net: model_lib.Tower, devices=None, num_devices: int = 4) -> Strategy:
+def towers_data_strategy(net: model_lib.Tower, devices=None, num_devices: int = 4,
+                         gradient_exchange_dtype: str = 'float32') -> Strategy:
   """The pod layout: a (data, tower=2) mesh; each model replica is the paper's two towers.
 
   Inside a replica the towers talk as in `towers` (on the replica's share of the batch);
-  across replicas each tower's gradients are all-reduced over `data`.
+  across replicas each tower's gradients are all-reduced over `data` (in
+  gradient_exchange_dtype).
   """
   mesh = make_mesh((num_devices // 2, 2), ('data', 'tower'), devices)
   run = body_one_tower(net)
+  grads = gradient_exchange_dtype
   forward = jax.shard_map(
-      lambda params, images, keep: run(_vary(params, 'data'), images, keep), mesh=mesh,
+      lambda params, images, keep: run(exchange_gradients(params, 'data', grads), images, keep),
+      mesh=mesh,
       in_specs=(P('tower'),  # parameters: tower t on row t of every replica
                 P('data'),  # images: split over replicas, whole on both towers of one
                 P('data', 'tower')),  # dropout masks: the replica's rows, the tower's units
       out_specs=P('data', 'tower'))
   return Strategy('towers_data', mesh, param_spec=lambda *_: P('tower'), batch_spec=P('data'),
-                  forward=forward)
+                  forward=forward, gradient_exchange_dtype=grads)
 
 
-def hybrid_strategy(net: model_lib.Tower, devices=None, num_devices: int = 2) -> Strategy:
+def hybrid_strategy(net: model_lib.Tower, devices=None, num_devices: int = 2,
+                    gradient_exchange_dtype: str = 'float32') -> Strategy:
   """Krizhevsky 2014, "one weird trick": convolutions data-parallel, fc layers model-parallel.
 
   Mesh (tower=2, block=N/2); `ALL` = both axes, N devices. conv1-conv5 of both towers run on
@@ -418,11 +499,13 @@ def hybrid_strategy(net: model_lib.Tower, devices=None, num_devices: int = 2) ->
   fc6 and fc7 split their neurons N ways (device (t, r) holds block r of tower t's neurons):
   before fc6 the pool5 features of the whole batch are all-gathered; before fc7 and fc8 the
   previous layer's neurons. fc8 is split by class over `tower` and by batch over `block` (its
-  gradient is all-reduced over `block`). The one-tower net (model.num_towers = 1) runs
+  gradient is all-reduced over `block`). The conv and fc8 gradient all-reduces are in
+  gradient_exchange_dtype. The one-tower net (model.num_towers = 1) runs
   `one_tower_hybrid_strategy`.
   """
   if net.num_towers == 1:
-    return one_tower_hybrid_strategy(net, devices, num_devices)
+    return one_tower_hybrid_strategy(net, devices, num_devices, gradient_exchange_dtype)
+  grads = gradient_exchange_dtype
   k = num_devices // 2
   mesh = make_mesh((2, k), ('tower', 'block'), devices)
   all_axes = ('tower', 'block')
@@ -436,7 +519,7 @@ def hybrid_strategy(net: model_lib.Tower, devices=None, num_devices: int = 2) ->
     return P('tower', None, 'block') if what == 'kernel' else P('tower', 'block')
 
   def run(params, images, keep):
-    convs = _vary({n: params[n] for n in CONV_LAYERS}, all_axes)
+    convs = exchange_gradients({n: params[n] for n in CONV_LAYERS}, all_axes, grads)
     x = both_towers_convs(net, convs, images)  # [B / N, pool5 features]
     for layer in ('fc6', 'fc7'):
       with jax.named_scope(layer):  # the whole batch, all of the previous layer's features
@@ -446,7 +529,7 @@ def hybrid_strategy(net: model_lib.Tower, devices=None, num_devices: int = 2) ->
                          method=model_lib.Tower.fc6_fc7)  # [B, this device's neurons]
     with jax.named_scope('fc8'):
       x = jax.lax.all_gather(x, all_axes, axis=1, tiled=True)  # [B, fc7 neurons]
-      fc8 = jax.tree.map(lambda a: jax.lax.pcast(a, 'block', to='varying'), params['fc8'])
+    fc8 = exchange_gradients({'fc8': params['fc8']}, 'block', grads)['fc8']
     rows = x.shape[0] // k  # this block's share of the batch
     x = jax.lax.dynamic_slice_in_dim(x, jax.lax.axis_index('block') * rows, rows, axis=0)
     p = jax.tree.map(lambda a: a[0], fc8)
@@ -460,22 +543,23 @@ def hybrid_strategy(net: model_lib.Tower, devices=None, num_devices: int = 2) ->
                   P(None, all_axes)),  # dropout masks: every example, this device's neurons
         out_specs=P('block', 'tower'))(params, images, keep)  # rows by block, classes by tower
   return Strategy('hybrid', mesh, param_spec=param_spec, batch_spec=P(all_axes),
-                  forward=forward)
+                  forward=forward, gradient_exchange_dtype=grads)
 
 
-def one_tower_hybrid_strategy(net: model_lib.Tower, devices=None, num_devices: int = 1
-                              ) -> Strategy:
+def one_tower_hybrid_strategy(net: model_lib.Tower, devices=None, num_devices: int = 1,
+                              gradient_exchange_dtype: str = 'float32') -> Strategy:
   """Krizhevsky 2014 as the paper ran it: the one-tower net (model.num_towers = 1) on N devices.
 
   Mesh (block=N). conv1-conv5 run on each device's N-th of the batch with replicated weights
-  (their gradients are all-reduced over all N). fc6, fc7 and fc8 are model parallel, every one
-  on the whole batch: device r holds block r of fc6's and fc7's neurons and of fc8's classes.
-  Before fc6 the pool5 features of the whole batch are all-gathered; before fc7 and fc8 all of
-  the previous layer's neurons; the backward reduce-scatters their gradients. No fc weight is
-  replicated, so none has its gradient all-reduced; the logits come out split by class and jit
-  partitions the loss over them. N = 1 is the paper's one-GPU baseline: nothing to exchange.
+  (their gradients are all-reduced over all N, in gradient_exchange_dtype). fc6, fc7 and fc8 are
+  model parallel, every one on the whole batch: device r holds block r of fc6's and fc7's
+  neurons and of fc8's classes. Before fc6 the pool5 features of the whole batch are
+  all-gathered; before fc7 and fc8 all of the previous layer's neurons; the backward
+  reduce-scatters their gradients. No fc weight is replicated, so none has its gradient
+  all-reduced; the logits come out split by class and jit partitions the loss over them. N = 1
+  is the paper's one-GPU baseline: nothing to exchange.
   """
-  n = num_devices
+  n, grads = num_devices, gradient_exchange_dtype
   mesh = make_mesh((n,), ('block',), devices)
   block = net.clone(fc_features=tuple(f // n for f in net.fc_features),
                     classes_per_tower=net.classes_per_tower // n)  # one device's fc6, fc7, fc8
@@ -486,7 +570,7 @@ def one_tower_hybrid_strategy(net: model_lib.Tower, devices=None, num_devices: i
     return P(None, None, 'block') if what == 'kernel' else P(None, 'block')  # output units
 
   def run(params, images, keep):
-    convs = _vary({name: params[name] for name in CONV_LAYERS}, 'block')
+    convs = exchange_gradients({name: params[name] for name in CONV_LAYERS}, 'block', grads)
     x = both_towers_convs(net, convs, images)  # the one tower: [B / N, pool5 features]
     fc = {layer: jax.tree.map(lambda a: a[0], params[layer]) for layer in FC_LAYERS}
     for layer in ('fc6', 'fc7'):
@@ -506,7 +590,8 @@ def one_tower_hybrid_strategy(net: model_lib.Tower, devices=None, num_devices: i
                   P('block'),  # images: the batch split N ways (for the convolutions)
                   P(None, 'block')),  # dropout masks: every example, this device's neurons
         out_specs=P(None, 'block'))(params, images, keep)  # logits: every example, its classes
-  return Strategy('hybrid', mesh, param_spec=param_spec, batch_spec=P('block'), forward=forward)
+  return Strategy('hybrid', mesh, param_spec=param_spec, batch_spec=P('block'), forward=forward,
+                  gradient_exchange_dtype=grads)
 
 
 def fsdp_spec(num_devices: int) -> ParamSpec:
@@ -520,25 +605,22 @@ def fsdp_spec(num_devices: int) -> ParamSpec:
   return spec
 
 
-def fsdp_strategy(net: model_lib.Tower, devices=None, num_devices: int = 2) -> Strategy:
+def fsdp_strategy(net: model_lib.Tower, devices=None, num_devices: int = 2,
+                  gradient_exchange_dtype: str = 'float32') -> Strategy:
   """Fully sharded data parallelism: every parameter (and its momentum) split over `data`.
 
   Each layer's weights are all-gathered just before the layer and its gradients
-  reduce-scattered in the backward pass; the batch is split as in `data`.
+  reduce-scattered (in gradient_exchange_dtype) in the backward pass; a leaf no axis of which N
+  divides stays replicated and has its gradient all-reduced. The batch is split as in `data`.
   """
   mesh = make_mesh((num_devices,), ('data',), devices)
   param_spec = fsdp_spec(num_devices)
+  grads = gradient_exchange_dtype
 
-  def gather(params, specs):
-    out = {}
-    for layer, leaves in params.items():
-      with jax.named_scope(layer):
-        out[layer] = {}
-        for what, a in leaves.items():
-          axes = [i for i, name in enumerate(specs[layer][what]) if name]
-          out[layer][what] = (jax.lax.all_gather(a, 'data', axis=axes[0], tiled=True) if axes
-                              else jax.lax.pcast(a, 'data', to='varying'))
-    return out
+  def gather(params, specs):  # the axis each leaf is split on (None: replicated)
+    split = {layer: {what: next((i for i, name in enumerate(specs[layer][what]) if name), None)
+                     for what in leaves} for layer, leaves in params.items()}
+    return exchange_gradients(params, 'data', grads, gather_axes=split)
 
   def forward(params, images, keep):
     specs = param_spec_tree(param_spec, params)  # from the global shapes
@@ -553,14 +635,16 @@ def fsdp_strategy(net: model_lib.Tower, devices=None, num_devices: int = 2) -> S
         in_specs=(specs,  # each leaf split N ways
                   P('data'), P('data')),
         out_specs=P('data'))(params, images, keep)
-  return Strategy('fsdp', mesh, param_spec=param_spec, batch_spec=P('data'), forward=forward)
+  return Strategy('fsdp', mesh, param_spec=param_spec, batch_spec=P('data'), forward=forward,
+                  gradient_exchange_dtype=grads)
 
 
 @dataclasses.dataclass(frozen=True)
 class StrategyInfo:
   """One strategy: its row of TABLE, which every list of strategies in the project reads."""
   name: str
-  # (net, devices, num_devices) -> Strategy, for a device count that fit_error accepts.
+  # (net, devices, num_devices, gradient_exchange_dtype) -> Strategy, for a device count that
+  # fit_error accepts.
   build: Callable[..., Strategy]
   # num_devices = 0 on a CPU-only machine: the devices simulated (devices_needed), and so used.
   # (On accelerators 0 means every visible device, or `exact_devices`: resolve_num_devices.)
@@ -594,8 +678,9 @@ TOWER_STRATEGIES = tuple(n for n, info in TABLE.items() if info.tower_axis and n
 
 
 def make_strategy(parallelism: str, net: model_lib.Tower, devices=None,
-                  num_devices: int = 0) -> Strategy:
-  """The strategy a config names, on the first `num_devices` devices (0: see resolve_num_devices).
+                  num_devices: int = 0, gradient_exchange_dtype: str = 'float32') -> Strategy:
+  """The strategy a config names, on the first `num_devices` devices (0: see resolve_num_devices),
+  its batch-axis gradient sums in `gradient_exchange_dtype` (config.gradient_exchange_dtype).
 
   Raises ValueError, before anything is traced, when the strategy cannot use that many devices.
   """
@@ -606,4 +691,7 @@ def make_strategy(parallelism: str, net: model_lib.Tower, devices=None,
   error = fit_error(parallelism, n, net, available)
   if error:
     raise ValueError(error[0].upper() + error[1:] + '.')
-  return TABLE[parallelism].build(net, devices, n)
+  if gradient_exchange_dtype not in GRADIENT_EXCHANGE_DTYPES:
+    raise ValueError(f'Unknown gradient_exchange_dtype {gradient_exchange_dtype!r}; choose one '
+                     f'of {GRADIENT_EXCHANGE_DTYPES}.')
+  return TABLE[parallelism].build(net, devices, n, gradient_exchange_dtype)

@@ -73,6 +73,7 @@ def report(config, num_devices: int, steps: int = 3, warmup: int = 1, strategies
   result = {'devices': num_devices, 'batch_size': config.batch_size,
             'image_size': config.image_size, 'platform': first.platform,
             'device_kind': first.device_kind,
+            'gradient_exchange_dtype': config.gradient_exchange_dtype,
             'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
             'strategies': {}, 'skipped': {}}
 
@@ -140,12 +141,23 @@ def _mb(x: Optional[float]) -> str:
   return '-' if x is None else f'{x / 1e6:.3f}'
 
 
+def _exchange_line(result: dict) -> list[str]:
+  dtype = result.get('gradient_exchange_dtype', 'float32')
+  if dtype == 'float32':
+    return []
+  cpu = (' XLA:CPU, which has no 16-bit reduction, rounds them to 16 bits and reduces in '
+         'float32 (program/hlo.py).' if result.get('platform') == 'cpu' else '')
+  return [f'Gradients are summed across batch shards in {dtype} '
+          f'(config.gradient_exchange_dtype), counted at 2 bytes.{cpu}']
+
+
 def markdown(result: dict) -> str:
   """comms.md: one line per strategy, then the per-layer breakdown."""
   lines = [f'# Communication per training step ({result["devices"]} devices, batch '
            f'{result["batch_size"]}, {result["image_size"]}x{result["image_size"]}, '
            f'{result["platform"]}: {result["device_kind"]}, {result["date"]})', '',
            'MB = 10^6 bytes sent per device per step (ring convention, see alexnet_jax/perf/comms.py).',
+           *_exchange_line(result),
            '', '| strategy | mesh | collectives | measured MB | analytic MB (model) | '
            'loss/metrics MB | s/step | images/s | compile s | temp MB/device |',
            '|---|---|---|---|---|---|---|---|---|---|']

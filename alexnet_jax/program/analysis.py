@@ -47,13 +47,16 @@ def _is_parameter(c, leaves: dict) -> bool:
 
 
 def explain(parallelism: str, collectives: list, measured: dict, analytic: dict,
-            compute_dtype: str, leaves: Optional[dict] = None) -> dict:
+            compute_dtype: str, leaves: Optional[dict] = None,
+            gradient_exchange_dtype: str = 'float32') -> dict:
   """Compiled bytes against the formula, per layer, with every reason they differ: collectives
   moved in another dtype than the program's, issued more than once, decomposed or added; and,
   per instruction that carries several arrays, what the compiler combined and how its parts
-  were attributed. `leaves`: leaf_shapes(run), to tell parameters from activations."""
+  were attributed. `leaves`: leaf_shapes(run), to tell parameters from activations; a
+  parameter's all-reduce or reduce-scatter (its gradient sum) is in gradient_exchange_dtype."""
   leaves = leaves or {}
-  act_bytes = 2 if compute_dtype in ('bfloat16', 'float16') else 4
+  act_bytes = _DTYPE_BYTES[compute_dtype]
+  grad_bytes = _DTYPE_BYTES[gradient_exchange_dtype]
   layers = {}
   for layer in LAYERS + (LOSS, '?'):
     expected = expected_kinds(parallelism, layer)
@@ -86,7 +89,8 @@ def explain(parallelism: str, collectives: list, measured: dict, analytic: dict,
                    f'copy; counted once: {once / 1e6:.3f} MB)')
     # Bytes as the program's dtypes would move them (parameters and gradients float32,
     # activations and their gradients the compute dtype), each collective counted once.
-    program_bytes = lambda c: 4 if _is_parameter(c, leaves) else act_bytes
+    program_bytes = lambda c: ((grad_bytes if c.kind in ('all-reduce', 'reduce-scatter') else 4)
+                               if _is_parameter(c, leaves) else act_bytes)
     floats = [c for c in mine if c.dtype in ('f32', 'bf16', 'f16')]
     as_program = sum(c.bytes_per_device * program_bytes(c) / hlo.DTYPE_BYTES[c.dtype]
                      / seen[(c.kind, tuple(c.shape), c.dtype, c.op_name)] for c in floats)
@@ -98,6 +102,11 @@ def explain(parallelism: str, collectives: list, measured: dict, analytic: dict,
                    'parameters (the compiler moved a conversion across the collective); in the '
                    f'program\'s dtypes{", counted once" if repeats else ""}: '
                    f'{as_program / 1e6:.3f} MB')
+    widened = sorted({f'{c.kind} {c.dtype}' for c in mine if c.widened_to})
+    if widened and layer not in (LOSS, '?'):
+      notes.append(f'widened: {", ".join(widened)} reduced in float32 by the compiler (XLA:CPU '
+                   'has no 16-bit float reduction: each device\'s values are rounded to 16 bits '
+                   'first); counted at 2 bytes, as GPUs and TPUs move them')
     extra = {c.kind for c in mine} - expected
     if extra and layer not in (LOSS, '?'):
       notes.append(f'kinds: the compiler exchanges this layer with '
@@ -127,16 +136,25 @@ def explain(parallelism: str, collectives: list, measured: dict, analytic: dict,
   return {'layers': layers, 'combined': combined}
 
 
+_DTYPE_BYTES = {'float32': 4, 'bfloat16': 2, 'float16': 2}
+
+
 def activation_bytes(config: ml_collections.ConfigDict) -> int:
-  return 2 if config.model.dtype in ('bfloat16', 'float16') else 4
+  return _DTYPE_BYTES[config.model.dtype]
+
+
+def gradient_bytes(config: ml_collections.ConfigDict) -> int:
+  """Bytes of a gradient element summed across batch shards (config.gradient_exchange_dtype)."""
+  return _DTYPE_BYTES[config.gradient_exchange_dtype]
 
 
 def compiled_step(run: run_lib.Run, config: ml_collections.ConfigDict, hlo_text: str) -> dict:
   """What a compiled train step of `run` moves and computes, against the formula.
 
-  The formula counts activations in the config's compute dtype and parameters in float32, as
-  the program holds them; comms and plan both call this, so a bfloat16 report is compared
-  with a bfloat16 formula wherever it is made."""
+  The formula counts activations in the config's compute dtype, parameters in float32 and the
+  gradients summed across batch shards in config.gradient_exchange_dtype, as the program holds
+  them; comms and plan both call this, so a bfloat16 report is compared with a bfloat16 formula
+  wherever it is made."""
   n = run.strategy.num_devices
   module = Module(hlo_text)  # read once: collectives, schedule, ops
   leaves = leaf_shapes(run)
@@ -145,7 +163,8 @@ def compiled_step(run: run_lib.Run, config: ml_collections.ConfigDict, hlo_text:
   table = formula.layer_table(run.net, config.image_size)
   analytic = formula.analytic_bytes(config.parallelism, n, config.batch_size, table,
                                     act_bytes=activation_bytes(config),
-                                    num_towers=run.net.num_towers)
+                                    num_towers=run.net.num_towers,
+                                    grad_bytes=gradient_bytes(config))
   step_ops = ops.step_ops(module, collectives)
   compute = [o for o in step_ops if o.category in ('conv', 'matmul')]
   return {
@@ -157,7 +176,7 @@ def compiled_step(run: run_lib.Run, config: ml_collections.ConfigDict, hlo_text:
       'loss_metrics_bound': formula.loss_bytes_bound(config.batch_size),
       'unexplained_bytes': measured.get('?', 0.0),
       'explanations': explain(config.parallelism, collectives, measured, analytic,
-                              config.model.dtype, leaves),
+                              config.model.dtype, leaves, config.gradient_exchange_dtype),
       'heavy_ops': module.heavy_ops(),
       'ops': [o.to_json() for o in step_ops],
       'op_flops_per_device': sum(o.flops for o in compute) or None,

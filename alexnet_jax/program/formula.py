@@ -13,6 +13,7 @@ import jax
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import strategies
 from alexnet_jax.program.hlo import LAYERS
+from jax.sharding import PartitionSpec as P
 
 
 def layer_table(net, image_size: int) -> dict:
@@ -41,36 +42,46 @@ def layer_table(net, image_size: int) -> dict:
 
 def analytic_bytes(parallelism: str, num_devices: int, batch_size: int, table: dict,
                    dtype_bytes: int = 4, act_bytes: Optional[int] = None,
-                   num_towers: int = 2) -> dict[str, float]:
-  """Bytes per device per step, per layer: parameters (and their gradients) of `dtype_bytes`,
-  activations (and their cotangents) of `act_bytes` (default the same; 2 for bfloat16 compute),
-  for the net of `num_towers` towers (model.num_towers: 2, or 1 for data, fsdp and hybrid).
+                   num_towers: int = 2, grad_bytes: Optional[int] = None) -> dict[str, float]:
+  """Bytes per device per step, per layer: parameters of `dtype_bytes`, the gradients summed
+  across batch shards of `grad_bytes` (default the same; 2 for config.gradient_exchange_dtype
+  bfloat16 or float16), activations (and their cotangents) of `act_bytes` (default the same; 2
+  for bfloat16 compute), for the net of `num_towers` towers (model.num_towers: 2, or 1 for data,
+  fsdp and hybrid).
 
   B = batch, n = devices, a_L = per-tower activation a layer reads across towers, W_L its
   parameters (all towers), ar(g) = 2 (g-1)/g (ring all-reduce):
     towers       2 B a_L                             (all-gather fwd + reduce-scatter bwd, g = 2)
     towers_data  2 (2B/n) a_L + ar(n/2) W_L / 2      (towers on B/(n/2); a tower's grads over data)
-    data, fsdp   ar(n) W_L                           (fsdp: all-gather W fwd + reduce-scatter bwd)
+    data, fsdp   ar(n) W_L                           (fsdp: all-gather W fwd + reduce-scatter bwd;
+                                                     a leaf it cannot split: all-reduce bwd)
     hybrid       conv: ar(n) W_L; fc6/fc7/fc8: 2 (n-1)/n B 2 a_L (gather the whole batch's
                  features, scatter their gradients); fc8 adds ar(n/2) W_fc8 / 2
     hybrid,      conv: ar(n) W_L; fc6/fc7/fc8: 2 (n-1)/n B a_L (gather the whole batch's
     one tower    features of the one tower, scatter their gradients); no fc8 gradient
                  all-reduce (fc8 is split by class over all n)
+  Every W above is gradients (grad_bytes), but for fsdp's all-gather of the parameters
+  ((n-1)/n W_L of dtype_bytes; with grad_bytes = dtype_bytes fsdp's total is ar(n) W_L).
   """
   if num_towers not in (1, 2) or (num_towers == 1 and parallelism in strategies.TOWER_STRATEGIES):
     raise ValueError(f'no formula for {parallelism!r} with {num_towers} tower(s)')
   n, b, d = num_devices, batch_size, dtype_bytes
   da = d if act_bytes is None else act_bytes
+  dg = d if grad_bytes is None else grad_bytes
   ar = lambda g: 2 * (g - 1) / g
   out = {}
   for layer, row in table.items():
-    w, a = row['params'] * d, row['reads_per_tower'] * da
+    w, a = row['params'] * dg, row['reads_per_tower'] * da  # w: the layer's gradients
     if parallelism == 'towers':
       v = 2 * b * a
     elif parallelism == 'towers_data':
       v = 2 * (b // (n // 2)) * a + ar(n // 2) * w / 2
-    elif parallelism in ('data', 'fsdp'):
+    elif parallelism == 'data' or (parallelism == 'fsdp' and dg == d):
       v = ar(n) * w
+    elif parallelism == 'fsdp':  # split leaves: gather (d) + reduce-scatter (dg); others: ar (dg)
+      split = strategies.fsdp_spec(n)
+      v = sum((n - 1) / n * math.prod(shape) * (d + dg) if split(layer, what, shape) != P()
+              else ar(n) * math.prod(shape) * dg for what, shape in row['leaves'].items())
     elif parallelism == 'hybrid':
       if layer.startswith('conv'):
         v = ar(n) * w

@@ -19,6 +19,12 @@ slice, or between them) can be told from the devices it joins.
 Bytes are counted per device per step, as a ring algorithm moves them over a group of g devices
 holding S bytes: all-gather (g-1)/g * S of its result, reduce-scatter (g-1)/g * S of its input,
 all-reduce 2 (g-1)/g * S, all-to-all (g-1)/g * S, collective-permute S.
+
+A reduction of 16-bit floats is counted at 2 bytes an element even where the compiler widened
+it: XLA:CPU has no bfloat16 or float16 all-reduce or reduce-scatter, so it rounds each device's
+values to the 16-bit type, converts them back and reduces in float32 (the float32 operand of
+such a collective is a convert of a bf16 or f16 array). Its `dtype` is then the 16-bit one, as
+GPUs and TPUs, which reduce 16-bit floats natively, move it, and `widened_to` says 'f32'.
 """
 
 import dataclasses
@@ -60,6 +66,7 @@ class Collective:
   asynchronous: bool = False  # a start/done pair the backend runs asynchronously
   overlap_ops: int = 0  # heavy ops (convolutions, matrix products) between its start and done
   groups: Optional[list] = None  # device ids (positions in the program's device list) per group
+  widened_to: str = ''  # 'f32': 16-bit floats the compiler reduced in float32 (XLA:CPU)
 
   def to_json(self) -> dict:
     out = dataclasses.asdict(self)
@@ -259,6 +266,30 @@ def _source_name(module: Module, name: str, through_fusions: bool = False) -> st
   return ''
 
 
+def _rounded_to(module: Module, name: str) -> Optional[str]:
+  """'bf16' or 'f16' where the float32 array `name` is a convert of an array of that type (on its
+  own or as the root of a fusion, through bitcasts, copies and reshapes): 16-bit floats widened
+  to float32 for a reduction the backend cannot do in 16 bits (XLA:CPU). Else None."""
+  for _ in range(8):
+    ins = module.instructions.get(name)
+    if ins is None or not ins.operands and ins.op != 'fusion':
+      return None
+    if ins.op == 'fusion':  # its root: the last instruction of the computation it calls
+      body = module.order.get(module.called(ins) or '')
+      if not body:
+        return None
+      name = body[-1]
+    elif ins.op in ('bitcast', 'copy', 'reshape'):
+      name = ins.operands[0]
+    elif ins.op == 'convert':
+      source = module.instructions.get(ins.operands[0])
+      types = shapes_of(source.type) if source is not None else []
+      return types[0][0] if len(types) == 1 and types[0][0] in ('bf16', 'f16') else None
+    else:
+      return None
+  return None
+
+
 def _operand_parts(module: Module, ins: Instruction) -> Optional[list[tuple[tuple, str]]]:
   """Where a collective's single operand is a concatenation of several arrays (XLA:GPU combines
   gradients that way), each array's shape and source op name, else None."""
@@ -330,7 +361,13 @@ def parse_collectives(hlo_text: 'str | Module', num_devices: int,
              else split_op_names(op_name, len(shapes)))
     shared = len(shapes) > 1 and len(set(names)) == 1  # one name kept for several operands
     used: set = set()
-    for (dtype, shape), source in zip(shapes, names):
+    widened = ([_rounded_to(module, o) if kind in ('all-reduce', 'reduce-scatter') else None
+                for o in ins.operands] if not flattened and len(ins.operands) == len(shapes)
+               else [None] * len(shapes))
+    for (dtype, shape), source, narrow in zip(shapes, names, widened):
+      widened_to = ''
+      if dtype == 'f32' and narrow:
+        dtype, widened_to = narrow, 'f32'
       named = layer_of(source)
       layer, how = named, 'producer' if inherited else 'op_name'
       if named == '?' or not source or shared:
@@ -350,7 +387,7 @@ def parse_collectives(hlo_text: 'str | Module', num_devices: int,
           op_name=source, layer=layer,
           phase='backward' if 'transpose(' in source else 'forward',
           instruction=name, combined=len(shapes), attributed_by=how,
-          asynchronous=asynchronous, overlap_ops=overlap, groups=groups))
+          asynchronous=asynchronous, overlap_ops=overlap, groups=groups, widened_to=widened_to))
   return out
 
 
