@@ -10,8 +10,8 @@ by alexnet_jax/pods/compile.py); with --published, DIR/validation.json, validati
 validation.png (alexnet_jax/pods/validation.py); with --collectives, DIR/collectives.json,
 collectives.md and collectives.png: every published measurement of one collective
 (alexnet_jax/published/collectives/*.toml) predicted by the cost model, its error per message
-size (alexnet_jax/pods/collectives.py; nothing is compiled). `python -m alexnet_jax.comms --target=...` is an
-alias of this command.
+size (alexnet_jax/pods/collectives.py; nothing is compiled).
+`python -m alexnet_jax.comms --target=...` is an alias of this command.
 
 The efficiency is assumed (--efficiency) or fitted to a calibration file written by `python -m
 alexnet_jax.calibrate` (--calibration; pods/calibration.py); the report says which. Refused (exit

@@ -276,8 +276,9 @@ def replay(cases: Sequence[CollectiveCase], log: Callable[[str], Any] = print) -
         'kind': case.kind, 'group_size': case.group_size, 'software': case.software,
         'given': case.given, 'extents': list(case.extents),
         'slice_shape': list(case.slice_shape), **result})
-    log(f'{case.key}: {len(case.sizes)} sizes, largest |error| {100 * result["max_abs_error"]:.1f} %, '
-        f'at the largest size {100 * result["largest_size_error"]:+.1f} %')
+    log(f'{case.key}: {len(case.sizes)} sizes, largest |error| '
+        f'{100 * result["max_abs_error"]:.1f} %, at the largest size '
+        f'{100 * result["largest_size_error"]:+.1f} %')
   return {'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), 'cases': out}
 
 
@@ -311,8 +312,8 @@ def markdown(result: dict) -> str:
                    f'{p["predicted_busbw"] / 1e9:,.2f} | {100 * p["error"]:+.1f} % |')
   lines += ['', '## Cases', '']
   for c in result['cases']:
-    torus = (f'; torus axes spanned {c["extents"]} of a {"x".join(map(str, c["slice_shape"] or c["extents"]))} slice'
-             if c['extents'] else '')
+    shape = 'x'.join(map(str, c['slice_shape'] or c['extents']))
+    torus = (f'; torus axes spanned {c["extents"]} of a {shape} slice' if c['extents'] else '')
     lines += [f'### {c["title"]} ({c["key"]})', '',
               f'- Source: {c["cite"]} {c["url"]} (figures read from the source here: '
               f'{"yes" if c["checked"] else "NO"}; it gives {c["given"]}). {c["note"]}',
