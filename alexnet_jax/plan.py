@@ -3,11 +3,15 @@
     python -m alexnet_jax.plan --config=configs/paper.py --target=tpu-v5e \
         --devices=2,4,16,64,256 --out=DIR [--calibration=FILE] [--bench_input=FILE]
     python -m alexnet_jax.plan --published --out=DIR     # replay the published runs
+    python -m alexnet_jax.plan --collectives --out=DIR   # replay the published collectives
 
 Writes DIR/plan.json, DIR/plan.md and DIR/plan.png (the plan: alexnet_jax/pods/plan.py, compiled
 by alexnet_jax/pods/compile.py); with --published, DIR/validation.json, validation.md and
-validation.png (alexnet_jax/pods/validation.py). `python -m alexnet_jax.comms --target=...` is an
-alias of this command.
+validation.png (alexnet_jax/pods/validation.py); with --collectives, DIR/collectives.json,
+collectives.md and collectives.png: every published measurement of one collective
+(alexnet_jax/published/collectives/*.toml) predicted by the cost model, its error per message
+size (alexnet_jax/pods/collectives.py; nothing is compiled).
+`python -m alexnet_jax.comms --target=...` is an alias of this command.
 
 The efficiency is assumed (--efficiency) or fitted to a calibration file written by `python -m
 alexnet_jax.calibrate` (--calibration; pods/calibration.py); the report says which. Refused (exit
@@ -24,7 +28,8 @@ from alexnet_jax.runtime import quiet
 # environment is set, and stderr held, before the imports below, which are after this set-up on
 # purpose.
 COMPILE_ONLY = __name__ == '__main__' and (quiet.compile_only(sys.argv)
-                                           or '--published' in sys.argv)
+                                           or '--published' in sys.argv
+                                           or '--collectives' in sys.argv)
 if COMPILE_ONLY:
   quiet.compile_only_environment()
 
@@ -37,6 +42,7 @@ with quiet.held_stderr(enabled=COMPILE_ONLY):
 
   from alexnet_jax.core import config as config_lib
   from alexnet_jax.pods import calibration as calibration_lib
+  from alexnet_jax.pods import collectives as collectives_lib
   from alexnet_jax.pods import compile as compile_lib
   from alexnet_jax.pods import plan as plan_lib
   from alexnet_jax.pods import targets as targets_lib
@@ -51,7 +57,8 @@ flags.DEFINE_string('target', '', 'The hardware to compile for: '
                     + ', '.join(targets_lib.known()) + ', or a profile file (TOML).')
 flags.DEFINE_string('devices', '2,8', 'Comma-separated device counts.')
 flags.DEFINE_string('out', None, 'Where plan.json, plan.md and plan.png go (with --published: '
-                    'validation.json, validation.md and validation.png).')
+                    'validation.json, validation.md and validation.png; with --collectives: '
+                    'collectives.json, collectives.md and collectives.png).')
 flags.DEFINE_string('strategies', '', 'Comma-separated subset (default: all that fit).')
 flags.DEFINE_integer('batch_per_replica', 128, 'Images per batch shard (the global batch grows '
                      'with the shards); 0: the config\'s batch_size.')
@@ -73,14 +80,25 @@ flags.DEFINE_string('cache_dir', compile_lib.default_cache_dir(), 'Where compile
 flags.DEFINE_bool('published', False, 'Replay every published run (alexnet_jax/published/*.toml) '
                   'through the project\'s compiled programs and write the error of each '
                   'prediction.')
-flags.DEFINE_string('cases', '', 'With --published: a folder of case files instead of the '
-                    'shipped ones.')
+flags.DEFINE_bool('collectives', False, 'Replay every published measurement of one collective '
+                  '(alexnet_jax/published/collectives/*.toml) with the cost model and write the '
+                  'error per message size (collectives.json, .md, .png).')
+flags.DEFINE_string('cases', '', 'With --published or --collectives: a folder of case files '
+                    'instead of the shipped ones.')
 flags.mark_flags_as_required(['out'])
 
 
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if FLAGS.published and FLAGS.collectives:
+    raise app.UsageError('give one of --published and --collectives')
+  if FLAGS.collectives:
+    cases = collectives_lib.load_all(FLAGS.cases or None)  # exit 2 before any work
+    result = collectives_lib.replay(cases)
+    collectives_lib.write(result, FLAGS.out)
+    print(collectives_lib.markdown(result))
+    return
   if FLAGS.published:
     cases = validation.load_cases(FLAGS.cases or None)  # CaseError (exit 2) before any work
     quiet.compile_only_environment()
