@@ -402,7 +402,7 @@ def test_collectives_of_another_platform_or_chip_are_ignored_with_a_line(device_
     ('NVIDIA H200', 'gpu-h200'), ('NVIDIA H100 80GB HBM3', 'gpu-h100'),
     ('NVIDIA A100-SXM4-80GB', 'gpu-a100'), ('TPU v5 lite', 'tpu-v5e'), ('TPU v4', 'tpu-v4')])
 def test_a_device_kind_is_its_profiles_chip(device_kind, target):
-  assert calibration_lib.same_device(device_kind, targets.load(target).compiler,
+  assert targets.same_device(device_kind, targets.load(target).compiler,
                                      targets.load(target)) == ''
 
 

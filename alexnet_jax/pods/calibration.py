@@ -442,36 +442,6 @@ def calibrated_efficiency(calibration: dict, config: ml_collections.ConfigDict,
 
 # --- The links. ---
 
-# JAX's device kinds of TPUs, as the profiles name the chips.
-_TPU_KINDS = {'tpu v5 lite': 'v5e', 'tpu v5': 'v5p', 'tpu v6 lite': 'v6e', 'tpu7x': 'v7'}
-
-
-def device_model(device_kind: str) -> str:
-  """The chip a device kind names, as profiles name it: 'NVIDIA H100 80GB HBM3' -> 'h100',
-  'NVIDIA A100-SXM4-80GB' -> 'a100', 'TPU v5 lite' -> 'v5e', 'TPU v4' -> 'v4'; '' if none (the
-  first word holding a digit)."""
-  kind = device_kind.strip().lower()
-  if kind in _TPU_KINDS:
-    return _TPU_KINDS[kind]
-  words = re.findall(r'[a-z]*\d+[a-z]*', kind)
-  return words[0] if words else ''
-
-
-def same_device(device_kind: str, platform: str, profile: targets_lib.Profile) -> str:
-  """'' where devices of `device_kind` on `platform` are the profile's chip; else why not. The
-  platform must be the profile's compiler's (a CPU's memory copies say nothing of NVLink or ICI)
-  and the chip's model (device_model) a word of the profile's key or name."""
-  if platform != profile.compiler:
-    return (f'measured on {platform} devices ({device_kind}), and {profile.key} is a '
-            f'{profile.compiler.upper()} target: another platform\'s links say nothing of its')
-  model = device_model(device_kind)
-  words = set(re.findall(r'[a-z0-9]+', f'{profile.key} {profile.name}'.lower()))
-  if not model or model not in words:
-    return (f'measured on {device_kind}, which is not the chip of {profile.key} '
-            f'({profile.name})')
-  return ''
-
-
 def measured_bus_bandwidth(calibration: dict, profile: targets_lib.Profile,
                            log: Callable[[str], Any] = print
                            ) -> tuple[targets_lib.Profile, str]:
@@ -489,7 +459,7 @@ def measured_bus_bandwidth(calibration: dict, profile: targets_lib.Profile,
   table: dict = {}
   ignored, used = set(), set()
   for entry in entries:
-    why = same_device(entry['device_kind'], entry['platform'], profile)
+    why = targets_lib.same_device(entry['device_kind'], entry['platform'], profile)
     if why:
       ignored.add(why)
       continue
