@@ -432,3 +432,17 @@ def test_run_plan_puts_the_measured_links_in_the_profile_and_the_label(monkeypat
                                                                                   360e9]
   assert result['links_source'].startswith('measured busbw of all-reduce')
   assert result['label'] == f'PREDICTED; links: {result["links_source"]}'
+
+
+def test_the_command_refuses_bad_collective_flags_before_any_work(tmp_path):
+  out = tmp_path / 'calibration.json'
+  done = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.calibrate', '--collectives', '--configs=',
+       '--collective_kinds=all-reduce,broadcast', f'--out={out}'],
+      cwd=ROOT, env=_environment(), capture_output=True, text=True, timeout=120)
+  assert done.returncode == 2 and '--collective_kinds=all-reduce,broadcast' in done.stderr
+  done = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.calibrate', '--configs=', f'--out={out}'],
+      cwd=ROOT, env=_environment(), capture_output=True, text=True, timeout=120)
+  assert done.returncode == 2 and 'allowed with --collectives' in done.stderr
+  assert not out.exists()
