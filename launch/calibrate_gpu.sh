@@ -14,9 +14,13 @@
 #          mkdir -p .git/info && echo /.carry/ >> .git/info/exclude
 #      and name `.carry` in the device tool's `carry`:
 #          run(command="bash launch/calibrate_gpu.sh", carry=[".carry"], timeout_s=540)
-#   2. python -m alexnet_jax.calibrate --out=$OUT/calibration.json (budget CALIBRATE_BUDGET_S,
-#      default 300 s: no run starts after it; the file is rewritten after every run, so a kill
-#      at the stage's timeout keeps what was measured). The trace goes to TRACE_DIR (default
+#   2. python -m alexnet_jax.calibrate --out=$OUT/calibration.json --collectives (budget
+#      CALIBRATE_BUDGET_S, default 300 s: no run starts after it; the file is rewritten after
+#      every run, so a kill at the stage's timeout keeps what was measured). Then the links:
+#      all-reduce, all-gather and reduce-scatter over 2, 4, 8 ... of the machine's GPUs, 1 KiB to
+#      1 GiB (capped by a quarter of a GPU's memory), warm-up 5, mean of 20, into the file's
+#      `collectives` (budget COLLECTIVE_BUDGET_S, default 45 s: no new size starts after it). A
+#      machine of one GPU has no group to measure: the file says so and has none. The trace goes to TRACE_DIR (default
 #      /tmp/alexnet_calibrate_trace: the profiler nests it deeper than the device tool brings
 #      back); its .xplane.pb and .trace.json.gz are copied to $OUT when under 16 MiB.
 #   3. python -m alexnet_jax.plan --config=configs/paper.py --target=gpu-h200 --devices=1
@@ -26,9 +30,10 @@
 # Exit status: 0 when the calibration file holds at least one measured run, else 1.
 #
 # Environment: OUT (default /tmp/alexnet_calibrate), PYTHON (default python3), TOTAL_S,
-# CALIBRATE_BUDGET_S, TRACE_DIR, WHEELS; CALIBRATE_ARGS and PLAN_ARGS are appended to the two
-# commands' flags (the later flag wins), e.g. the tests' CPU smoke run:
-#   CALIBRATE_ARGS="--configs=configs/tiny.py --dtypes=float32 --batch_sizes=4 --steps=1"
+# CALIBRATE_BUDGET_S, COLLECTIVE_BUDGET_S, TRACE_DIR, WHEELS; CALIBRATE_ARGS and PLAN_ARGS are
+# appended to the two commands' flags (the later flag wins), e.g. the tests' CPU smoke run:
+#   CALIBRATE_ARGS="--configs=configs/tiny.py --dtypes=float32 --batch_sizes=4 --steps=1
+#                   --collective_max_bytes=4096 --collective_iters=2"
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,6 +41,7 @@ OUT=${OUT:-/tmp/alexnet_calibrate}
 PYTHON=${PYTHON:-python3}
 TOTAL_S=${TOTAL_S:-470}
 CALIBRATE_BUDGET_S=${CALIBRATE_BUDGET_S:-300}
+COLLECTIVE_BUDGET_S=${COLLECTIVE_BUDGET_S:-45}
 TRACE_DIR=${TRACE_DIR:-/tmp/alexnet_calibrate_trace}
 WHEELS=${WHEELS:-.carry/wheels}
 CALIBRATE_ARGS=${CALIBRATE_ARGS:-}
@@ -71,13 +77,14 @@ fi
 calibration="$OUT/calibration.json"
 rm -f "$calibration"
 rm -rf "$TRACE_DIR"
-# The stage's limit: the budget plus time for the run in flight, leaving the plan a minute.
-limit=$(min $((CALIBRATE_BUDGET_S + 90)) $(($(left) - 60)))
+# The stage's limit: both budgets plus time for the run in flight, leaving the plan a minute.
+limit=$(min $((CALIBRATE_BUDGET_S + COLLECTIVE_BUDGET_S + 90)) $(($(left) - 60)))
 if [ "$limit" -lt 10 ]; then limit=10; fi
-say "calibrating (budget ${CALIBRATE_BUDGET_S} s, stage limit ${limit} s)"
+say "calibrating (budget ${CALIBRATE_BUDGET_S} s, collectives ${COLLECTIVE_BUDGET_S} s, stage limit ${limit} s)"
 # shellcheck disable=SC2086  # CALIBRATE_ARGS is a list of flags
 timeout --kill-after=10 "$limit" "$PYTHON" -m alexnet_jax.calibrate --out="$calibration" \
-  --trace_dir="$TRACE_DIR" --budget_s="$CALIBRATE_BUDGET_S" $CALIBRATE_ARGS 2>&1 \
+  --trace_dir="$TRACE_DIR" --budget_s="$CALIBRATE_BUDGET_S" --collectives \
+  --collective_budget_s="$COLLECTIVE_BUDGET_S" $CALIBRATE_ARGS 2>&1 \
   | tee -a "$LOG" | grep -v -E '^[IW][0-9]{4} '
 calibrate_rc=${PIPESTATUS[0]}
 [ "$calibrate_rc" -eq 124 ] && say "the calibration was stopped at its ${limit} s limit"
@@ -133,6 +140,8 @@ except calibration.CalibrationError as e:
 print(calibrate.markdown(result))
 print(f'{"complete" if result.get("complete") else "INCOMPLETE (stopped early)"}: '
       f'{result["device_kind"]}, jax {result["jax_version"]}, target {result["target"]}')
+print(f'collectives measured: {sum(len(e["sizes"]) for e in result.get("collectives", []))} '
+      f'sizes over {len(result.get("collectives", []))} kinds x groups')
 print(f'MEASURED={sum(r.get("status") == "ok" for r in result["runs"])}')
 PY
   )

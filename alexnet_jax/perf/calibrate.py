@@ -25,6 +25,10 @@ network and dtype at the first batch size (by default 128, the paper's).
 
 Per-op times: for the first run that succeeds, `trace_steps` more steps run under
 `jax.profiler.trace`; calibration.trace_ops reads what the profiler wrote.
+
+Links (`collectives`, calibrate --collectives): after the runs, all-reduce, all-gather and
+reduce-scatter over groups of this process's devices, timed as nccl-tests times them and written
+as the file's `collectives` (perf/collectives.py; its own budget).
 """
 
 import dataclasses
@@ -37,6 +41,7 @@ import jax
 import ml_collections
 
 from alexnet_jax.core import run as run_lib
+from alexnet_jax.perf import collectives as collectives_lib
 from alexnet_jax.pods import calibration as calibration_lib
 from alexnet_jax.pods import published
 from alexnet_jax.pods import targets
@@ -112,8 +117,10 @@ def measure_run(config: ml_collections.ConfigDict, device, peak_flops: float, st
 
 
 def calibrate(runs: Runs, target: str, out: str, trace_dir: str = '',
-              log: Callable[[str], Any] = print) -> dict:
-  """Every run of `runs` on this process's first device, written to `out` after each run."""
+              log: Callable[[str], Any] = print, collectives: Optional[dict] = None) -> dict:
+  """Every run of `runs` on this process's first device, written to `out` after each run;
+  then, with `collectives` (collectives.measure's keyword arguments), the links between this
+  process's devices."""
   start = time.monotonic()
   profile = targets.load(target)
   device = jax.devices()[0]
@@ -186,6 +193,10 @@ def calibrate(runs: Runs, target: str, out: str, trace_dir: str = '',
       gc.collect()  # the failed or finished run's buffers, before the next one allocates
     result['elapsed_s'] = time.monotonic() - start
     calibration_lib.write(out, result)
+  if collectives is not None:
+    result.update(collectives_lib.measure(jax.devices(), log=log, **collectives))
+    result['elapsed_s'] = time.monotonic() - start
+    calibration_lib.write(out, result)
   if not traced['done']:
     result['ops_note'] = 'no trace: no run was measured'
   elif runs.trace_steps <= 0:
@@ -220,4 +231,7 @@ def markdown(result: dict) -> str:
                     for o in result['ops'][:10])
   if result.get('ops_note'):
     text += f'ops: {result["ops_note"]}\n'
+  if 'collectives' in result:
+    text += '\n' + collectives_lib.markdown(result['collectives'])
+    text += f'collectives: {result.get("collectives_note", "")}\n'
   return text

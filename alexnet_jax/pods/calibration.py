@@ -32,9 +32,17 @@ The file (`load_calibration` checks it; `write` replaces it in one rename):
    "model_flops_per_image", "mfu", "peak_flops", "status": "ok" | "error" | "skipped",
    "error": why or null, ...}], "ops": [{"name", "category", "seconds_per_step", ...}] or [],
    "trace": directory or null, ...}
-A run that failed or was skipped has null measurements.
+A run that failed or was skipped has null measurements. Optional (calibrate --collectives, written
+by perf/collectives.py; a file without it loads as before, and `runs` may then be empty):
+  "collectives": [{"kind": "all-reduce" | "all-gather" | "reduce-scatter", "group_size": n >= 2,
+   "device_kind", "platform", "sizes": [S bytes, ascending], "seconds": [mean t], "algbw":
+   [S / t], "busbw": [algbw x 2(n-1)/n (all-reduce) or (n-1)/n], ...}], "collectives_note"
+with nccl-tests' definitions (doc/PERFORMANCE.md; S of an all-gather or reduce-scatter is the
+total array, n x the per-rank part). `measured_bus_bandwidth` hands the plan its busbw table where
+the file's devices are the target's.
 """
 
+import dataclasses
 import glob
 import gzip
 import json
@@ -98,13 +106,23 @@ RUN = schema.table({'config': schema.string(), 'network': schema.string(),
 OP = schema.table({'name': schema.string(), 'category': schema.one_of(*CATEGORIES),
                    'seconds_per_step': schema.number(minimum=0)},
                   others=schema.anything(), what='an object')
+_POSITIVE_LIST = schema.list_of(schema.number(positive=True), nonempty=True)
+COLLECTIVE = schema.table({'kind': schema.one_of(*costmodel.MEASURED_KINDS),
+                           'group_size': schema.integer(minimum=2),
+                           'device_kind': schema.string(nonempty=True),
+                           'platform': schema.string(nonempty=True),
+                           'sizes': schema.list_of(schema.integer(minimum=1), nonempty=True),
+                           'seconds': _POSITIVE_LIST, 'algbw': _POSITIVE_LIST,
+                           'busbw': _POSITIVE_LIST}, others=schema.anything(), what='an object')
 FORMAT = schema.table({
     'kind': _exactly(KIND, 'not a file of python -m alexnet_jax.calibrate'),
     'version': _exactly(VERSION, f'this reader knows version {VERSION}'),
     **{field: schema.string() for field in ('date', 'device_kind', 'platform', 'jax_version',
                                             'target')},
     'runs': schema.list_of(RUN), 'ops': schema.list_of(OP),
-    'trace': schema.nullable(schema.string())}, others=schema.anything(), what='a JSON object')
+    'trace': schema.nullable(schema.string())},
+    optional={'collectives': schema.list_of(COLLECTIVE)},
+    others=schema.anything(), what='a JSON object')
 
 
 def validate(calibration: Any, where: str = 'calibration') -> dict:
@@ -118,6 +136,21 @@ def validate(calibration: Any, where: str = 'calibration') -> dict:
         run['images_per_second'] > 0 and run['step_seconds']):
       raise CalibrationError(f'{where}: runs[{i}].step_seconds: expected a positive number '
                              'where images_per_second is')
+  seen = set()
+  for i, entry in enumerate(calibration.get('collectives', [])):
+    n = len(entry['sizes'])
+    for name in ('seconds', 'algbw', 'busbw'):
+      if len(entry[name]) != n:
+        raise CalibrationError(f'{where}: collectives[{i}].{name}: {len(entry[name])} values; '
+                               f'expected {n}, one per size')
+    if any(a >= b for a, b in zip(entry['sizes'], entry['sizes'][1:])):
+      raise CalibrationError(f'{where}: collectives[{i}].sizes: {entry["sizes"]} is not '
+                             'ascending')
+    key = (entry['kind'], entry['group_size'], entry['device_kind'])
+    if key in seen:
+      raise CalibrationError(f'{where}: collectives[{i}]: a second entry of {key[0]} over '
+                             f'{key[1]} {key[2]} devices; keep one')
+    seen.add(key)
   return calibration
 
 
@@ -405,3 +438,45 @@ def calibrated_efficiency(calibration: dict, config: ml_collections.ConfigDict,
             f'{calibration.get("date", "")}')
   log(source)
   return efficiency, source
+
+
+# --- The links. ---
+
+def measured_bus_bandwidth(calibration: dict, profile: targets_lib.Profile,
+                           log: Callable[[str], Any] = print
+                           ) -> tuple[targets_lib.Profile, str]:
+  """(the profile, with the file's measured busbw as `measured_bus_bandwidth` of its inside link
+  where the file's collectives were measured on the profile's chip; a line saying so). The
+  table, {kind: {group size: [[S, busbw], ...]}}, is read by costmodel.collective_seconds: for
+  a collective inside a node/slice over a group size measured, the busbw at the largest
+  measured S <= its S (no interpolation), else the profile's figure. Collectives of another
+  platform or chip are IGNORED, with the line logged and recorded in the plan, not refused: the
+  file's one-device run may still be wanted, and a CPU machine's file (the tests', the launch
+  script's CPU run) must leave a GPU plan as the profile has it."""
+  entries = calibration.get('collectives') or []
+  if not entries:
+    return profile, ''
+  table: dict = {}
+  ignored, used = set(), set()
+  for entry in entries:
+    why = targets_lib.same_device(entry['device_kind'], entry['platform'], profile)
+    if why:
+      ignored.add(why)
+      continue
+    used.add(entry['device_kind'])
+    table.setdefault(entry['kind'], {})[entry['group_size']] = [
+        [int(s), float(b)] for s, b in zip(entry['sizes'], entry['busbw'])]
+  if ignored:
+    log(f'the calibration\'s collectives are ignored: {"; ".join(sorted(ignored))}; the plan '
+        f'keeps the profile\'s bus bandwidth')
+  if not table:
+    return profile, ('the profile\'s (the calibration\'s collectives ignored: '
+                     f'{"; ".join(sorted(ignored))})')
+  groups = sorted({g for by_group in table.values() for g in by_group})
+  kinds = sorted(table)
+  line = (f'measured busbw of {", ".join(kinds)} over {groups} '
+          f'{", ".join(sorted(used))} ({calibration.get("date", "")}) for '
+          f'{profile.inside.get("name", "the inside link")}; the profile\'s elsewhere')
+  log(f'links: {line}')
+  inside = dict(profile.inside, measured_bus_bandwidth=table)
+  return dataclasses.replace(profile, inside=inside), line

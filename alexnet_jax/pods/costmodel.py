@@ -18,6 +18,13 @@ compute efficiency, from a measured point (fit_efficiency), and is labelled as c
               pcie: a group within a peer group (GPUs that reach each other directly) runs at
               the link's rate; one spanning peer groups stages through host memory, at the
               group's host link (host_bandwidth).
+              measured (plan --calibration with a file's `collectives` of the target's device,
+              pods/calibration.measured_bus_bandwidth): for an all-reduce, all-gather or
+              reduce-scatter inside a node/slice over a group size the file measured, bytes
+              per device / the busbw measured at the largest size S* <= the instruction's
+              size S (nccl-tests' S = bytes per device / bus_factor), no latency term added
+              (the measured time holds it): the measured time at S*, scaled by S / S*. Else,
+              below the smallest size measured, or another group size or kind: the above.
   step        the schedule replayed on two streams: compute runs the ops in order; a
               synchronous collective blocks it; an asynchronous one runs on the collective
               stream from its start (after the collective before it) and blocks compute at
@@ -108,6 +115,34 @@ def bus_bandwidth(link: dict, group_size: int, features: Features) -> float:
   return float(bus)
 
 
+# The collectives a calibration measures (perf/collectives.py), and nccl-tests' factor from
+# algbw to busbw for each (NVIDIA/nccl-tests, doc/PERFORMANCE.md): busbw x t = S x factor is the
+# bytes one rank sends in a ring (hlo.bytes_per_device), S as nccl-tests reports it (all-gather
+# and reduce-scatter: the total array, n x the per-rank part).
+MEASURED_KINDS = ('all-reduce', 'all-gather', 'reduce-scatter')
+
+
+def bus_factor(kind: str, group_size: int) -> float:
+  """busbw / algbw: 2(n-1)/n for an all-reduce, (n-1)/n for an all-gather or reduce-scatter."""
+  n = group_size
+  return {'all-reduce': 2 * (n - 1) / n, 'all-gather': (n - 1) / n,
+          'reduce-scatter': (n - 1) / n}[kind]
+
+
+def measured_seconds(table: Optional[dict], kind: str, group_size: int,
+                     bytes_per_device: float) -> Optional[float]:
+  """A collective's time from a measured busbw table, {kind: {group size: [[S, busbw], ...]}}
+  (S ascending): bytes per device / the busbw at the largest measured S <= the instruction's S;
+  None where the table has no such point (no table, another kind or group size, or an S below
+  the smallest measured)."""
+  points = ((table or {}).get(kind) or {}).get(group_size) or []
+  if not points or group_size < 2:
+    return None
+  size = bytes_per_device / bus_factor(kind, group_size)
+  below = [busbw for s, busbw in points if s <= size * (1 + 1e-12)]
+  return bytes_per_device / below[-1] if below else None
+
+
 def _axis_wraps(extent: int, link: dict, slice_shape: Sequence[int]) -> bool:
   """Whether a torus axis of `extent` chips has its wraparound link: on axes of at least
   `wraparound_min_extent` chips (and, with `wraparound_full_cubes`, only where every axis of
@@ -124,10 +159,17 @@ def collective_seconds(ins: dict, profile: targets_lib.Profile,
                        features: Features = ALL, latency_scale: float = 1.0) -> float:
   """One collective instruction's time (see the module docstring). `ins` is a plan entry's
   instruction: kind, group_size, bytes_per_device, crosses ('inside' | 'between'), and for a
-  torus the extents of the axes it spans, for PCIe the peer groups it spans."""
+  torus the extents of the axes it spans, for PCIe the peer groups it spans. A table
+  `measured_bus_bandwidth` in the profile's inside link (plan --calibration) comes first
+  (measured_seconds); without one, the profile's figures."""
   g, kind = ins['group_size'], ins['kind']
   if g <= 1 or ins['bytes_per_device'] <= 0:
     return 0.0
+  if ins['crosses'] == 'inside' and features.bus_bandwidth:
+    measured = measured_seconds(profile.inside.get('measured_bus_bandwidth'), kind, g,
+                                ins['bytes_per_device'])
+    if measured is not None:
+      return measured
   rounds = 2 if kind == 'all-reduce' else 1
   steps = rounds * (g - 1)
   if ins['crosses'] == 'between':

@@ -413,15 +413,23 @@ def run_plan(config: ml_collections.ConfigDict, target: str, counts: Sequence[in
   why = targets_lib.compiler_missing(profile)
   if why:
     raise targets_lib.TargetError(why)
-  source = 'assumed'
+  source, links = 'assumed', ''
   if calibration is not None:
-    efficiency, source = calibration_lib.calibrated_efficiency(calibration, config, profile,
-                                                               cache_dir or None)
+    if calibration['runs'] or not calibration.get('collectives'):
+      efficiency, source = calibration_lib.calibrated_efficiency(calibration, config, profile,
+                                                                 cache_dir or None)
+    else:
+      print('the calibration file measured collectives only: the efficiency stays assumed')
+    # The file's measured links, where they are the target's (else ignored, with a line).
+    profile, links = calibration_lib.measured_bus_bandwidth(calibration, profile)
   result = make_plan(config, profile, counts, strategies=strategies,
                      batch_per_replica=batch_per_replica, efficiency=efficiency,
                      efficiency_source=source,
                      input_per_core=input_rates if input_rates is not None else input_per_core(''),
                      cache_dir=cache_dir or None)
+  if links:
+    result['links_source'] = links
+    result['label'] += f'; links: {links}'
   if measure_steps:
     local = jax.devices()
     if local[0].platform == profile.compiler:  # a real GPU or TPU of the target's kind

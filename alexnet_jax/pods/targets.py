@@ -13,6 +13,7 @@ import dataclasses
 import importlib.util
 import math
 import os
+import re
 import tomllib
 from typing import Any, Optional
 
@@ -212,3 +213,35 @@ def devices(profile: Profile, num_devices: int, slices: int = 1) -> list:
     kwargs: dict[str, Any] = {'num_slices': slices} if slices > 1 else {}
     topo = topologies.get_topology_desc(platform='tpu', topology_name=name, **kwargs)
   return list(topo.devices)
+
+
+# --- A measured device and a profile. ---
+
+# JAX's device kinds of TPUs, as the profiles name the chips.
+_TPU_KINDS = {'tpu v5 lite': 'v5e', 'tpu v5': 'v5p', 'tpu v6 lite': 'v6e', 'tpu7x': 'v7'}
+
+
+def device_model(device_kind: str) -> str:
+  """The chip a device kind names, as profiles name it: 'NVIDIA H100 80GB HBM3' -> 'h100',
+  'NVIDIA A100-SXM4-80GB' -> 'a100', 'TPU v5 lite' -> 'v5e', 'TPU v4' -> 'v4'; '' if none (the
+  first word holding a digit)."""
+  kind = device_kind.strip().lower()
+  if kind in _TPU_KINDS:
+    return _TPU_KINDS[kind]
+  words = re.findall(r'[a-z]*\d+[a-z]*', kind)
+  return words[0] if words else ''
+
+
+def same_device(device_kind: str, platform: str, profile: Profile) -> str:
+  """'' where devices of `device_kind` on `platform` are the profile's chip; else why not. The
+  platform must be the profile's compiler's (a CPU's memory copies say nothing of NVLink or ICI)
+  and the chip's model (device_model) a word of the profile's key or name."""
+  if platform != profile.compiler:
+    return (f'measured on {platform} devices ({device_kind}), and {profile.key} is a '
+            f'{profile.compiler.upper()} target: another platform\'s links say nothing of its')
+  model = device_model(device_kind)
+  words = set(re.findall(r'[a-z0-9]+', f'{profile.key} {profile.name}'.lower()))
+  if not model or model not in words:
+    return (f'measured on {device_kind}, which is not the chip of {profile.key} '
+            f'({profile.name})')
+  return ''
