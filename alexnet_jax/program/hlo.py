@@ -164,6 +164,43 @@ class Module:
   def heavy_ops(self) -> int:
     return sum(self.is_heavy(n) for n in self.order.get(self.entry, []))
 
+  def tpu_async_fusions(self) -> dict[str, str]:
+    """XLA:TPU's asynchronous collective fusions ("continuation fusion", libtpu's
+    --xla_tpu_enable_async_collective_fusion): {start: done}, by name in the entry computation.
+
+    The TPU prints no `-start`/`-done` ops: a fusion named `async-collective-start*` (kind=kCustom)
+    calls a computation holding the collective and returns its buffers and u32[] flags; the
+    fusions scheduled after it carry those flags through (they compute while the collective runs)
+    until a fusion named `async-collective-done*` returns the collective's result. Each done is
+    paired with its start by following the u32[] flags back through the carrying fusions."""
+    if not hasattr(self, '_tpu_async'):
+      self._tpu_async = {}
+      entry = self.order.get(self.entry, [])
+      starts = {n for n in entry if self.instructions[n].op == 'fusion'
+                and n.startswith('async-collective-start')}
+      for name in entry:
+        if not (name.startswith('async-collective-done')
+                and self.instructions[name].op == 'fusion'):
+          continue
+        todo, seen, found = list(self.instructions[name].operands), set(), None
+        while todo and not found:
+          o = todo.pop(0)
+          if o in seen or o not in self.instructions:
+            continue
+          seen.add(o)
+          ins = self.instructions[o]
+          if o in starts:
+            found = o
+          elif ins.op == 'get-tuple-element' and ins.type.startswith('u32[]'):
+            todo.extend(ins.operands)
+          elif ins.op == 'fusion':  # a carrying fusion: follow its flags only
+            todo.extend(x for x in ins.operands if x in self.instructions
+                        and self.instructions[x].op == 'get-tuple-element'
+                        and self.instructions[x].type.startswith('u32[]'))
+        if found:
+          self._tpu_async[found] = name
+    return self._tpu_async
+
 
 def expand_groups(attrs: str, num_devices: int) -> tuple[list[list[int]], str]:
   """The device groups of a collective, from any of XLA's spellings, and the spelling itself."""
@@ -309,6 +346,11 @@ def _operand_parts(module: Module, ins: Instruction) -> Optional[list[tuple[tupl
 def _window(module: Module, start: str) -> tuple[bool, int]:
   """(runs asynchronously, heavy ops scheduled between a collective's start and its done)."""
   ins = module.instructions[start]
+  tpu = module.tpu_async_fusions()
+  if start in tpu:  # a TPU asynchronous collective fusion (Module.tpu_async_fusions)
+    order = module.order[ins.computation]
+    begin, end = order.index(start), order.index(tpu[start])
+    return True, sum(module.is_heavy(n) for n in order[begin + 1:end])
   if '"is_sync":true' in ins.attrs:
     return False, 0
   order = module.order[ins.computation]
@@ -332,6 +374,7 @@ def parse_collectives(hlo_text: 'str | Module', num_devices: int,
   """
   module = hlo_text if isinstance(hlo_text, Module) else Module(hlo_text)
   out = []
+  tpu_calls = {module.called(module.instructions[s]): s for s in module.tpu_async_fusions()}
   for name in (n for comp in module.order.values() for n in comp):
     ins = module.instructions[name]
     kind = ins.op[:-len('-start')] if ins.op.endswith('-start') else ins.op
@@ -355,8 +398,12 @@ def parse_collectives(hlo_text: 'str | Module', num_devices: int,
     if not op_name and len(ins.operands) == 1:  # a collective the compiler made: its input's name
       op_name = _source_name(module, ins.operands[0], through_fusions=True)
       inherited = bool(op_name)
-    asynchronous, overlap = (_window(module, name) if ins.op.endswith('-start')
-                             else (False, 0))
+    if ins.op.endswith('-start'):
+      asynchronous, overlap = _window(module, name)
+    elif ins.computation in tpu_calls:  # inside a TPU asynchronous collective fusion
+      asynchronous, overlap = _window(module, tpu_calls[ins.computation])
+    else:
+      asynchronous, overlap = False, 0
     names = ([source for _, source in parts] if flattened
              else split_op_names(op_name, len(shapes)))
     shared = len(shapes) > 1 and len(set(names)) == 1  # one name kept for several operands

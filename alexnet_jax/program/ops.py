@@ -160,6 +160,8 @@ def step_ops(module: 'Module', collectives: Sequence[Collective] = ()) -> list[O
     for name in names:
       if name in by_instruction:
         inside.setdefault(comp, []).append(name)
+  tpu_async = module.tpu_async_fusions()  # XLA:TPU's asynchronous collective fusions
+  tpu_done = {done: start for start, done in tpu_async.items()}
   ops = []
   for name in module.order.get(module.entry, []):
     ins = module.instructions[name]
@@ -171,13 +173,17 @@ def step_ops(module: 'Module', collectives: Sequence[Collective] = ()) -> list[O
     found = [l for l in LAYERS if source and re.search(r'(^|/|\()' + l + r'(/|$)', source.group(1))]
     layer = found[-1] if found else ''
     kind = ins.op[:-len('-start')] if ins.op.endswith('-start') else ins.op
-    if kind in KINDS or (ins.op == 'async-start' and module.called(ins) in inside):
+    if kind in KINDS or (ins.op == 'async-start' and module.called(ins) in inside) or (
+        name in tpu_async and module.called(ins) in inside):
       runs = [name] if name in by_instruction else inside.get(module.called(ins), [])
-      asynchronous = ins.op.endswith('-start') and '"is_sync":true' not in ins.attrs
+      asynchronous = name in tpu_async or (ins.op.endswith('-start')
+                                           and '"is_sync":true' not in ins.attrs)
       ops.append(Op(name, 'collective', layer=layer, collective=runs,
                     asynchronous=asynchronous))
     elif ins.op.endswith('-done') and ins.operands:
       ops.append(Op(name, 'wait', waits_for=ins.operands[0]))
+    elif name in tpu_done:
+      ops.append(Op(name, 'wait', waits_for=tpu_done[name]))
     elif ins.op in _FREE or ins.op.endswith('-start') or ins.op.endswith('-update'):
       ops.append(Op(name, 'free', layer=layer))
     else:
