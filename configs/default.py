@@ -100,6 +100,12 @@ def get_config() -> ml_collections.ConfigDict:
   # data, hybrid's convs, towers_data's replicas and fsdp's reduce-scatters). Parameters, the
   # summed gradients, momentum and the update stay float32; towers exchanges no gradients.
   c.gradient_exchange_dtype = 'float32'
+  # Compile the train step with the options the field uses to overlap collectives with compute
+  # (core/run.py OVERLAP_OPTIONS: XLA:GPU's latency-hiding scheduler; libtpu's asynchronous
+  # collective fusion, as MaxText sets it): 'auto' (on for GPUs and TPUs, nothing on CPU), 'true'
+  # or 'false' (the compiler's defaults; a string: ml_collections keeps a field's type).
+  # docs/communication.md, "Overlap options".
+  c.overlap_collectives = 'auto'
 
   # Training (section 5).
   c.batch_size = 128  # global batch

@@ -116,12 +116,18 @@ def _exit_with(message: str) -> None:
 # --- The checks. Each returns a list of problem lines (empty: fine). ---
 
 
+# Fields whose values are of several kinds (a Python bool is taken for 'true'/'false' where a
+# config is built in code and not locked), checked by _choices alone.
+_CHECKED_ALONE = ('overlap_collectives',)
+OVERLAP_CHOICES = ('auto', 'true', 'false')
+
+
 def _types(config: ml_collections.ConfigDict) -> list[str]:
   """Every field holds a value of its default's kind (a number, a string, a tuple, ...)."""
   problems, known = [], fields.flat(defaults())
   for field, value in fields.flat(config).items():
     expected = known.get(field)
-    if expected is None:
+    if expected is None or field in _CHECKED_ALONE:
       continue
     numbers = (int, float)
     ok = (isinstance(value, numbers) and not isinstance(value, bool)
@@ -153,9 +159,24 @@ def _choices(config: ml_collections.ConfigDict) -> list[str]:
                               "formulas elsewhere)",
              'gradient_exchange_dtype': ' (the dtype data-parallel gradients are summed across '
                                         'devices in)'}
-  return [f'config.{field}={flat[field]!r} is not one of {", ".join(map(repr, allowed))}'
-          f'{explain.get(field, "")}.'
-          for field, allowed in choices.items() if flat[field] not in allowed]
+  found = [f'config.{field}={flat[field]!r} is not one of {", ".join(map(repr, allowed))}'
+           f'{explain.get(field, "")}.'
+           for field, allowed in choices.items() if flat[field] not in allowed]
+  overlap = flat.get('overlap_collectives', 'auto')
+  if not (isinstance(overlap, bool) or (isinstance(overlap, str)
+                                        and overlap.lower() in ('auto', 'true', 'false'))):
+    found.append(f'config.overlap_collectives={overlap!r} is not one of '
+                 f'{", ".join(map(repr, OVERLAP_CHOICES))} (compile the train step with the '
+                 'collective-overlap options of core/run.py: on GPUs and TPUs with auto).')
+  return found
+
+
+def overlap_on(config: ml_collections.ConfigDict, platform: str) -> bool:
+  """Whether config.overlap_collectives turns the overlap options on for `platform`."""
+  value = config.get('overlap_collectives', 'auto')
+  if isinstance(value, str):
+    value = {'auto': platform in ('gpu', 'tpu'), 'true': True, 'false': False}[value.lower()]
+  return bool(value)
 
 
 def _model(config: ml_collections.ConfigDict) -> list[str]:

@@ -31,6 +31,38 @@ from alexnet_jax.core import steps
 from alexnet_jax.core import strategies
 
 
+# The compiler options that overlap collectives with compute (config.overlap_collectives),
+# passed as the train step's jit compiler_options: each is a field of XLA's DebugOptions (or
+# libtpu's flags), checked by the compiler when it compiles (an unknown name fails). Sources and
+# effects: docs/communication.md, "Overlap options".
+OVERLAP_OPTIONS = {
+    # XLA:GPU (openxla/xla xla/debug_options_flags.cc).
+    'gpu': {'xla_gpu_enable_latency_hiding_scheduler': True,
+            'xla_gpu_enable_highest_priority_async_stream': True},
+    # libtpu, as MaxText sets them in LIBTPU_INIT_ARGS (benchmarks/xla_flags_library.py:
+    # CF_FOR_ALL_GATHER, CF_FOR_ALL_REDUCE, DATA_PARALLEL_OVERLAP,
+    # ENABLE_ASYNC_COLLECTIVE_PERMUTE).
+    'tpu': {'xla_tpu_enable_async_collective_fusion': True,
+            'xla_tpu_enable_async_collective_fusion_fuse_all_gather': True,
+            'xla_tpu_enable_async_collective_fusion_fuse_all_reduce': True,
+            'xla_tpu_enable_async_collective_fusion_multiple_steps': True,
+            'xla_tpu_overlap_compute_collective_tc': True,
+            'xla_enable_async_all_gather': True,
+            'xla_enable_async_all_reduce': True,
+            'xla_enable_async_collective_permute': True,
+            'xla_tpu_enable_data_parallel_all_reduce_opt': True,
+            'xla_tpu_data_parallel_opt_different_sized_ops': True},
+}
+
+
+def overlap_options(config: ml_collections.ConfigDict, platform: str) -> Optional[dict]:
+  """The train step's compiler options for `platform` under config.overlap_collectives (None:
+  the compiler's defaults; always on CPU)."""
+  if not config_lib.overlap_on(config, platform):
+    return None
+  return dict(OVERLAP_OPTIONS[platform]) if platform in OVERLAP_OPTIONS else None
+
+
 @dataclasses.dataclass(frozen=True)
 class Run:
   """What a run needs, built once from a config and a device list."""
@@ -175,7 +207,8 @@ def build(config: ml_collections.ConfigDict, devices: Optional[Sequence] = None)
                                     fc_features_total=fc_total,
                                     dropout_rate=config.model.dropout_rate),
       in_shardings=(shardings, train_batch),
-      out_shardings=(shardings, strategy.replicated), donate_argnums=0)
+      out_shardings=(shardings, strategy.replicated), donate_argnums=0,
+      compiler_options=overlap_options(config, devices[0].platform))
   eval_step = jax.jit(lambda p, b: steps.eval_step(p, to_float(b), strategy=strategy),
                       in_shardings=(shardings.params, eval_batch),
                       out_shardings=strategy.replicated)

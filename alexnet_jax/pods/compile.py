@@ -11,8 +11,8 @@ program/hlo.py: kind, bytes, layer, group, whether asynchronous), which link eac
 crosses, and XLA's memory analysis and FLOP count. The plan (plan.py), its validation against the
 published runs (validation.py) and the calibration's fit (calibration.py) all compile this way.
 
-Compiled programs are cached (keyed by the lowered program, the target and the compiler's
-version), so a second plan of the same configs only lowers.
+Compiled programs are cached (keyed by the lowered program, the target, the compiler's version
+and the compiler options: config.overlap_collectives, core/run.py OVERLAP_OPTIONS), so a second plan of the same configs only lowers.
 """
 
 import concurrent.futures
@@ -125,9 +125,13 @@ def lower(label: str, config: ml_collections.ConfigDict, devices: Sequence,
   the compiler's output every time."""
   run = run_lib.build(config, devices)
   lowered = run.train_step.lower(run.abstract_state, run.abstract_batch())
+  # The compiler options the step is compiled with (config.overlap_collectives: run.build gives
+  # them to the train step's jit, and its lowered program carries them to the compiler).
+  options = run_lib.overlap_options(config, run.devices[0].platform)
   key = hashlib.sha256('\n'.join([
       lowered.as_text(), profile.compiler, profile.topology, profile.target_config,
-      compiler_version(profile), str([str(d) for d in run.devices])]).encode()).hexdigest()[:24]
+      compiler_version(profile), str([str(d) for d in run.devices]),
+      json.dumps(options, sort_keys=True)]).encode()).hexdigest()[:24]
   path = os.path.join(cache_dir, f'{key}.json.gz') if cache_dir else None
   job = Job(label, config, run, lowered, path, topology)
   if path and os.path.exists(path):
