@@ -77,6 +77,9 @@ flags.DEFINE_integer('measure_steps', 0, 'On a machine with GPUs or TPUs of the 
                      'put the measured images/s beside the predicted.')
 flags.DEFINE_string('cache_dir', compile_lib.default_cache_dir(), 'Where compiled programs\' '
                     'outputs are kept ("" keeps none).')
+flags.DEFINE_bool('compare_overlap', False, 'Also compile every step without the overlap '
+                  'options (config.overlap_collectives, core/run.py OVERLAP_OPTIONS) and put its '
+                  'asynchronous collectives, hidden time and predicted step beside the plan\'s.')
 flags.DEFINE_bool('published', False, 'Replay every published run (alexnet_jax/published/*.toml) '
                   'through the project\'s compiled programs and write the error of each '
                   'prediction.')
@@ -123,7 +126,8 @@ def main(argv) -> None:
   plan_lib.run_plan(FLAGS.config, FLAGS.target, counts, strategies, out=FLAGS.out,
                     batch_per_replica=FLAGS.batch_per_replica, efficiency=FLAGS.efficiency,
                     calibration=calibration, input_rates=input_rates,
-                    measure_steps=FLAGS.measure_steps, cache_dir=FLAGS.cache_dir)
+                    measure_steps=FLAGS.measure_steps, cache_dir=FLAGS.cache_dir,
+                    compare_overlap=FLAGS.compare_overlap)
 
 
 if __name__ == '__main__':

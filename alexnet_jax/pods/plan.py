@@ -87,6 +87,7 @@ def make_plan(config: ml_collections.ConfigDict, profile: targets_lib.Profile,
               efficiency_source: str = 'assumed', input_per_core: Optional[dict] = None,
               cache_dir: Optional[str] = None, workers: int = 0,
               features: costmodel.Features = costmodel.ALL,
+              compare_overlap: bool = False,
               log: Callable[[str], Any] = print) -> dict:
   """Every strategy that fits each device count of `profile`, compiled and predicted.
 
@@ -94,7 +95,7 @@ def make_plan(config: ml_collections.ConfigDict, profile: targets_lib.Profile,
   fitted to); the report's label carries it. The programs are lowered one after the other and
   compiled by `workers` threads (0: one per CPU): a compiler works on one program on one core,
   so a plan compiles as many at a time."""
-  jobs, skipped = [], {}
+  jobs, skipped, baselines = [], {}, {}
   for n in device_counts:
     try:
       topology = targets_lib.topology_name(profile, n)
@@ -117,7 +118,12 @@ def make_plan(config: ml_collections.ConfigDict, profile: targets_lib.Profile,
         log(f'{label}: skipped ({why})')
         continue
       jobs.append(compile_lib.lower(label, config_n, devices, profile, cache_dir, topology))
-  todo = [j for j in jobs if j.compiled is None]
+      if compare_overlap:  # the same step with the compiler's defaults (no overlap options)
+        plain = config_n.copy_and_resolve_references()
+        plain.overlap_collectives = 'false'
+        baselines[label] = compile_lib.lower(label, plain, devices, profile, cache_dir,
+                                             topology)
+  todo = [j for j in jobs + list(baselines.values()) if j.compiled is None]
   if todo:
     log(f'compiling {len(todo)} programs for {profile.key} ({len(jobs) - len(todo)} cached) ...')
   compile_lib.compile_all(todo, workers)
@@ -126,6 +132,11 @@ def make_plan(config: ml_collections.ConfigDict, profile: targets_lib.Profile,
     entry = compile_lib.analyse(job, profile)
     entry.update(predict(entry, profile, efficiency, config.model.dtype, input_per_core,
                          features))
+    entry['overlap_options'] = run_lib.overlap_options(job.config, profile.compiler)
+    if job.label in baselines:
+      entry['without_overlap_options'] = overlap_summary(
+          compile_lib.analyse(baselines[job.label], profile), profile, efficiency,
+          config.model.dtype, features)
     runs.append(entry)
     how = 'cached' if entry['cached'] else f'compiled in {entry["compile_seconds"]:.1f} s'
     log(f'{job.label}: {how}, {entry["bytes_per_step"] / 1e6:.2f} MB/step/device, predicted '
@@ -142,6 +153,18 @@ def make_plan(config: ml_collections.ConfigDict, profile: targets_lib.Profile,
                f'({efficiency_source})',
       'runs': runs, 'skipped': skipped, 'winners': winners(runs),
       'sensitivity': sensitivity(runs, profile, efficiency, config.model.dtype, features)}
+
+
+def overlap_summary(entry: dict, profile: targets_lib.Profile, efficiency: float, dtype: str,
+                    features: costmodel.Features = costmodel.ALL) -> dict:
+  """A compiled step's asynchronous collectives and what the replay hides (the plan's
+  comparison of the step compiled with and without the overlap options)."""
+  step = costmodel.predict_step(entry, profile, efficiency, dtype, features)
+  return {'asynchronous_collectives': sum(1 for i in entry['instructions'].values()
+                                          if i['asynchronous']),
+          'collectives': len(entry['instructions']),
+          'predicted_hidden_seconds': step['hidden_seconds'],
+          'predicted_step_seconds': step['step_seconds']}
 
 
 # Where the ranking is tested: the efficiency x 0.5 .. x 1.5, every latency x 0.5 .. x 4.
@@ -258,6 +281,21 @@ def markdown(plan: dict) -> str:
     lines += ['', '**Measured on ' + measured[0]['measured_on'] + '** beside predicted: ' + ', '.join(
         f'{r["strategy"]}/{r["devices"]} {r["measured_images_per_second"]:,.0f} images/s '
         f'(predicted {r["predicted_images_per_second"]["with_overlap"]:,.0f})' for r in measured)]
+  compared = [r for r in plan['runs'] if r.get('without_overlap_options')]
+  if compared:
+    lines += ['', '**Overlap options** (core/run.py OVERLAP_OPTIONS, docs/communication.md): '
+              'the step compiled with them against the compiler\'s defaults.', '',
+              '| strategy | devices | async collectives (with / without) | hidden ms (with / '
+              'without) | step ms predicted (with / without) |', '|---|---|---|---|---|']
+    for r in compared:
+      w = r['without_overlap_options']
+      mine = sum(1 for i in r['instructions'].values() if i['asynchronous'])
+      lines.append(
+          f'| {r["strategy"]} | {r["devices"]} | {mine}/{len(r["instructions"])} / '
+          f'{w["asynchronous_collectives"]}/{w["collectives"]} | '
+          f'{r["predicted_hidden_seconds"] * 1e3:.3f} / {w["predicted_hidden_seconds"] * 1e3:.3f}'
+          f' | {r["predicted_step_seconds"]["with_overlap"] * 1e3:.3f} / '
+          f'{w["predicted_step_seconds"]["with_overlap"] * 1e3:.3f} |')
   lines += ['', '**Winner at each size** (predicted images/s with overlap, among those that fit): '
             + ', '.join(f'{n} devices: {s}' for n, s in plan['winners'].items()), '']
   lines += sensitivity_lines(plan.get('sensitivity'))
@@ -397,7 +435,7 @@ def run_plan(config: ml_collections.ConfigDict, target: str, counts: Sequence[in
              strategies: Optional[Sequence[str]], *, out: str, batch_per_replica: int = 128,
              efficiency: float = ASSUMED_EFFICIENCY, calibration: Optional[dict] = None,
              input_rates: Optional[dict] = None, measure_steps: int = 0,
-             cache_dir: Optional[str] = None) -> dict:
+             cache_dir: Optional[str] = None, compare_overlap: bool = False) -> dict:
   """The plan of `config` on `target`, written to `out` (plan.json, plan.md, plan.png); with a
   `calibration` (a loaded file, calibration.load_calibration) the efficiency is fitted to it;
   with `measure_steps`, on a machine with the target's chips, the planned steps that fit are run
@@ -426,7 +464,7 @@ def run_plan(config: ml_collections.ConfigDict, target: str, counts: Sequence[in
                      batch_per_replica=batch_per_replica, efficiency=efficiency,
                      efficiency_source=source,
                      input_per_core=input_rates if input_rates is not None else input_per_core(''),
-                     cache_dir=cache_dir or None)
+                     cache_dir=cache_dir or None, compare_overlap=compare_overlap)
   if links:
     result['links_source'] = links
     result['label'] += f'; links: {links}'
