@@ -204,3 +204,19 @@ def test_sensitivity_names_where_the_ranking_flips():
   assert {e for e, _ in flips} == {0.5, 0.75}
   assert all(f['winner'] == 'b' and f['plan_winner'] == 'a' for f in sens['flips'])
   assert len(sens['grid']) == len(plan_lib.EFFICIENCY_SCALES) * len(plan_lib.LATENCY_SCALES)
+
+
+def test_replay_hides_an_asynchronous_collective_behind_the_compute_between_by_hand():
+  """compute a (1 s), collective c starts (3 s on its stream), compute b (2 s), c's done, compute
+  d (1 s): with overlap the step ends at 1 + max(2, 3) + 1 = 5 s; synchronous, 1 + 3 + 2 + 1 = 7 s;
+  the hidden time, 2 s, is the compute between start and done."""
+  ops = [{'name': 'a', 'category': 'conv'},
+         {'name': 'c', 'category': 'collective', 'asynchronous': True},
+         {'name': 'b', 'category': 'conv'},
+         {'name': 'c.done', 'category': 'wait', 'waits_for': 'c'},
+         {'name': 'd', 'category': 'memory'}]
+  times = {'a': 1.0, 'b': 2.0, 'd': 1.0}
+  assert costmodel.replay(ops, times, {'c': 3.0}) == 5.0
+  sync = [dict(o, asynchronous=False) if o['name'] == 'c' else o for o in ops]
+  assert costmodel.replay(sync, times, {'c': 3.0}) == 7.0
+  assert costmodel.replay(sync, times, {'c': 3.0}) - costmodel.replay(ops, times, {'c': 3.0}) == 2.0

@@ -328,3 +328,77 @@ def test_a_batch_axis_spans_two_slices():
   text = run.train_step.lower(run.abstract_state, run.abstract_batch()).compile().as_text()
   assert 'MegascaleRendezvousKeyName' in text
   assert all(c.group_size <= 4 for c in hlo.parse_collectives(text, 8))
+
+
+# --- Overlap options (config.overlap_collectives, core/run.py OVERLAP_OPTIONS). ---
+
+def test_overlap_switch_is_checked_and_leaves_the_cpu_step_unchanged():
+  import jax  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.core import config as config_lib  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.core import run as run_lib  # pylint: disable=g-import-not-at-top
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  devices = jax.devices()[:2]
+  config = tiny.get_config()
+  config.overlap_collectives = 'sometimes'
+  with pytest.raises(config_lib.ConfigError, match='overlap_collectives'):
+    run_lib.build(config, devices)
+  assert config_lib.overlap_on(tiny.get_config(), 'tpu')
+  assert not config_lib.overlap_on(tiny.get_config(), 'cpu')
+  texts = []
+  for value in ('auto', 'true', 'false'):
+    config = tiny.get_config()
+    config.overlap_collectives = value
+    run = run_lib.build(config, devices)
+    assert run_lib.overlap_options(config, 'cpu') is None  # no options on CPU, ever
+    text = run.train_step.lower(run.abstract_state, run.abstract_batch()).compile().as_text()
+    module = hlo.Module(text)  # the ops and their types, in order (names and metadata vary)
+    texts.append([(i.op, i.type) for names in module.order.values()
+                  for i in map(module.instructions.get, names)])
+  assert texts[0] == texts[1] == texts[2]
+
+
+def _overlap_step(target, strategy, n, overlap):
+  from alexnet_jax.core import run as run_lib  # pylint: disable=g-import-not-at-top
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  quiet.compile_only_environment()
+  devices = targets.devices(targets.load(target), n)
+  config = compile_lib.replica_config(tiny.get_config(), strategy, n, devices, 4)
+  config.overlap_collectives = overlap
+  run = run_lib.build(config, devices)
+  return run.train_step.lower(run.abstract_state, run.abstract_batch()).compile().as_text()
+
+
+@needs(HAVE_TPU, 'libtpu')
+def test_tpu_overlap_options_accepted_and_async_collectives_read():
+  """libtpu checks every compile option's name (an unknown one fails the compile), so one compile
+  with all of them accepts each. The fsdp step's all-gathers are asynchronous collective fusions
+  (async-collective-start ... -done fusions) with convolutions between start and done, read by
+  hlo.py; the replay hides time behind them."""
+  text = _overlap_step('tpu-v5e', 'fsdp', 4, 'true')
+  collectives = hlo.parse_collectives(text, 4)
+  windows = [c for c in collectives if c.asynchronous]
+  assert windows and all(c.kind == 'all-gather' for c in windows)
+  assert any(c.overlap_ops > 0 for c in windows)
+  from alexnet_jax.program import ops as ops_lib  # pylint: disable=g-import-not-at-top
+  module = hlo.Module(text)
+  steps = ops_lib.step_ops(module, collectives)
+  starts = [o.name for o in steps if o.category == 'collective' and o.asynchronous]
+  waits = {o.waits_for for o in steps if o.category == 'wait'}
+  assert starts and set(starts) <= waits
+
+
+@needs(HAVE_GPU, 'the CUDA plugin')
+def test_gpu_overlap_options_accepted():
+  """XLA:GPU checks every compile option's name: the fsdp step compiles with all of them and
+  keeps asynchronous collectives (start/done pairs, not is_sync) (in a process of its
+  own, as the plan runs: the CUDA plugin's topology after libtpu's in one process fails)."""
+  code = ('import sys; sys.path.insert(0, "."); from tests import test_targets as t; '
+          'from alexnet_jax.program import hlo; '
+          'text = t._overlap_step("gpu-h100", "fsdp", 8, "true"); '
+          'print(any(c.asynchronous for c in hlo.parse_collectives(text, 8)))')
+  env = dict(os.environ)
+  env.pop('XLA_FLAGS', None)
+  done = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert done.stdout.strip().splitlines()[-1] == 'True'
