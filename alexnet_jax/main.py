@@ -21,6 +21,7 @@ from alexnet_jax.runtime import allocator
 from alexnet_jax.runtime import command
 from alexnet_jax.core import devices
 from alexnet_jax.runtime import distributed
+from alexnet_jax.runtime import paths
 from alexnet_jax.runtime import prompt_exit
 
 FLAGS = flags.FLAGS
@@ -70,7 +71,7 @@ def main(argv):
     message = (f'process {jax.process_index()} of {jax.process_count()} stopped: another '
                f'process of this run failed ({str(e).splitlines()[0][:300]}). Its own log says '
                f'why. Re-run the same command on every process to resume from the last '
-               f'checkpoint in {os.path.join(os.path.abspath(FLAGS.workdir), "checkpoints")}.')
+               f'checkpoint in {paths.join(paths.absolute(FLAGS.workdir), "checkpoints")}.')
     logging.error('%s', message)
     command.write_error(message)
     os._exit(1)

@@ -29,7 +29,6 @@ building the model or knowing the devices it was trained on.
 """
 
 import logging as std_logging
-import os
 from typing import Any
 
 from absl import logging
@@ -40,6 +39,7 @@ import orbax.checkpoint as ocp
 
 from alexnet_jax.runtime import errors
 from alexnet_jax.runtime import fields
+from alexnet_jax.runtime import paths
 from alexnet_jax.core import config as config_lib
 from alexnet_jax.data import spec as data_spec
 
@@ -107,7 +107,7 @@ class Checkpoints:
   """The run's checkpoints: asynchronous saves that never hold a NaN, and checked restores."""
 
   def __init__(self, workdir: str, keep: int):
-    self.directory = os.path.join(workdir, 'checkpoints')
+    self.directory = paths.join(workdir, 'checkpoints')
     error = lambda metrics: metrics['val_error']
     best = ocp.checkpoint_managers.BestN(get_metric_fn=error, reverse=True, n=1,
                                          keep_checkpoints_without_metrics=False)
@@ -117,6 +117,7 @@ class Checkpoints:
         best_fn=error, best_mode='min',  # only so that orbax records the metrics of a save
         create=True, cleanup_tmp_directories=True)
     try:
+      _remove_uncommitted(self.directory)
       self._manager = _Manager(self.directory, item_handlers=_handlers(), options=options)
     except Exception as e:  # a permission, a full disk, unreadable orbax metadata
       raise CheckpointError(f'Cannot open the checkpoint directory {self.directory}: {e}. '
@@ -151,7 +152,7 @@ class Checkpoints:
   def steps_on_disk(self) -> list[int]:
     """The complete checkpoints in the directory (the manager's own list may already leave out
     one that a save in flight will retire)."""
-    return saved_steps(os.path.dirname(self.directory))
+    return saved_steps(paths.dirname(self.directory))
 
   def _save_error(self, step, error) -> CheckpointError:
     saved = [s for s in self.steps_on_disk() if s != step]
@@ -178,7 +179,7 @@ class Checkpoints:
     return meta
 
   def _unreadable(self, step: int, error) -> CheckpointError:
-    path = os.path.join(self.directory, str(step))
+    path = paths.join(self.directory, str(step))
     others = [s for s in self.steps_on_disk() if s != step]
     return CheckpointError(
         f'Checkpoint {step} at {path} cannot be read ({type(error).__name__}: {error}). It is left '
@@ -190,7 +191,7 @@ class Checkpoints:
               input_shards: int) -> tuple[Any, dict]:
     """Checkpoint `step` as (state placed like `abstract_state`, meta), after checking that it
     holds this config's shapes and training stream (CheckpointError naming what differs)."""
-    path = os.path.join(self.directory, str(step))
+    path = paths.join(self.directory, str(step))
     meta = self.read_meta(step)
     try:
       saved = _shapes(self._manager.item_metadata(step)['state'].tree)
@@ -228,20 +229,42 @@ class Checkpoints:
     return restored['state'], meta
 
 
+def _remove_uncommitted(directory: str) -> None:
+  """On object storage, the `<step>/` of saves a killed run left unfinished (no
+  `commit_success.txt`): what orbax's tmp-directory cleanup does on local disk, where such a save
+  is a `*.orbax-checkpoint-tmp*` directory. Left there, the next save of that step would write
+  into its half-written OCDBT database. Process 0 only; local disk: nothing (orbax does it)."""
+  if not paths.is_remote(directory) or jax.process_index() != 0 or not paths.isdir(directory):
+    return
+  for name in paths.listdir(directory):
+    step = paths.join(directory, name)
+    if name.isdigit() and not paths.exists(paths.join(step, 'commit_success.txt')):
+      logging.warning('Removing %s, a checkpoint an interrupted run left unfinished.', step)
+      paths.rmtree(step)
+
+
 def saved_steps(workdir: str) -> list[int]:
-  """The complete checkpoints in `workdir` (none if it has no checkpoints directory)."""
-  directory = os.path.join(workdir, 'checkpoints')
-  if not os.path.isdir(directory):
+  """The complete checkpoints in `workdir` (none if it has no checkpoints directory).
+
+  Local disk: orbax renames a finished save's tmp directory to `<step>/`, so every `<step>/` is
+  whole. Object storage has no renames: orbax writes `<step>/` in place and its
+  `commit_success.txt` last, so only those with it count there."""
+  directory = paths.join(workdir, 'checkpoints')
+  if not paths.isdir(directory):
     return []
-  return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
+  steps = [n for n in paths.listdir(directory) if n.isdigit()]
+  if paths.is_remote(directory):
+    steps = [n for n in steps
+             if paths.exists(paths.join(directory, n, 'commit_success.txt'))]
+  return sorted(int(n) for n in steps)
 
 
 def restore_params(workdir: str, step: int | None = None
                    ) -> tuple[ml_collections.ConfigDict, dict]:
   """(config, params) of checkpoint `step` (default: the latest) in `workdir`: the config that
   wrote it (completed from today's defaults, config.complete) and its parameters as NumPy arrays (towers stacked on axis 0), on any machine."""
-  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
-  if not os.path.isdir(directory):
+  directory = paths.join(paths.absolute(workdir), 'checkpoints')
+  if not paths.isdir(directory):
     raise CheckpointError(f'No checkpoints in {workdir}: {directory} does not exist.')
   manager = ocp.CheckpointManager(directory, item_handlers=_handlers(),
                                   options=ocp.CheckpointManagerOptions(read_only=True,
@@ -258,7 +281,7 @@ def restore_params(workdir: str, step: int | None = None
                                          tree['params'])}
       as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract)
       with ocp.PyTreeCheckpointer() as reader:
-        restored = reader.restore(os.path.join(directory, str(step), 'state'),
+        restored = reader.restore(paths.join(directory, str(step), 'state'),
                                   args=ocp.args.PyTreeRestore(item=abstract,
                                                               restore_args=as_numpy,
                                                               partial_restore=True))

@@ -8,7 +8,6 @@ stops cleanly (SIGTERM, a non-finite loss, a full disk) with the checkpoints it 
 import collections
 import concurrent.futures
 import os
-import tempfile
 import time
 from typing import Iterator
 
@@ -27,6 +26,7 @@ from alexnet_jax.core import schedules
 from alexnet_jax.data import pipeline
 from alexnet_jax.data import spec as data_spec
 from alexnet_jax.runtime import distributed
+from alexnet_jax.runtime import paths
 from alexnet_jax.runtime import preemption
 from alexnet_jax.runtime import prompt_exit
 from alexnet_jax.runtime import workdir_lock
@@ -132,12 +132,11 @@ def compile_ahead(run: run_lib.Run, init: bool
 
 
 def _open_workdir(workdir: str) -> str:
-  """The absolute workdir, created and proven writable, or ConfigError saying so."""
-  workdir = os.path.abspath(workdir)
+  """The absolute workdir (a gs:// URI as it is), created and proven writable (a file, or an
+  object, written and removed), or ConfigError saying so."""
+  workdir = paths.absolute(workdir)
   try:
-    os.makedirs(workdir, exist_ok=True)
-    with tempfile.TemporaryFile(dir=workdir):
-      pass
+    paths.check_writable(workdir)
   except OSError as e:
     raise config_lib.workdir_error(workdir, e) from e
   return workdir
@@ -171,7 +170,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   run = run_lib.build(config)  # refuses a bad config: nothing is written before this
   data = pipeline.open(data_spec.from_config(config))  # may refuse: nothing is written before
   config_lib.check_dataset(config, data.num_classes)
-  workdir = os.path.abspath(workdir)
+  workdir = paths.absolute(workdir)
   # Before anything is written there: a workdir a live run holds is refused here (exit 2), on
   # every process of a multi-process run (runtime/workdir_lock.py).
   lock = workdir_lock.hold_for_run(workdir, unusable=config_lib.workdir_error)
@@ -198,8 +197,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, run: ru
       schedule, eval_metrics = meta['schedule'], meta['metrics'] or {}
       logging.info('Resumed from %s at step %d.', checkpoints.directory, int(state.step))
     if jax.process_index() == 0:
-      with open(os.path.join(workdir, 'config.json'), 'w') as f:
-        f.write(config.to_json_best_effort(indent=2))
+      paths.write_text(paths.join(workdir, 'config.json'), config.to_json_best_effort(indent=2))
     if state is None:
       init_compiled, steps_compiled = compile_ahead(run, init=True)
       data = prepare_input(data)  # generated on first use, while compiling
@@ -241,7 +239,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, run: ru
               state.opt_state, jax.device_put(np.float32(lr), run.strategy.replicated)))
           current_lr = lr
         if profile and step == profile[0]:
-          jax.profiler.start_trace(os.path.join(workdir, 'profile'))
+          jax.profiler.start_trace(paths.join(workdir, 'profile'))
           tracing = True
         batch = next(train_batches)
         if steps_compiled is not None:  # the first step: its program is compiled (or compiling)
@@ -254,7 +252,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, run: ru
           jax.profiler.stop_trace()
           tracing = False
           logging.info('Profiled steps %d-%d into %s.', profile[0], step,
-                       os.path.join(workdir, 'profile'))
+                       paths.join(workdir, 'profile'))
         if timer_start is None:  # the first step includes compilation: time from its end
           jax.block_until_ready(metrics)
           timer_start, timer_step = time.perf_counter(), step
@@ -296,6 +294,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, run: ru
                        eval_metrics['val_top1'], eval_metrics['val_top5'],
                        eval_metrics['val_loss'], eval_metrics['val_examples'])
         if save_now:
+          writer.flush()  # on gs://, metrics.jsonl and the events are uploaded whole here
           # "Best" compares evaluations made the same way: a final one with other crops does
           # not compete (the last checkpoint is kept anyway).
           comparable = eval_now and not (last and config.final_eval_crops != config.eval_crops)

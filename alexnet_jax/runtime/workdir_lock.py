@@ -25,6 +25,12 @@ On a shared file system:
 - gcsfuse: locks are only local to the host (the kernel's, per mount); runs on two hosts are not
   excluded. Runs on one host still are.
 
+- gs:// (object storage): no lock. A workdir on gs:// is not held: two runs on it are not
+  excluded, and the run says so in its log. (An object created only if absent,
+  `ifGenerationMatch=0`, could be one, but a run killed with -9 would leave it behind with no
+  way to tell it from a live one; the GCS emulator the tests use ignores the precondition, so
+  such a lock could not be tested here.)
+
 In a multi-process run (jax.distributed) only process 0 locks; `hold_for_run` tells every
 process its verdict through the coordination service, so a refusal stops all of them at once
 (none is left waiting in a collective for process 0). `ablate` holds its own directory for its
@@ -44,7 +50,10 @@ import threading
 import time
 from typing import Callable, Optional
 
+from absl import logging
+
 from alexnet_jax.runtime import errors
+from alexnet_jax.runtime import paths
 
 LOCK_NAME = '.lock'
 
@@ -162,7 +171,12 @@ def acquire(workdir: str, *,
   """Locks WORKDIR/.lock (creating the directory) or raises WorkdirBusy naming its holder.
 
   A path this process already holds is held again (nested; released when every hold is). `unusable(workdir, OSError)`: the
-  refusal when the directory cannot be created or the file opened."""
+  refusal when the directory cannot be created or the file opened. A gs:// workdir is not
+  locked (the module docstring): a warning, and a Lock that holds nothing."""
+  if paths.is_remote(workdir):
+    logging.warning('--workdir=%s is on object storage, where runs are not locked: make sure no '
+                    'other run uses it (see alexnet_jax/runtime/workdir_lock.py).', workdir)
+    return NOT_LOCKED
   workdir = os.path.abspath(workdir)
   path = os.path.join(workdir, LOCK_NAME)
   with _held_guard:

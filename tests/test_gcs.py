@@ -1,0 +1,200 @@
+"""Workdirs on gs://, against a real GCS API: a GCS emulator on 127.0.0.1 (tests/gcs_emulator.py),
+started and stopped here. Skipped only if its package, gcp-storage-emulator, is not installed.
+
+What reaches gs:// here is what reaches it on a pod: orbax (tensorstore for the arrays, etils.epath
+for the rest) and alexnet_jax/runtime/paths.py (etils.epath). The programs that use the emulator
+run in subprocesses with its environment (etils.epath picks its gs:// backend once per process).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import gcs_emulator  # tests/ is on sys.path under pytest
+from alexnet_jax.core import checkpointing
+from alexnet_jax.runtime import paths
+
+pytestmark = pytest.mark.skipif(not gcs_emulator.AVAILABLE, reason=gcs_emulator.MISSING)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# 20 steps; a checkpoint every 5, an evaluation every 10.
+COMMAND = ('--config.num_train_steps=20', '--config.checkpoint_every_steps=5',
+           '--config.eval_every_steps=10', '--config.log_every_steps=5')
+
+
+@pytest.fixture(scope='module')
+def emulator():
+  server = gcs_emulator.Emulator()
+  yield server
+  server.stop()
+
+
+def _python(emulator, code: str, timeout: int = 300) -> subprocess.CompletedProcess:
+  """`code` in a Python subprocess pointed at the emulator."""
+  return subprocess.run([sys.executable, '-c', textwrap.dedent(code)], cwd=ROOT,
+                        env=dict(os.environ, **emulator.env()), capture_output=True, text=True,
+                        timeout=timeout)
+
+
+PATHS_EXERCISE = '''
+  from alexnet_jax.runtime import paths
+  root = ROOT
+  d = paths.join(root, 'a', 'b')
+  paths.check_writable(d)
+  assert paths.isdir(d) or paths.is_remote(d)  # an empty prefix is no directory on GCS
+  paths.write_text(paths.join(d, 'x.txt'), 'one')
+  paths.write_text(paths.join(d, 'x.txt'), 'two')  # replaced whole
+  assert paths.read_text(paths.join(d, 'x.txt')) == 'two'
+  assert paths.exists(paths.join(d, 'x.txt')) and not paths.exists(paths.join(d, 'y.txt'))
+  assert paths.isdir(d) and paths.listdir(paths.join(root, 'a')) == ['b']
+  assert sorted(paths.listdir(d)) == ['x.txt'], paths.listdir(d)  # the write probe is gone
+  assert paths.dirname(paths.join(d, 'x.txt')) == d
+  paths.remove(paths.join(d, 'x.txt'))
+  assert not paths.exists(paths.join(d, 'x.txt'))
+  try:
+    paths.remove(paths.join(d, 'x.txt'))
+    raise AssertionError('removed twice')
+  except FileNotFoundError:
+    pass
+  try:
+    paths.read_text(paths.join(d, 'absent.txt'))
+    raise AssertionError('read an absent file')
+  except FileNotFoundError:
+    pass
+  print('EXERCISED')
+'''
+
+
+def test_paths_on_local_disk(tmp_path):
+  exec(textwrap.dedent(PATHS_EXERCISE).replace('ROOT', repr(str(tmp_path))), {})  # pylint: disable=exec-used
+  assert paths.absolute('rel') == os.path.abspath('rel')
+  assert paths.join(str(tmp_path), 'c') == os.path.join(str(tmp_path), 'c')
+
+
+def test_uri_helpers_without_a_server():
+  assert paths.is_remote('gs://b/run') and not paths.is_remote('/tmp/run')
+  assert paths.absolute('gs://b/run/') == 'gs://b/run'
+  assert paths.join('gs://b/run/', 'checkpoints', '5') == 'gs://b/run/checkpoints/5'
+  assert paths.dirname('gs://b/run/checkpoints') == 'gs://b/run'
+  with pytest.raises(ValueError, match='cannot append'):
+    paths.append_text('gs://b/run/metrics.jsonl', 'x')
+
+
+def test_paths_on_the_emulator(emulator):
+  root = f'gs://{emulator.bucket}/paths'
+  proc = _python(emulator, PATHS_EXERCISE.replace('ROOT', repr(root)))
+  assert 'EXERCISED' in proc.stdout, proc.stderr[-3000:]
+  assert emulator.objects('paths/') == []  # everything written was removed, through the API
+
+
+def test_an_unwritable_bucket_is_refused_before_any_work(emulator, tmp_path, tiny_data_dir):
+  """A bucket that does not exist (the emulator's 404, as GCS's): exit 2, the workdir named."""
+  proc = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.main', '--config=configs/tiny.py',
+       '--workdir=gs://no-such-bucket/run', f'--config.data_dir={tiny_data_dir}', *COMMAND],
+      cwd=ROOT, env=_main_env(emulator), capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert '--workdir=gs://no-such-bucket/run cannot be written' in proc.stderr, proc.stderr[-3000:]
+
+
+def _main_env(emulator) -> dict:
+  env = dict(os.environ, **emulator.env())
+  env.pop('XLA_FLAGS', None)  # main must find its devices by itself (conftest._run_main)
+  return env
+
+
+def _wait_for_object(emulator, name: str, proc, timeout: float = 300) -> None:
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    if name in emulator.objects(name):
+      return
+    assert proc.poll() is None, f'the run ended (rc {proc.returncode}) before {name} existed'
+    time.sleep(0.05)
+  raise AssertionError(f'no {name} in {timeout} s')
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason='gcp-storage-emulator 2026.7.19: the second checkpoint a process saves fails in '
+    'tensorstore ("Error writing .../ocdbt.process_0/manifest.ocdbt: Malformed '
+    'StorageGeneration"), also in a fresh run without a kill: the emulator returns no usable '
+    'generation for OCDBT\'s conditional manifest commits (docs/gcs.md). Checkpoint 5 is '
+    'written and listed; to pass on an emulator that honours generations (fake-gcs-server).')
+def test_a_run_on_gcs_killed_and_resumed_equals_a_local_run_bit_for_bit(
+    emulator, tmp_path, tiny_data_dir, run_main):
+  reference = str(tmp_path / 'local')
+  proc = run_main(reference, *COMMAND, data_dir=tiny_data_dir)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+
+  workdir = f'gs://{emulator.bucket}/run'
+  cmd = [sys.executable, '-m', 'alexnet_jax.main', '--config=configs/tiny.py',
+         f'--workdir={workdir}', f'--config.data_dir={tiny_data_dir}', *COMMAND]
+  # 1. kill -9 as soon as checkpoint 5 is committed (the run goes on to later steps).
+  log = tmp_path / 'first.log'
+  with open(log, 'w') as f:
+    first = subprocess.Popen(cmd, cwd=ROOT, env=_main_env(emulator), stdout=f,
+                             stderr=subprocess.STDOUT)
+  _wait_for_object(emulator, 'run/checkpoints/5/commit_success.txt', first)
+  first.kill()
+  first.wait(timeout=60)
+  objects = emulator.objects('run/')
+  assert 'run/config.json' in objects
+  assert 'run/checkpoints/5/state/manifest.ocdbt' in objects, objects
+
+  # 2. The same command resumes from the latest committed checkpoint and finishes.
+  second = subprocess.run(cmd, cwd=ROOT, env=_main_env(emulator), capture_output=True,
+                          text=True, timeout=600)
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert f'Resumed from {workdir}/checkpoints at step' in second.stderr, second.stderr[-3000:]
+  assert 'runs are not locked' in second.stderr
+
+  # Every file a local run writes is there, as objects the emulator lists.
+  objects = emulator.objects('run/')
+  for name in ('config.json', 'metrics.jsonl', 'checkpoints/20/commit_success.txt',
+               'checkpoints/20/state/manifest.ocdbt', 'checkpoints/20/meta/metadata'):
+    assert f'run/{name}' in objects, (name, objects)
+  assert any(n.startswith('run/events.out.tfevents.') for n in objects), objects
+  assert not any(n.startswith('run/.write_probe') for n in objects), objects
+  local_steps = checkpointing.saved_steps(reference)
+  gcs_steps = sorted({int(n.split('/')[2]) for n in objects
+                      if n.startswith('run/checkpoints/') and n.endswith('/commit_success.txt')
+                      and n.split('/')[2].isdigit()})
+  assert gcs_steps == local_steps, (gcs_steps, local_steps)
+
+  # The parameters, bit for bit; the final evaluation; the logged means.
+  out = tmp_path / 'gcs_params.npz'
+  proc = _python(emulator, f'''
+      import numpy as np
+      from alexnet_jax.core import checkpointing
+      assert checkpointing.saved_steps({workdir!r}) == {local_steps!r}
+      config, params = checkpointing.restore_params({workdir!r})
+      flat = {{f'{{l}}/{{k}}': v for l, p in params.items() for k, v in p.items()}}
+      np.savez({str(out)!r}, **flat)
+  ''')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  _, ref_params = checkpointing.restore_params(reference)
+  saved = np.load(out)
+  ref_flat = {f'{l}/{k}': np.asarray(v) for l, p in ref_params.items() for k, v in p.items()}
+  assert sorted(saved.files) == sorted(ref_flat)
+  for name, value in ref_flat.items():
+    assert saved[name].dtype == value.dtype and saved[name].tobytes() == value.tobytes(), name
+  gcs_meta = json.loads(emulator.read('run/checkpoints/20/meta/metadata'))
+  with open(os.path.join(reference, 'checkpoints', '20', 'meta', 'metadata')) as f:
+    ref_meta = json.load(f)
+  assert gcs_meta['metrics'] == ref_meta['metrics'] and gcs_meta['schedule'] == ref_meta['schedule']
+  last = lambda lines: {r['step']: r for r in lines}  # the later line for a step counts
+  gcs_lines = [json.loads(l) for l in emulator.read('run/metrics.jsonl').decode().splitlines()]
+  with open(os.path.join(reference, 'metrics.jsonl')) as f:
+    ref_lines = [json.loads(l) for l in f]
+  strip = lambda r: {k: v for k, v in r.items() if k != 'images_per_second'}
+  gcs_last, ref_last = last(gcs_lines), last(ref_lines)
+  assert sorted(gcs_last) == sorted(ref_last)
+  for step in (10, 20):  # evaluations (and the steps' means) the resumed run made itself
+    assert strip(gcs_last[step]) == strip(ref_last[step]), step
