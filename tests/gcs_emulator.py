@@ -9,7 +9,6 @@ own GCS file system cannot be pointed at it (its endpoints are compiled in), so 
 
 import importlib.util
 import json
-import os
 import socket
 import subprocess
 import sys

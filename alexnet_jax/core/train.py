@@ -7,7 +7,6 @@ stops cleanly (SIGTERM, a non-finite loss, a full disk) with the checkpoints it 
 
 import collections
 import concurrent.futures
-import os
 import time
 from typing import Iterator
 

@@ -283,7 +283,7 @@ def markdown(plan: dict) -> str:
         f'(predicted {r["predicted_images_per_second"]["with_overlap"]:,.0f})' for r in measured)]
   compared = [r for r in plan['runs'] if r.get('without_overlap_options')]
   if compared:
-    lines += ['', '**Overlap options** (core/run.py OVERLAP_OPTIONS, docs/communication.md): '
+    lines += ['', '**Overlap options** (core/run.py OVERLAP_OPTIONS, docs/pods.md): '
               'the step compiled with them against the compiler\'s defaults.', '',
               '| strategy | devices | async collectives (with / without) | hidden ms (with / '
               'without) | step ms predicted (with / without) |', '|---|---|---|---|---|']
