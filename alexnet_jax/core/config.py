@@ -173,7 +173,7 @@ def _choices(config: ml_collections.ConfigDict) -> list[str]:
 
 def overlap_on(config: ml_collections.ConfigDict, platform: str) -> bool:
   """Whether config.overlap_collectives turns the overlap options on for `platform`."""
-  value = config.get('overlap_collectives', 'auto')
+  value = config.overlap_collectives
   if isinstance(value, str):
     value = {'auto': platform in ('gpu', 'tpu'), 'true': True, 'false': False}[value.lower()]
   return bool(value)
