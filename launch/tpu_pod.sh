@@ -10,7 +10,8 @@
 #
 # Every worker must see the same workdir and data dir: a shared file system mounted at the same
 # path on every worker (Filestore/NFS, or a bucket mounted with gcsfuse); orbax writes each
-# host's part of a checkpoint there. gs:// paths given directly are not supported yet.
+# host's part of a checkpoint there. A gs:// workdir takes the run's files but its resume and the
+# other commands' outputs are not supported yet (docs/gcs.md).
 # Set PROJECT to pass --project.
 # SETUP=0 skips copying and installing (later runs). Ctrl-C stops the local ssh sessions; to stop
 # the workers themselves: gcloud compute tpus tpu-vm ssh TPU_NAME --worker=all \
