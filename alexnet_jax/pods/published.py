@@ -332,6 +332,10 @@ def replay_config(case: Case):
   only: nothing is compiled."""
   config = load_config(case)
   config.model.dtype = case.network['dtype']
+  # The compiler's own schedule, without XLA's collective-overlap options (core/run.py): none of
+  # the published stacks (cuda-convnet, cuda-convnet2, TensorFlow 2017 without XLA) scheduled
+  # through XLA, so the replay keeps the compiled program it has always read.
+  config.overlap_collectives = 'false'
   differences = network_matches(case, config)
   if differences:
     raise CaseError(' '.join(
