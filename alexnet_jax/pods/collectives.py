@@ -49,10 +49,10 @@ field, through pods/schema.py as the other data files are.
 """
 
 import dataclasses
+import functools
 import math
 import os
 import time
-import tomllib
 from typing import Any, Callable, Optional, Sequence
 
 from alexnet_jax.pods import costmodel
@@ -165,17 +165,8 @@ def load(path: str) -> CollectiveCase:
   """The case of one file, checked (CollectiveCaseError, one line, for anything malformed)."""
   path = os.fspath(path)
 
-  def fail(field: str, expected: str) -> CollectiveCaseError:
-    return CollectiveCaseError(' '.join(f'{path}: {field}: {expected}'.split()))
-
-  try:
-    with open(path, 'rb') as f:
-      raw = tomllib.load(f)
-  except tomllib.TOMLDecodeError as error:
-    raise fail('TOML', f'{error}; expected a TOML file') from None
-  except OSError as error:
-    raise fail('file', f'cannot be read ({error.strerror or error})') from None
-  case = schema.check(raw, FORMAT, path, CollectiveCaseError)
+  fail = functools.partial(schema.refusal, CollectiveCaseError, path)
+  case = schema.load_toml(path, FORMAT, CollectiveCaseError)
   hardware, collective, measured = case['hardware'], case['collective'], case['measured']
 
   shipped = targets_lib.known()

@@ -76,6 +76,7 @@ only) to check it against the published one.
 """
 
 import dataclasses
+import functools
 import importlib.util
 import os
 import sys
@@ -166,17 +167,8 @@ def load(path: str) -> Case:
   """The case of one file, checked (CaseError, one line, for anything malformed)."""
   path = os.fspath(path)
 
-  def fail(field: str, expected: str) -> CaseError:
-    return CaseError(' '.join(f'{path}: {field}: {expected}'.split()))
-
-  try:
-    with open(path, 'rb') as f:
-      raw = tomllib.load(f)
-  except tomllib.TOMLDecodeError as error:
-    raise fail('TOML', f'{error}; expected a TOML file') from None
-  except OSError as error:
-    raise fail('file', f'cannot be read ({error.strerror or error})') from None
-  case = schema.check(raw, FORMAT, path, CaseError)
+  fail = functools.partial(schema.refusal, CaseError, path)
+  case = schema.load_toml(path, FORMAT, CaseError)
   hardware, network, run, measured = (case[t] for t in ('hardware', 'network', 'run', 'measured'))
 
   # The machine: a profile this project ships (profiles/*.toml), or a profile file.

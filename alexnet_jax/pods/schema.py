@@ -20,6 +20,7 @@ files. These few functions are the whole mechanism.
 """
 
 import math
+import tomllib
 from typing import Any, Callable, Optional
 
 # A check takes a value and its field path, and returns the value (converted where the check
@@ -167,3 +168,21 @@ def check(value: Any, spec: Check, where: str, error: type, path: str = '') -> A
     return spec(value, path)
   except Mismatch as e:
     raise error(' '.join(f'{where}: {e}'.split())) from None
+
+
+def refusal(error: type, where: str, field: str, expected: str) -> Exception:
+  """`error` with the one line every refusal of a data file has: `<where>: <field>: <expected>`."""
+  return error(' '.join(f'{where}: {field}: {expected}'.split()))
+
+
+def load_toml(path: str, spec: Check, error: type) -> Any:
+  """A TOML file read and checked against `spec`; `error` (one line) for a file that cannot be
+  read, is not TOML, or does not fit."""
+  try:
+    with open(path, 'rb') as f:
+      raw = tomllib.load(f)
+  except tomllib.TOMLDecodeError as e:
+    raise refusal(error, path, 'TOML', f'{e}; expected a TOML file') from None
+  except OSError as e:
+    raise refusal(error, path, 'file', f'cannot be read ({e.strerror or e})') from None
+  return check(raw, spec, path, error)
