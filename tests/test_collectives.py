@@ -245,7 +245,11 @@ def test_the_command_writes_its_three_files(tmp_path):
 # the two others are transcribed; these must carry the others as measured.check.
 PRINTED_THREE = {'autodl_2x_rtx2080ti_pcie3_no_p2p_all_reduce',
                  'autodl_2x_rtx2080ti_pcie3_no_p2p_all_gather',
-                 'gcp_a3mega_2x8_h100_all_reduce', 'tinygrad_4x_rtx4090_pcie4_p2p_all_reduce'}
+                 'coreweave_32_a100_infiniband_sharp_all_reduce',
+                 'gcp_a3mega_2x8_h100_all_reduce', 'kalavai_2x_rtx4090_pcie_far_pair_all_reduce',
+                 'kalavai_2x_rtx4090_pcie_near_pair_all_reduce',
+                 'kalavai_4x_rtx4090_pcie_quad_all_reduce', 'konnase_8x_v100_sxm2_cubemesh_all_reduce',
+                 'tinygrad_4x_rtx4090_pcie4_p2p_all_reduce'}
 
 
 def test_each_case_agrees_with_the_other_columns_its_source_prints():
