@@ -86,6 +86,10 @@ REFUSALS = [
     (TORUS.replace('extents = [4]\n', ''), 'hardware.extents: missing'),
     (TORUS.replace('extents = [4]', 'extents = [2, 4]'), 'hardware.extents'),
     ('title = [', 'TOML'),
+    (GOOD + '[measured.check]\nbusbw = [1e9, 2e9]\n', 'measured.check.busbw: repeats'),
+    (GOOD + '[measured.check]\nalgbw = [1e9]\n', 'measured.check.algbw: 1 values for 2'),
+    (GOOD + '[measured.check]\nalgbw = [1e9, -2e9]\n', 'measured.check.algbw[1]'),
+    (GOOD + '[measured.check]\nbus_bw = [1e9, 2e9]\n', 'measured.check: unknown key bus_bw'),
 ]
 
 
@@ -98,6 +102,12 @@ def test_a_malformed_case_is_refused_in_one_line_naming_the_field(tmp_path, text
   assert '\n' not in message, message
   assert message.startswith(f'{path}: '), message
   assert field in message, message
+
+
+def test_a_check_column_loads_and_is_not_replayed(tmp_path):
+  case = collectives.load(_write(tmp_path, GOOD + '[measured.check]\nalgbw = [0.0, 130.35e9]\n'))
+  assert case.check == {'algbw': (0.0, 130.35e9)} and case.given == 'busbw'
+  assert collectives.load(_write(tmp_path, GOOD, 'plain.toml')).check == {}
 
 
 def test_the_good_cases_load(tmp_path):
@@ -227,3 +237,35 @@ def test_the_command_writes_its_three_files(tmp_path):
   result = json.loads((out / 'collectives.json').read_text())
   assert {c['key'] for c in result['cases']} == {c.key for c in collectives.load_all()}
   assert (out / 'collectives.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+# --- The transcription of the shipped cases, against the columns the source also prints. ---
+
+# Cases whose source prints time, algbw and busbw per row (nccl-tests): the replayed column and
+# the two others are transcribed; these must carry the others as measured.check.
+PRINTED_THREE = {'autodl_2x_rtx2080ti_pcie3_no_p2p_all_reduce',
+                 'autodl_2x_rtx2080ti_pcie3_no_p2p_all_gather',
+                 'coreweave_32_a100_infiniband_sharp_all_reduce',
+                 'gcp_a3mega_2x8_h100_all_reduce', 'kalavai_2x_rtx4090_pcie_far_pair_all_reduce',
+                 'kalavai_2x_rtx4090_pcie_near_pair_all_reduce',
+                 'kalavai_4x_rtx4090_pcie_quad_all_reduce', 'konnase_8x_v100_sxm2_cubemesh_all_reduce',
+                 'tinygrad_4x_rtx4090_pcie4_p2p_all_reduce'}
+
+
+def test_each_case_agrees_with_the_other_columns_its_source_prints():
+  cases = {c.key: c for c in collectives.load_all()}
+  assert PRINTED_THREE <= set(cases)
+  for key in PRINTED_THREE:
+    assert set(cases[key].check) == {'algbw', 'busbw'}, key
+  for case in (c for c in cases.values() if c.check):
+    n = case.group_size
+    # nccl-tests (doc/PERFORMANCE.md), written out here: algbw = S / t; busbw = algbw x
+    # 2(n-1)/n for an all-reduce, x (n-1)/n for an all-gather or a reduce-scatter.
+    factor = 2 * (n - 1) / n if case.kind == 'all-reduce' else (n - 1) / n
+    assert case.given == 'time_seconds', case.key
+    for i, (size, t) in enumerate(zip(case.sizes, case.values)):
+      derived = {'algbw': size / t, 'busbw': size / t * factor}
+      for field, printed in case.check.items():
+        # printed in GB/s to 2 decimals (+-0.005e9), from a time printed to 4-5 digits
+        assert abs(printed[i] - derived[field]) <= 0.0051e9 + 1e-3 * derived[field], (
+            case.key, size, field, printed[i], derived[field])

@@ -32,6 +32,9 @@ name is refused):
     size_bytes = [1024, 2048, ...]  # increasing; nccl-tests' "size" (below)
     busbw = [...]                   # exactly one of: time_seconds, algbw, busbw (bytes/s),
                                     # one per size: the quantity the source gives
+    [measured.check]                # optional: the source's other columns of the same rows, as
+    algbw = [...]                   # printed (rounded), one per size; not replayed: they check
+    busbw = [...]                   # the transcription (nccl-tests prints time, algbw, busbw)
 
 Sizes and bandwidths follow nccl-tests (doc/PERFORMANCE.md): S is the "size" column, for an
 all-reduce the buffer each rank holds, for an all-gather the total OUTPUT (sendcount x n), for a
@@ -70,6 +73,7 @@ GIVEN = ('time_seconds', 'algbw', 'busbw')  # exactly one per case: what the sou
 
 _POSITIVE_INTS = schema.list_of(schema.integer(minimum=1), nonempty=True)
 _VALUES = schema.list_of(schema.number(positive=True), nonempty=True)
+_PRINTED = schema.list_of(schema.number(minimum=0), nonempty=True)  # rounded: 0.00 is printed
 FORMAT = schema.table({
     'title': schema.string(nonempty=True),
     'source': schema.table({'cite': schema.string(nonempty=True), 'url': schema.string(),
@@ -83,7 +87,9 @@ FORMAT = schema.table({
                                 'software': schema.string(nonempty=True)}),
     'measured': schema.table({'size_bytes': schema.list_of(schema.integer(minimum=1),
                                                            nonempty=True)},
-                             optional={field: _VALUES for field in GIVEN}),
+                             optional={**{field: _VALUES for field in GIVEN},
+                                       'check': schema.table({}, optional={
+                                           field: _PRINTED for field in GIVEN})}),
 })
 
 
@@ -111,6 +117,8 @@ class CollectiveCase:
   extents: tuple[int, ...] = ()  # torus only
   slice_shape: tuple[int, ...] = ()  # torus only
   path: str = ''
+  # the source's other columns as printed (quantity -> one value per size), not replayed
+  check: dict = dataclasses.field(default_factory=dict)
 
 
 # --- The conversions (nccl-tests' definitions; the module docstring). ---
@@ -210,6 +218,14 @@ def load(path: str) -> CollectiveCase:
   if len(values) != len(sizes):
     raise fail(f'measured.{given[0]}', f'{len(values)} values for {len(sizes)} sizes; expected '
                'one per entry of measured.size_bytes')
+  check = measured.get('check', {})
+  for field, printed in check.items():
+    if field == given[0]:
+      raise fail(f'measured.check.{field}', f'repeats measured.{field}; expected only the '
+                 'quantities the source prints besides the one replayed')
+    if len(printed) != len(sizes):
+      raise fail(f'measured.check.{field}', f'{len(printed)} values for {len(sizes)} sizes; '
+                 'expected one per entry of measured.size_bytes')
   source = case['source']
   return CollectiveCase(
       key=os.path.splitext(os.path.basename(path))[0], title=case['title'],
@@ -217,7 +233,8 @@ def load(path: str) -> CollectiveCase:
       profile=hardware['profile'], link=hardware['link'], kind=collective['kind'],
       group_size=n, software=collective['software'], sizes=tuple(sizes), given=given[0],
       values=tuple(values), extents=tuple(hardware.get('extents', ())),
-      slice_shape=tuple(hardware.get('slice_shape', ())), path=path)
+      slice_shape=tuple(hardware.get('slice_shape', ())), path=path,
+      check={field: tuple(v) for field, v in check.items()})
 
 
 def load_all(folder: Optional[str] = None) -> list[CollectiveCase]:
