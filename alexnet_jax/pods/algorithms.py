@@ -34,7 +34,10 @@ routes and times (max over links of load / capacity, plus one latency). n device
                     (n-1) c; reduce-scatter: write S, sum, read c.
   peer_to_peer      no library: each device copies to every other directly (all-gather,
                     reduce-scatter: one step of c per pair; all-reduce: both, two steps).
-  library_default   the library picks (NCCL >= 2.4 tunes ring or tree per size): the faster.
+  library_default   a modern library (NCCL 2): its ring over direct links where the machine has
+                    one (direct_ring), and for an all-reduce the faster of that ring and the
+                    tree (NCCL >= 2.4 tunes the two per size). One ring: NCCL 2's several
+                    concurrent rings (channels) over distinct links are not modelled.
 
 A collective-permute is one step of its bytes from each device to the next; an all-to-all one
 step of bytes / (n-1) between every pair.
@@ -152,6 +155,28 @@ def peer_to_peer(kind: str, members: Sequence[int], size: float) -> list:
   return [(2 if kind == 'all-reduce' else 1, pairs)]
 
 
+def direct_ring(graph: linkgraph.Graph, members: Sequence[int]) -> list[int]:
+  """`members` reordered into a ring whose every hop is a direct link (NVLink, NVSwitch, PCIe
+  peer to peer), the first such in rank order (depth first); rank order where none exists or
+  the group is larger than a host (NCCL 2 searches its rings over the machine's topology,
+  src/graph/search.cc; NCCL 1 does not)."""
+  n = len(members)
+  if n < 3 or n > graph.devices_per_host:
+    return list(members)
+  order = [members[0]]
+  def extend() -> bool:
+    if len(order) == n:
+      return graph.peers(order[-1], order[0])
+    for m in members:
+      if m not in order and graph.peers(order[-1], m):
+        order.append(m)
+        if extend():
+          return True
+        order.pop()
+    return False
+  return order if extend() else list(members)
+
+
 def steps(graph: linkgraph.Graph, algorithm: str, kind: str, members: Sequence[int],
           bytes_per_device: float) -> list:
   """The collective's steps, [(how many times, transfers), ...] (the module docstring)."""
@@ -181,13 +206,14 @@ def steps(graph: linkgraph.Graph, algorithm: str, kind: str, members: Sequence[i
 def seconds(graph: linkgraph.Graph, algorithm: str, kind: str, members: Sequence[int],
             bytes_per_device: float, latency: float, calls: int = 1) -> float:
   """The collective's time: its steps' transfers once, every step's latency once per call
-  (`calls`: its tensors or buckets, granularity_calls). library_default: the faster of ring and
-  tree."""
+  (`calls`: its tensors or buckets, granularity_calls). library_default: over direct_ring's
+  order, the faster of ring and tree (an all-reduce), else the ring."""
   if len(members) < 2 or bytes_per_device <= 0:
     return 0.0
-  if algorithm == 'library_default' and kind == 'all-reduce':
-    return min(seconds(graph, a, kind, members, bytes_per_device, latency, calls)
-               for a in ('ring', 'tree'))
+  if algorithm == 'library_default':
+    ring_order = direct_ring(graph, members)
+    return min(seconds(graph, a, kind, ring_order, bytes_per_device, latency, calls)
+               for a in (('ring', 'tree') if kind == 'all-reduce' else ('ring',)))
   plan = steps(graph, algorithm, kind, members, bytes_per_device)
   moving = linkgraph.steps_seconds(graph, plan, 0.0)
   return moving + calls * sum(count for count, _ in plan) * latency
