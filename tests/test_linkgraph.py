@@ -309,3 +309,15 @@ def test_a_case_names_a_bucket_size_exactly_when_bucketed(tmp_path):
     published.load(str(path))
   path.write_text(good.replace('"per_tensor"', '"bucketed"\nbucket_bytes = 25e6'))
   assert published.load(str(path)).bucket_bytes == 25e6
+
+
+def test_a_collective_case_on_a_machine_with_a_graph_is_replayed_over_it():
+  """plan --collectives: a measurement on the DGX-1 (a case another file could hold) is
+  predicted over its links: NCCL 2's ring over NVLink only, 14 steps of S/8 at one link."""
+  from alexnet_jax.pods import collectives  # pylint: disable=g-import-not-at-top
+  case = collectives.CollectiveCase(
+      key='x', title='x', cite='x', url='', checked=False, note='', profile='gpu-p100-dgx1',
+      link='inside', kind='all-reduce', group_size=8, software='NCCL 2', sizes=(2 ** 30,),
+      given='busbw', values=(20e9,))
+  point = collectives.predict_case(case, targets.load('gpu-p100-dgx1'))['points'][0]
+  assert point['predicted_seconds'] == pytest.approx(14 * (2 ** 30 / 8 / 20e9 + 5e-6))
