@@ -74,6 +74,14 @@ def test_a_copy_between_hosts_goes_out_of_one_nic_and_into_another():
   assert g.route(0, 3) == [(0, 'to_nvswitch', 0), (0, 'from_nvswitch', 3)]
 
 
+def test_a_copy_the_graph_cannot_carry_is_refused_saying_what_to_add():
+  g = _nvswitch(4, 100 * GB)
+  with pytest.raises(linkgraph.GraphError, match='graph: no nics table.*add graph.nics'):
+    g.route(0, 4)
+  with pytest.raises(linkgraph.GraphError, match='graph: no pcie table.*add graph.pcie'):
+    algorithms.seconds(g, 'parameter_server', 'all-reduce', [0, 1], 1e8, L)
+
+
 def test_nvlink_pairs_copy_over_their_links_and_unlinked_pairs_relay():
   table = {'nvlink': {'link_bandwidth': 20 * GB, 'pairs': [[0, 1, 2], [1, 2, 1]]}}
   g = linkgraph.build(table, 3)
@@ -298,17 +306,12 @@ def test_a_graph_without_links_inside_or_with_unreachable_devices_is_refused(tmp
     targets.load(str(path))
 
 
-def test_a_case_names_a_bucket_size_exactly_when_bucketed(tmp_path):
-  good = open(f'{published.CASES}/tf_benchmarks2017.toml').read()
-  assert 'collective_granularity = "per_tensor"' in good
-  assert published.load(f'{published.CASES}/tf_benchmarks2017.toml').collective_granularity \
-      == 'per_tensor'
-  path = tmp_path / 'case.toml'
-  path.write_text(good.replace('"per_tensor"', '"bucketed"'))
-  with pytest.raises(published.CaseError, match='run.bucket_bytes: missing with'):
-    published.load(str(path))
-  path.write_text(good.replace('"per_tensor"', '"bucketed"\nbucket_bytes = 25e6'))
-  assert published.load(str(path)).bucket_bytes == 25e6
+def test_the_dgx1_case_names_one_call_per_tensor():
+  case = published.load(f'{published.CASES}/tf_benchmarks2017.toml')
+  assert (case.collective_algorithm, case.collective_granularity) == ('ring', 'per_tensor')
+  stack = costmodel.Stack('ring', 'per_tensor')
+  from alexnet_jax.pods import validation  # pylint: disable=g-import-not-at-top
+  assert validation.case_stack(case) == stack
 
 
 def test_a_collective_case_on_a_machine_with_a_graph_is_replayed_over_it():

@@ -38,6 +38,7 @@ import math
 from typing import Optional, Sequence
 
 from alexnet_jax.pods import schema
+from alexnet_jax.runtime import errors
 
 _RATE = schema.number(positive=True)
 _COUNT = schema.integer(minimum=1)
@@ -54,6 +55,11 @@ FORMAT = schema.table({}, optional={
     'nvswitch': schema.table({'bandwidth': _RATE}),
     'nics': schema.table({'per_host': _COUNT, 'bandwidth': _RATE}),
 })
+
+
+class GraphError(errors.Refused, ValueError):
+  """A copy the profile's graph cannot carry (between hosts without NICs, through host memory
+  without PCIe), with what to add."""
 
 
 def problem(graph: dict, devices_per_host: int) -> Optional[tuple[str, str]]:
@@ -107,7 +113,7 @@ class Graph:
   devices_per_host: int
 
   # --- Where a device sits. ---
-  def _place(self, device: int) -> tuple[int, int, int, int]:
+  def place(self, device: int) -> tuple[int, int, int, int]:
     """(host, local index, switch, socket) of a global device index."""
     host, local = divmod(device, self.devices_per_host)
     pcie = self.table.get('pcie')
@@ -137,8 +143,8 @@ class Graph:
   def peers(self, a: int, b: int) -> bool:
     """Whether a and b copy to each other without host memory (NVLink, NVSwitch, or PCIe peer
     to peer as the table allows)."""
-    ha, la, sa, ka = self._place(a)
-    hb, lb, sb, kb = self._place(b)
+    ha, la, sa, ka = self.place(a)
+    hb, lb, sb, kb = self.place(b)
     if ha != hb:
       return False
     if frozenset((la, lb)) in self._nvlinks() or 'nvswitch' in self.table:
@@ -149,6 +155,15 @@ class Graph:
     rule = pcie['peer_to_peer']
     return (rule == 'all' or (rule == 'socket' and ka == kb)
             or (rule == 'switch' and sa == sb))
+
+  def memory(self, device: int) -> tuple:
+    """The host memory of the device's socket, as a link."""
+    if 'pcie' not in self.table:
+      raise GraphError('graph: no pcie table, so no path to host memory (a staged copy, a '
+                       'parameter server); add graph.pcie to the profile, or name an algorithm '
+                       'that copies device to device')
+    host, _, _, socket = self.place(device)
+    return (host, 'memory', socket)
 
   def _pcie_up(self, host: int, local: int, switch: int, socket: int) -> list:
     return [(host, 'device_up', local), (host, 'switch_up', switch)]
@@ -161,13 +176,14 @@ class Graph:
     crossed twice: host memory, written and read)."""
     if a == b:
       return []
-    ha, la, sa, ka = pa = self._place(a)
-    hb, lb, sb, kb = pb = self._place(b)
+    ha, la, sa, ka = pa = self.place(a)
+    hb, lb, sb, kb = pb = self.place(b)
     pcie = self.table.get('pcie')
     if ha != hb:
       nics = self.table.get('nics')
       if not nics:
-        raise ValueError('graph: no nics table, so no copy between hosts; add graph.nics')
+        raise GraphError('graph: no nics table, so no copy between hosts; add graph.nics '
+                         '(per_host, bandwidth) to the profile')
       nic = lambda local: local * nics['per_host'] // self.devices_per_host
       ends = ([(ha, 'device_up', la)], [(hb, 'device_down', lb)]) if pcie else ([], [])
       return ends[0] + [(ha, 'nic_out', nic(la)), (hb, 'nic_in', nic(lb))] + ends[1]
@@ -188,13 +204,12 @@ class Graph:
 
   def to_host(self, a: int) -> list:
     """A copy from device a into its own socket's host memory (written once)."""
-    host, local, switch, socket = self._place(a)
-    return self._pcie_up(host, local, switch, socket) + [(host, 'memory', socket)]
+    memory = self.memory(a)
+    return self._pcie_up(*self.place(a)) + [memory]
 
   def from_host(self, b: int) -> list:
     """A copy from its own socket's host memory to device b (read once)."""
-    host, local, switch, socket = self._place(b)
-    return [(host, 'memory', socket)] + self._pcie_down(host, local, switch, socket)
+    return [self.memory(b)] + self._pcie_down(*self.place(b))
 
   def _relay(self, host: int, la: int, lb: int, links: dict) -> list:
     """The fewest NVLink hops from la to lb (breadth first, lowest index first)."""
@@ -249,8 +264,7 @@ def link_loads(graph: Graph, transfers: Sequence[tuple]) -> dict:
     elif t[0] == 'from_host':
       links = graph.from_host(t[1])
     else:  # host_sum
-      host, _, _, socket = graph._place(t[1])  # pylint: disable=protected-access
-      links = [(host, 'memory', socket)]
+      links = [graph.memory(t[1])]
     for link in links:
       load[link] += t[-1]
   return load
