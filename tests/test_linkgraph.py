@@ -91,6 +91,18 @@ def test_nvlink_pairs_copy_over_their_links_and_unlinked_pairs_relay():
 
 # --- The algorithms, each against its hand count. ---
 
+def test_an_instructions_groups_run_at_once_and_share_the_links():
+  """Two groups of two under one switch, no peer access: each group's ring stages both its
+  hops through the one uplink; alone a step carries 2 chunks up it, with the other group 4."""
+  g = _pcie(switches=1, per_switch=4, device=100 * GB, uplink=4 * GB, memory=1000 * GB,
+            p2p='none')
+  size = 1e8
+  alone = algorithms.seconds(g, 'ring', 'all-gather', [0, 1], size / 2, 0.0)
+  both = algorithms.seconds(g, 'ring', 'all-gather', [0, 1], size / 2, 0.0, concurrent=[[2, 3]])
+  assert alone == pytest.approx(2 * (size / 2) / 4e9)
+  assert both == pytest.approx(4 * (size / 2) / 4e9)
+
+
 def test_a_ring_all_reduce_under_one_switch():
   g = _pcie(switches=1, per_switch=4, device=10 * GB)
   size = 4e8

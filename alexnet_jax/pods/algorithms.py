@@ -204,17 +204,25 @@ def steps(graph: linkgraph.Graph, algorithm: str, kind: str, members: Sequence[i
 
 
 def seconds(graph: linkgraph.Graph, algorithm: str, kind: str, members: Sequence[int],
-            bytes_per_device: float, latency: float, calls: int = 1) -> float:
+            bytes_per_device: float, latency: float, calls: int = 1,
+            concurrent: Sequence[Sequence[int]] = ()) -> float:
   """The collective's time: its steps' transfers once, every step's latency once per call
-  (`calls`: its tensors or buckets, granularity_calls). library_default: over direct_ring's
-  order, the faster of ring and tree (an all-reduce), else the ring."""
+  (`calls`: its tensors or buckets, granularity_calls). `concurrent`: the instruction's other
+  groups, running the same steps at the same time, their transfers sharing the links.
+  library_default: over direct_ring's order, the faster of ring and tree (an all-reduce), else
+  the ring."""
   if len(members) < 2 or bytes_per_device <= 0:
     return 0.0
   if algorithm == 'library_default':
-    ring_order = direct_ring(graph, members)
-    return min(seconds(graph, a, kind, ring_order, bytes_per_device, latency, calls)
+    order = lambda group: direct_ring(graph, group)
+    return min(seconds(graph, a, kind, order(members), bytes_per_device, latency, calls,
+                       [order(group) for group in concurrent])
                for a in (('ring', 'tree') if kind == 'all-reduce' else ('ring',)))
   plan = steps(graph, algorithm, kind, members, bytes_per_device)
+  for group in concurrent:
+    theirs = steps(graph, algorithm, kind, group, bytes_per_device)
+    if [count for count, _ in theirs] == [count for count, _ in plan]:
+      plan = [(count, mine + other) for (count, mine), (_, other) in zip(plan, theirs)]
   moving = linkgraph.steps_seconds(graph, plan, 0.0)
   return moving + calls * sum(count for count, _ in plan) * latency
 

@@ -29,7 +29,8 @@ compute efficiency, from a measured point (fit_efficiency), and is labelled as c
               transfers of the software stack's algorithm (Stack: the case's
               run.collective_algorithm, else what the platform's library does: NCCL's ring or
               tree, whichever is faster), routed over the machine's links, links shared by the
-              transfers that cross them (pods/linkgraph.py, pods/algorithms.py); each step one
+              transfers that cross them, the instruction's other groups' included
+              (pods/linkgraph.py, pods/algorithms.py); each step one
               latency, per call (per tensor or bucket where the stack made one call each).
               Replaces the bus bandwidth and peer-group terms; a measured table still comes
               first; a TPU torus keeps the formula above.
@@ -202,7 +203,7 @@ def graph_seconds(ins: dict, profile: targets_lib.Profile, stack: Stack = DEFAUL
                                        stack.bucket_bytes)
   return algorithms.seconds(profile.link_graph(), algorithm, ins['kind'], group,
                             ins['bytes_per_device'], float(link['latency']) * latency_scale,
-                            calls)
+                            calls, ins.get('other_groups', ()))
 
 
 def collective_seconds(ins: dict, profile: targets_lib.Profile,
