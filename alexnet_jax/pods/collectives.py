@@ -4,7 +4,8 @@ A collective case (alexnet_jax/published/collectives/*.toml) is what someone mea
 single all-reduce, all-gather or reduce-scatter over a group of devices, message size by message
 size (nccl-tests' all_reduce_perf and its siblings, a TPU profile), with where it was published.
 `python -m alexnet_jax.plan --collectives --out=DIR` predicts every measured point with
-costmodel.collective_seconds and the case's hardware profile, and writes the error per size
+costmodel.collective_seconds and the case's hardware profile (over its link graph, with the
+library's default algorithm, where the profile has a `graph` table), and writes the error per size
 (collectives.json, .md, .png). It REPORTS; nothing is fitted to a case, and no profile number is
 taken from one (a profile that cites a case's table says so, and the report shows it).
 

@@ -98,8 +98,11 @@ def _instructions(collectives: list, devices: Sequence, profile: targets_lib.Pro
     entry = out.setdefault(c.instruction, {
         'kind': c.kind, 'group_size': c.group_size, 'bytes_per_device': 0.0,
         'asynchronous': c.asynchronous, 'overlap_ops': c.overlap_ops, 'layers': [],
-        **_links(c.groups, devices, profile, topology)})
+        'operands': 0, **_links(c.groups, devices, profile, topology)})
+    if c.groups and 'members' not in entry:  # one group's devices, in rank order (linkgraph)
+      entry['members'] = [int(i) for i in c.groups[0]]
     entry['bytes_per_device'] += c.bytes_per_device
+    entry['operands'] += 1
     if c.layer not in entry['layers']:
       entry['layers'].append(c.layer)
   return out
