@@ -120,13 +120,6 @@ def _wait_for_object(emulator, name: str, proc, timeout: float = 300) -> None:
   raise AssertionError(f'no {name} in {timeout} s')
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason='gcp-storage-emulator 2026.7.19: the second checkpoint a process saves fails in '
-    'tensorstore ("Error writing .../ocdbt.process_0/manifest.ocdbt: Malformed '
-    'StorageGeneration"), also in a fresh run without a kill: the emulator returns no usable '
-    'generation for OCDBT\'s conditional manifest commits (docs/gcs.md). Checkpoint 5 is '
-    'written and listed; to pass on an emulator that honours generations (fake-gcs-server).')
 def test_a_run_on_gcs_killed_and_resumed_equals_a_local_run_bit_for_bit(
     emulator, tmp_path, tiny_data_dir, run_main):
   reference = str(tmp_path / 'local')
