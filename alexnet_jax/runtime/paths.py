@@ -60,6 +60,13 @@ def join(path: str, *parts: str) -> str:
   return '/'.join([path.rstrip('/')] + [p.strip('/') for p in parts])
 
 
+def basename(path: str) -> str:
+  """os.path.basename of the path without a trailing slash, for URIs too."""
+  path = os.fspath(path)
+  return path.rstrip('/').rpartition('/')[2] if is_remote(path) else os.path.basename(
+      os.path.normpath(path))
+
+
 def dirname(path: str) -> str:
   path = os.fspath(path)
   if not is_remote(path):
@@ -92,6 +99,13 @@ def isdir(path: str) -> bool:
     return _epath(path).is_dir()
 
 
+def isfile(path: str) -> bool:
+  if not is_remote(path):
+    return os.path.isfile(path)
+  with _as_oserror(path):
+    return _epath(path).is_file()
+
+
 def listdir(path: str) -> list[str]:
   """The names in a directory (a prefix's immediate children on object storage)."""
   if not is_remote(path):
@@ -116,6 +130,48 @@ def write_text(path: str, text: str) -> None:
     return
   with _as_oserror(path):
     _epath(path).write_text(text)
+
+
+def read_bytes(path: str) -> bytes:
+  if not is_remote(path):
+    with open(path, 'rb') as f:
+      return f.read()
+  with _as_oserror(path):
+    return _epath(path).read_bytes()
+
+
+def open_for_reading(path: str):
+  """A seekable binary file object (a URI's reads are ranged requests), for readers that seek
+  (tarfile's headers)."""
+  if not is_remote(path):
+    return open(path, 'rb')  # pylint: disable=consider-using-with
+  with _as_oserror(path):
+    return _epath(path).open('rb')
+
+
+def write_bytes(path: str, data: bytes) -> None:
+  """Writes the file whole (one upload on object storage)."""
+  if not is_remote(path):
+    with open(path, 'wb') as f:
+      f.write(data)
+    return
+  with _as_oserror(path):
+    _epath(path).write_bytes(data)
+
+
+def replace_text(path: str, text: str) -> None:
+  """Writes the file so that a reader never sees it half written: a temporary file renamed over
+  it on local disk; on object storage one upload, which is atomic already."""
+  if is_remote(path):
+    write_text(path, text)
+    return
+  temporary = f'{path}.tmp.{os.getpid()}'
+  try:
+    write_text(temporary, text)
+    os.replace(temporary, path)
+  finally:
+    if os.path.exists(temporary):
+      os.remove(temporary)
 
 
 def append_text(path: str, text: str) -> None:
