@@ -159,19 +159,24 @@ def write_bytes(path: str, data: bytes) -> None:
     _epath(path).write_bytes(data)
 
 
-def replace_text(path: str, text: str) -> None:
+def replace_bytes(path: str, data: bytes) -> None:
   """Writes the file so that a reader never sees it half written: a temporary file renamed over
   it on local disk; on object storage one upload, which is atomic already."""
   if is_remote(path):
-    write_text(path, text)
+    write_bytes(path, data)
     return
   temporary = f'{path}.tmp.{os.getpid()}'
   try:
-    write_text(temporary, text)
+    write_bytes(temporary, data)
     os.replace(temporary, path)
   finally:
     if os.path.exists(temporary):
       os.remove(temporary)
+
+
+def replace_text(path: str, text: str) -> None:
+  """replace_bytes for text (UTF-8)."""
+  replace_bytes(path, text.encode())
 
 
 def append_text(path: str, text: str) -> None:
