@@ -191,3 +191,40 @@ def test_a_run_on_gcs_killed_and_resumed_equals_a_local_run_bit_for_bit(
   assert sorted(gcs_last) == sorted(ref_last)
   for step in (10, 20):  # evaluations (and the steps' means) the resumed run made itself
     assert strip(gcs_last[step]) == strip(ref_last[step]), step
+
+  # 3. evaluate and figures read the run from gs:// and write their files there. evaluate takes
+  # the local run and the gs:// run as two members of one ensemble: equal parameters give equal
+  # probabilities, byte for byte.
+  proc = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.evaluate', f'--workdir={reference}',
+       f'--workdir={workdir}', f'--out={workdir}/evaluation'],
+      cwd=ROOT, env=_main_env(emulator), capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  evaluation = json.loads(emulator.read('run/evaluation/evaluation.json'))
+  assert [m['workdir'] for m in evaluation['members']] == [reference, workdir]
+  local_probs, gcs_probs = (emulator.read(f'run/evaluation/{m["probs_file"]}')
+                            for m in evaluation['members'])
+  assert local_probs == gcs_probs and len(local_probs) > 128  # an .npy header and the numbers
+  assert evaluation['members'][0]['top1_error'] == evaluation['members'][1]['top1_error']
+  assert 'run/evaluation/evaluation.md' in emulator.objects('run/evaluation/')
+
+  figures = {}
+  for where in (reference, workdir):  # each into its own workdir's figures/
+    proc = subprocess.run(
+        [sys.executable, '-m', 'alexnet_jax.figures', f'--workdir={where}',
+         '--num_train_images=16'],
+        cwd=ROOT, env=_main_env(emulator), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f'to {where}/figures' in proc.stdout, proc.stdout
+  local_dir = os.path.join(reference, 'figures')
+  for name in ('conv1_kernels.png', 'predictions.png', 'neighbours.png', 'curves.png'):
+    gcs_png = emulator.read(f'run/figures/{name}')
+    assert gcs_png[:8] == b'\x89PNG\r\n\x1a\n', name
+    with open(os.path.join(local_dir, name), 'rb') as f:
+      # The curves differ: the gs:// run's metrics hold the lines its killed first part logged.
+      assert name == 'curves.png' or gcs_png == f.read(), name
+  gcs_figures = json.loads(emulator.read('run/figures/figures.json'))
+  with open(os.path.join(local_dir, 'figures.json')) as f:
+    local_figures = json.load(f)
+  assert gcs_figures.pop('workdir') == workdir and local_figures.pop('workdir') == reference
+  assert gcs_figures == local_figures
