@@ -1,15 +1,18 @@
 """Workdirs on gs://, against a real GCS API: a GCS emulator on 127.0.0.1 (tests/gcs_emulator.py),
-started and stopped here. Skipped only if its package, gcp-storage-emulator, is not installed.
+started and stopped here. Without its package, gcp-storage-emulator (requirements.txt), the tests
+that need it fail, saying so: none is skipped.
 
 What reaches gs:// here is what reaches it on a pod: orbax (tensorstore for the arrays, etils.epath
 for the rest) and alexnet_jax/runtime/paths.py (etils.epath). The programs that use the emulator
 run in subprocesses with its environment (etils.epath picks its gs:// backend once per process).
 """
 
+import io
 import json
 import os
 import subprocess
 import sys
+import tarfile
 import textwrap
 import time
 
@@ -20,8 +23,6 @@ import gcs_emulator  # tests/ is on sys.path under pytest
 from alexnet_jax.core import checkpointing
 from alexnet_jax.runtime import paths
 
-pytestmark = pytest.mark.skipif(not gcs_emulator.AVAILABLE, reason=gcs_emulator.MISSING)
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # 20 steps; a checkpoint every 5, an evaluation every 10.
@@ -31,6 +32,8 @@ COMMAND = ('--config.num_train_steps=20', '--config.checkpoint_every_steps=5',
 
 @pytest.fixture(scope='module')
 def emulator():
+  if not gcs_emulator.AVAILABLE:
+    pytest.fail(gcs_emulator.MISSING)
   server = gcs_emulator.Emulator()
   yield server
   server.stop()
@@ -55,7 +58,17 @@ PATHS_EXERCISE = '''
   assert paths.exists(paths.join(d, 'x.txt')) and not paths.exists(paths.join(d, 'y.txt'))
   assert paths.isdir(d) and paths.listdir(paths.join(root, 'a')) == ['b']
   assert sorted(paths.listdir(d)) == ['x.txt'], paths.listdir(d)  # the write probe is gone
-  assert paths.dirname(paths.join(d, 'x.txt')) == d
+  assert paths.dirname(paths.join(d, 'x.txt')) == d and paths.basename(d + '/') == 'b'
+  assert paths.isfile(paths.join(d, 'x.txt')) and not paths.isfile(d)
+  paths.write_bytes(paths.join(d, 'y.bin'), bytes(range(256)))
+  assert paths.read_bytes(paths.join(d, 'y.bin')) == bytes(range(256))
+  with paths.open_for_reading(paths.join(d, 'y.bin')) as f:  # seekable: tarfile seeks
+    f.seek(200)
+    assert f.read(3) == bytes([200, 201, 202])
+  paths.replace_text(paths.join(d, 'y.bin'), 'whole')
+  assert paths.read_text(paths.join(d, 'y.bin')) == 'whole'
+  assert sorted(paths.listdir(d)) == ['x.txt', 'y.bin'], paths.listdir(d)  # no temporary left
+  paths.remove(paths.join(d, 'y.bin'))
   paths.remove(paths.join(d, 'x.txt'))
   assert not paths.exists(paths.join(d, 'x.txt'))
   try:
@@ -92,6 +105,52 @@ def test_paths_on_the_emulator(emulator):
   proc = _python(emulator, PATHS_EXERCISE.replace('ROOT', repr(root)))
   assert 'EXERCISED' in proc.stdout, proc.stderr[-3000:]
   assert emulator.objects('paths/') == []  # everything written was removed, through the API
+
+
+def test_a_data_dir_and_an_out_on_the_emulator(emulator, tmp_path):
+  """What this project writes beside a gs:// dataset (the training-set statistics), reads from a
+  gs:// manual_dir (the ImageNet tars' headers) and writes to a gs:// --out (a report), checked
+  through the emulator's API with NumPy, tarfile and json. tfds's own records on gs:// go
+  through TensorFlow's GCS file system, which cannot be pointed at an emulator (docs/gcs.md)."""
+  tar = tmp_path / 'ILSVRC2012_img_val.tar'
+  with tarfile.open(tar, 'w') as t:
+    for name, size in (('a.JPEG', 3), ('b.JPEG', 70000)):
+      member = tarfile.TarInfo(name)
+      member.size = size
+      t.addfile(member, fileobj=io.BytesIO(b'x' * size))
+  rng = np.random.default_rng(0)
+  arrays = {'mean_image': rng.random((4, 4, 3), np.float32), 'mean_rgb': rng.random(3, np.float32),
+            'eigval': rng.random(3, np.float32), 'eigvec': rng.random((3, 3), np.float32)}
+  np.savez(tmp_path / 'arrays.npz', **arrays)
+  root = f'gs://{emulator.bucket}/data'
+  proc = _python(emulator, f"""
+      import json
+      import numpy as np
+      from alexnet_jax.data import prepare, stats
+      from alexnet_jax.report.write import write_report
+      from alexnet_jax.runtime import paths
+      arrays = dict(np.load({str(tmp_path / 'arrays.npz')!r}))
+      path = stats.cache_path({root + '/tfds/synthetic_shapes/tiny/1.0.0'!r}, 'train[:10]', 4, 10)
+      stats.DatasetStats(num_images=10, **arrays).save(path)
+      back = stats.DatasetStats.load(path)
+      assert all(np.array_equal(getattr(back, k), v) for k, v in arrays.items())
+      paths.copy_file({str(tar)!r}, {root + '/manual/ILSVRC2012_img_val.tar'!r})
+      print('TAR', json.dumps(prepare._tar_names({root + '/manual/ILSVRC2012_img_val.tar'!r})))
+      write_report({root + '/out'!r}, 'plan', {{'x': 1}}, lambda r: f"x is {{r['x']}}\\n",
+                   lambda r: b'png bytes')
+      print('DONE')
+  """)
+  assert 'DONE' in proc.stdout, proc.stderr[-3000:]
+  assert 'TAR ["a.JPEG", "b.JPEG"]' in proc.stdout
+  name = 'data/tfds/synthetic_shapes/tiny/1.0.0/alexnet_jax_stats-train_-10-r4-n10.npz'
+  assert emulator.objects('data/tfds/') == [name]  # one object, no temporary beside it
+  with np.load(io.BytesIO(emulator.read(name))) as saved:
+    assert int(saved['num_images']) == 10 and int(saved['version']) == 1
+    for key, value in arrays.items():
+      assert np.array_equal(saved[key], value), key
+  assert json.loads(emulator.read('data/out/plan.json')) == {'x': 1}
+  assert emulator.read('data/out/plan.md') == b'x is 1\n'
+  assert emulator.read('data/out/plan.png') == b'png bytes'
 
 
 def test_an_unwritable_bucket_is_refused_before_any_work(emulator, tmp_path, tiny_data_dir):
