@@ -15,6 +15,8 @@ import sys
 import tarfile
 import textwrap
 import time
+import urllib.error
+import urllib.request
 
 import numpy as np
 import pytest
@@ -287,3 +289,37 @@ def test_a_run_on_gcs_killed_and_resumed_equals_a_local_run_bit_for_bit(
     local_figures = json.load(f)
   assert gcs_figures.pop('workdir') == workdir and local_figures.pop('workdir') == reference
   assert gcs_figures == local_figures
+
+
+def test_the_emulator_honours_generation_preconditions(emulator):
+  """The harness's wrapping of the emulator (tests/gcs_emulator.py), checked with plain HTTP
+  requests against what the GCS JSON API documents for preconditions: tensorstore's checkpoint
+  commits rely on them, so a harness that lost them would let the resume test pass vacuously."""
+
+  def call(method, path, data=None):
+    request = urllib.request.Request(emulator.url + path, data=data, method=method)
+    try:
+      with urllib.request.urlopen(request, timeout=30) as r:
+        return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+      return e.code, dict(e.headers), e.read()
+
+  upload = f'/upload/storage/v1/b/{emulator.bucket}/o?uploadType=media&name=pre/x'
+  status, _, body = call('POST', upload + '&ifGenerationMatch=0', b'one')
+  assert status == 200
+  first = int(json.loads(body)['generation'])
+  assert call('POST', upload + '&ifGenerationMatch=0', b'two')[0] == 412  # exists already
+  assert call('POST', upload + f'&ifGenerationMatch={first + 1}', b'two')[0] == 412
+  status, _, body = call('POST', upload + f'&ifGenerationMatch={first}', b'two')
+  assert status == 200 and int(json.loads(body)['generation']) != first
+  second = int(json.loads(body)['generation'])
+  media = f'/download/storage/v1/b/{emulator.bucket}/o/pre%2Fx?alt=media'
+  status, headers, body = call('GET', media)
+  assert (status, body) == (200, b'two')
+  assert int({k.lower(): v for k, v in headers.items()}['x-goog-generation']) == second
+  assert call('GET', media + f'&ifGenerationNotMatch={second}')[0] == 304
+  assert call('GET', media + f'&ifGenerationMatch={first}')[0] == 412
+  delete = f'/storage/v1/b/{emulator.bucket}/o/pre%2Fx'
+  assert call('DELETE', delete + f'?ifGenerationMatch={first}')[0] == 412
+  assert call('DELETE', delete + f'?ifGenerationMatch={second}')[0] in (200, 204)
+  assert emulator.objects('pre/') == []
