@@ -269,7 +269,6 @@ def test_a_run_on_gcs_killed_and_resumed_equals_a_local_run_bit_for_bit(
   assert evaluation['members'][0]['top1_error'] == evaluation['members'][1]['top1_error']
   assert 'run/evaluation/evaluation.md' in emulator.objects('run/evaluation/')
 
-  figures = {}
   for where in (reference, workdir):  # each into its own workdir's figures/
     proc = subprocess.run(
         [sys.executable, '-m', 'alexnet_jax.figures', f'--workdir={where}',

@@ -23,7 +23,6 @@ Writes DIR/plan.json, DIR/plan.md and DIR/plan.png.
 """
 
 import json
-import os
 import time
 from typing import Any, Callable, Optional, Sequence
 
