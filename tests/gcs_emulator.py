@@ -93,6 +93,14 @@ class Emulator:
     with urllib.request.urlopen(url, timeout=30) as r:
       return r.read()
 
+  def write(self, name: str, data: bytes) -> None:
+    """Replaces an object's content, uploaded through the emulator's API."""
+    url = (f'{self.url}/upload/storage/v1/b/{self.bucket}/o?uploadType=media&'
+           f'{urllib.parse.urlencode({"name": name})}')
+    with urllib.request.urlopen(urllib.request.Request(url, data=data, method='POST'),
+                                timeout=30) as r:
+      r.read()
+
   def stop(self) -> None:
     if self._proc.poll() is None:
       self._proc.terminate()

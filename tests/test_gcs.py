@@ -289,6 +289,20 @@ def test_a_run_on_gcs_killed_and_resumed_equals_a_local_run_bit_for_bit(
   assert gcs_figures.pop('workdir') == workdir and local_figures.pop('workdir') == reference
   assert gcs_figures == local_figures
 
+  # 4. A torn checkpoint on gs:// is refused, named, and left as it is (as on local disk).
+  data = emulator.objects('run/checkpoints/20/state/ocdbt.process_0/d/')
+  assert data
+  for name in data:  # every data file of the latest checkpoint cut in half
+    emulator.write(name, emulator.read(name)[:len(emulator.read(name)) // 2])
+  before = {n: emulator.read(n) for n in emulator.objects('run/checkpoints/')}
+  proc = subprocess.run(cmd[:-len(COMMAND)] + ['--config.num_train_steps=25', *COMMAND[1:]],
+                        cwd=ROOT, env=_main_env(emulator), capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert f'Checkpoint 20 at {workdir}/checkpoints/20 cannot be read' in proc.stderr, \
+      proc.stderr[-3000:]
+  assert {n: emulator.read(n) for n in emulator.objects('run/checkpoints/')} == before
+
 
 def test_the_emulator_honours_generation_preconditions(emulator):
   """The harness's wrapping of the emulator (tests/gcs_emulator.py), checked with plain HTTP

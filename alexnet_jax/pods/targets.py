@@ -95,8 +95,7 @@ class Profile:
 
 
 def _table(path: str) -> dict:
-  with open(path, 'rb') as f:
-    return tomllib.load(f)
+  return tomllib.loads(paths.read_bytes(path).decode())
 
 
 def known() -> dict:
