@@ -1,7 +1,8 @@
 """Paths that are local directories or object-storage URIs (gs://bucket/dir), one API for both.
 
-Every file of a workdir is opened, listed, made and removed through here, so that a workdir (and,
-later, a data dir or an --out) may be `gs://bucket/run` as TPU pod users keep them. Local paths
+Every file the project itself writes or reads on a user's path (a workdir, the files it caches
+beside a dataset, a command's --out) is opened, listed, made and removed through here, so that
+each may be `gs://bucket/dir` as TPU pod users keep them (docs/gcs.md). Local paths
 keep the standard library's behaviour exactly (os, open); a URI goes through `etils.epath`, the
 layer orbax and tfds use themselves, which reaches gs:// through `tf.io.gfile` when TensorFlow is
 installed, or through fsspec's `gcsfs` (with `EPATH_USE_TF=false`; the tests do that to reach a
@@ -123,13 +124,8 @@ def read_text(path: str) -> str:
 
 
 def write_text(path: str, text: str) -> None:
-  """Writes the file whole (an object replaced in one upload on object storage)."""
-  if not is_remote(path):
-    with open(path, 'w') as f:
-      f.write(text)
-    return
-  with _as_oserror(path):
-    _epath(path).write_text(text)
+  """Writes the file whole, UTF-8 (an object replaced in one upload on object storage)."""
+  write_bytes(path, text.encode())
 
 
 def read_bytes(path: str) -> bytes:
