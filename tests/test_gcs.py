@@ -338,3 +338,16 @@ def test_the_emulator_honours_generation_preconditions(emulator):
   assert call('DELETE', delete + f'?ifGenerationMatch={first}')[0] == 412
   assert call('DELETE', delete + f'?ifGenerationMatch={second}')[0] in (200, 204)
   assert emulator.objects('pre/') == []
+
+  # What the released emulator broke: an OCDBT store (orbax's checkpoint format) committed
+  # twice in one process ("Malformed StorageGeneration" at the second manifest write).
+  proc = _python(emulator, f'''
+      import tensorstore as ts
+      for i in range(3):
+        kv = ts.KvStore.open({{'driver': 'ocdbt', 'base': 'gs://{emulator.bucket}/ocdbt/'}}).result()
+        kv.write('k', b'v%d' % i).result()
+        assert kv.read('k').result().value == b'v%d' % i
+      print('COMMITTED')
+  ''')
+  assert 'COMMITTED' in proc.stdout, proc.stderr[-3000:]
+  assert 'ocdbt/manifest.ocdbt' in emulator.objects('ocdbt/')
