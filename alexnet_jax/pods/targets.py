@@ -22,6 +22,7 @@ from jax.experimental import topologies
 from alexnet_jax.pods import linkgraph
 from alexnet_jax.pods import schema
 from alexnet_jax.runtime import errors
+from alexnet_jax.runtime import paths
 
 PROFILES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'profiles')
 NUMBERS = ('peak_bf16_flops', 'fp32_matmul_flops', 'peak_fp32_flops', 'memory_bytes',
@@ -99,8 +100,7 @@ class Profile:
 
 
 def _table(path: str) -> dict:
-  with open(path, 'rb') as f:
-    return tomllib.load(f)
+  return tomllib.loads(paths.read_bytes(path).decode())
 
 
 def known() -> dict:
@@ -121,7 +121,7 @@ def load(name_or_file: str) -> Profile:
   table = known()
   if name_or_file in table:
     key, raw = name_or_file, table[name_or_file]
-  elif os.path.isfile(name_or_file):
+  elif paths.isfile(name_or_file):
     mine = _table(name_or_file)
     if len(mine) != 1:
       raise TargetError(f'{name_or_file} holds {len(mine)} tables; a profile file holds exactly '
