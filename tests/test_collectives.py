@@ -90,6 +90,20 @@ REFUSALS = [
     (GOOD + '[measured.check]\nalgbw = [1e9]\n', 'measured.check.algbw: 1 values for 2'),
     (GOOD + '[measured.check]\nalgbw = [1e9, -2e9]\n', 'measured.check.algbw[1]'),
     (GOOD + '[measured.check]\nbus_bw = [1e9, 2e9]\n', 'measured.check: unknown key bus_bw'),
+    (GOOD.replace('link = "inside"', 'link = "inside"\nmembers = [0, 1]'), 'hardware.members'),
+    (GOOD.replace('"gpu-a100"', '"gpu-v100-sxm2-cubemesh"').replace(
+        'link = "inside"', 'link = "inside"\nmembers = [0, 1]'), 'hardware.members'),
+    (GOOD.replace('"gpu-a100"', '"gpu-v100-sxm2-cubemesh"').replace(
+        'link = "inside"', 'link = "inside"\nmembers = [0, 1, 2, 3, 4, 5, 6, 8]'),
+     'hardware.members'),
+    (GOOD.replace('"gpu-a100"', '"gpu-v100-sxm2-cubemesh"').replace(
+        'link = "inside"', 'link = "inside"\nmembers = [0, 1, 2, 3, 4, 5, 6, 6]'),
+     'hardware.members'),
+    (GOOD.replace('software = "nccl-tests all_reduce_perf"',
+                  'software = "x"\nalgorithm = "ring"'), 'collective.algorithm_source: missing'),
+    (GOOD.replace('software = "nccl-tests all_reduce_perf"',
+                  'software = "x"\nalgorithm = "rings"\nalgorithm_source = "y"'),
+     'collective.algorithm'),
 ]
 
 
@@ -209,6 +223,31 @@ def test_a_between_case_reads_the_between_link(tmp_path):
   # gpu-a100 between: 25e9, latency 5e-6; all-reduce over 16: 2 x 15 steps.
   assert costmodel.collective_seconds(ins, targets.load('gpu-a100')) == pytest.approx(
       2 * 15 / 16 * 1073741824 / 25e9 + 30 * 5e-6)
+
+
+PAIR = GOOD.replace('"gpu-a100"', '"gpu-v100-sxm2-cubemesh"').replace(
+    'group_size = 8', 'group_size = 2')
+
+
+def test_a_case_names_its_devices_and_its_algorithm(tmp_path):
+  # gpu-v100-sxm2-cubemesh: GPUs 0 and 3 share two NVLinks of 25 GB/s, 0 and 1 one; 5 us a step.
+  # An all-reduce over 2 by ring: 2 steps of S/2 over the pair's links.
+  S = 1073741824
+  for members, links in (('[0, 3]', 2), ('[0, 1]', 1)):
+    text = PAIR.replace('link = "inside"', f'link = "inside"\nmembers = {members}')
+    case = collectives.load(_write(tmp_path, text, f'pair{links}.toml'))
+    point = collectives.predict_case(case, targets.load(case.profile))['points'][-1]
+    assert point['predicted_seconds'] == pytest.approx(2 * (S / 2 / (links * 25e9) + 5e-6))
+  # The same pair by a parameter server (the CPU of socket 0, both GPUs on it behind PCIe 3.0
+  # x16 = 15.75 GB/s, host memory 128 GB/s): each writes S, the CPU reads 2 S and writes S, each
+  # reads S back; three steps.
+  text = PAIR.replace('link = "inside"', 'link = "inside"\nmembers = [0, 3]').replace(
+      'software = "nccl-tests all_reduce_perf"', 'software = "x"\n'
+      'algorithm = "parameter_server"\nalgorithm_source = "made up"')
+  case = collectives.load(_write(tmp_path, text, 'ps.toml'))
+  assert (case.algorithm, case.members) == ('parameter_server', (0, 3))
+  point = collectives.predict_case(case, targets.load(case.profile))['points'][-1]
+  assert point['predicted_seconds'] == pytest.approx(2 * S / 15.75e9 + 3 * S / 128e9 + 3 * 5e-6)
 
 
 # --- The shipped cases. ---
