@@ -64,6 +64,22 @@ def test_transfers_that_share_a_link_share_its_capacity():
   assert linkgraph.step_seconds(slow_memory, four, L) == pytest.approx(8 * one / 10e9 + L)
 
 
+def test_a_staged_copy_is_held_to_its_measured_rate():
+  """Two devices under one switch without peer access, staged copies measured at 5 GB/s alone
+  and 6 GB/s both directions together (p2pBandwidthLatencyTest's P2P=Disabled figures)."""
+  g = _pcie(switches=1, p2p='none')
+  g.table['pcie'].update(staged_copy=5 * GB, staged_copy_both=6 * GB)
+  x = 1e8
+  # Alone: PCIe 8 GB/s up and down, memory 2x at 25.6: the staged copy's 5 GB/s decides.
+  assert linkgraph.step_seconds(g, [('copy', 0, 1, x)], L) == pytest.approx(x / 5e9 + L)
+  # Both ways at once: the pair's 6 GB/s carries 2x (slower than the uplink's 2x at 8).
+  both = [('copy', 0, 1, x), ('copy', 1, 0, x)]
+  assert linkgraph.step_seconds(g, both, L) == pytest.approx(2 * x / 6e9 + L)
+  # Without the measured rates: the links alone (the uplink carries both copies up).
+  assert linkgraph.step_seconds(_pcie(switches=1, p2p='none'), both, L) == pytest.approx(
+      2 * x / 8e9 + L)
+
+
 def test_a_copy_between_hosts_goes_out_of_one_nic_and_into_another():
   g = _nvswitch(4, 100 * GB, nics=(2, 12.5 * GB))
   # Device 5 is host 1's local device 1: NIC 1 * 2 // 4 = 0; device 2 is host 0's NIC 1.
