@@ -308,3 +308,38 @@ def test_each_case_agrees_with_the_other_columns_its_source_prints():
         # printed in GB/s to 2 decimals (+-0.005e9), from a time printed to 4-5 digits
         assert abs(printed[i] - derived[field]) <= 0.0051e9 + 1e-3 * derived[field], (
             case.key, size, field, printed[i], derived[field])
+
+
+# --- The targets (issue 30): every case within +-15 % at 1 MB and up, or no worse than today. ---
+
+# Per case, the largest |error| at messages of 1 MiB and up on 2026-12-08 (docs/validation.md,
+# "The second round of the communication model"), for the cases that miss the +-15 % target:
+# each may not grow by more than 0.03. A case that meets the target is held to it.
+TARGET = 0.15
+NOT_YET = {
+    'autodl_2x_rtx2080ti_pcie3_no_p2p_all_gather': 0.243,
+    'autodl_2x_rtx2080ti_pcie3_no_p2p_all_reduce': 0.312,
+    'azure_nd_a100_v4_all_reduce': 0.371,
+    'azure_nd_h100_v5_all_reduce': 0.295,
+    'azure_nd_h200_v5_all_reduce': 0.298,
+    'coreweave_32_a100_infiniband_sharp_all_reduce': 3.628,
+    'gcp_a3mega_2x8_h100_all_reduce': 0.832,
+    'kalavai_2x_rtx4090_pcie_far_pair_all_reduce': 0.882,
+    'kalavai_2x_rtx4090_pcie_near_pair_all_reduce': 0.867,
+    'kalavai_4x_rtx4090_pcie_quad_all_reduce': 0.836,
+    'konnase_8x_v100_sxm2_cubemesh_all_reduce': 0.210,
+    'scaling_book_v5e_all_gather': 0.173,
+    'tinygrad_4x_rtx4090_pcie4_p2p_all_reduce': 0.180,
+}
+
+
+def test_each_case_meets_the_target_or_does_not_get_worse():
+  cases = collectives.load_all()
+  result = collectives.replay(cases, log=lambda _: None)
+  for c in result['cases']:
+    # The error recomputed here from the measured and predicted times, not read from the replay.
+    big = [abs(p['predicted_seconds'] / p['measured_seconds'] - 1) for p in c['points']
+           if p['size_bytes'] >= 2 ** 20]
+    assert big, c['key']
+    bound = NOT_YET[c['key']] + 0.03 if c['key'] in NOT_YET else TARGET
+    assert max(big) <= bound, (c['key'], max(big), bound)
