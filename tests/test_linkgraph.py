@@ -231,6 +231,28 @@ def test_nvlink_channels_on_the_v100_cube_mesh():
   assert algorithms.nvlink_rings(g, [0, 1, 2, 3, 7]) == []
 
 
+def test_nvls_and_collnet_reduce_in_the_switches():
+  """NVLS: 4 devices on an NVSwitch of 100 GB/s: each port carries S (4+1)/4 each way in one
+  pipelined step (S out and S/4 back for the reduce-scatter, S/4 out and S back for the
+  all-gather), and 2 latencies. CollNet: 2 hosts of 4 on that switch with 4 NICs of 10 GB/s:
+  reduce-scatter inside (3 ring steps of S/4), each device's S/4 out of its NIC and back
+  once (the InfiniBand switches sum, whatever the number of hosts), all-gather inside."""
+  size = 1e9
+  g = _nvswitch(4, 100 * GB)
+  t = algorithms.seconds(g, 'nvls', 'all-reduce', [0, 1, 2, 3], 2 * 3 / 4 * size, L)
+  assert t == pytest.approx(5 / 4 * size / 100e9 + 2 * L)
+  # Fewer bytes per port than the ring's 2 x 3/4 S, so faster at this size:
+  assert t < algorithms.seconds(g, 'ring', 'all-reduce', [0, 1, 2, 3], 2 * 3 / 4 * size, L)
+  two = _nvswitch(4, 100 * GB, nics=(4, 10 * GB))
+  t = algorithms.seconds(two, 'collnet', 'all-reduce', list(range(8)), 2 * 7 / 8 * size, L)
+  # Pipelined: a port sends 2 x 3/4 S (0.015 s), a NIC S/4 (0.025 s); 2 x 3 + 1 latencies.
+  assert t == pytest.approx(max(2 * 3 / 4 * size / 100e9, size / 4 / 10e9) + 7 * L)
+  # Neither is the library's own choice (the graph does not say the switches can reduce): it
+  # runs the two-level tree here (test_the_two_level_tree_across_hosts_by_hand).
+  assert algorithms.seconds(two, 'library_default', 'all-reduce', list(range(8)),
+                            2 * 7 / 8 * size, L) == pytest.approx(size / 4 / 10e9 + 8 * L)
+
+
 def test_hierarchical_all_reduce_inside_then_across_then_inside():
   b_in, b_nic, size = 100 * GB, 10 * GB, 1e9
   g = _nvswitch(2, b_in, nics=(2, b_nic))  # 2 hosts x 2 devices, one NIC per device

@@ -48,6 +48,20 @@ routes and times (max over links of load / capacity, plus one latency). n device
                     ... the ring algorithm is still the default', NVIDIA/nccl issue 301).
                     NCCL 1 (`ring`): one ring in rank order, as above.
 
+  nvls              all-reduce inside one NVSwitch host (else ring): NVLink SHARP, the switch
+                    reduces and multicasts. Each device sends S and receives S / n for the
+                    reduce-scatter and S / n and S for the all-gather (NVIDIA/nccl issue 1506,
+                    NVIDIA: 'size in one direction and 1/N*size in the other'; nccl-tests issue
+                    238: N+1 sends and N+1 receives against the ring's 2N): one pipelined step
+                    of S (n+1)/n each way through each device's port, plus 2 latencies.
+  collnet           all-reduce across hosts (else hierarchical): CollNet, SHARP's reduction in the
+                    InfiniBand switches: reduce-scatter inside each host (g-1 ring steps of S/g),
+                    each device's S/g out of its NIC and the reduced S/g back (whatever the
+                    number of hosts: the switches sum), all-gather inside; pipelined as the
+                    tree: one step carrying all of it, plus 2(g-1) + 1 latencies. NVLS and CollNet need
+                    hardware the graph does not describe: a stack or case names them, never
+                    library_default.
+
 A collective-permute is one step of its bytes from each device to the next; an all-to-all one
 step of bytes / (n-1) between every pair.
 
@@ -64,7 +78,7 @@ from typing import Sequence
 from alexnet_jax.pods import linkgraph
 
 ALGORITHMS = ('ring', 'tree', 'hierarchical', 'host_staged', 'parameter_server', 'peer_to_peer',
-              'library_default')
+              'nvls', 'collnet', 'library_default')
 GRANULARITIES = ('compiled', 'per_tensor', 'bucketed')
 
 
@@ -164,6 +178,28 @@ def host_staged(graph: linkgraph.Graph, kind: str, members: Sequence[int], size:
   return [(1, [('to_host', m, others[m]) for m in members]),
           (1, [('host_sum', first, sum(others.values()) + n * c)]),
           (1, [('from_host', m, c) for m in members]), (longest - 1, inside(c))]
+
+
+def nvls(graph: linkgraph.Graph, kind: str, members: Sequence[int], size: float) -> list:
+  n = len(members)
+  if (kind != 'all-reduce' or 'nvswitch' not in graph.table
+      or len({graph.host_of(m) for m in members}) > 1):
+    return ring(kind, members, size)
+  # Each device's port: S (n+1)/n up and as much down; as copies, each to the next member.
+  return [(1, _ring(members, size * (n + 1) / n)), (1, [])]
+
+
+def collnet(graph: linkgraph.Graph, kind: str, members: Sequence[int], size: float) -> list:
+  groups = _groups(graph, members, by_host=True)
+  g = len(groups[0])
+  if (kind != 'all-reduce' or len({graph.host_of(m) for m in members}) < 2
+      or any(len(x) != g for x in groups)):
+    return hierarchical(graph, kind, members, size)
+  # Pipelined, as the tree: the reduce-scatter's and the all-gather's g-1 ring steps of S/g
+  # inside and the NICs' S/g at once, plus 2(g-1) + 1 latencies.
+  inside = [t for x in groups for t in _ring(x, 2 * (g - 1) * size / g)]
+  out = [t for l in range(g) for t in _ring([x[l] for x in groups], size / g)]
+  return [(1, inside + out), (2 * (g - 1), [])]
 
 
 def parameter_server(kind: str, members: Sequence[int], size: float) -> list:
@@ -320,6 +356,10 @@ def steps(graph: linkgraph.Graph, algorithm: str, kind: str, members: Sequence[i
     return host_staged(graph, kind, members, size)
   if algorithm == 'parameter_server':
     return parameter_server(kind, members, size)
+  if algorithm == 'nvls':
+    return nvls(graph, kind, members, size)
+  if algorithm == 'collnet':
+    return collnet(graph, kind, members, size)
   if algorithm == 'peer_to_peer':
     return peer_to_peer(kind, members, size)
   if algorithm in ('ring', 'library_default'):
