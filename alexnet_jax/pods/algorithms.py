@@ -80,6 +80,7 @@ from alexnet_jax.pods import linkgraph
 ALGORITHMS = ('ring', 'tree', 'hierarchical', 'host_staged', 'parameter_server', 'peer_to_peer',
               'nvls', 'collnet', 'library_default')
 GRANULARITIES = ('compiled', 'per_tensor', 'bucketed')
+_SEARCH_BUDGET = 200_000  # steps of a ring search before it keeps what it found (big meshes)
 
 
 def size_of(kind: str, bytes_per_device: float, n: int) -> float:
@@ -233,8 +234,11 @@ def direct_ring(graph: linkgraph.Graph, members: Sequence[int]) -> list[int]:
 def _hamiltonian(members: Sequence[int], linked, limit: int) -> list[tuple]:
   """Up to `limit` directed rings through every member, starting at members[0], each hop
   linked(a, b), in depth-first order over the members' rank order."""
-  n, rings, order = len(members), [], [members[0]]
+  n, rings, order, visits = len(members), [], [members[0]], [0]
   def extend() -> bool:
+    visits[0] += 1
+    if visits[0] > _SEARCH_BUDGET:
+      return True
     if len(order) == n:
       if linked(order[-1], order[0]):
         rings.append(tuple(order))
@@ -278,10 +282,12 @@ def _most_rings(pairs: tuple, members: tuple) -> list:
   bound = min(sum(left[(a, b)] for b in members if b != a) for a in members)
   best: list = []
   chosen: list = []
+  visits = [0]
   def pick(start: int) -> bool:
     if len(chosen) > len(best):
       best[:] = chosen
-    if len(best) >= bound:
+    visits[0] += 1
+    if len(best) >= bound or visits[0] > _SEARCH_BUDGET:  # a large mesh: the best found so far
       return True
     for i in range(start, len(candidates)):
       hops = list(zip(candidates[i], candidates[i][1:] + candidates[i][:1]))
