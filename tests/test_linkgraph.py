@@ -64,6 +64,22 @@ def test_transfers_that_share_a_link_share_its_capacity():
   assert linkgraph.step_seconds(slow_memory, four, L) == pytest.approx(8 * one / 10e9 + L)
 
 
+def test_a_staged_copy_is_held_to_its_measured_rate():
+  """Two devices under one switch without peer access, staged copies measured at 5 GB/s alone
+  and 6 GB/s both directions together (p2pBandwidthLatencyTest's P2P=Disabled figures)."""
+  g = _pcie(switches=1, p2p='none')
+  g.table['pcie'].update(staged_copy=5 * GB, staged_copy_both=6 * GB)
+  x = 1e8
+  # Alone: PCIe 8 GB/s up and down, memory 2x at 25.6: the staged copy's 5 GB/s decides.
+  assert linkgraph.step_seconds(g, [('copy', 0, 1, x)], L) == pytest.approx(x / 5e9 + L)
+  # Both ways at once: the pair's 6 GB/s carries 2x (slower than the uplink's 2x at 8).
+  both = [('copy', 0, 1, x), ('copy', 1, 0, x)]
+  assert linkgraph.step_seconds(g, both, L) == pytest.approx(2 * x / 6e9 + L)
+  # Without the measured rates: the links alone (the uplink carries both copies up).
+  assert linkgraph.step_seconds(_pcie(switches=1, p2p='none'), both, L) == pytest.approx(
+      2 * x / 8e9 + L)
+
+
 def test_a_copy_between_hosts_goes_out_of_one_nic_and_into_another():
   g = _nvswitch(4, 100 * GB, nics=(2, 12.5 * GB))
   # Device 5 is host 1's local device 1: NIC 1 * 2 // 4 = 0; device 2 is host 0's NIC 1.
@@ -131,24 +147,110 @@ def test_a_ring_through_one_root_complex_slows_as_the_devices_grow():
   assert busbw[2] > busbw[4] > busbw[8]
 
 
-def test_the_double_binary_tree_by_hand():
-  """4 devices on an NVSwitch of bandwidth B. Tree 1 (heap order 0,1,2,3): 1->0, 2->0, 3->1;
-  tree 2 over 1,2,3,0: 2->1, 3->1, 0->2; every edge carries S/2 up and S/2 down. Device 1
-  sends S/2 (to 0) + S/2 (to 3) + S (to 2, 3 in tree 2) = 2S, the most of any port; the
-  pipeline's depth: 2 ceil(log2 4) = 4 latencies."""
+def test_the_tree_inside_one_host_is_a_chain():
+  """NCCL's tree (src/graph/connect.cc): a chain inside each node. 4 devices on an NVSwitch of
+  bandwidth B: chain 0-1-2-3, every edge S up (reduce) and S down (broadcast) in one pipelined
+  step; devices 1 and 2 send 2S (to both neighbours), the most of any port; the pipeline's
+  depth 3: 2 x 3 - 1 latencies, plus the moving step's."""
   b, size = 100 * GB, 1e9
   g = _nvswitch(4, b)
   t = algorithms.seconds(g, 'tree', 'all-reduce', [0, 1, 2, 3], 2 * 3 / 4 * size, L)
-  assert t == pytest.approx(2 * size / b + 4 * L)
+  assert t == pytest.approx(2 * size / b + 6 * L)
   # The ring over the same switch: 6 steps of S/4: 1.5 S / B, and 6 latencies.
   ring = algorithms.seconds(g, 'ring', 'all-reduce', [0, 1, 2, 3], 2 * 3 / 4 * size, L)
   assert ring == pytest.approx(1.5 * size / b + 6 * L)
-  # The library's choice is the faster: the ring here, the tree for a tiny message.
-  assert algorithms.seconds(g, 'library_default', 'all-reduce', [0, 1, 2, 3],
-                            2 * 3 / 4 * size, L) == pytest.approx(ring)
-  tiny = 2 * 3 / 4 * 1e3
-  assert algorithms.seconds(g, 'library_default', 'all-reduce', [0, 1, 2, 3], tiny, L) == \
-      pytest.approx(2 * 1e3 / b + 4 * L)
+  # Inside one host the library runs its rings, at every size (not the tree).
+  for s in (size, 1e3):
+    assert algorithms.seconds(g, 'library_default', 'all-reduce', [0, 1, 2, 3],
+                              2 * 3 / 4 * s, L) == pytest.approx(1.5 * s / b + 6 * L)
+
+
+def test_the_two_level_tree_across_hosts_by_hand():
+  """2 hosts of 4 devices on an NVSwitch of B = 100 GB/s, 4 NICs of 10 GB/s. 4 channels, each
+  S/4: channel k's chain in each host starts at local device k (its head, on NIC k), every chain
+  edge S/4 both ways; the two heads are each other's parent in one of the two trees, S/8 each
+  way in each: S/4 each way through NIC k. Ports: over the 4 chains a device is head once (sends
+  S/4), inside twice (2 x 2 x S/4), tail once (S/4): 1.5 S. Depth: 3 chain hops + 1 tree level:
+  7 latencies and the moving step's."""
+  size = 1e9
+  g = _nvswitch(4, 100 * GB, nics=(4, 10 * GB))
+  bpd = 2 * 7 / 8 * size
+  tree = algorithms.seconds(g, 'tree', 'all-reduce', list(range(8)), bpd, L)
+  assert tree == pytest.approx(max(1.5 * size / 100e9, size / 4 / 10e9) + 8 * L)
+  # Hierarchical: reduce-scatter and all-gather inside (2 x 3 steps of S/4 per port), the
+  # across all-reduce per local rank (2 steps of S/8 through each rail's NIC).
+  hier = algorithms.seconds(g, 'hierarchical', 'all-reduce', list(range(8)), bpd, L)
+  assert hier == pytest.approx(6 * size / 4 / 100e9 + 2 * size / 8 / 10e9 + 8 * L)
+  # The library across hosts: the fastest of its rings, the tree and hierarchical.
+  assert algorithms.seconds(g, 'library_default', 'all-reduce', list(range(8)), bpd, L) == \
+      pytest.approx(tree)
+
+
+def test_rail_aligned_rings_cross_hosts_on_every_nic():
+  """The same 2 x 4 machine: one ring per local rank, each host's part starting one place
+  earlier than the host before, so every NIC carries one crossing each way; 4 rings of S/4: each
+  step a NIC carries S/32 (10 GB/s), a port at most 4 x S/32 (100 GB/s)."""
+  g = _nvswitch(4, 100 * GB, nics=(4, 10 * GB))
+  rings = algorithms.rail_rings(g, list(range(8)))
+  assert rings[0] == (0, 1, 2, 3, 7, 4, 5, 6)
+  nic = lambda d: d % 4
+  for host in (0, 1):
+    out = sorted(nic(a) for r in rings for a, b in zip(r, r[1:] + r[:1])
+                 if a // 4 == host and b // 4 != host)
+    assert out == [0, 1, 2, 3]
+  size = 1e9
+  t = algorithms.seconds(g, 'channels', 'all-reduce', list(range(8)), 2 * 7 / 8 * size, L)
+  assert t == pytest.approx(14 * (size / 32 / 10e9 + L))
+  # One ring in rank order: every step's crossings 3 -> 4 and 7 -> 0 on NIC 3: S/8 each.
+  one = algorithms.seconds(g, 'ring', 'all-reduce', list(range(8)), 2 * 7 / 8 * size, L)
+  assert one == pytest.approx(14 * (size / 8 / 10e9 + L))
+
+
+def test_nvlink_channels_on_the_v100_cube_mesh():
+  """NCCL 2 runs as many rings as the NVLinks allow, each taking one link per hop in its
+  direction. The V100 cube-mesh gives each GPU 6 links (2 x NV2 + 2 x NV1): 6 directed rings
+  through all 8, every link busy; the message split 6 ways: 14 steps of S / (8 x 6) at one
+  link's 25 GB/s."""
+  g = targets.load('gpu-v100-sxm2-cubemesh').link_graph()
+  rings = algorithms.nvlink_rings(g, list(range(8)))
+  assert len(rings) == 6
+  links = {frozenset((a, b)): k for a, b, k in g.table['nvlink']['pairs']}
+  used: dict = {}
+  for r in rings:
+    assert sorted(r) == list(range(8))
+    for hop in zip(r, r[1:] + r[:1]):
+      assert frozenset(hop) in links
+      used[hop] = used.get(hop, 0) + 1
+  assert all(used.get((a, b), 0) == k and used.get((b, a), 0) == k
+             for pair, k in links.items() for a, b in [tuple(pair)])
+  size = 1e9
+  t = algorithms.seconds(g, 'library_default', 'all-reduce', list(range(8)), 2 * 7 / 8 * size, L)
+  assert t == pytest.approx(14 * (size / 48 / 25e9 + L))
+  # Two GPUs on a pair of 2 links: 2 rings; GPUs 0-3 and 7 have no NVLink ring: none.
+  assert len(algorithms.nvlink_rings(g, [0, 3])) == 2
+  assert algorithms.nvlink_rings(g, [0, 1, 2, 3, 7]) == []
+
+
+def test_nvls_and_collnet_reduce_in_the_switches():
+  """NVLS: 4 devices on an NVSwitch of 100 GB/s: each port carries S (4+1)/4 each way in one
+  pipelined step (S out and S/4 back for the reduce-scatter, S/4 out and S back for the
+  all-gather), and 2 latencies. CollNet: 2 hosts of 4 on that switch with 4 NICs of 10 GB/s:
+  reduce-scatter inside (3 ring steps of S/4), each device's S/4 out of its NIC and back
+  once (the InfiniBand switches sum, whatever the number of hosts), all-gather inside."""
+  size = 1e9
+  g = _nvswitch(4, 100 * GB)
+  t = algorithms.seconds(g, 'nvls', 'all-reduce', [0, 1, 2, 3], 2 * 3 / 4 * size, L)
+  assert t == pytest.approx(5 / 4 * size / 100e9 + 2 * L)
+  # Fewer bytes per port than the ring's 2 x 3/4 S, so faster at this size:
+  assert t < algorithms.seconds(g, 'ring', 'all-reduce', [0, 1, 2, 3], 2 * 3 / 4 * size, L)
+  two = _nvswitch(4, 100 * GB, nics=(4, 10 * GB))
+  t = algorithms.seconds(two, 'collnet', 'all-reduce', list(range(8)), 2 * 7 / 8 * size, L)
+  # Pipelined: a port sends 2 x 3/4 S (0.015 s), a NIC S/4 (0.025 s); 2 x 3 + 1 latencies.
+  assert t == pytest.approx(max(2 * 3 / 4 * size / 100e9, size / 4 / 10e9) + 7 * L)
+  # Neither is the library's own choice (the graph does not say the switches can reduce): it
+  # runs the two-level tree here (test_the_two_level_tree_across_hosts_by_hand).
+  assert algorithms.seconds(two, 'library_default', 'all-reduce', list(range(8)),
+                            2 * 7 / 8 * size, L) == pytest.approx(size / 4 / 10e9 + 8 * L)
 
 
 def test_hierarchical_all_reduce_inside_then_across_then_inside():
@@ -240,8 +342,10 @@ def test_an_nvlink_ring_is_found_where_rank_order_has_no_link():
   # NCCL 1's rank-order ring: each step's bottleneck is a staged hop's PCIe 3.0 x16 link.
   nccl1 = algorithms.seconds(g, 'ring', 'all-reduce', list(range(8)), bpd, 0.0)
   assert nccl1 == pytest.approx(14 * size / 8 / 15.75e9)
+  # NCCL 2: 4 rings over the 4 NVLinks of each GPU (two disjoint Hamiltonian cycles, each
+  # both ways), each hop one link: 14 steps of S / (8 x 4) at 20 GB/s.
   nccl2 = algorithms.seconds(g, 'library_default', 'all-reduce', list(range(8)), bpd, 0.0)
-  assert nccl2 == pytest.approx(14 * size / 8 / 20e9)  # one NVLink per hop
+  assert nccl2 == pytest.approx(14 * size / 32 / 20e9)
 
 
 # --- The cost model's use of it. ---
@@ -328,11 +432,11 @@ def test_the_dgx1_case_names_one_call_per_tensor():
 
 def test_a_collective_case_on_a_machine_with_a_graph_is_replayed_over_it():
   """plan --collectives: a measurement on the DGX-1 (a case another file could hold) is
-  predicted over its links: NCCL 2's ring over NVLink only, 14 steps of S/8 at one link."""
+  predicted over its links: NCCL 2's 4 rings over NVLink only, 14 steps of S/32 at one link."""
   from alexnet_jax.pods import collectives  # pylint: disable=g-import-not-at-top
   case = collectives.CollectiveCase(
       key='x', title='x', cite='x', url='', checked=False, note='', profile='gpu-p100-dgx1',
       link='inside', kind='all-reduce', group_size=8, software='NCCL 2', sizes=(2 ** 30,),
       given='busbw', values=(20e9,))
   point = collectives.predict_case(case, targets.load('gpu-p100-dgx1'))['points'][0]
-  assert point['predicted_seconds'] == pytest.approx(14 * (2 ** 30 / 8 / 20e9 + 5e-6))
+  assert point['predicted_seconds'] == pytest.approx(14 * (2 ** 30 / 32 / 20e9 + 5e-6))

@@ -25,10 +25,16 @@ name is refused):
                             # torus axis the group spans (their product is group_size)
     slice_shape = [8, 4]    # optional, torus only: the slice's shape (default: extents), which
                             # decides wraparound links (costmodel._axis_wraps)
+    members = [0, 7]        # optional, profiles with a graph only: the devices measured (global
+                            # indices of the profile's graph, group_size distinct ones, in rank
+                            # order); default: costmodel.members' choice
     [collective]
     kind = "all-reduce"     # 'all-reduce', 'all-gather' or 'reduce-scatter'
     group_size = 8          # devices taking part (>= 2)
     software = "..."        # what ran it, with its version where the source states one
+    algorithm = "ring"      # optional: the algorithm the software ran (algorithms.ALGORITHMS),
+                            # replayed as the stack's algorithm; default: library_default
+    algorithm_source = "..." # required with algorithm: what says the software ran it
     [measured]
     size_bytes = [1024, 2048, ...]  # increasing; nccl-tests' "size" (below)
     busbw = [...]                   # exactly one of: time_seconds, algbw, busbw (bytes/s),
@@ -59,6 +65,7 @@ import os
 import time
 from typing import Any, Callable, Optional, Sequence
 
+from alexnet_jax.pods import algorithms
 from alexnet_jax.pods import costmodel
 from alexnet_jax.pods import schema
 from alexnet_jax.pods import targets as targets_lib
@@ -82,10 +89,14 @@ FORMAT = schema.table({
     'hardware': schema.table({'profile': schema.string(nonempty=True),
                               'link': schema.one_of(*LINKS)},
                              optional={'extents': _POSITIVE_INTS,
-                                       'slice_shape': _POSITIVE_INTS}),
+                                       'slice_shape': _POSITIVE_INTS,
+                                       'members': schema.list_of(schema.integer(minimum=0),
+                                                                 nonempty=True)}),
     'collective': schema.table({'kind': schema.one_of(*KINDS),
                                 'group_size': schema.integer(minimum=2),
-                                'software': schema.string(nonempty=True)}),
+                                'software': schema.string(nonempty=True)},
+                               optional={'algorithm': schema.one_of(*algorithms.ALGORITHMS),
+                                         'algorithm_source': schema.string(nonempty=True)}),
     'measured': schema.table({'size_bytes': schema.list_of(schema.integer(minimum=1),
                                                            nonempty=True)},
                              optional={**{field: _VALUES for field in GIVEN},
@@ -120,6 +131,9 @@ class CollectiveCase:
   path: str = ''
   # the source's other columns as printed (quantity -> one value per size), not replayed
   check: dict = dataclasses.field(default_factory=dict)
+  members: tuple[int, ...] = ()  # the devices measured, where the case names them
+  algorithm: str = ''  # the software's algorithm, where the case names it ('' = library default)
+  algorithm_source: str = ''
 
 
 # --- The conversions (nccl-tests' definitions; the module docstring). ---
@@ -162,6 +176,8 @@ def instruction(case: CollectiveCase, size: float) -> dict:
   ins = {'kind': case.kind, 'group_size': case.group_size,
          'bytes_per_device': bytes_per_device(case.kind, size, case.group_size),
          'crosses': case.link, 'asynchronous': False}
+  if case.members:
+    ins['members'] = list(case.members)
   if case.extents:
     ins['extents'] = list(case.extents)
     ins['slice_shape'] = list(case.slice_shape or case.extents)
@@ -207,6 +223,23 @@ def load(path: str) -> CollectiveCase:
                  f'which holds {profile.devices_per_host}; expected at most '
                  f'{profile.devices_per_host}, or hardware.link = "between"')
 
+  members = hardware.get('members', [])
+  if members:
+    hosts = 1 if hardware['link'] == 'inside' else n
+    if not profile.graph:
+      raise fail('hardware.members', f'given for profile {profile.key!r}, which has no graph '
+                 'table; expected members only where the profile describes its links')
+    if len(set(members)) != n or len(members) != n:
+      raise fail('hardware.members', f'{members!r}; expected collective.group_size ({n}) '
+                 'distinct device indices')
+    if max(members) >= hosts * profile.devices_per_host:
+      raise fail('hardware.members', f'{members!r} names device {max(members)}; expected '
+                 f'indices below {hosts * profile.devices_per_host} (link {hardware["link"]!r} '
+                 f'of hosts of {profile.devices_per_host} devices)')
+  if ('algorithm' in collective) != ('algorithm_source' in collective):
+    field = 'algorithm_source' if 'algorithm' in collective else 'algorithm'
+    raise fail(f'collective.{field}', 'missing; give collective.algorithm together with '
+               'collective.algorithm_source (what says the software ran that algorithm)')
   sizes = measured['size_bytes']
   if any(b <= a for a, b in zip(sizes, sizes[1:])):
     raise fail('measured.size_bytes', f'{sizes!r}; expected increasing sizes')
@@ -235,7 +268,9 @@ def load(path: str) -> CollectiveCase:
       group_size=n, software=collective['software'], sizes=tuple(sizes), given=given[0],
       values=tuple(values), extents=tuple(hardware.get('extents', ())),
       slice_shape=tuple(hardware.get('slice_shape', ())), path=path,
-      check={field: tuple(v) for field, v in check.items()})
+      check={field: tuple(v) for field, v in check.items()}, members=tuple(members),
+      algorithm=collective.get('algorithm', ''),
+      algorithm_source=collective.get('algorithm_source', ''))
 
 
 def load_all(folder: Optional[str] = None) -> list[CollectiveCase]:
@@ -258,7 +293,8 @@ def predict_case(case: CollectiveCase, profile: targets_lib.Profile,
   for size, value in zip(case.sizes, case.values):
     measured = seconds(case.given, value, size, kind, n)
     ins = instruction(case, size)
-    predicted = costmodel.collective_seconds(ins, profile, features)
+    predicted = costmodel.collective_seconds(ins, profile, features,
+                                             stack=costmodel.Stack(algorithm=case.algorithm))
     points.append({'size_bytes': size, 'bytes_per_device': ins['bytes_per_device'],
                    'measured_seconds': measured, 'predicted_seconds': predicted,
                    'measured_busbw': busbw(size, measured, kind, n),
@@ -283,6 +319,8 @@ def replay(cases: Sequence[CollectiveCase], log: Callable[[str], Any] = print) -
         'profile_name': profile.name, 'link': case.link, 'link_name': link.get('name', ''),
         'link_source': profile.sources.get(case.link, ''),
         'kind': case.kind, 'group_size': case.group_size, 'software': case.software,
+        'members': list(case.members), 'algorithm': case.algorithm or 'library_default',
+        'algorithm_source': case.algorithm_source,
         'given': case.given, 'extents': list(case.extents),
         'slice_shape': list(case.slice_shape), **result})
     log(f'{case.key}: {len(case.sizes)} sizes, largest |error| '
@@ -328,7 +366,9 @@ def markdown(result: dict) -> str:
               f'{"yes" if c["checked"] else "NO"}; it gives {c["given"]}). {c["note"]}',
               f'- Machine: {c["profile_name"]} (profile `{c["profile"]}`), link {c["link"]} '
               f'({c["link_name"]}){torus}; {c["kind"]} over {c["group_size"]} devices by '
-              f'{c["software"]}.',
+              f'{c["software"]}; replayed with algorithm {c["algorithm"]}'
+              + (f' ({c["algorithm_source"]})' if c['algorithm_source'] else '')
+              + (f' over devices {c["members"]}' if c['members'] else '') + '.',
               f'- The profile\'s source for this link: {c["link_source"] or "-"}',
               f'- |error|: largest {100 * c["max_abs_error"]:.1f} %, median '
               f'{100 * c["median_abs_error"]:.1f} %, at the largest size '

@@ -27,8 +27,9 @@ compute efficiency, from a measured point (fit_efficiency), and is labelled as c
               below the smallest size measured, or another group size or kind: the above.
   link graph  (a profile with a `graph` table, GPUs; feature link_graph) a collective becomes the
               transfers of the software stack's algorithm (Stack: the case's
-              run.collective_algorithm, else what the platform's library does: NCCL's ring or
-              tree, whichever is faster), routed over the machine's links, links shared by the
+              run.collective_algorithm, else what the platform's library does: NCCL 2's
+              concurrent rings, and across hosts the fastest of those, its tree and
+              hierarchical), routed over the machine's links, links shared by the
               transfers that cross them, the instruction's other groups' included
               (pods/linkgraph.py, pods/algorithms.py); each step one
               latency, per call (per tensor or bucket where the stack made one call each).

@@ -11,6 +11,14 @@ published measurement of the hardware alone, in the profile's `sources`:
               there counts), peer_to_peer: which devices read and write each other's memory
               directly over PCIe: "switch" (under one switch), "socket" (under one root complex),
               "all", or "none"; any other copy is staged through host memory.
+              Optional, where a measurement of the hardware alone exists (cuda-samples
+              p2pBandwidthLatencyTest with P2P disabled on that machine): staged_copy, the rate
+              of one staged copy alone (its unidirectional P2P=Disabled figure), and
+              staged_copy_both, two staged copies between a pair at once, both directions
+              together (its bidirectional figure, which counts both directions). NCCL's
+              shared-memory transport does not reach the links' rates: each staged copy from a
+              to b also crosses a link of its own (staged_copy) and one the pair's two
+              directions share (staged_copy_both).
     nvlink    pairs = [[a, b, links], ...] and link_bandwidth (per link): linked pairs copy over
               their links (the DGX-1's hybrid cube-mesh); a pair without one goes over PCIe, or,
               without a pcie table, relays through the fewest linked devices.
@@ -48,7 +56,8 @@ FORMAT = schema.table({}, optional={
                           'devices_per_switch': _COUNT, 'device_link': _RATE,
                           'switch_uplink': _RATE, 'host_memory': _RATE,
                           'peer_to_peer': schema.one_of(*PEER_TO_PEER)},
-                         optional={'socket_link': _RATE}),
+                         optional={'socket_link': _RATE, 'staged_copy': _RATE,
+                                   'staged_copy_both': _RATE}),
     'nvlink': schema.table({'link_bandwidth': _RATE,
                             'pairs': schema.list_of(schema.list_of(schema.integer(minimum=0),
                                                                    length=3), nonempty=True)}),
@@ -131,6 +140,10 @@ class Graph:
       return self.table['nvswitch']['bandwidth']
     if kind in ('nic_out', 'nic_in'):
       return self.table['nics']['bandwidth']
+    if kind == 'staged':
+      return self.table['pcie']['staged_copy']
+    if kind == 'staged_pair':
+      return self.table['pcie']['staged_copy_both']
     field = {'device_up': 'device_link', 'device_down': 'device_link',
              'switch_up': 'switch_uplink', 'switch_down': 'switch_uplink',
              'socket': 'socket_link', 'memory': 'host_memory'}[kind]
@@ -200,7 +213,10 @@ class Graph:
     if self.peers(a, b):
       return self._pcie_up(*pa) + across + self._pcie_down(*pb)
     memory = (ha, 'memory', kb)
-    return self._pcie_up(*pa) + across + [memory, memory] + self._pcie_down(*pb)
+    staged = [(ha, 'staged', a, b)] if 'staged_copy' in pcie else []
+    if 'staged_copy_both' in pcie:
+      staged.append((ha, 'staged_pair', min(a, b), max(a, b)))
+    return self._pcie_up(*pa) + across + [memory, memory] + staged + self._pcie_down(*pb)
 
   def to_host(self, a: int) -> list:
     """A copy from device a into its own socket's host memory (written once)."""
