@@ -59,6 +59,8 @@ graph where the profile has one (pods/algorithms.py says what each moves, step b
                       updated variables fetched back (tf_cnn_benchmarks' parameter_server)
     peer_to_peer      no collective library: each device reads or writes its peers' memory
                       directly, point-to-point copies (the 2012 paper's two GTX 580s)
+    nvls              NCCL's NVLink SHARP: the NVSwitch reduces and multicasts (NCCL_ALGO=NVLS)
+    collnet           NCCL's CollNet: the InfiniBand switches reduce (SHARP; NCCL_ALGO=CollNet)
     library_default   the communication library picks at run time (NCCL >= 2.4 chooses ring or
                       tree by size and topology unless NCCL_ALGO is set); the source names the
                       library and its version
