@@ -35,6 +35,10 @@ compute efficiency, from a measured point (fit_efficiency), and is labelled as c
               latency, per call (per tensor or bucket where the stack made one call each).
               Replaces the bus bandwidth and peer-group terms; a measured table still comes
               first; a TPU torus keeps the formula above.
+  nccl        (feature nccl_tuning, off by default; a profile naming its `nccl` architecture)
+              NCCL's own tuning model instead of steps x one latency, for its ring and tree:
+              per protocol its base and per-link-class step latencies and bandwidth factors,
+              the fastest protocol taken (pods/nccl.py).
   step        the schedule replayed on two streams: compute runs the ops in order; a
               synchronous collective blocks it; an asynchronous one runs on the collective
               stream from its start (after the collective before it) and blocks compute at
