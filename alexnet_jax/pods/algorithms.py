@@ -76,6 +76,7 @@ import math
 from typing import Sequence
 
 from alexnet_jax.pods import linkgraph
+from alexnet_jax.pods import nccl
 
 ALGORITHMS = ('ring', 'tree', 'hierarchical', 'host_staged', 'parameter_server', 'peer_to_peer',
               'nvls', 'collnet', 'library_default')
@@ -376,27 +377,61 @@ def steps(graph: linkgraph.Graph, algorithm: str, kind: str, members: Sequence[i
 
 def seconds(graph: linkgraph.Graph, algorithm: str, kind: str, members: Sequence[int],
             bytes_per_device: float, latency: float, calls: int = 1,
-            concurrent: Sequence[Sequence[int]] = ()) -> float:
+            concurrent: Sequence[Sequence[int]] = (), nccl_arch: str = '') -> float:
   """The collective's time: its steps' transfers once, every step's latency once per call
   (`calls`: its tensors or buckets, granularity_calls). `concurrent`: the instruction's other
   groups, running the same steps at the same time, their transfers sharing the links.
   library_default: over direct_ring's order, the faster of ring and tree (an all-reduce), else
-  the ring."""
+  the ring. `nccl_arch` (a profile whose stack is NCCL 2): the latency of NCCL's ring and tree
+  from its own tuning tables, by the link classes the steps cross and the protocol it would
+  pick (pods/nccl.py); any other algorithm: each step NCCL's Simple ring latency of the class
+  of the links that step crosses (not `latency`)."""
   if len(members) < 2 or bytes_per_device <= 0:
     return 0.0
   if algorithm == 'library_default':
     options = ['channels']
     if kind == 'all-reduce' and len({graph.host_of(m) for m in members}) > 1:
       options += ['tree', 'hierarchical']
-    return min(seconds(graph, a, kind, members, bytes_per_device, latency, calls, concurrent)
-               for a in options)
+    return min(seconds(graph, a, kind, members, bytes_per_device, latency, calls, concurrent,
+                       nccl_arch) for a in options)
   plan = _plan(graph, algorithm, kind, members, bytes_per_device)
   for group in concurrent:
     theirs = _plan(graph, algorithm, kind, group, bytes_per_device)
     if [count for count, _ in theirs] == [count for count, _ in plan]:
       plan = [(count, mine + other) for (count, mine), (_, other) in zip(plan, theirs)]
   moving = linkgraph.steps_seconds(graph, plan, 0.0)
-  return moving + calls * sum(count for count, _ in plan) * latency
+  if not nccl_arch:
+    return moving + calls * sum(count for count, _ in plan) * latency
+  hosts = len({graph.host_of(m) for m in members})
+  if algorithm in ('channels', 'ring', 'tree') and kind in ('all-reduce', 'all-gather',
+                                                           'reduce-scatter'):
+    return nccl.seconds(algorithm, kind, len(members), hosts, intra_class(graph, plan),
+                        nccl_arch, bytes_per_device, moving,
+                        size_of(kind, bytes_per_device, len(members)), calls)
+  simple = nccl.PROTOCOLS.index('Simple')
+  return moving + calls * 1e-6 * (nccl.BASE['ring'][simple] + sum(
+      count * nccl.HW[step_class(graph, transfers)]['ring'][simple] for count, transfers in plan))
+
+
+def _kinds(graph: linkgraph.Graph, transfers: Sequence[tuple]) -> list:
+  return [link[1] for link in linkgraph.link_loads(graph, transfers)]
+
+
+def step_class(graph: linkgraph.Graph, transfers: Sequence[tuple]) -> str:
+  """NCCL's hardware class of one step: 'net' where a transfer leaves its host, else the class
+  of the links it crosses (nccl.link_class)."""
+  kinds = _kinds(graph, transfers)
+  if any(k in ('nic_out', 'nic_in') for k in kinds):
+    return 'net'
+  return nccl.link_class(kinds)
+
+
+def intra_class(graph: linkgraph.Graph, plan: Sequence[tuple]) -> str:
+  """The class of the links the collective crosses inside its hosts (NCCL's typeIntra); a
+  group of one device per host: NVLink (nothing inside a host disables a protocol)."""
+  inside = [t for _, transfers in plan for t in transfers
+            if not (t[0] == 'copy' and graph.host_of(t[1]) != graph.host_of(t[2]))]
+  return nccl.link_class(_kinds(graph, inside)) if inside else 'nvlink'
 
 
 def _plan(graph: linkgraph.Graph, algorithm: str, kind: str, members: Sequence[int],

@@ -306,13 +306,14 @@ def predict_case(case: CollectiveCase, profile: targets_lib.Profile,
           'largest_size_error': points[-1]['error']}
 
 
-def replay(cases: Sequence[CollectiveCase], log: Callable[[str], Any] = print) -> dict:
-  """Every case predicted with its profile by the full cost model (costmodel.ALL)."""
+def replay(cases: Sequence[CollectiveCase], log: Callable[[str], Any] = print,
+           features: costmodel.Features = costmodel.ALL) -> dict:
+  """Every case predicted with its profile by the cost model (default: costmodel.ALL)."""
   out = []
   for case in cases:
     profile = targets_lib.load(case.profile)
     link = profile.between if case.link == 'between' else profile.inside
-    result = predict_case(case, profile)
+    result = predict_case(case, profile, features)
     out.append({
         'key': case.key, 'title': case.title, 'cite': case.cite, 'url': case.url,
         'checked': case.checked, 'note': case.note, 'profile': case.profile,

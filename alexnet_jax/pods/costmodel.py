@@ -35,6 +35,10 @@ compute efficiency, from a measured point (fit_efficiency), and is labelled as c
               latency, per call (per tensor or bucket where the stack made one call each).
               Replaces the bus bandwidth and peer-group terms; a measured table still comes
               first; a TPU torus keeps the formula above.
+  nccl        (feature nccl_tuning, off by default; a profile naming its `nccl` architecture)
+              NCCL's own tuning model instead of steps x one latency, for its ring and tree:
+              per protocol its base and per-link-class step latencies and bandwidth factors,
+              the fastest protocol taken (pods/nccl.py).
   step        the schedule replayed on two streams: compute runs the ops in order; a
               synchronous collective blocks it; an asynchronous one runs on the collective
               stream from its start (after the collective before it) and blocks compute at
@@ -48,6 +52,7 @@ import math
 from typing import Optional, Sequence
 
 from alexnet_jax.pods import algorithms
+from alexnet_jax.pods import nccl
 from alexnet_jax.pods import targets as targets_lib
 
 
@@ -62,6 +67,10 @@ class Features:
   wraparound: bool = True  # TPU axes without wraparound links
   schedule_overlap: bool = True  # the compiled schedule replayed on two streams
   link_graph: bool = True  # collectives as their algorithm's transfers over the profile's graph
+  # NCCL's own latency and protocol tables (pods/nccl.py) for a profile naming its `nccl`
+  # architecture. Off: on the published collectives it made three cases worse at 1 MiB and up
+  # (docs/validation.md, "NCCL's latencies and protocols").
+  nccl_tuning: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,7 +203,7 @@ def members(ins: dict, profile: targets_lib.Profile) -> list[int]:
 
 
 def graph_seconds(ins: dict, profile: targets_lib.Profile, stack: Stack = DEFAULT_STACK,
-                  latency_scale: float = 1.0) -> float:
+                  latency_scale: float = 1.0, nccl_arch: str = '') -> float:
   """One collective on the profile's link graph (the module docstring's link graph term)."""
   group = members(ins, profile)
   algorithm = stack.algorithm or 'library_default'
@@ -204,7 +213,7 @@ def graph_seconds(ins: dict, profile: targets_lib.Profile, stack: Stack = DEFAUL
                                        stack.bucket_bytes)
   return algorithms.seconds(profile.link_graph(), algorithm, ins['kind'], group,
                             ins['bytes_per_device'], float(link['latency']) * latency_scale,
-                            calls, ins.get('other_groups', ()))
+                            calls, ins.get('other_groups', ()), nccl_arch)
 
 
 def collective_seconds(ins: dict, profile: targets_lib.Profile,
@@ -224,7 +233,8 @@ def collective_seconds(ins: dict, profile: targets_lib.Profile,
     if measured is not None:
       return measured
   if features.link_graph and profile.graph and profile.inside.get('wiring') != 'torus':
-    return graph_seconds(ins, profile, stack, latency_scale)
+    return graph_seconds(ins, profile, stack, latency_scale,
+                         profile.nccl if features.nccl_tuning else '')
   rounds = 2 if kind == 'all-reduce' else 1
   steps = rounds * (g - 1)
   if ins['crosses'] == 'between':
@@ -248,7 +258,15 @@ def collective_seconds(ins: dict, profile: targets_lib.Profile,
       bandwidth = min(bandwidth, float(link['host_bandwidth']))
   if kind == 'collective-permute':
     steps = 1
-  return ins['bytes_per_device'] / bandwidth + steps * float(link['latency']) * latency_scale
+  moving = ins['bytes_per_device'] / bandwidth
+  if (features.nccl_tuning and profile.nccl and kind in MEASURED_KINDS
+      and stack.algorithm in ('', 'library_default', 'ring', 'tree')):
+    hosts = g if ins['crosses'] == 'between' else 1
+    intra = 'pci' if link.get('wiring') == 'pcie' else 'nvlink'
+    return nccl.seconds(stack.algorithm or 'ring', kind, g, hosts, intra, profile.nccl,
+                        ins['bytes_per_device'], moving,
+                        algorithms.size_of(kind, ins['bytes_per_device'], g))
+  return moving + steps * float(link['latency']) * latency_scale
 
 
 def replay(ops: Sequence[dict], op_time: dict, collective_time: dict) -> float:

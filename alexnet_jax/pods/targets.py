@@ -20,6 +20,7 @@ from typing import Any, Optional
 from jax.experimental import topologies
 
 from alexnet_jax.pods import linkgraph
+from alexnet_jax.pods import nccl
 from alexnet_jax.pods import schema
 from alexnet_jax.runtime import errors
 from alexnet_jax.runtime import paths
@@ -63,6 +64,7 @@ FORMAT = schema.table(
               'target_config': schema.string(), 'devices_per_chip': schema.integer(minimum=1),
               'devices_per_host': schema.integer(minimum=1),
               'reported_images_per_second': _RATE, 'graph': linkgraph.FORMAT,
+              'nccl': schema.one_of(*nccl.ARCHES),
               'sources': schema.table({}, others=schema.string())})
 _WIRED = {'torus': ('ports', 'link_bandwidth'), 'switch': ('bandwidth',),
           'pcie': ('bandwidth', 'host_bandwidth')}
@@ -86,6 +88,7 @@ class Profile:
   compiled_as: str = ''  # the profile whose compiler built the program, when not this one
   reported_images_per_second: Optional[float] = None
   graph: Optional[dict] = None  # the links of a host, as a graph (pods/linkgraph.py), if given
+  nccl: str = ''  # GPUs whose collectives NCCL 2 runs: its architecture (pods/nccl.py), else ''
 
   def link_graph(self) -> Optional[linkgraph.Graph]:
     return linkgraph.build(self.graph, self.devices_per_host) if self.graph else None
@@ -171,7 +174,8 @@ def _profile(key: str, raw: dict, table: dict) -> Profile:
       target_config=target_config,
       devices_per_host=devices_per_host, graph=raw.get('graph'),
       compiled_as=raw.get('compile_as', ''),
-      reported_images_per_second=raw.get('reported_images_per_second'))
+      reported_images_per_second=raw.get('reported_images_per_second'),
+      nccl=raw.get('nccl', ''))
 
 
 def compiler_missing(profile: Profile) -> Optional[str]:
