@@ -121,3 +121,90 @@ def train_flops_per_image(net, image_size: int) -> int:
   image's) is never computed: 2x. ReLU, LRN, pooling, softmax and the update are not counted."""
   macs = model_lib.layer_macs(net, image_size)
   return sum(2 * m * (2 if layer == 'conv1' else 3) for layer, m in macs.items())
+
+
+def activation_per_image(net, image_size: int) -> dict[str, int]:
+  """Values per image of each layer's output, all towers (after its pooling): what the next
+  layer's resharding moves. Arithmetic on the net's widths, pools and the crop."""
+  pool = lambda s: (s - net.pool_window) // net.pool_stride + 1
+  s1 = pool((image_size + model_lib.conv1_padding(image_size) - 11) // 4 + 1)
+  s2 = pool(s1)
+  s5 = pool(s2)
+  t, c = net.num_towers, net.conv_features
+  sides = {'conv1': s1, 'conv2': s2, 'conv3': s2, 'conv4': s2, 'conv5': s5}
+  out = {layer: t * sides[layer] ** 2 * c[i] for i, layer in enumerate(strategies.CONV_LAYERS)}
+  out.update(fc6=t * net.fc_features[0], fc7=t * net.fc_features[1], fc8=t * net.classes_per_tower)
+  return out
+
+
+def spec_bytes(spec, net, image_size: int, batch_size: int, dtype_bytes: int = 4,
+               act_bytes: Optional[int] = None, grad_bytes: Optional[int] = None
+               ) -> dict[str, float]:
+  """Bytes per device per step, per layer, of a layerwise spec (core/layerwise.py), by the ring
+  convention of `analytic_bytes`. With x the local bytes of the activation a layer reads, W a
+  parameter leaf's local bytes, g the devices of a group and ar(g) = 2 (g-1)/g:
+    gather over the axes the layer drops   (g-1)/g x gathered, and as much again backward
+                                           (reduce-scatter) if the layer uses one of those axes
+    slice over an axis x is the same on    nothing forward; backward ar(g) x (the unsliced x),
+    (new split)                            the transpose of making x differ over that axis
+    tower/out axes x is the same on        backward ar(g) x (the input's cotangent sum, as
+                                           Megatron's column-parallel layers)
+    replicated parameters, batch axes      ar(g) W (the gradient all-reduce)
+    sharded parameters, batch axes         (g-1)/g W forward + (g-1)/g W backward (a leaf no
+                                           free axis of which g divides: ar(g) W)
+  """
+  da = dtype_bytes if act_bytes is None else act_bytes
+  dg = dtype_bytes if grad_bytes is None else grad_bytes
+  ar = lambda g: 2 * (g - 1) / g
+  sizes = spec.sizes
+  shards = lambda axes: math.prod(sizes[a] for a in axes)
+  per_image = activation_per_image(net, image_size)
+  leaves = layer_table(net, image_size)
+  common = lambda h, w: next((i for i, (a, b) in enumerate(zip(h, w)) if a != b),
+                             min(len(h), len(w)))
+  splits = dict(spec.layers)
+  have = (splits['conv1'].batch, ())
+  varying = set(have[0])
+  x, out = 0.0, {}
+  previous = None
+  for layer in strategies.CONV_LAYERS + strategies.FC_LAYERS:
+    s = splits[layer]
+    used = set(s.batch) | ({s.tower} if s.tower else set()) | set(s.out)
+    need = (s.tower,) if layer in ('conv2', 'conv4', 'conv5') and s.tower else ()
+    want = (s.batch, need)
+    v = 0.0
+    if previous is not None:
+      x = batch_size * per_image[previous] * da / (shards(have[0]) * shards(have[1]))
+      for h, w in ((have[1], want[1]), (have[0], want[0])):
+        rest = h[common(h, w):]
+        g = shards(rest)
+        if g > 1:
+          x *= g
+          v += (g - 1) / g * x * (2 if set(rest) & used else 1)
+          if not set(rest) & used:
+            varying -= set(rest)
+      for h, w in ((have[1], want[1]), (have[0], want[0])):
+        new = w[common(h, w):]
+        missing = set(new) - varying
+        if missing:
+          v += ar(shards(tuple(missing))) * x
+        x /= shards(new)
+        varying |= set(new)
+      missing = ({s.tower} if s.tower else set()) | set(s.out)
+      missing -= varying
+      if missing:
+        v += ar(shards(tuple(missing))) * x
+    g = shards(s.batch)
+    for what, shape in leaves[layer]['leaves'].items():
+      local = math.prod(shape) / (2 if s.tower else 1) / shards(s.out)
+      if g <= 1:
+        continue
+      free = [i for i in range(len(shape))
+              if not (i == 0 and s.tower) and not (i == len(shape) - 1 and s.out)]
+      if s.params == 'sharded' and any(shape[i] % g == 0 for i in free):
+        v += (g - 1) / g * local * (dtype_bytes + dg)
+      else:
+        v += ar(g) * local * dg
+    out[layer] = float(v)
+    have, varying, previous = (s.batch, s.channels), set(s.batch) | set(s.channels), layer
+  return out
