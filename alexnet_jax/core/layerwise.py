@@ -27,7 +27,8 @@ are concatenated (model.py). Between two layers the activation is resharded expl
 axes the next layer does not split by are all-gathered, then the new ones are sliced out
 (slicing moves nothing). A gather over an axis the next layer uses is `all_gather`, whose
 transpose reduce-scatters the per-device cotangents; over an axis it does not use (that layer
-computes the same on all of them) `all_gather_invariant`, whose transpose is a slice. A layer's
+computes the same on all of them) `all_gather(..., to='invarying')`, whose transpose is a slice. A
+layer's
 replicated parameters are marked varying over its batch axes (their gradient is all-reduced
 there), sharded ones all-gathered (their gradient reduce-scattered): strategies.exchange_gradients.
 Every collective runs under the name of the layer that reads it, so comms attributes its bytes.
@@ -225,6 +226,20 @@ def _index(axes: tuple[str, ...], sizes: dict) -> jax.Array:
   return i
 
 
+def gather_runs(axes: tuple[str, ...], used: set) -> list[tuple[tuple[str, ...], bool]]:
+  """The gathers that undo a split over `axes` (major to minor): one per run of neighbouring
+  axes the next layer uses (varying: True) or does not, the minor run first. Gathering the minor
+  axes first and the major ones after leaves the blocks in the order a PartitionSpec splits, and
+  moves the same bytes as one gather over all of them."""
+  runs: list[tuple[tuple[str, ...], bool]] = []
+  for a in reversed(axes):
+    if runs and runs[-1][1] == (a in used):
+      runs[-1] = ((a,) + runs[-1][0], runs[-1][1])
+    else:
+      runs.append(((a,), a in used))
+  return runs
+
+
 def reshard(x: jax.Array, have: tuple, want: tuple, used: set, sizes: dict) -> jax.Array:
   """`x` from layout `have` to `want` ((batch axes, channel axes); the batch is axis 0 and the
   channels the last axis): gather every axis past the common prefix, then slice the new ones."""
@@ -232,10 +247,9 @@ def reshard(x: jax.Array, have: tuple, want: tuple, used: set, sizes: dict) -> j
   common = lambda h, w: next((i for i, (a, b) in enumerate(zip(h, w)) if a != b),
                              min(len(h), len(w)))
   for dim, h, w in dims:
-    rest = tuple(h[common(h, w):])
-    if rest:
-      gather = (jax.lax.all_gather if set(rest) & used else jax.lax.all_gather_invariant)
-      x = gather(x, rest, axis=dim, tiled=True)
+    for rest, varying in gather_runs(tuple(h[common(h, w):]), used):
+      x = jax.lax.all_gather(x, rest, axis=dim, tiled=True,
+                             to='varying' if varying else 'invarying')
   for dim, h, w in dims:
     new = tuple(w[common(h, w):])
     if new:

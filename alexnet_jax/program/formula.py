@@ -10,6 +10,7 @@ from typing import Optional
 
 import jax
 
+from alexnet_jax.core import layerwise
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import strategies
 from alexnet_jax.program.hlo import LAYERS
@@ -176,12 +177,11 @@ def spec_bytes(spec, net, image_size: int, batch_size: int, dtype_bytes: int = 4
     if previous is not None:
       x = batch_size * per_image[previous] * da / (shards(have[0]) * shards(have[1]))
       for h, w in ((have[1], want[1]), (have[0], want[0])):
-        rest = h[common(h, w):]
-        g = shards(rest)
-        if g > 1:
+        for rest, kept in layerwise.gather_runs(tuple(h[common(h, w):]), used):
+          g = shards(rest)
           x *= g
-          v += (g - 1) / g * x * (2 if set(rest) & used else 1)
-          if not set(rest) & used:
+          v += (g - 1) / g * x * (2 if kept else 1)
+          if not kept:
             varying -= set(rest)
       for h, w in ((have[1], want[1]), (have[0], want[0])):
         new = w[common(h, w):]
