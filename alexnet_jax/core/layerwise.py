@@ -27,10 +27,10 @@ are concatenated (model.py). Between two layers the activation is resharded expl
 axes the next layer does not split by are all-gathered, then the new ones are sliced out
 (slicing moves nothing). A gather over an axis the next layer uses is `all_gather`, whose
 transpose reduce-scatters the per-device cotangents; over an axis it does not use (that layer
-computes the same on all of them) `all_gather(..., to='invarying')`, whose transpose is a slice. A
-layer's
-replicated parameters are marked varying over its batch axes (their gradient is all-reduced
-there), sharded ones all-gathered (their gradient reduce-scattered): strategies.exchange_gradients.
+computes the same on all of them) `all_gather(..., to='invarying')`, whose transpose is a
+slice. A layer's replicated parameters are marked varying over its batch axes (their gradient
+is all-reduced there), sharded ones all-gathered (their gradient reduce-scattered):
+strategies.exchange_gradients. What each of these moves is formula.spec_bytes.
 Every collective runs under the name of the layer that reads it, so comms attributes its bytes.
 
 Limits, refused with a sentence: an output split needs the tower axis in a two-tower net (one
