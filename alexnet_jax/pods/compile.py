@@ -92,6 +92,9 @@ def _links(groups: list, devices: Sequence, profile: targets_lib.Profile,
   return out
 
 
+links = _links  # public: the search times collectives it has not compiled on the same links
+
+
 def _instructions(collectives: list, devices: Sequence, profile: targets_lib.Profile,
                   topology: str = '') -> dict:
   out = {}
