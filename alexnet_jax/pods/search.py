@@ -335,6 +335,8 @@ def compile_whole(config: ml_collections.ConfigDict, profile: targets_lib.Profil
                   'fits': pred['fits'], 'cached': entry['cached'],
                   'bytes_per_step': entry['bytes_per_step'],
                   'formula_bytes_per_step': entry['analytic_bytes_per_step'],
+                  'bytes_by_layer': entry['bytes_per_step_by_layer'],
+                  'formula_bytes_by_layer': entry['analytic_bytes_per_step_by_layer'],
                   'gap': whole['no_overlap'] / f['additive_seconds'] - 1}
 
 
