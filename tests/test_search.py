@@ -90,7 +90,7 @@ def test_nodes_and_edges_add_up_to_the_whole_spec_and_the_candidates_divide():
 
 def test_on_krizhevskys_k20s_it_finds_his_hybrid():
   """Krizhevsky 2014 on 8 K20s over PCIe: convolutions data-parallel (their weights are small,
-  their activations large), fully connected layers model-parallel (fc6-fc8 hold 94% of the
+  their activations large), fully connected layers model-parallel (fc6-fc8 hold 96% of the
   weights, while the activations they read are 9216 + 4096 + 4096 per image)."""
   config = paper.get_config()
   net = model_lib.make_network(config.model, config.model.num_classes)
