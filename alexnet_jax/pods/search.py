@@ -233,14 +233,15 @@ def describe(spec: layerwise.Spec) -> str:
   word = lambda s: ''.join(filter(None, (
       f'b{list(s.batch)}' if s.batch else '', f't[{s.tower}]' if s.tower else '',
       f'o{list(s.out)}' if s.out else '', 'S' if s.params == 'sharded' else ''))) or 'r'
-  parts, last = [], None
+  runs: list[list] = []  # [first layer, last layer, word]
   for layer, s in spec.layers:
-    if last is not None and word(s) == last[1]:
-      parts[-1] = (parts[-1][0].split('-')[0] + '-' + layer[-1], last[1])
+    if runs and word(s) == runs[-1][2]:
+      runs[-1][1] = layer
     else:
-      parts.append((layer, word(s)))
-    last = parts[-1]
-  return f'mesh {dict(spec.mesh)}: ' + ' | '.join(f'{l} {w}' for l, w in parts)
+      runs.append([layer, layer, word(s)])
+  name = lambda a, b: a if a == b else (
+      f'{a}-{b[-1]}' if a.rstrip('0123456789') == b.rstrip('0123456789') else f'{a}-{b}')
+  return f'mesh {dict(spec.mesh)}: ' + ' | '.join(f'{name(a, b)} {w}' for a, b, w in runs)
 
 
 # --- The search of one target at several device counts, and its report. ---
