@@ -229,7 +229,8 @@ def additive_seconds(spec: layerwise.Spec, net: model_lib.Tower, coster: Coster,
 
 
 def describe(spec: layerwise.Spec) -> str:
-  """One line per spec: each layer's split, e.g. conv1-5 b[x] | fc6 t[y]o[x] ..."""
+  """One line per spec, each run of layers with its split: conv1-5 b['x']; fc6-8 t[x]o['y'] (b
+  batch, t towers, o output channels, S sharded parameters, r computed whole on every device)."""
   word = lambda s: ''.join(filter(None, (
       f'b{list(s.batch)}' if s.batch else '', f't[{s.tower}]' if s.tower else '',
       f'o{list(s.out)}' if s.out else '', 'S' if s.params == 'sharded' else ''))) or 'r'
@@ -241,7 +242,7 @@ def describe(spec: layerwise.Spec) -> str:
       runs.append([layer, layer, word(s)])
   name = lambda a, b: a if a == b else (
       f'{a}-{b[-1]}' if a.rstrip('0123456789') == b.rstrip('0123456789') else f'{a}-{b}')
-  return f'mesh {dict(spec.mesh)}: ' + ' | '.join(f'{name(a, b)} {w}' for a, b, w in runs)
+  return f'mesh {dict(spec.mesh)}: ' + '; '.join(f'{name(a, b)} {w}' for a, b, w in runs)
 
 
 # --- The search of one target at several device counts, and its report. ---
