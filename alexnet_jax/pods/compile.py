@@ -92,9 +92,6 @@ def _links(groups: list, devices: Sequence, profile: targets_lib.Profile,
   return out
 
 
-links = _links  # public: the search times collectives it has not compiled on the same links
-
-
 def _instructions(collectives: list, devices: Sequence, profile: targets_lib.Profile,
                   topology: str = '') -> dict:
   out = {}
@@ -107,6 +104,10 @@ def _instructions(collectives: list, devices: Sequence, profile: targets_lib.Pro
     if c.layer not in entry['layers']:
       entry['layers'].append(c.layer)
   return out
+
+
+# Public: the search (search.py) times collectives it has not compiled, as the plan's entries.
+instructions = _instructions
 
 
 @dataclasses.dataclass

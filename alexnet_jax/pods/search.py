@@ -31,6 +31,7 @@ import itertools
 import math
 import os
 import time
+import types
 from typing import Any, Callable, Optional, Sequence
 
 import ml_collections
@@ -139,13 +140,11 @@ class Coster:
     the other (no overlap), as predict_step times a program that holds only them."""
     key = (tuple(collectives), flops)
     if key not in self._cache:
-      instructions = {}
-      for i, (_, kind, axes, size) in enumerate(collectives):
-        groups = self.groups(axes)
-        instructions[f'c{i}'] = {
-            'kind': kind, 'group_size': len(groups[0]), 'bytes_per_device': size,
-            'asynchronous': False, 'overlap_ops': 0, 'layers': [],
-            **compile_lib.links(groups, self.devices, self.profile, self.topology)}
+      found = [types.SimpleNamespace(
+          instruction=f'c{i}', kind=kind, groups=self.groups(axes), bytes_per_device=size,
+          group_size=len(self.groups(axes)[0]), asynchronous=False, overlap_ops=0, layer='')
+               for i, (_, kind, axes, size) in enumerate(collectives)]
+      instructions = compile_lib.instructions(found, self.devices, self.profile, self.topology)
       entry = {'instructions': instructions, 'ops': [], 'heavy_ops': 0,
                'compiled_flops_per_device': flops, 'analytic_flops_per_device': flops}
       step = costmodel.predict_step(entry, self.profile, self.efficiency, self.dtype)
