@@ -9,7 +9,6 @@ model FLOP rate and the FLOP rate of a matrix product on the same devices, and t
 """
 
 import json
-import os
 
 from absl import app
 from absl import flags
@@ -21,6 +20,7 @@ from alexnet_jax.core import strategies as strategies_lib
 from alexnet_jax.perf import bench
 from alexnet_jax.runtime import allocator
 from alexnet_jax.runtime import command
+from alexnet_jax.runtime import paths
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'A configs/*.py file.', lock_config=True)
@@ -50,12 +50,11 @@ def main(argv):
       [strategies_lib.devices_needed(s, FLAGS.devices) for s in names] + [1]))
   result = bench.run(FLAGS.config, names, FLAGS.devices, steps=FLAGS.steps,
                      warmup=FLAGS.warmup, matmul_size=FLAGS.matmul_size)
-  os.makedirs(FLAGS.out, exist_ok=True)
-  with open(os.path.join(FLAGS.out, 'bench.json'), 'w') as fh:
-    json.dump(result, fh, indent=1)
+  paths.makedirs(FLAGS.out)
+  paths.write_text(paths.join(FLAGS.out, 'bench.json'), json.dumps(result, indent=1))
   print(bench.markdown(result))
   print(f'load average {result["load_average"]} -> {result["load_average_after"]}; wrote '
-        f'{os.path.join(FLAGS.out, "bench.json")}')
+        f'{paths.join(FLAGS.out, "bench.json")}')
 
 
 if __name__ == '__main__':

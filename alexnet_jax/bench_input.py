@@ -8,7 +8,6 @@ writes OUT/bench_input.json (alexnet_jax/perf/bench_input.py says what each figu
 """
 
 import json
-import os
 
 from absl import app
 from absl import flags
@@ -17,6 +16,7 @@ from alexnet_jax.core import config as config_lib
 from alexnet_jax.perf import bench_input
 from alexnet_jax.runtime import allocator
 from alexnet_jax.runtime import command
+from alexnet_jax.runtime import paths
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('out', '/tmp/alexnet_bench_input', 'Where bench_input.json is written.')
@@ -38,10 +38,9 @@ def main(argv):
     raise app.UsageError('--num_images, --batch_size and --repeats must be positive.')
   result = bench_input.run(FLAGS.data_dir, FLAGS.num_images, FLAGS.batch_size, FLAGS.repeats,
                            FLAGS.warmup_batches, FLAGS.shapes_dataset, FLAGS.cpu)
-  os.makedirs(FLAGS.out, exist_ok=True)
-  path = os.path.join(FLAGS.out, 'bench_input.json')
-  with open(path, 'w') as fh:
-    json.dump(result, fh, indent=1)
+  paths.makedirs(FLAGS.out)
+  path = paths.join(FLAGS.out, 'bench_input.json')
+  paths.write_text(path, json.dumps(result, indent=1))
   print(f'images/s per core ({result["per_core_method"]}):')
   print(bench_input.markdown(result))
   device = result['datasets']['imagenet_like']

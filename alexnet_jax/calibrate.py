@@ -50,7 +50,8 @@ flags.DEFINE_integer('steps', 20, 'Timed steps per run.')
 flags.DEFINE_integer('warmup', 3, 'Untimed steps after compiling.')
 flags.DEFINE_integer('trace_steps', 2, 'Steps traced with jax.profiler for the per-op times, on '
                      'the first run that succeeds (0: no trace).')
-flags.DEFINE_string('trace_dir', '', 'Where the trace goes (default: trace/ beside --out).')
+flags.DEFINE_string('trace_dir', '', 'Where the trace goes, a local directory (default: trace/ beside '
+                    '--out, or a temporary directory when --out is on gs://).')
 flags.DEFINE_float('budget_s', 420.0, 'Seconds after which no new run starts (the one in flight '
                    'finishes); the rest are recorded as skipped.')
 flags.DEFINE_bool('collectives', False, 'Also measure all-reduce, all-gather and '

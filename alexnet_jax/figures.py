@@ -6,8 +6,6 @@ writes conv1_kernels.png, predictions.png, neighbours.png, curves.png and figure
 (alexnet_jax/paper/figures.py says what each shows and how it is computed).
 """
 
-import os
-
 from absl import app
 from absl import flags
 
@@ -16,6 +14,7 @@ from alexnet_jax.core import config as config_lib
 from alexnet_jax.paper import figures
 from alexnet_jax.runtime import allocator
 from alexnet_jax.runtime import command
+from alexnet_jax.runtime import paths
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'A training workdir (config.json, metrics.jsonl, '
@@ -37,7 +36,7 @@ def main(argv):
   result = figures.make_figures(FLAGS.workdir, FLAGS.out, FLAGS.data_dir, FLAGS.num_predictions,
                                 FLAGS.num_queries, FLAGS.num_neighbours, FLAGS.num_train_images)
   scores = result['colour_specificity']
-  out = FLAGS.out or os.path.join(os.path.abspath(FLAGS.workdir), 'figures')
+  out = FLAGS.out or paths.join(paths.absolute(FLAGS.workdir), 'figures')
   print(f'step {result["step"]}: colour specificity of conv1, tower 1 {scores["tower1"]:.3f}, '
         f'tower 2 {scores["tower2"]:.3f}')
   print(f'wrote {", ".join(figures.FIGURES)} and figures.json to {out}')

@@ -9,6 +9,7 @@ import os
 from absl import flags
 from ml_collections import config_flags
 import ml_collections
+import tensorflow as tf
 
 from alexnet_jax.core import config as config_lib
 from alexnet_jax.data import pipeline
@@ -20,8 +21,9 @@ config_flags.DEFINE_config_file('config', None, 'A configs/*.py file.', lock_con
 
 
 def _disk_bytes(directory: str) -> int:
-  return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(directory)
-             for f in files)
+  """The bytes under `directory`, through TensorFlow's file systems (a gs:// data dir too)."""
+  return sum(tf.io.gfile.stat(tf.io.gfile.join(d, f)).length
+             for d, _, files in tf.io.gfile.walk(directory) for f in files)
 
 
 def resize_dataset(config: ml_collections.ConfigDict) -> str:

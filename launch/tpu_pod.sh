@@ -5,13 +5,13 @@
 #
 #   bash launch/tpu_pod.sh TPU_NAME ZONE [main's flags...]
 #   bash launch/tpu_pod.sh my-v4-32 us-central2-b --config=configs/paper.py \
-#       --config.parallelism=towers_data --workdir=/mnt/shared/alexnet/run1 \
-#       --config.data_dir=/mnt/shared/tensorflow_datasets
+#       --config.parallelism=towers_data --workdir=gs://my-bucket/alexnet/run1 \
+#       --config.data_dir=gs://my-bucket/tensorflow_datasets
 #
-# Every worker must see the same workdir and data dir: a shared file system mounted at the same
-# path on every worker (Filestore/NFS, or a bucket mounted with gcsfuse); orbax writes each
-# host's part of a checkpoint there. A gs:// workdir takes the run's files but its resume and the
-# other commands' outputs are not supported yet (docs/gcs.md).
+# Every worker must see the same workdir and data dir: a gs:// bucket (read and written with the
+# VM's service account; no mount needed) or a shared file system mounted at the same path on
+# every worker (Filestore/NFS). orbax writes each host's part of a checkpoint there. A gs://
+# workdir is not locked: start one run per directory (docs/gcs.md).
 # Set PROJECT to pass --project.
 # SETUP=0 skips copying and installing (later runs). Ctrl-C stops the local ssh sessions; to stop
 # the workers themselves: gcloud compute tpus tpu-vm ssh TPU_NAME --worker=all \

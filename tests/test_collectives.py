@@ -86,6 +86,24 @@ REFUSALS = [
     (TORUS.replace('extents = [4]\n', ''), 'hardware.extents: missing'),
     (TORUS.replace('extents = [4]', 'extents = [2, 4]'), 'hardware.extents'),
     ('title = [', 'TOML'),
+    (GOOD + '[measured.check]\nbusbw = [1e9, 2e9]\n', 'measured.check.busbw: repeats'),
+    (GOOD + '[measured.check]\nalgbw = [1e9]\n', 'measured.check.algbw: 1 values for 2'),
+    (GOOD + '[measured.check]\nalgbw = [1e9, -2e9]\n', 'measured.check.algbw[1]'),
+    (GOOD + '[measured.check]\nbus_bw = [1e9, 2e9]\n', 'measured.check: unknown key bus_bw'),
+    (GOOD.replace('link = "inside"', 'link = "inside"\nmembers = [0, 1]'), 'hardware.members'),
+    (GOOD.replace('"gpu-a100"', '"gpu-v100-sxm2-cubemesh"').replace(
+        'link = "inside"', 'link = "inside"\nmembers = [0, 1]'), 'hardware.members'),
+    (GOOD.replace('"gpu-a100"', '"gpu-v100-sxm2-cubemesh"').replace(
+        'link = "inside"', 'link = "inside"\nmembers = [0, 1, 2, 3, 4, 5, 6, 8]'),
+     'hardware.members'),
+    (GOOD.replace('"gpu-a100"', '"gpu-v100-sxm2-cubemesh"').replace(
+        'link = "inside"', 'link = "inside"\nmembers = [0, 1, 2, 3, 4, 5, 6, 6]'),
+     'hardware.members'),
+    (GOOD.replace('software = "nccl-tests all_reduce_perf"',
+                  'software = "x"\nalgorithm = "ring"'), 'collective.algorithm_source: missing'),
+    (GOOD.replace('software = "nccl-tests all_reduce_perf"',
+                  'software = "x"\nalgorithm = "rings"\nalgorithm_source = "y"'),
+     'collective.algorithm'),
 ]
 
 
@@ -98,6 +116,12 @@ def test_a_malformed_case_is_refused_in_one_line_naming_the_field(tmp_path, text
   assert '\n' not in message, message
   assert message.startswith(f'{path}: '), message
   assert field in message, message
+
+
+def test_a_check_column_loads_and_is_not_replayed(tmp_path):
+  case = collectives.load(_write(tmp_path, GOOD + '[measured.check]\nalgbw = [0.0, 130.35e9]\n'))
+  assert case.check == {'algbw': (0.0, 130.35e9)} and case.given == 'busbw'
+  assert collectives.load(_write(tmp_path, GOOD, 'plain.toml')).check == {}
 
 
 def test_the_good_cases_load(tmp_path):
@@ -201,6 +225,31 @@ def test_a_between_case_reads_the_between_link(tmp_path):
       2 * 15 / 16 * 1073741824 / 25e9 + 30 * 5e-6)
 
 
+PAIR = GOOD.replace('"gpu-a100"', '"gpu-v100-sxm2-cubemesh"').replace(
+    'group_size = 8', 'group_size = 2')
+
+
+def test_a_case_names_its_devices_and_its_algorithm(tmp_path):
+  # gpu-v100-sxm2-cubemesh: GPUs 0 and 3 share two NVLinks of 25 GB/s, 0 and 1 one; 5 us a step.
+  # An all-reduce over 2 by ring: 2 steps of S/2 over the pair's links.
+  S = 1073741824
+  for members, links in (('[0, 3]', 2), ('[0, 1]', 1)):
+    text = PAIR.replace('link = "inside"', f'link = "inside"\nmembers = {members}')
+    case = collectives.load(_write(tmp_path, text, f'pair{links}.toml'))
+    point = collectives.predict_case(case, targets.load(case.profile))['points'][-1]
+    assert point['predicted_seconds'] == pytest.approx(2 * (S / 2 / (links * 25e9) + 5e-6))
+  # The same pair by a parameter server (the CPU of socket 0, both GPUs on it behind PCIe 3.0
+  # x16 = 15.75 GB/s, host memory 128 GB/s): each writes S, the CPU reads 2 S and writes S, each
+  # reads S back; three steps.
+  text = PAIR.replace('link = "inside"', 'link = "inside"\nmembers = [0, 3]').replace(
+      'software = "nccl-tests all_reduce_perf"', 'software = "x"\n'
+      'algorithm = "parameter_server"\nalgorithm_source = "made up"')
+  case = collectives.load(_write(tmp_path, text, 'ps.toml'))
+  assert (case.algorithm, case.members) == ('parameter_server', (0, 3))
+  point = collectives.predict_case(case, targets.load(case.profile))['points'][-1]
+  assert point['predicted_seconds'] == pytest.approx(2 * S / 15.75e9 + 3 * S / 128e9 + 3 * 5e-6)
+
+
 # --- The shipped cases. ---
 
 def test_every_shipped_case_loads_and_replays():
@@ -227,3 +276,70 @@ def test_the_command_writes_its_three_files(tmp_path):
   result = json.loads((out / 'collectives.json').read_text())
   assert {c['key'] for c in result['cases']} == {c.key for c in collectives.load_all()}
   assert (out / 'collectives.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+# --- The transcription of the shipped cases, against the columns the source also prints. ---
+
+# Cases whose source prints time, algbw and busbw per row (nccl-tests): the replayed column and
+# the two others are transcribed; these must carry the others as measured.check.
+PRINTED_THREE = {'autodl_2x_rtx2080ti_pcie3_no_p2p_all_reduce',
+                 'autodl_2x_rtx2080ti_pcie3_no_p2p_all_gather',
+                 'coreweave_32_a100_infiniband_sharp_all_reduce',
+                 'gcp_a3mega_2x8_h100_all_reduce', 'kalavai_2x_rtx4090_pcie_far_pair_all_reduce',
+                 'kalavai_2x_rtx4090_pcie_near_pair_all_reduce',
+                 'kalavai_4x_rtx4090_pcie_quad_all_reduce', 'konnase_8x_v100_sxm2_cubemesh_all_reduce',
+                 'tinygrad_4x_rtx4090_pcie4_p2p_all_reduce'}
+
+
+def test_each_case_agrees_with_the_other_columns_its_source_prints():
+  cases = {c.key: c for c in collectives.load_all()}
+  assert PRINTED_THREE <= set(cases)
+  for key in PRINTED_THREE:
+    assert set(cases[key].check) == {'algbw', 'busbw'}, key
+  for case in (c for c in cases.values() if c.check):
+    n = case.group_size
+    # nccl-tests (doc/PERFORMANCE.md), written out here: algbw = S / t; busbw = algbw x
+    # 2(n-1)/n for an all-reduce, x (n-1)/n for an all-gather or a reduce-scatter.
+    factor = 2 * (n - 1) / n if case.kind == 'all-reduce' else (n - 1) / n
+    assert case.given == 'time_seconds', case.key
+    for i, (size, t) in enumerate(zip(case.sizes, case.values)):
+      derived = {'algbw': size / t, 'busbw': size / t * factor}
+      for field, printed in case.check.items():
+        # printed in GB/s to 2 decimals (+-0.005e9), from a time printed to 4-5 digits
+        assert abs(printed[i] - derived[field]) <= 0.0051e9 + 1e-3 * derived[field], (
+            case.key, size, field, printed[i], derived[field])
+
+
+# --- The targets (issue 30): every case within +-15 % at 1 MB and up, or no worse than today. ---
+
+# Per case, the largest |error| at messages of 1 MiB and up on 2026-12-08 (docs/validation.md,
+# "The second round of the communication model"), for the cases that miss the +-15 % target:
+# each may not grow by more than 0.03. A case that meets the target is held to it.
+TARGET = 0.15
+NOT_YET = {
+    'autodl_2x_rtx2080ti_pcie3_no_p2p_all_gather': 0.243,
+    'autodl_2x_rtx2080ti_pcie3_no_p2p_all_reduce': 0.312,
+    'azure_nd_a100_v4_all_reduce': 0.371,
+    'azure_nd_h100_v5_all_reduce': 0.295,
+    'azure_nd_h200_v5_all_reduce': 0.298,
+    'coreweave_32_a100_infiniband_sharp_all_reduce': 3.628,
+    'gcp_a3mega_2x8_h100_all_reduce': 0.832,
+    'kalavai_2x_rtx4090_pcie_far_pair_all_reduce': 0.882,
+    'kalavai_2x_rtx4090_pcie_near_pair_all_reduce': 0.867,
+    'kalavai_4x_rtx4090_pcie_quad_all_reduce': 0.836,
+    'konnase_8x_v100_sxm2_cubemesh_all_reduce': 0.210,
+    'scaling_book_v5e_all_gather': 0.173,
+    'tinygrad_4x_rtx4090_pcie4_p2p_all_reduce': 0.180,
+}
+
+
+def test_each_case_meets_the_target_or_does_not_get_worse():
+  cases = collectives.load_all()
+  result = collectives.replay(cases, log=lambda _: None)
+  for c in result['cases']:
+    # The error recomputed here from the measured and predicted times, not read from the replay.
+    big = [abs(p['predicted_seconds'] / p['measured_seconds'] - 1) for p in c['points']
+           if p['size_bytes'] >= 2 ** 20]
+    assert big, c['key']
+    bound = NOT_YET[c['key']] + 0.03 if c['key'] in NOT_YET else TARGET
+    assert max(big) <= bound, (c['key'], max(big), bound)

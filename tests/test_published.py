@@ -195,6 +195,12 @@ def test_a_good_case_loads(tmp_path):
     ('collective_algorithm = "ring"', 'collective_algorithm = "allreduce"',
      'run.collective_algorithm'),
     ('algorithm_source = "made up"', 'algorithm_source = " "', 'run.algorithm_source'),
+    ('algorithm_source = "made up"', 'algorithm_source = "made up"\n'
+     'collective_granularity = "bucketed"', 'run.bucket_bytes'),  # a bucket size is needed
+    ('algorithm_source = "made up"', 'algorithm_source = "made up"\nbucket_bytes = 1e6',
+     'run.bucket_bytes'),  # and given only when bucketed
+    ('algorithm_source = "made up"', 'algorithm_source = "made up"\n'
+     'collective_granularity = "per_layer"', 'run.collective_granularity'),
     ('algorithm_source = "made up"\n', '', 'run.algorithm_source'),
 ])
 def test_each_malformed_field_is_refused_by_name(tmp_path, old, new, field):

@@ -34,18 +34,19 @@ needs_gpu_compiler = (lambda f: f) if REQUIRED else pytest.mark.skipif(
     not _have_gpu_compiler(), reason='the CUDA plugin is not installed (requirements-targets.txt)')
 
 # Points the model misses, as docs/validation.md says and why, (case, devices): the largest
-# |error| and |scaling gap| they may reach (what the replay of 2026-12-01 gave, +0.03). Anything
-# not listed must meet the targets; a listed point may improve, never fall further.
+# |error| and |scaling gap| they may reach (what the replay of 2026-12-08 gave, +0.03, or the
+# target where the point meets it). Anything not listed must meet the targets; a listed point
+# may improve, never fall further.
 KNOWN_MISSES = {
     # One point, not calibrated by design: predicted at the assumed efficiency (+27 %); the case
     # states the efficiency it implies instead.
     ('alexnet2012', 2): (0.30, 0.08),
-    # Eight K20s across two PCIe groups: the compiled ring meets cuda-convnet2's direct copies
-    # through host memory (+22 %, scaling 0.95 against 0.78).
-    ('krizhevsky2014', 8): (0.25, 0.20),
-    # The DGX-1's eight P100s: no published NCCL bus bandwidth for it, the link rate assumed
-    # (+30 %, scaling 0.97 against 0.75).
-    ('tf_benchmarks2017', 8): (0.33, 0.25),
+    # Eight K20s across two PCIe groups, cuda-convnet2's exchange staged through host memory on
+    # the link graph: +11.6 % (met), scaling 0.87 against 0.78 (0.09, missed).
+    ('krizhevsky2014', 8): (0.15, 0.12),
+    # The DGX-1's eight P100s, NCCL 1's rank-order ring with two hops through host memory, one
+    # call per tensor: +14.7 % (met), scaling 0.86 against 0.75 (0.11, missed).
+    ('tf_benchmarks2017', 8): (0.15, 0.14),
 }
 
 
@@ -187,3 +188,22 @@ def test_a_calibration_file_sets_the_plans_efficiency(tmp_path):
   one = [r for r in plan['runs'] if r['devices'] == 1][0]
   assert one['predicted_images_per_second']['with_overlap'] == pytest.approx(50000.0, rel=1e-4)
   assert plan['sensitivity']['grid']
+
+
+@needs_gpu_compiler
+def test_the_link_graph_stage_replays_each_stacks_algorithm_over_the_machines_links(replayed):
+  """The last stage (costmodel.STAGES: the link graph and the case's algorithm) against the one
+  before it: at 8 GPUs, where the K20s' groups and the DGX-1's quads meet through host memory,
+  both the error and the scaling gap against the published runs shrink; the 2-GPU points, inside
+  one peer group or NVLink pair, stay within 1 %."""
+  _, result = replayed
+  assert result['stages'][-1] == 'link graph and algorithm'
+  cases = {c['key']: c for c in result['cases']}
+  for key in ('krizhevsky2014', 'tf_benchmarks2017'):
+    c = cases[key]
+    before, after = c['stages'][-2], c['stages'][-1]
+    eight, two = c['devices'].index(8), c['devices'].index(2)
+    assert abs(after['errors'][eight]) < abs(before['errors'][eight]), key
+    assert abs(after['scaling_gap'][eight]) < abs(before['scaling_gap'][eight]), key
+    assert after['predicted_images_per_second'][two] == pytest.approx(
+        before['predicted_images_per_second'][two], rel=0.01), key

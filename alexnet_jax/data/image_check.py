@@ -30,6 +30,7 @@ from alexnet_jax.data.records import hide_gpus_from_tf, indexed_records, no_auto
 from alexnet_jax.data.refusals import (DatasetNotReadyError, IMAGENET_MANUAL_FILES, IMAGENET_MD5,
                                        current_command, imagenet_manual_dir, listing)
 from alexnet_jax.data.spec import DataSpec
+from alexnet_jax.runtime import paths
 
 IMAGE_CHECK_VERSION = 1  # bump when the check changes: old cache files are then ignored
 _INTACT, _TRUNCATED, _UNDECODABLE = 0, 1, 2
@@ -137,8 +138,8 @@ def _split_fingerprint(builder: tfds.core.DatasetBuilder, split: str) -> str:
 
 def image_check_path(builder: tfds.core.DatasetBuilder, split: str) -> str:
   """Where the check of `split` is saved: beside the dataset's files, like its statistics."""
-  return os.path.join(os.fspath(builder.data_dir),
-                      f'alexnet_jax_images-{stats.file_safe(split)}.json')
+  return paths.join(os.fspath(builder.data_dir),
+                    f'alexnet_jax_images-{stats.file_safe(split)}.json')
 
 
 def load_or_scan_images(builder: tfds.core.DatasetBuilder, split: str
@@ -147,8 +148,7 @@ def load_or_scan_images(builder: tfds.core.DatasetBuilder, split: str
   path = image_check_path(builder, split)
   fingerprint = _split_fingerprint(builder, split)
   try:
-    with open(path) as f:
-      saved = json.load(f)
+    saved = json.loads(paths.read_text(path))
     if (saved['version'], saved['fingerprint']) == (IMAGE_CHECK_VERSION, fingerprint):
       return ImageCheck(split=saved['split'], num_images=saved['num_images'],
                         truncated=tuple((n, r) for n, r in saved['truncated']),

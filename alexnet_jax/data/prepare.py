@@ -25,6 +25,7 @@ from alexnet_jax.data import shapes_dataset  # noqa: F401  (registers `synthetic
 from alexnet_jax.data.refusals import (DatasetNotReadyError, IMAGENET_MANUAL_FILES,
                                        current_command, imagenet_manual_dir, listing)
 from alexnet_jax.data.spec import DataSpec
+from alexnet_jax.runtime import paths
 
 _VAL_NAME = re.compile(r'ILSVRC2012_val_(\d{8})\.JPEG')
 
@@ -37,7 +38,7 @@ def _check_imagenet_manual_files(spec: DataSpec,
                                  builder: tfds.core.DatasetBuilder) -> str:
   """Raises DatasetNotReadyError, before tfds writes anything, if a tar is missing."""
   manual_dir = imagenet_manual_dir(spec, builder)
-  missing = [f for f in IMAGENET_MANUAL_FILES if not os.path.isfile(os.path.join(manual_dir, f))]
+  missing = [f for f in IMAGENET_MANUAL_FILES if not paths.isfile(paths.join(manual_dir, f))]
   if missing:
     raise DatasetNotReadyError(
         f'{builder.name} is not prepared in {builder.data_dir_root} and cannot be downloaded '
@@ -58,7 +59,7 @@ def _check_imagenet_manual_files(spec: DataSpec,
 def _tar_names(path: str) -> list[str]:
   """Member names of a tar (headers only: seeks past the data, seconds even for 150 GB)."""
   try:
-    with tarfile.open(path, mode='r:') as tar:
+    with paths.open_for_reading(path) as f, tarfile.open(fileobj=f, mode='r:') as tar:
       return [m.name for m in tar.getmembers() if m.isfile()]
   except tarfile.TarError as e:
     raise DatasetNotReadyError(f'{path} is not a readable tar archive ({e}); download it again '
@@ -70,7 +71,7 @@ def _check_imagenet_archives(manual_dir: str, builder: tfds.core.DatasetBuilder)
   silently mislabel: tfds takes each training class from a member's name (`<synset>.tar`) and
   gives the i-th validation image in sorted name order the i-th label of its list of 50,000."""
   synsets = set(builder.info.features['label'].names)
-  train_path = os.path.join(manual_dir, IMAGENET_MANUAL_FILES[0])
+  train_path = paths.join(manual_dir, IMAGENET_MANUAL_FILES[0])
   train_names = _tar_names(train_path)
   bad = [n for n in train_names if not (n.endswith('.tar') and n[:-4] in synsets)]
   if bad or not train_names:
@@ -79,7 +80,7 @@ def _check_imagenet_archives(manual_dir: str, builder: tfds.core.DatasetBuilder)
         f'n01440764.tar (the 1000 ILSVRC-2012 synsets), each holding that class\'s JPEGs '
         f'(n01440764_10026.JPEG, ...). ' +
         (f'Not ILSVRC-2012 class archives: {listing(bad)}.' if bad else 'It holds no files.'))
-  val_path = os.path.join(manual_dir, IMAGENET_MANUAL_FILES[1])
+  val_path = paths.join(manual_dir, IMAGENET_MANUAL_FILES[1])
   val_names = _tar_names(val_path)
   numbers, bad = [], []
   for name in val_names:

@@ -12,6 +12,7 @@ import sys
 from typing import Any, Sequence
 
 from alexnet_jax.runtime import errors
+from alexnet_jax.runtime import paths
 
 IMAGENET_MANUAL_FILES = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
 # What `md5sum` prints for the archives image-net.org serves.
@@ -43,5 +44,5 @@ def imagenet_manual_dir(spec: Any,
                          builder: Any) -> str:
   """Where tfds will read the tars from (tfds's default: <data_dir>/downloads/manual)."""
   if spec.manual_dir:
-    return os.path.abspath(os.path.expanduser(spec.manual_dir))
-  return os.path.abspath(os.fspath(builder.data_dir_root / 'downloads' / 'manual'))
+    return paths.absolute(os.path.expanduser(spec.manual_dir))
+  return paths.absolute(os.fspath(builder.data_dir_root / 'downloads' / 'manual'))

@@ -19,6 +19,7 @@ published values (docs/alexnet2012.md, section 4.1), so the two are directly com
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import tempfile
 from typing import Any, Callable, Iterable
@@ -32,6 +33,7 @@ from alexnet_jax.data import preprocess
 from alexnet_jax.data import records
 from alexnet_jax.data.refusals import DatasetNotReadyError
 from alexnet_jax.data.spec import DataSpec
+from alexnet_jax.runtime import paths
 
 STATS_VERSION = 1  # bump when the computation changes: old cache files are then ignored
 
@@ -52,7 +54,7 @@ class DatasetStats:
 
   @classmethod
   def load(cls, path: str) -> DatasetStats:
-    with np.load(path) as data:
+    with np.load(io.BytesIO(paths.read_bytes(path)) if paths.is_remote(path) else path) as data:
       if int(data['version']) != STATS_VERSION:
         raise ValueError(f'{path} has stats version {int(data["version"])}, '
                          f'not {STATS_VERSION}.')
@@ -96,8 +98,8 @@ def accumulate(batches: Iterable[np.ndarray]) -> DatasetStats:
 def cache_path(dataset_dir: str, split: str, resize_size: int, num_images: int) -> str:
   """Where the stats of `split` live, beside the dataset's own files."""
   count = 'all' if num_images <= 0 else str(num_images)
-  return os.path.join(dataset_dir,
-                      f'alexnet_jax_stats-{file_safe(split)}-r{resize_size}-n{count}.npz')
+  return paths.join(dataset_dir,
+                    f'alexnet_jax_stats-{file_safe(split)}-r{resize_size}-n{count}.npz')
 
 
 def file_safe(split: str) -> str:
@@ -107,7 +109,16 @@ def file_safe(split: str) -> str:
 
 def write_atomically(path: str, write: Callable[[Any], None], binary: bool = False) -> None:
   """`write(file)` into a file beside `path`, renamed to `path` once complete: the files cached
-  beside a dataset are read by concurrent processes, which must never see half of one."""
+  beside a dataset are read by concurrent processes, which must never see half of one. On object
+  storage (a gs:// data dir) the file is built in memory and uploaded as one object, which readers
+  see whole or not at all."""
+  if paths.is_remote(path):
+    buffer = io.BytesIO() if binary else io.StringIO()
+    write(buffer)
+    content = buffer.getvalue()
+    paths.makedirs(paths.dirname(path))
+    paths.write_bytes(path, content if binary else content.encode())
+    return
   directory = os.path.dirname(path)
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp_', suffix=os.path.splitext(path)[1])
@@ -145,7 +156,7 @@ def load_or_compute(spec: DataSpec, builder: tfds.core.DatasetBuilder) -> tuple[
   """The cached stats for (train split, resize_size, stats_num_images), computed and saved on
   first use. Returns them and the cache file's path."""
   path = spec_cache_path(spec, builder)
-  if os.path.isfile(path):
+  if paths.isfile(path):
     try:
       return DatasetStats.load(path), path
     except (ValueError, KeyError, OSError) as e:

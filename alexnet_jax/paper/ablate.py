@@ -47,6 +47,7 @@ import ml_collections
 
 from alexnet_jax.runtime import errors
 from alexnet_jax.runtime import fields
+from alexnet_jax.runtime import paths
 from alexnet_jax.runtime import workdir_lock
 from alexnet_jax.core import checkpointing
 from alexnet_jax.core import config as config_lib
@@ -131,11 +132,10 @@ def check_request(baseline: ml_collections.ConfigDict, names: Sequence[str]) -> 
 
 def _read_result(run_dir: str, config: ml_collections.ConfigDict) -> Optional[dict]:
   """The finished run's result.json, None if it has not finished; refuses another config's."""
-  path = os.path.join(run_dir, 'result.json')
-  if not os.path.exists(path):
+  path = paths.join(run_dir, 'result.json')
+  if not paths.exists(path):
     return None
-  with open(path) as f:
-    result = json.load(f)
+  result = json.loads(paths.read_text(path))
   saved, wanted = result['config'], fields.plain(config)
   if saved != wanted:
     flat = lambda d, p='': ({k: v for key, sub in d.items()
@@ -152,10 +152,7 @@ def _read_result(run_dir: str, config: ml_collections.ConfigDict) -> Optional[di
 
 def _write_json(path: str, value) -> None:
   """Written whole or not at all: a run counts as finished only once its result is complete."""
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(value, f, indent=2)
-  os.replace(tmp, path)
+  paths.replace_text(path, json.dumps(value, indent=2))
 
 
 def model_cost(config: ml_collections.ConfigDict) -> dict:
@@ -177,18 +174,18 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, run_dir: str, crops: 
 def run_one(name: str, config: ml_collections.ConfigDict, workdir: str,
             baseline: Optional[ml_collections.ConfigDict] = None) -> dict:
   """Trains (or, for an eval-only variant, evaluates the baseline's parameters) unless done."""
-  run_dir = os.path.join(workdir, name)
+  run_dir = paths.join(workdir, name)
   variant = VARIANTS.get(name)
   result = _read_result(run_dir, config)
   if result is not None:
     logging.info('%s: finished before (%s), not run again.', name, run_dir)
     return result
   if variant is not None and variant.eval_crops:
-    source = os.path.join(workdir, BASELINE)
+    source = paths.join(workdir, BASELINE)
     if _read_result(source, baseline) is None:
       raise AblationError(f'{name} evaluates the baseline\'s parameters, but {source} has not '
                           'finished; train the baseline first (--only=baseline).')
-    os.makedirs(run_dir, exist_ok=True)
+    paths.makedirs(run_dir)
     metrics = evaluate_checkpoint(baseline, source, variant.eval_crops)
   else:
     logging.info('%s: training into %s.', name, run_dir)
@@ -197,7 +194,7 @@ def run_one(name: str, config: ml_collections.ConfigDict, workdir: str,
       metrics = evaluate_checkpoint(config, run_dir, 'center')
   result = {'name': name, **{k: float(v) for k, v in metrics.items()},
             **model_cost(config), 'config': fields.plain(config)}
-  _write_json(os.path.join(run_dir, 'result.json'), result)
+  _write_json(paths.join(run_dir, 'result.json'), result)
   return result
 
 
@@ -305,13 +302,13 @@ def run(config: ml_collections.ConfigDict, names: Sequence[str], workdir: str,
     raise AblationError(f'--only={only} is not one of the runs asked for: {", ".join(configs)}.')
   for c in configs.values():  # every run checked before the first one trains
     config_lib.check(c, jax.devices())
-  workdir = os.path.abspath(workdir)
+  workdir = paths.absolute(workdir)
   # The directory for the whole run, before anything is written there: a second ablate on it is
   # refused (exit 2). Not with --only, whose jobs (one per run) share DIR: each training run
   # below it holds its own sub-workdir (train.train_and_evaluate, a different lock file), so two
   # jobs never train one run at once (runtime/workdir_lock.py).
   if only:
-    os.makedirs(workdir, exist_ok=True)
+    paths.makedirs(workdir)
     return _run_locked(configs, names, workdir, only)
   with workdir_lock.acquire(workdir):
     return _run_locked(configs, names, workdir, only)
@@ -332,8 +329,6 @@ def _run_locked(configs: dict[str, ml_collections.ConfigDict], names: Sequence[s
   if only:
     return None
   result = {'setup': describe_setup(configs[BASELINE]), **table(results, names)}
-  _write_json(os.path.join(workdir, 'ablations.json'), result)
-  text = markdown(result)
-  with open(os.path.join(workdir, 'ablations.md'), 'w') as f:
-    f.write(text)
+  _write_json(paths.join(workdir, 'ablations.json'), result)
+  paths.write_text(paths.join(workdir, 'ablations.md'), markdown(result))
   return result

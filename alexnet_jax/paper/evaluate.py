@@ -21,8 +21,8 @@ only its own rows).
 """
 
 import dataclasses
+import io
 import json
-import os
 import re
 from typing import Optional, Sequence
 
@@ -33,6 +33,7 @@ import ml_collections
 import numpy as np
 
 from alexnet_jax.runtime import errors
+from alexnet_jax.runtime import paths
 from alexnet_jax.core import augment as augment_lib
 from alexnet_jax.core import checkpointing
 from alexnet_jax.core import config as config_lib
@@ -82,10 +83,9 @@ def saved_parallelism(workdir: str) -> tuple[str, int]:
   """(parallelism, num_devices) of the run's config.json, read before JAX starts its backend so
   that a CPU-only process can simulate the devices the checkpoint's strategy needs; the defaults
   if the workdir has no config.json."""
-  path = os.path.join(workdir, 'config.json')
+  path = paths.join(workdir, 'config.json')
   try:
-    with open(path) as f:
-      saved = json.load(f)
+    saved = json.loads(paths.read_text(path))
     return str(saved.get('parallelism', 'towers')), int(saved.get('num_devices', 0))
   except (OSError, ValueError, TypeError):
     defaults = config_lib.defaults()
@@ -106,7 +106,7 @@ def devices_to_simulate(workdirs: Sequence[str], parallelism: Optional[str],
 
 def member_names(workdirs: Sequence[str]) -> list[str]:
   """File-safe names for the members: the workdirs' basenames, numbered when they collide."""
-  names = [re.sub(r'[^\w.-]', '_', os.path.basename(os.path.normpath(w))) or 'net'
+  names = [re.sub(r'[^\w.-]', '_', paths.basename(w)) or 'net'
            for w in workdirs]
   if len(set(names)) < len(names):
     names = [f'{i}_{n}' for i, n in enumerate(names)]
@@ -116,17 +116,17 @@ def member_names(workdirs: Sequence[str]) -> list[str]:
 def load_member(workdir: str, name: str, step: Optional[int]) -> Member:
   """The checkpoint (latest, or `step`) of `workdir`; EvaluateError saying what to do if the
   workdir or the checkpoint is missing or unreadable."""
-  workdir = os.path.abspath(workdir)
+  workdir = paths.absolute(workdir)
   train_it = (f'train into it first: python -m alexnet_jax.main --config=configs/quickstart.py '
               f'--workdir={workdir}')
-  if not os.path.isdir(workdir):
+  if not paths.isdir(workdir):
     raise EvaluateError(f'--workdir={workdir} does not exist: {train_it}')
   saved = checkpointing.saved_steps(workdir)
   if not saved:
-    raise EvaluateError(f'No checkpoint in {os.path.join(workdir, "checkpoints")}: {train_it} '
+    raise EvaluateError(f'No checkpoint in {paths.join(workdir, "checkpoints")}: {train_it} '
                         '(a run saves one every config.checkpoint_every_steps and at its end).')
   if step is not None and step not in saved:
-    raise EvaluateError(f'No checkpoint {step} in {os.path.join(workdir, "checkpoints")}: its '
+    raise EvaluateError(f'No checkpoint {step} in {paths.join(workdir, "checkpoints")}: its '
                         f'steps are {saved}; pass one of them to --step, or leave --step out for '
                         'the latest.')
   step = saved[-1] if step is None else step
@@ -313,6 +313,13 @@ def ensemble_probs(all_probs: Sequence[np.ndarray]) -> np.ndarray:
   return np.mean(np.stack([np.asarray(p, np.float64) for p in all_probs]), axis=0)
 
 
+def npy_bytes(array: np.ndarray) -> bytes:
+  """np.save's file as bytes, for a destination that is an object (one upload, no seek)."""
+  buffer = io.BytesIO()
+  np.save(buffer, array)
+  return buffer.getvalue()
+
+
 def markdown_table(result: dict) -> str:
   """Table 2's layout: one row per network and one for the ensemble."""
   lines = [f'# Evaluation: {result["dataset"]} {result["split"]}, {result["crops"]} crops, '
@@ -361,7 +368,7 @@ def evaluate_workdirs(workdirs: Sequence[str], out: Optional[str] = None,
       raise EvaluateError(f'{member.workdir} sees other labels on the split than '
                           f'{members[0].workdir} (another data_dir?): they cannot be averaged.')
 
-  out = os.path.abspath(out or os.path.join(members[0].workdir, 'evaluation'))
+  out = paths.absolute(out or paths.join(members[0].workdir, 'evaluation'))
   first = members[0].config
   result = {'dataset': first.dataset, 'split': split or first.eval_split, 'crops': crops,
             'examples': int(len(labels)), 'labels_file': 'labels.npy', 'members': []}
@@ -375,13 +382,11 @@ def evaluate_workdirs(workdirs: Sequence[str], out: Optional[str] = None,
     result['ensemble'] = {'name': f'{len(members)} networks (softmax averaged)',
                           'members': names, **scores(averaged, labels)}
   if jax.process_index() == 0:
-    os.makedirs(out, exist_ok=True)
-    np.save(os.path.join(out, 'labels.npy'), labels)
+    paths.makedirs(out)  # out may be gs://bucket/dir (runtime/paths.py)
+    paths.write_bytes(paths.join(out, 'labels.npy'), npy_bytes(labels))
     for member, p in zip(members, predictions):
-      np.save(os.path.join(out, f'{member.name}_probs.npy'), p.probs)
-    with open(os.path.join(out, 'evaluation.json'), 'w') as f:
-      json.dump(result, f, indent=1)
-    with open(os.path.join(out, 'evaluation.md'), 'w') as f:
-      f.write(markdown_table(result))
+      paths.write_bytes(paths.join(out, f'{member.name}_probs.npy'), npy_bytes(p.probs))
+    paths.write_text(paths.join(out, 'evaluation.json'), json.dumps(result, indent=1))
+    paths.write_text(paths.join(out, 'evaluation.md'), markdown_table(result))
   result['out'] = out
   return result

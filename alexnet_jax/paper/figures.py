@@ -19,7 +19,6 @@ mesh and works on any machine that can read the workdir; run it on one host of a
 """
 
 import json
-import os
 from typing import Callable, Iterator, Optional
 
 import jax
@@ -28,6 +27,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from alexnet_jax.runtime import errors
+from alexnet_jax.runtime import paths
 from alexnet_jax.core import checkpointing
 from alexnet_jax.report import drawing
 from alexnet_jax.data import pipeline
@@ -59,13 +59,12 @@ class FiguresError(errors.Refused):
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The run's config, rebuilt from the config.json that train.train_and_evaluate wrote
   (completed from today's defaults, config.complete)."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.isfile(path):
+  path = paths.join(workdir, 'config.json')
+  if not paths.isfile(path):
     raise FiguresError(
         f'{path} does not exist: {workdir} is not a training workdir. Train into it first: '
         f'python -m alexnet_jax.main --config=configs/quickstart.py --workdir={workdir}')
-  with open(path) as f:
-    return config_lib.complete(json.load(f))
+  return config_lib.complete(json.loads(paths.read_text(path)))
 
 
 def restore_params(workdir: str, config: ml_collections.ConfigDict) -> tuple[dict, int]:
@@ -77,7 +76,7 @@ def restore_params(workdir: str, config: ml_collections.ConfigDict) -> tuple[dic
   steps = checkpointing.saved_steps(workdir)
   if not steps:
     raise FiguresError(
-        f'No checkpoint in {os.path.join(workdir, "checkpoints")}: train first (python -m '
+        f'No checkpoint in {paths.join(workdir, "checkpoints")}: train first (python -m '
         f'alexnet_jax.main --config=... --workdir={workdir}); a run saves one every '
         f'config.checkpoint_every_steps={config.checkpoint_every_steps} steps and at its end.')
   _, params = checkpointing.restore_params(workdir, steps[-1])
@@ -86,11 +85,10 @@ def restore_params(workdir: str, config: ml_collections.ConfigDict) -> tuple[dic
 
 def read_metrics(workdir: str) -> list[dict]:
   """metrics.jsonl as a list of records (empty if the run has logged nothing yet)."""
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if not os.path.isfile(path):
+  path = paths.join(workdir, 'metrics.jsonl')
+  if not paths.isfile(path):
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in paths.read_text(path).splitlines() if line.strip()]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -387,8 +385,8 @@ def make_figures(workdir: str, out_dir: Optional[str] = None, data_dir: Optional
                       ('num_neighbours', num_neighbours), ('num_train_images', num_train_images)):
     if value < 1:
       raise FiguresError(f'{name}={value}: use a positive number.')
-  workdir = os.path.abspath(workdir)
-  out_dir = out_dir or os.path.join(workdir, 'figures')
+  workdir = paths.absolute(workdir)
+  out_dir = out_dir or paths.join(workdir, 'figures')
   config = load_config(workdir)
   if data_dir is not None:
     config.data_dir = data_dir
@@ -440,10 +438,8 @@ def make_figures(workdir: str, out_dir: Optional[str] = None, data_dir: Optional
               for q in range(len(scan.queries))]},
       'files': list(FIGURES)}
   if jax.process_index() == 0:
-    os.makedirs(out_dir, exist_ok=True)
+    paths.makedirs(out_dir)
     for name, image in images.items():
-      with open(os.path.join(out_dir, name), 'wb') as f:
-        f.write(drawing.png_bytes(image))
-    with open(os.path.join(out_dir, 'figures.json'), 'w') as f:
-      json.dump(result, f, indent=1)
+      paths.write_bytes(paths.join(out_dir, name), drawing.png_bytes(image))
+    paths.write_text(paths.join(out_dir, 'figures.json'), json.dumps(result, indent=1))
   return result

@@ -34,6 +34,7 @@ as the file's `collectives` (perf/collectives.py; its own budget).
 import dataclasses
 import gc
 import os
+import tempfile
 import time
 from typing import Any, Callable, Optional
 
@@ -47,6 +48,7 @@ from alexnet_jax.pods import published
 from alexnet_jax.pods import targets
 from alexnet_jax.program import formula
 from alexnet_jax.program import measure
+from alexnet_jax.runtime import paths
 
 DEFAULT_CONFIGS = ('configs/paper.py', 'configs/tf_cnn_alexnet.py')
 DEFAULT_BATCH_SIZES = (128, 256, 512)
@@ -124,8 +126,12 @@ def calibrate(runs: Runs, target: str, out: str, trace_dir: str = '',
   start = time.monotonic()
   profile = targets.load(target)
   device = jax.devices()[0]
-  trace_dir = os.path.abspath(trace_dir or os.path.join(os.path.dirname(os.path.abspath(out)),
-                                                        'trace'))
+  # The profiler's trace is read back from local disk (calibration.trace_files globs it): beside
+  # a local --out, or in a temporary directory when --out is on object storage.
+  if not trace_dir:
+    trace_dir = (tempfile.mkdtemp(prefix='alexnet_jax_trace_') if paths.is_remote(out) else
+                 os.path.join(os.path.dirname(os.path.abspath(out)), 'trace'))
+  trace_dir = os.path.abspath(trace_dir)
   result = {
       'kind': calibration_lib.KIND, 'version': calibration_lib.VERSION,
       'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),

@@ -62,6 +62,7 @@ from alexnet_jax.pods import targets as targets_lib
 from alexnet_jax.program import formula
 from alexnet_jax.program import hlo
 from alexnet_jax.runtime import errors
+from alexnet_jax.runtime import paths
 
 KIND = 'alexnet_jax calibration'
 VERSION = 1
@@ -157,8 +158,7 @@ def validate(calibration: Any, where: str = 'calibration') -> dict:
 def load_calibration(path: str) -> dict:
   """The calibration file at `path`, checked (CalibrationError, one line, naming the field)."""
   try:
-    with open(path) as f:
-      calibration = json.load(f)
+    calibration = json.loads(paths.read_text(path))
   except OSError as e:
     raise CalibrationError(f'{path}: cannot be read ({e.strerror or e})') from e
   except json.JSONDecodeError as e:
@@ -167,13 +167,10 @@ def load_calibration(path: str) -> dict:
 
 
 def write(path: str, result: dict) -> None:
-  """Replaces the file in one rename: a reader (or a kill) never sees half of it."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  temporary = f'{path}.partial'
-  with open(temporary, 'w') as f:
-    json.dump(result, f, indent=1)
-  os.replace(temporary, path)
+  """Replaces the file in one rename (one upload on object storage): a reader (or a kill) never
+  sees half of it."""
+  paths.makedirs(paths.dirname(paths.absolute(path)))
+  paths.replace_text(path, json.dumps(result, indent=1))
 
 
 # --- The trace. ---
@@ -336,9 +333,9 @@ def trace_files(trace_dir: str, since: float = 0.0) -> dict:
   `since`."""
   found = {}
   for key, pattern in (('xplane', '*.xplane.pb'), ('trace_json', '*.trace.json.gz')):
-    paths = [p for p in glob.glob(os.path.join(trace_dir, '**', pattern), recursive=True)
+    files = [p for p in glob.glob(os.path.join(trace_dir, '**', pattern), recursive=True)
              if os.path.getmtime(p) >= since - 1]
-    found[key] = max(paths, key=os.path.getmtime) if paths else None
+    found[key] = max(files, key=os.path.getmtime) if files else None
   return found
 
 

@@ -4,7 +4,8 @@ A collective case (alexnet_jax/published/collectives/*.toml) is what someone mea
 single all-reduce, all-gather or reduce-scatter over a group of devices, message size by message
 size (nccl-tests' all_reduce_perf and its siblings, a TPU profile), with where it was published.
 `python -m alexnet_jax.plan --collectives --out=DIR` predicts every measured point with
-costmodel.collective_seconds and the case's hardware profile, and writes the error per size
+costmodel.collective_seconds and the case's hardware profile (over its link graph, with the
+library's default algorithm, where the profile has a `graph` table), and writes the error per size
 (collectives.json, .md, .png). It REPORTS; nothing is fitted to a case, and no profile number is
 taken from one (a profile that cites a case's table says so, and the report shows it).
 
@@ -24,14 +25,23 @@ name is refused):
                             # torus axis the group spans (their product is group_size)
     slice_shape = [8, 4]    # optional, torus only: the slice's shape (default: extents), which
                             # decides wraparound links (costmodel._axis_wraps)
+    members = [0, 7]        # optional, profiles with a graph only: the devices measured (global
+                            # indices of the profile's graph, group_size distinct ones, in rank
+                            # order); default: costmodel.members' choice
     [collective]
     kind = "all-reduce"     # 'all-reduce', 'all-gather' or 'reduce-scatter'
     group_size = 8          # devices taking part (>= 2)
     software = "..."        # what ran it, with its version where the source states one
+    algorithm = "ring"      # optional: the algorithm the software ran (algorithms.ALGORITHMS),
+                            # replayed as the stack's algorithm; default: library_default
+    algorithm_source = "..." # required with algorithm: what says the software ran it
     [measured]
     size_bytes = [1024, 2048, ...]  # increasing; nccl-tests' "size" (below)
     busbw = [...]                   # exactly one of: time_seconds, algbw, busbw (bytes/s),
                                     # one per size: the quantity the source gives
+    [measured.check]                # optional: the source's other columns of the same rows, as
+    algbw = [...]                   # printed (rounded), one per size; not replayed: they check
+    busbw = [...]                   # the transcription (nccl-tests prints time, algbw, busbw)
 
 Sizes and bandwidths follow nccl-tests (doc/PERFORMANCE.md): S is the "size" column, for an
 all-reduce the buffer each rank holds, for an all-gather the total OUTPUT (sendcount x n), for a
@@ -55,6 +65,7 @@ import os
 import time
 from typing import Any, Callable, Optional, Sequence
 
+from alexnet_jax.pods import algorithms
 from alexnet_jax.pods import costmodel
 from alexnet_jax.pods import schema
 from alexnet_jax.pods import targets as targets_lib
@@ -70,6 +81,7 @@ GIVEN = ('time_seconds', 'algbw', 'busbw')  # exactly one per case: what the sou
 
 _POSITIVE_INTS = schema.list_of(schema.integer(minimum=1), nonempty=True)
 _VALUES = schema.list_of(schema.number(positive=True), nonempty=True)
+_PRINTED = schema.list_of(schema.number(minimum=0), nonempty=True)  # rounded: 0.00 is printed
 FORMAT = schema.table({
     'title': schema.string(nonempty=True),
     'source': schema.table({'cite': schema.string(nonempty=True), 'url': schema.string(),
@@ -77,13 +89,19 @@ FORMAT = schema.table({
     'hardware': schema.table({'profile': schema.string(nonempty=True),
                               'link': schema.one_of(*LINKS)},
                              optional={'extents': _POSITIVE_INTS,
-                                       'slice_shape': _POSITIVE_INTS}),
+                                       'slice_shape': _POSITIVE_INTS,
+                                       'members': schema.list_of(schema.integer(minimum=0),
+                                                                 nonempty=True)}),
     'collective': schema.table({'kind': schema.one_of(*KINDS),
                                 'group_size': schema.integer(minimum=2),
-                                'software': schema.string(nonempty=True)}),
+                                'software': schema.string(nonempty=True)},
+                               optional={'algorithm': schema.one_of(*algorithms.ALGORITHMS),
+                                         'algorithm_source': schema.string(nonempty=True)}),
     'measured': schema.table({'size_bytes': schema.list_of(schema.integer(minimum=1),
                                                            nonempty=True)},
-                             optional={field: _VALUES for field in GIVEN}),
+                             optional={**{field: _VALUES for field in GIVEN},
+                                       'check': schema.table({}, optional={
+                                           field: _PRINTED for field in GIVEN})}),
 })
 
 
@@ -111,6 +129,11 @@ class CollectiveCase:
   extents: tuple[int, ...] = ()  # torus only
   slice_shape: tuple[int, ...] = ()  # torus only
   path: str = ''
+  # the source's other columns as printed (quantity -> one value per size), not replayed
+  check: dict = dataclasses.field(default_factory=dict)
+  members: tuple[int, ...] = ()  # the devices measured, where the case names them
+  algorithm: str = ''  # the software's algorithm, where the case names it ('' = library default)
+  algorithm_source: str = ''
 
 
 # --- The conversions (nccl-tests' definitions; the module docstring). ---
@@ -153,6 +176,8 @@ def instruction(case: CollectiveCase, size: float) -> dict:
   ins = {'kind': case.kind, 'group_size': case.group_size,
          'bytes_per_device': bytes_per_device(case.kind, size, case.group_size),
          'crosses': case.link, 'asynchronous': False}
+  if case.members:
+    ins['members'] = list(case.members)
   if case.extents:
     ins['extents'] = list(case.extents)
     ins['slice_shape'] = list(case.slice_shape or case.extents)
@@ -198,6 +223,23 @@ def load(path: str) -> CollectiveCase:
                  f'which holds {profile.devices_per_host}; expected at most '
                  f'{profile.devices_per_host}, or hardware.link = "between"')
 
+  members = hardware.get('members', [])
+  if members:
+    hosts = 1 if hardware['link'] == 'inside' else n
+    if not profile.graph:
+      raise fail('hardware.members', f'given for profile {profile.key!r}, which has no graph '
+                 'table; expected members only where the profile describes its links')
+    if len(set(members)) != n or len(members) != n:
+      raise fail('hardware.members', f'{members!r}; expected collective.group_size ({n}) '
+                 'distinct device indices')
+    if max(members) >= hosts * profile.devices_per_host:
+      raise fail('hardware.members', f'{members!r} names device {max(members)}; expected '
+                 f'indices below {hosts * profile.devices_per_host} (link {hardware["link"]!r} '
+                 f'of hosts of {profile.devices_per_host} devices)')
+  if ('algorithm' in collective) != ('algorithm_source' in collective):
+    field = 'algorithm_source' if 'algorithm' in collective else 'algorithm'
+    raise fail(f'collective.{field}', 'missing; give collective.algorithm together with '
+               'collective.algorithm_source (what says the software ran that algorithm)')
   sizes = measured['size_bytes']
   if any(b <= a for a, b in zip(sizes, sizes[1:])):
     raise fail('measured.size_bytes', f'{sizes!r}; expected increasing sizes')
@@ -210,6 +252,14 @@ def load(path: str) -> CollectiveCase:
   if len(values) != len(sizes):
     raise fail(f'measured.{given[0]}', f'{len(values)} values for {len(sizes)} sizes; expected '
                'one per entry of measured.size_bytes')
+  check = measured.get('check', {})
+  for field, printed in check.items():
+    if field == given[0]:
+      raise fail(f'measured.check.{field}', f'repeats measured.{field}; expected only the '
+                 'quantities the source prints besides the one replayed')
+    if len(printed) != len(sizes):
+      raise fail(f'measured.check.{field}', f'{len(printed)} values for {len(sizes)} sizes; '
+                 'expected one per entry of measured.size_bytes')
   source = case['source']
   return CollectiveCase(
       key=os.path.splitext(os.path.basename(path))[0], title=case['title'],
@@ -217,7 +267,10 @@ def load(path: str) -> CollectiveCase:
       profile=hardware['profile'], link=hardware['link'], kind=collective['kind'],
       group_size=n, software=collective['software'], sizes=tuple(sizes), given=given[0],
       values=tuple(values), extents=tuple(hardware.get('extents', ())),
-      slice_shape=tuple(hardware.get('slice_shape', ())), path=path)
+      slice_shape=tuple(hardware.get('slice_shape', ())), path=path,
+      check={field: tuple(v) for field, v in check.items()}, members=tuple(members),
+      algorithm=collective.get('algorithm', ''),
+      algorithm_source=collective.get('algorithm_source', ''))
 
 
 def load_all(folder: Optional[str] = None) -> list[CollectiveCase]:
@@ -240,7 +293,8 @@ def predict_case(case: CollectiveCase, profile: targets_lib.Profile,
   for size, value in zip(case.sizes, case.values):
     measured = seconds(case.given, value, size, kind, n)
     ins = instruction(case, size)
-    predicted = costmodel.collective_seconds(ins, profile, features)
+    predicted = costmodel.collective_seconds(ins, profile, features,
+                                             stack=costmodel.Stack(algorithm=case.algorithm))
     points.append({'size_bytes': size, 'bytes_per_device': ins['bytes_per_device'],
                    'measured_seconds': measured, 'predicted_seconds': predicted,
                    'measured_busbw': busbw(size, measured, kind, n),
@@ -265,6 +319,8 @@ def replay(cases: Sequence[CollectiveCase], log: Callable[[str], Any] = print) -
         'profile_name': profile.name, 'link': case.link, 'link_name': link.get('name', ''),
         'link_source': profile.sources.get(case.link, ''),
         'kind': case.kind, 'group_size': case.group_size, 'software': case.software,
+        'members': list(case.members), 'algorithm': case.algorithm or 'library_default',
+        'algorithm_source': case.algorithm_source,
         'given': case.given, 'extents': list(case.extents),
         'slice_shape': list(case.slice_shape), **result})
     log(f'{case.key}: {len(case.sizes)} sizes, largest |error| '
@@ -310,7 +366,9 @@ def markdown(result: dict) -> str:
               f'{"yes" if c["checked"] else "NO"}; it gives {c["given"]}). {c["note"]}',
               f'- Machine: {c["profile_name"]} (profile `{c["profile"]}`), link {c["link"]} '
               f'({c["link_name"]}){torus}; {c["kind"]} over {c["group_size"]} devices by '
-              f'{c["software"]}.',
+              f'{c["software"]}; replayed with algorithm {c["algorithm"]}'
+              + (f' ({c["algorithm_source"]})' if c['algorithm_source'] else '')
+              + (f' over devices {c["members"]}' if c['members'] else '') + '.',
               f'- The profile\'s source for this link: {c["link_source"] or "-"}',
               f'- |error|: largest {100 * c["max_abs_error"]:.1f} %, median '
               f'{100 * c["median_abs_error"]:.1f} %, at the largest size '

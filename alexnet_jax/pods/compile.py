@@ -34,6 +34,7 @@ from alexnet_jax.pods import targets as targets_lib
 from alexnet_jax.program import analysis
 from alexnet_jax.program import formula
 from alexnet_jax.program import measure as measure_lib
+from alexnet_jax.runtime import paths
 
 
 def default_cache_dir() -> str:
@@ -99,8 +100,12 @@ def _instructions(collectives: list, devices: Sequence, profile: targets_lib.Pro
     entry = out.setdefault(c.instruction, {
         'kind': c.kind, 'group_size': c.group_size, 'bytes_per_device': 0.0,
         'asynchronous': c.asynchronous, 'overlap_ops': c.overlap_ops, 'layers': [],
-        **_links(c.groups, devices, profile, topology)})
+        'operands': 0, **_links(c.groups, devices, profile, topology)})
+    if c.groups and 'members' not in entry:  # each group's devices, in rank order (linkgraph)
+      entry['members'] = [int(i) for i in c.groups[0]]
+      entry['other_groups'] = [[int(i) for i in g] for g in c.groups[1:]]
     entry['bytes_per_device'] += c.bytes_per_device
+    entry['operands'] += 1
     if c.layer not in entry['layers']:
       entry['layers'].append(c.layer)
   return out
@@ -137,11 +142,10 @@ def lower(label: str, config: ml_collections.ConfigDict, devices: Sequence,
       lowered.as_text(), profile.compiler, profile.topology, profile.target_config,
       compiler_version(profile), str([str(d) for d in run.devices]),
       json.dumps(options, sort_keys=True)]).encode()).hexdigest()[:24]
-  path = os.path.join(cache_dir, f'{key}.json.gz') if cache_dir else None
+  path = paths.join(cache_dir, f'{key}.json.gz') if cache_dir else None
   job = Job(label, config, run, lowered, path, topology)
-  if path and os.path.exists(path):
-    with gzip.open(path, 'rt') as f:
-      job.compiled = dict(json.load(f), cached=True)
+  if path and paths.exists(path):
+    job.compiled = dict(json.loads(gzip.decompress(paths.read_bytes(path))), cached=True)
   return job
 
 
@@ -181,10 +185,8 @@ def _compile(job: Job) -> dict:
          'flops': float(cost['flops']) if cost and 'flops' in cost else None,
          'compile_seconds': seconds}
   if job.cache_path:
-    os.makedirs(os.path.dirname(job.cache_path), exist_ok=True)
-    with gzip.open(job.cache_path + '.tmp', 'wt') as f:
-      json.dump(out, f)
-    os.replace(job.cache_path + '.tmp', job.cache_path)
+    paths.makedirs(paths.dirname(job.cache_path))
+    paths.replace_bytes(job.cache_path, gzip.compress(json.dumps(out).encode()))
   return out
 
 

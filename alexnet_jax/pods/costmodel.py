@@ -25,6 +25,16 @@ compute efficiency, from a measured point (fit_efficiency), and is labelled as c
               size S (nccl-tests' S = bytes per device / bus_factor), no latency term added
               (the measured time holds it): the measured time at S*, scaled by S / S*. Else,
               below the smallest size measured, or another group size or kind: the above.
+  link graph  (a profile with a `graph` table, GPUs; feature link_graph) a collective becomes the
+              transfers of the software stack's algorithm (Stack: the case's
+              run.collective_algorithm, else what the platform's library does: NCCL 2's
+              concurrent rings, and across hosts the fastest of those, its tree and
+              hierarchical), routed over the machine's links, links shared by the
+              transfers that cross them, the instruction's other groups' included
+              (pods/linkgraph.py, pods/algorithms.py); each step one
+              latency, per call (per tensor or bucket where the stack made one call each).
+              Replaces the bus bandwidth and peer-group terms; a measured table still comes
+              first; a TPU torus keeps the formula above.
   step        the schedule replayed on two streams: compute runs the ops in order; a
               synchronous collective blocks it; an asynchronous one runs on the collective
               stream from its start (after the collective before it) and blocks compute at
@@ -37,6 +47,7 @@ import dataclasses
 import math
 from typing import Optional, Sequence
 
+from alexnet_jax.pods import algorithms
 from alexnet_jax.pods import targets as targets_lib
 
 
@@ -50,13 +61,27 @@ class Features:
   pcie_groups: bool = True  # peer groups and staging through host memory
   wraparound: bool = True  # TPU axes without wraparound links
   schedule_overlap: bool = True  # the compiled schedule replayed on two streams
+  link_graph: bool = True  # collectives as their algorithm's transfers over the profile's graph
+
+
+@dataclasses.dataclass(frozen=True)
+class Stack:
+  """How the software stack moved a collective's bytes (a published case's run table): the
+  algorithm (algorithms.ALGORITHMS; '' = what the platform's library does by default) and one
+  library call per compiled collective, per tensor, or per bucket of bucket_bytes."""
+  algorithm: str = ''
+  granularity: str = 'compiled'
+  bucket_bytes: float = 0.0
+
+
+DEFAULT_STACK = Stack()
 
 
 # The compute efficiency assumed where nothing was calibrated (plan --efficiency's default, the
 # validation's "before" model and its cases that do not calibrate).
 ASSUMED_EFFICIENCY = 0.4
 
-FIRST = Features(False, False, False, False, False)
+FIRST = Features(False, False, False, False, False, False)
 ALL = Features()
 # The model's changes in the order the docs show them (name, what it adds).
 STAGES = (
@@ -65,8 +90,9 @@ STAGES = (
     ('bus bandwidth', dataclasses.replace(FIRST, per_op=True, bus_bandwidth=True)),
     ('PCIe peer groups', dataclasses.replace(FIRST, per_op=True, bus_bandwidth=True,
                                              pcie_groups=True)),
-    ('torus wraparound', dataclasses.replace(ALL, schedule_overlap=False)),
-    ('schedule overlap', ALL),
+    ('torus wraparound', dataclasses.replace(ALL, schedule_overlap=False, link_graph=False)),
+    ('schedule overlap', dataclasses.replace(ALL, link_graph=False)),
+    ('link graph and algorithm', ALL),
 )
 
 
@@ -155,8 +181,35 @@ def _axis_wraps(extent: int, link: dict, slice_shape: Sequence[int]) -> bool:
   return True
 
 
+def members(ins: dict, profile: targets_lib.Profile) -> list[int]:
+  """The devices of one of the instruction's groups, in rank order: as compiled where the plan
+  read them; else the first group_size devices, or (a group between hosts no larger than a
+  host) one device on each of group_size hosts."""
+  if ins.get('members'):
+    return list(ins['members'])
+  g = ins['group_size']
+  if ins['crosses'] == 'between' and g <= profile.devices_per_host:
+    return [i * profile.devices_per_host for i in range(g)]
+  return list(range(g))
+
+
+def graph_seconds(ins: dict, profile: targets_lib.Profile, stack: Stack = DEFAULT_STACK,
+                  latency_scale: float = 1.0) -> float:
+  """One collective on the profile's link graph (the module docstring's link graph term)."""
+  group = members(ins, profile)
+  algorithm = stack.algorithm or 'library_default'
+  link = profile.between if ins['crosses'] == 'between' else profile.inside
+  size = algorithms.size_of(ins['kind'], ins['bytes_per_device'], len(group))
+  calls = algorithms.granularity_calls(stack.granularity, ins.get('operands', 1), size,
+                                       stack.bucket_bytes)
+  return algorithms.seconds(profile.link_graph(), algorithm, ins['kind'], group,
+                            ins['bytes_per_device'], float(link['latency']) * latency_scale,
+                            calls, ins.get('other_groups', ()))
+
+
 def collective_seconds(ins: dict, profile: targets_lib.Profile,
-                       features: Features = ALL, latency_scale: float = 1.0) -> float:
+                       features: Features = ALL, latency_scale: float = 1.0,
+                       stack: Stack = DEFAULT_STACK) -> float:
   """One collective instruction's time (see the module docstring). `ins` is a plan entry's
   instruction: kind, group_size, bytes_per_device, crosses ('inside' | 'between'), and for a
   torus the extents of the axes it spans, for PCIe the peer groups it spans. A table
@@ -170,6 +223,8 @@ def collective_seconds(ins: dict, profile: targets_lib.Profile,
                                 ins['bytes_per_device'])
     if measured is not None:
       return measured
+  if features.link_graph and profile.graph and profile.inside.get('wiring') != 'torus':
+    return graph_seconds(ins, profile, stack, latency_scale)
   rounds = 2 if kind == 'all-reduce' else 1
   steps = rounds * (g - 1)
   if ins['crosses'] == 'between':
@@ -216,12 +271,13 @@ def replay(ops: Sequence[dict], op_time: dict, collective_time: dict) -> float:
 
 
 def predict_step(entry: dict, profile: targets_lib.Profile, efficiency: float, dtype: str,
-                 features: Features = ALL, latency_scale: float = 1.0) -> dict:
+                 features: Features = ALL, latency_scale: float = 1.0,
+                 stack: Stack = DEFAULT_STACK) -> dict:
   """The predicted step of one compiled plan entry: compute, communication, what the schedule
   hides, the step with and without overlap (seconds)."""
   peak = compute_peak(profile, dtype)
   ops = entry.get('ops') or []
-  times = {name: collective_seconds(ins, profile, features, latency_scale)
+  times = {name: collective_seconds(ins, profile, features, latency_scale, stack)
            for name, ins in entry['instructions'].items()}
   comm = sum(times.values())
   if features.per_op and ops:
@@ -255,11 +311,11 @@ def predict_step(entry: dict, profile: targets_lib.Profile, efficiency: float, d
 
 
 def fit_efficiency(entry: dict, profile: targets_lib.Profile, dtype: str, step_seconds: float,
-                   features: Features = ALL) -> Optional[float]:
+                   features: Features = ALL, stack: Stack = DEFAULT_STACK) -> Optional[float]:
   """The compute efficiency at which the model's step equals a measured one (bisection on a
   log scale: the step falls as the efficiency rises). None when no efficiency in (1e-4, 10)
   reaches it (the step is bound by memory traffic or communication alone)."""
-  step = lambda e: predict_step(entry, profile, e, dtype, features)['step_seconds'][
+  step = lambda e: predict_step(entry, profile, e, dtype, features, stack=stack)['step_seconds'][
       'with_overlap']
   lo, hi = 1e-4, 10.0
   if not step(hi) <= step_seconds <= step(lo):

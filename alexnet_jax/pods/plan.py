@@ -23,7 +23,6 @@ Writes DIR/plan.json, DIR/plan.md and DIR/plan.png.
 """
 
 import json
-import os
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -39,6 +38,7 @@ from alexnet_jax.pods import targets as targets_lib
 from alexnet_jax.program import measure as measure_lib
 from alexnet_jax.program.hlo import LAYERS, LOSS
 from alexnet_jax.runtime import errors
+from alexnet_jax.runtime import paths
 from alexnet_jax.runtime import quiet
 from alexnet_jax.report.write import write_report
 
@@ -414,10 +414,9 @@ def input_per_core(path: str) -> dict:
   a bench_input.json is refused (errors.Refused, one line naming it): it is read before any work."""
   rates = dict(INPUT_PER_CORE)
   if path:
-    name = os.path.join(path, 'bench_input.json') if os.path.isdir(path) else path
     try:
-      with open(name) as f:
-        per_core = json.load(f)['per_core']
+      name = paths.join(path, 'bench_input.json') if paths.isdir(path) else path
+      per_core = json.loads(paths.read_text(name))['per_core']
       found = {key: float(per_core[row]) for key, row in (
           ('host', 'pipeline'), ('device', 'pipeline_device_augment'),
           ('jpeg', 'pipeline_256'), ('raw', 'pipeline_raw')) if row in per_core}

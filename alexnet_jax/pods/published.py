@@ -34,6 +34,9 @@ marked optional):
     collective_algorithm = "ring"   # how the software stack moved the data: ALGORITHMS below
     algorithm_source = "..."    # the framework's code or docs that say so (repository, path,
                                 # revision), or "not verified: ..." and what is assumed
+    # collective_granularity = "per_tensor"  # optional: "compiled" (default: one library call
+                                # per compiled collective), "per_tensor" (one per variable) or
+                                # "bucketed" (one per bucket_bytes of it; give bucket_bytes)
     [measured]
     devices = [1, 2, 4, 8]      # increasing
     images_per_second = [...]   # one per device count
@@ -41,8 +44,8 @@ marked optional):
     images_per_second_high = [...]
     # any other key or table (hours, speedup, a series not replayed): kept in Case.extra
 
-collective_algorithm is one of ALGORITHMS (the cost model does not read it yet; the replay's
-report shows it):
+collective_algorithm is one of ALGORITHMS; the cost model replays it over the machine's link
+graph where the profile has one (pods/algorithms.py says what each moves, step by step):
 
     ring              a ring over all devices (reduce-scatter then all-gather): NCCL 1's only
                       algorithm, NCCL 2's ring (NCCL_ALGO=Ring), Horovod's ring all-reduce
@@ -56,6 +59,8 @@ report shows it):
                       updated variables fetched back (tf_cnn_benchmarks' parameter_server)
     peer_to_peer      no collective library: each device reads or writes its peers' memory
                       directly, point-to-point copies (the 2012 paper's two GTX 580s)
+    nvls              NCCL's NVLink SHARP: the NVSwitch reduces and multicasts (NCCL_ALGO=NVLS)
+    collnet           NCCL's CollNet: the InfiniBand switches reduce (SHARP; NCCL_ALGO=CollNet)
     library_default   the communication library picks at run time (NCCL >= 2.4 chooses ring or
                       tree by size and topology unless NCCL_ALGO is set); the source names the
                       library and its version
@@ -85,6 +90,7 @@ from typing import Optional
 
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import strategies
+from alexnet_jax.pods import algorithms
 from alexnet_jax.pods import schema
 from alexnet_jax.pods import targets
 from alexnet_jax.runtime import errors
@@ -96,8 +102,7 @@ CASES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RANGE_FIELDS = ('images_per_second_low', 'images_per_second_high')
 DTYPES = ('float32', 'bfloat16', 'float16')
 BATCH_FIELDS = ('batch_per_device', 'global_batch')  # exactly one of the two
-ALGORITHMS = ('ring', 'tree', 'hierarchical', 'host_staged', 'parameter_server', 'peer_to_peer',
-              'library_default')  # the module docstring says what each means
+ALGORITHMS = algorithms.ALGORITHMS  # the module docstring says what each means
 WIDTHS = {'conv_features': 5, 'fc_features': 2}  # AlexNet's five conv and two hidden fc layers
 
 # The format as data (pods/schema.py); what relates one field to another is checked in `load`.
@@ -118,7 +123,10 @@ FORMAT = schema.table({
                          'calibrate': schema.boolean(),
                          'collective_algorithm': schema.one_of(*ALGORITHMS),
                          'algorithm_source': schema.string(nonempty=True)},
-                        optional={field: _POSITIVE for field in BATCH_FIELDS}),
+                        optional={**{field: _POSITIVE for field in BATCH_FIELDS},
+                                  'collective_granularity': schema.one_of(
+                                      *algorithms.GRANULARITIES),
+                                  'bucket_bytes': schema.number(positive=True)}),
     'measured': schema.table({'devices': schema.list_of(_POSITIVE, nonempty=True),
                               'images_per_second': _RATES},
                              optional={field: _RATES for field in RANGE_FIELDS},
@@ -156,6 +164,8 @@ class Case:
   collective_algorithm: str = ''  # one of ALGORITHMS
   algorithm_source: str = ''
   profile_written: str = ''  # hardware.profile as written in the file
+  collective_granularity: str = 'compiled'  # one of algorithms.GRANULARITIES
+  bucket_bytes: float = 0.0  # with "bucketed"
 
 
 def config_path(config: str) -> str:
@@ -201,6 +211,11 @@ def load(path: str) -> Case:
   if run['calibrate'] and len(devices) < 2:
     raise fail('run.calibrate', 'true with a single device count: the fitted point would '
                'leave nothing to check; expected calibrate = false or more device counts')
+  granularity = run.get('collective_granularity', 'compiled')
+  if (granularity == 'bucketed') != ('bucket_bytes' in run):
+    raise fail('run.bucket_bytes', f'{"missing" if granularity == "bucketed" else "given"} with '
+               f'run.collective_granularity = {granularity!r}; expected bucket_bytes (bytes per '
+               'bucket) exactly when the granularity is "bucketed"')
   bounds = {field: measured[field] for field in RANGE_FIELDS if field in measured}
   for field, values in [('images_per_second', ips), *bounds.items()]:
     if len(values) != len(devices):
@@ -231,7 +246,8 @@ def load(path: str) -> Case:
       calibrate=run['calibrate'], devices=tuple(devices), images_per_second=tuple(ips),
       low=low, high=high, extra=extra, path=path, global_batch=run.get('global_batch'),
       collective_algorithm=run['collective_algorithm'],
-      algorithm_source=run['algorithm_source'], profile_written=hardware['profile'])
+      algorithm_source=run['algorithm_source'], profile_written=hardware['profile'],
+      collective_granularity=granularity, bucket_bytes=float(run.get('bucket_bytes', 0.0)))
 
 
 def resolve_profile(value: str, case_path: str, fail) -> tuple[str, targets.Profile]:

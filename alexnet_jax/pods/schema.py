@@ -23,6 +23,8 @@ import math
 import tomllib
 from typing import Any, Callable, Optional
 
+from alexnet_jax.runtime import paths
+
 # A check takes a value and its field path, and returns the value (converted where the check
 # says so) or raises Mismatch.
 Check = Callable[[Any, str], Any]
@@ -179,8 +181,7 @@ def load_toml(path: str, spec: Check, error: type) -> Any:
   """A TOML file read and checked against `spec`; `error` (one line) for a file that cannot be
   read, is not TOML, or does not fit."""
   try:
-    with open(path, 'rb') as f:
-      raw = tomllib.load(f)
+    raw = tomllib.loads(paths.read_bytes(path).decode())
   except tomllib.TOMLDecodeError as e:
     raise refusal(error, path, 'TOML', f'{e}; expected a TOML file') from None
   except OSError as e:

@@ -19,8 +19,10 @@ from typing import Any, Optional
 
 from jax.experimental import topologies
 
+from alexnet_jax.pods import linkgraph
 from alexnet_jax.pods import schema
 from alexnet_jax.runtime import errors
+from alexnet_jax.runtime import paths
 
 PROFILES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'profiles')
 NUMBERS = ('peak_bf16_flops', 'fp32_matmul_flops', 'peak_fp32_flops', 'memory_bytes',
@@ -60,7 +62,7 @@ FORMAT = schema.table(
               'topology': schema.string(), 'shapes': schema.table({}, others=schema.string()),
               'target_config': schema.string(), 'devices_per_chip': schema.integer(minimum=1),
               'devices_per_host': schema.integer(minimum=1),
-              'reported_images_per_second': _RATE,
+              'reported_images_per_second': _RATE, 'graph': linkgraph.FORMAT,
               'sources': schema.table({}, others=schema.string())})
 _WIRED = {'torus': ('ports', 'link_bandwidth'), 'switch': ('bandwidth',),
           'pcie': ('bandwidth', 'host_bandwidth')}
@@ -83,6 +85,10 @@ class Profile:
   devices_per_host: int = 8  # GPU: devices per node
   compiled_as: str = ''  # the profile whose compiler built the program, when not this one
   reported_images_per_second: Optional[float] = None
+  graph: Optional[dict] = None  # the links of a host, as a graph (pods/linkgraph.py), if given
+
+  def link_graph(self) -> Optional[linkgraph.Graph]:
+    return linkgraph.build(self.graph, self.devices_per_host) if self.graph else None
 
   def per_device(self, field: str) -> float:
     return float(self.numbers[field]) / self.devices_per_chip
@@ -94,8 +100,7 @@ class Profile:
 
 
 def _table(path: str) -> dict:
-  with open(path, 'rb') as f:
-    return tomllib.load(f)
+  return tomllib.loads(paths.read_bytes(path).decode())
 
 
 def known() -> dict:
@@ -116,7 +121,7 @@ def load(name_or_file: str) -> Profile:
   table = known()
   if name_or_file in table:
     key, raw = name_or_file, table[name_or_file]
-  elif os.path.isfile(name_or_file):
+  elif paths.isfile(name_or_file):
     mine = _table(name_or_file)
     if len(mine) != 1:
       raise TargetError(f'{name_or_file} holds {len(mine)} tables; a profile file holds exactly '
@@ -137,6 +142,12 @@ def _profile(key: str, raw: dict, table: dict) -> Profile:
     raise TargetError(f'{where}: inside.{needs[0]}: missing; a {raw["inside"]["wiring"]} '
                       f'link gives {" and ".join(_WIRED[raw["inside"]["wiring"]])}')
   compiled = raw
+  devices_per_host = int(raw.get('devices_per_host', table.get(raw.get('compile_as'), {}).get(
+      'devices_per_host', 8)))
+  if 'graph' in raw:
+    wrong = linkgraph.problem(raw['graph'], devices_per_host)
+    if wrong:
+      raise TargetError(f'{where}: {wrong[0]}: {wrong[1]}')
   if 'compile_as' in raw:
     if raw['compile_as'] not in table or 'compile_as' in table[raw['compile_as']]:
       raise TargetError(f'profile {key!r}: compile_as = {raw["compile_as"]!r} is not a profile '
@@ -158,7 +169,7 @@ def _profile(key: str, raw: dict, table: dict) -> Profile:
       sources=dict(raw.get('sources', {})), topology=compiled.get('topology', ''),
       shapes={int(k): v for k, v in compiled.get('shapes', {}).items()},
       target_config=target_config,
-      devices_per_host=int(raw.get('devices_per_host', compiled.get('devices_per_host', 8))),
+      devices_per_host=devices_per_host, graph=raw.get('graph'),
       compiled_as=raw.get('compile_as', ''),
       reported_images_per_second=raw.get('reported_images_per_second'))
 

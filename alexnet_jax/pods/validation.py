@@ -18,7 +18,7 @@ the error of each change to the model shows:
 For each case and device count: the published and predicted images/s, the error, the scaling
 efficiency (images/s at N over N/N0 x images/s at the smallest count N0) both ways, and whether
 the order of the sizes is kept, beside the collective algorithm each case's software stack
-used (run.collective_algorithm: shown, not yet modelled). Targets: every point other than a
+used (run.collective_algorithm), which the last stage replays over the machine's link graph. Targets: every point other than a
 calibration point within +-15 %, every scaling efficiency within +-0.08 of the published one.
 
 Before anything is compiled, every case's [network] is checked against its config and the
@@ -57,6 +57,14 @@ def _order_kept(published_ips: Sequence[float], predicted: Sequence[float]) -> b
   return rank(published_ips) == rank(predicted)
 
 
+def case_stack(case) -> costmodel.Stack:
+  """The software stack's communication a case names (run.collective_algorithm and its
+  granularity), which the link-graph term replays."""
+  return costmodel.Stack(getattr(case, 'collective_algorithm', '') or '',
+                         getattr(case, 'collective_granularity', 'compiled'),
+                         getattr(case, 'bucket_bytes', 0.0))
+
+
 def predict_case(case, entries: Sequence[dict], profile: targets_lib.Profile, dtype: str,
                  features: costmodel.Features, efficiency: Optional[float] = None) -> dict:
   """One stage of the model on one case: the efficiency (fitted at the smallest count if the
@@ -65,13 +73,15 @@ def predict_case(case, entries: Sequence[dict], profile: targets_lib.Profile, dt
   measured = list(case.images_per_second)
   batch = [e['batch_size'] for e in entries]
   source = 'assumed'
+  stack = case_stack(case)
   if efficiency is None and case.calibrate:
     efficiency = costmodel.fit_efficiency(entries[0], profile, dtype, batch[0] / measured[0],
-                                          features)
+                                          features, stack)
     source = f'calibrated at {case.devices[0]} device{"s" * (case.devices[0] > 1)}'
   if efficiency is None:
     efficiency, source = costmodel.ASSUMED_EFFICIENCY, 'assumed'
-  steps = [costmodel.predict_step(e, profile, efficiency, dtype, features) for e in entries]
+  steps = [costmodel.predict_step(e, profile, efficiency, dtype, features, stack=stack)
+           for e in entries]
   predicted = [b / s['step_seconds']['with_overlap'] for b, s in zip(batch, steps)]
   errors = [p / m - 1 for p, m in zip(predicted, measured)]
   fitted = [case.calibrate and source != 'assumed' and i == 0 for i in range(len(entries))]
@@ -133,7 +143,8 @@ def replay(cases: Sequence, cache_dir: Optional[str] = None, workers: int = 0,
     for name, features in costmodel.STAGES:
       stages.append(dict(predict_case(case, entries, profile, dtype, features), stage=name))
     after = stages[-1]
-    implied = [costmodel.fit_efficiency(e, profile, dtype, e['batch_size'] / m)
+    implied = [costmodel.fit_efficiency(e, profile, dtype, e['batch_size'] / m,
+                                        stack=case_stack(case))
                for e, m in zip(entries, case.images_per_second)]
     out.append({
         'key': case.key, 'title': case.title, 'cite': case.cite, 'url': case.url,
@@ -144,6 +155,7 @@ def replay(cases: Sequence, cache_dir: Optional[str] = None, workers: int = 0,
         'fixed_global_batch': case.global_batch, 'dtype': dtype,
         'collective_algorithm': case.collective_algorithm,
         'algorithm_source': case.algorithm_source,
+        'collective_granularity': case.collective_granularity,
         'calibrate': case.calibrate, 'devices': list(case.devices),
         'global_batch': [e['batch_size'] for e in entries],
         'published_images_per_second': list(case.images_per_second),

@@ -9,8 +9,9 @@ measuring), STEM.png is left out, the result's 'chart' field says why and STEM.m
 """
 
 import json
-import os
 from typing import Callable
+
+from alexnet_jax.runtime import paths
 
 
 def write_report(out_dir: str, stem: str, result: dict, markdown: Callable[[dict], str],
@@ -24,11 +25,8 @@ def write_report(out_dir: str, stem: str, result: dict, markdown: Callable[[dict
     png = None
     result['chart'] = f'{stem}.png not drawn: {e}'
   text = markdown(result) + (f'\n{result["chart"]}\n' if png is None else '')
-  os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, f'{stem}.json'), 'w') as f:
-    json.dump(result, f, indent=1)
-  with open(os.path.join(out_dir, f'{stem}.md'), 'w') as f:
-    f.write(text)
+  paths.makedirs(out_dir)  # out_dir may be gs://bucket/dir (runtime/paths.py)
+  paths.write_text(paths.join(out_dir, f'{stem}.json'), json.dumps(result, indent=1))
+  paths.write_text(paths.join(out_dir, f'{stem}.md'), text)
   if png is not None:
-    with open(os.path.join(out_dir, f'{stem}.png'), 'wb') as f:
-      f.write(png)
+    paths.write_bytes(paths.join(out_dir, f'{stem}.png'), png)

@@ -1,7 +1,8 @@
 """Paths that are local directories or object-storage URIs (gs://bucket/dir), one API for both.
 
-Every file of a workdir is opened, listed, made and removed through here, so that a workdir (and,
-later, a data dir or an --out) may be `gs://bucket/run` as TPU pod users keep them. Local paths
+Every file the project itself writes or reads on a user's path (a workdir, the files it caches
+beside a dataset, a command's --out) is opened, listed, made and removed through here, so that
+each may be `gs://bucket/dir` as TPU pod users keep them (docs/gcs.md). Local paths
 keep the standard library's behaviour exactly (os, open); a URI goes through `etils.epath`, the
 layer orbax and tfds use themselves, which reaches gs:// through `tf.io.gfile` when TensorFlow is
 installed, or through fsspec's `gcsfs` (with `EPATH_USE_TF=false`; the tests do that to reach a
@@ -60,6 +61,13 @@ def join(path: str, *parts: str) -> str:
   return '/'.join([path.rstrip('/')] + [p.strip('/') for p in parts])
 
 
+def basename(path: str) -> str:
+  """os.path.basename of the path without a trailing slash, for URIs too."""
+  path = os.fspath(path)
+  return path.rstrip('/').rpartition('/')[2] if is_remote(path) else os.path.basename(
+      os.path.normpath(path))
+
+
 def dirname(path: str) -> str:
   path = os.fspath(path)
   if not is_remote(path):
@@ -92,6 +100,13 @@ def isdir(path: str) -> bool:
     return _epath(path).is_dir()
 
 
+def isfile(path: str) -> bool:
+  if not is_remote(path):
+    return os.path.isfile(path)
+  with _as_oserror(path):
+    return _epath(path).is_file()
+
+
 def listdir(path: str) -> list[str]:
   """The names in a directory (a prefix's immediate children on object storage)."""
   if not is_remote(path):
@@ -109,13 +124,55 @@ def read_text(path: str) -> str:
 
 
 def write_text(path: str, text: str) -> None:
-  """Writes the file whole (an object replaced in one upload on object storage)."""
+  """Writes the file whole, UTF-8 (an object replaced in one upload on object storage)."""
+  write_bytes(path, text.encode())
+
+
+def read_bytes(path: str) -> bytes:
   if not is_remote(path):
-    with open(path, 'w') as f:
-      f.write(text)
+    with open(path, 'rb') as f:
+      return f.read()
+  with _as_oserror(path):
+    return _epath(path).read_bytes()
+
+
+def open_for_reading(path: str):
+  """A seekable binary file object (a URI's reads are ranged requests), for readers that seek
+  (tarfile's headers)."""
+  if not is_remote(path):
+    return open(path, 'rb')  # pylint: disable=consider-using-with
+  with _as_oserror(path):
+    return _epath(path).open('rb')
+
+
+def write_bytes(path: str, data: bytes) -> None:
+  """Writes the file whole (one upload on object storage)."""
+  if not is_remote(path):
+    with open(path, 'wb') as f:
+      f.write(data)
     return
   with _as_oserror(path):
-    _epath(path).write_text(text)
+    _epath(path).write_bytes(data)
+
+
+def replace_bytes(path: str, data: bytes) -> None:
+  """Writes the file so that a reader never sees it half written: a temporary file renamed over
+  it on local disk; on object storage one upload, which is atomic already."""
+  if is_remote(path):
+    write_bytes(path, data)
+    return
+  temporary = f'{path}.tmp.{os.getpid()}'
+  try:
+    write_bytes(temporary, data)
+    os.replace(temporary, path)
+  finally:
+    if os.path.exists(temporary):
+      os.remove(temporary)
+
+
+def replace_text(path: str, text: str) -> None:
+  """replace_bytes for text (UTF-8)."""
+  replace_bytes(path, text.encode())
 
 
 def append_text(path: str, text: str) -> None:

@@ -26,10 +26,12 @@ On a shared file system:
   excluded. Runs on one host still are.
 
 - gs:// (object storage): no lock. A workdir on gs:// is not held: two runs on it are not
-  excluded, and the run says so in its log. (An object created only if absent,
-  `ifGenerationMatch=0`, could be one, but a run killed with -9 would leave it behind with no
-  way to tell it from a live one; the GCS emulator the tests use ignores the precondition, so
-  such a lock could not be tested here.)
+  excluded, and the run says so in its log. An object created only if absent
+  (`ifGenerationMatch=0`, which GCS and the tests' emulator honour) would exclude a second run,
+  but nothing releases it when its holder dies: a run killed with -9, or a preempted TPU VM,
+  leaves it behind, indistinguishable from a live holder (no file descriptor dies with the
+  process, and the holder's host may be gone), and would refuse the resume that must follow.
+  Telling them apart needs a lease the holder renews and others wait out, which is not built.
 
 In a multi-process run (jax.distributed) only process 0 locks; `hold_for_run` tells every
 process its verdict through the coordination service, so a refusal stops all of them at once
