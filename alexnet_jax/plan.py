@@ -19,6 +19,7 @@ alexnet_jax.calibrate` (--calibration; pods/calibration.py); the report says whi
 cannot read or use (named), bad --devices. A file that cannot be written during the work: exit 1.
 """
 
+import os
 import sys
 
 from alexnet_jax.runtime import quiet
@@ -45,6 +46,7 @@ with quiet.held_stderr(enabled=COMPILE_ONLY):
   from alexnet_jax.pods import collectives as collectives_lib
   from alexnet_jax.pods import compile as compile_lib
   from alexnet_jax.pods import plan as plan_lib
+  from alexnet_jax.pods import search as search_lib
   from alexnet_jax.pods import targets as targets_lib
   from alexnet_jax.pods import validation
   from alexnet_jax.program import measure as measure_lib
@@ -86,6 +88,12 @@ flags.DEFINE_bool('published', False, 'Replay every published run (alexnet_jax/p
 flags.DEFINE_bool('collectives', False, 'Replay every published measurement of one collective '
                   '(alexnet_jax/published/collectives/*.toml) with the cost model and write the '
                   'error per message size (collectives.json, .md, .png).')
+flags.DEFINE_bool('search', False, 'Search every layer\'s partitioning (pods/search.py) at each '
+                  'of --devices on --target, compile the best whole, and write search.json, '
+                  'search.md, search.png and specs/*.toml (--config.parallelism=layerwise '
+                  '--config.layerwise=FILE trains one).')
+flags.DEFINE_integer('search_keep', 3, 'With --search: the best assignments kept per size.')
+flags.DEFINE_integer('search_compile', 1, 'With --search: how many of them to compile whole.')
 flags.DEFINE_string('cases', '', 'With --published or --collectives: a folder of case files '
                     'instead of the shipped ones.')
 flags.mark_flags_as_required(['out'])
@@ -117,6 +125,16 @@ def main(argv) -> None:
     counts = measure_lib.device_counts(FLAGS.devices)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
+  if FLAGS.search:
+    quiet.compile_only_environment()
+    jax.config.update('jax_platforms', 'cpu')
+    bpr = FLAGS.batch_per_replica or FLAGS.config.batch_size
+    search_lib.run_search(FLAGS.config, FLAGS.target, counts, out=FLAGS.out,
+                          batch_per_device=bpr, efficiency=FLAGS.efficiency,
+                          cache_dir=FLAGS.cache_dir or None, keep=FLAGS.search_keep,
+                          compile_top=FLAGS.search_compile)
+    print(open(os.path.join(FLAGS.out, 'search.md')).read())
+    return
   strategies = [s for s in FLAGS.strategies.split(',') if s] or None
   # The files the command line names are read before any work: one that cannot be read or used
   # is refused (exit 2), naming it.

@@ -91,7 +91,11 @@ def get_config() -> ml_collections.ConfigDict:
   #   hybrid: Krizhevsky 2014, convolutions data-parallel, fc layers' neurons split (even N);
   #   towers_data: a (data=N/2, tower=2) mesh, two-tower replicas data-parallel (even N);
   #   fsdp: data parallelism with every parameter and its momentum split over the devices.
+  #   layerwise: any per-layer partitioning, from the spec file `layerwise` names
+  #   (core/layerwise.py; python -m alexnet_jax.plan --search writes one).
   c.parallelism = 'towers'
+  # The spec file of parallelism=layerwise (TOML); '' for the other strategies.
+  c.layerwise = ''
   # Devices the strategy uses (the first N). 0: 2 for towers, every visible device otherwise;
   # on CPU, main.py simulates N devices (2 by default, 4 for towers_data).
   c.num_devices = 0

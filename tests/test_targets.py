@@ -226,6 +226,39 @@ def _comms(tmp_path, *args, env_extra=None):
                         text=True, timeout=1200)
 
 
+@needs(HAVE_GPU, 'the CUDA plugin')
+def test_search_compiles_what_it_finds_whole_and_caches_it(tmp_path):
+  """plan --search on the K20s (tiny config, 4 devices): the found spec is at least as fast as
+  each of the five costed the same way, runs on the net, is compiled whole to the bytes of its
+  formula layer by layer, and a second search only lowers it (the compile is cached)."""
+  from alexnet_jax.core import layerwise  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.core import model as model_lib  # pylint: disable=g-import-not-at-top
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  args = ['--search', '--config=configs/tiny.py', '--target=gpu-k20-pcie', '--devices=4',
+          '--batch_per_replica=8', f'--cache_dir={tmp_path / "cache"}']
+  run = lambda out: subprocess.run([sys.executable, '-m', 'alexnet_jax.plan', f'--out={out}',
+                                    *args], cwd=ROOT, capture_output=True, text=True,
+                                   timeout=1200, env={k: v for k, v in os.environ.items()
+                                                      if k != 'XLA_FLAGS'})
+  done = run(tmp_path / 'a')
+  assert done.returncode == 0, done.stderr[-3000:]
+  size = json.load(open(tmp_path / 'a' / 'search.json'))['sizes'][0]
+  found = size['found'][0]
+  assert found['additive_seconds'] <= min(size['hand_written'].values()) * (1 + 1e-9)
+  config = tiny.get_config()
+  net = model_lib.make_network(config.model, config.model.num_classes)
+  spec = layerwise.load(str(tmp_path / 'a' / found['spec_file']))
+  assert spec.num_devices == 4 and layerwise.problems(spec, net) == []
+  whole = found['whole']
+  for layer in hlo.LAYERS:
+    assert whole['bytes_by_layer'].get(layer, 0.0) == pytest.approx(
+        whole['formula_bytes_by_layer'][layer], rel=0.01), layer
+  assert whole['step_seconds']['no_overlap'] > 0 and not whole['cached']
+  assert os.path.getsize(tmp_path / 'a' / 'search.png') > 1000
+  again = run(tmp_path / 'b')
+  assert again.returncode == 0 and 'compiling 0 whole programs (1 cached)' in again.stdout
+
+
 @pytest.mark.skipif(HAVE_TPU or HAVE_GPU or REQUIRED, reason='the compilers are installed')
 def test_without_the_compilers_a_target_says_what_to_install(tmp_path):
   done = _comms(tmp_path, '--target=tpu-v5e', '--devices=4')

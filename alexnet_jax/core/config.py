@@ -29,6 +29,7 @@ from alexnet_jax.runtime import errors
 from alexnet_jax.runtime import fields
 from alexnet_jax.core import augment as augment_lib
 from alexnet_jax.core import kernels as kernels_lib
+from alexnet_jax.core import layerwise
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import schedules
 from alexnet_jax.core import strategies
@@ -143,7 +144,7 @@ def _types(config: ml_collections.ConfigDict) -> list[str]:
 
 
 def _choices(config: ml_collections.ConfigDict) -> list[str]:
-  choices = {'parallelism': strategies.STRATEGIES,
+  choices = {'parallelism': strategies.STRATEGIES + (layerwise.NAME,),
              'gradient_exchange_dtype': strategies.GRADIENT_EXCHANGE_DTYPES,
              **data_spec.CHOICES,
              'augment_on': augment_lib.AUGMENT_ON,
@@ -262,13 +263,15 @@ def schedule_error(config: ml_collections.ConfigDict) -> Optional[str]:
 
 def _placement(config: ml_collections.ConfigDict, devices: Sequence) -> list[str]:
   """The strategy on these devices, and the batches it must split."""
-  n = strategies.resolve_num_devices(config.parallelism, config.num_devices, len(devices))
+  n = layerwise.resolve_num_devices(config.parallelism, config.num_devices, len(devices),
+                                    config.layerwise)
   net = model_lib.make_network(config.model, config.model.num_classes)
-  error = strategies.fit_error(config.parallelism, n, net, len(devices))
+  error = layerwise.fit_error(config.parallelism, n, net, len(devices), config.layerwise)
   if error:
     return [f'config.parallelism={config.parallelism!r} with config.num_devices='
             f'{config.num_devices} cannot run: {error}.']
-  strategy = strategies.make_strategy(config.parallelism, net, devices[:n])
+  strategy = layerwise.make_strategy(config.parallelism, net, devices[:n],
+                                     spec_path=config.layerwise)
   problems = []
   shards = strategy.batch_shards
   for field in ('batch_size', 'eval_batch_size'):

@@ -3,7 +3,7 @@
 import jax
 import ml_collections
 
-from alexnet_jax.core import strategies
+from alexnet_jax.core import layerwise
 
 
 def simulate_cpu_devices(config: ml_collections.ConfigDict, num_processes: int = 1,
@@ -19,5 +19,5 @@ def simulate_cpu_devices(config: ml_collections.ConfigDict, num_processes: int =
 def cpu_devices_per_process(config: ml_collections.ConfigDict, num_processes: int = 1,
                             per_process: int = 0) -> int:
   """The count simulate_cpu_devices presents: strategies.devices_needed over the processes."""
-  needed = strategies.devices_needed(config.parallelism, config.num_devices)
+  needed = layerwise.devices_needed(config.parallelism, config.num_devices, config.layerwise)
   return per_process or -(-needed // max(num_processes, 1))

@@ -25,6 +25,7 @@ import optax
 from alexnet_jax.core import augment as augment_lib
 from alexnet_jax.core import config as config_lib
 from alexnet_jax.core import kernels as kernels_lib
+from alexnet_jax.core import layerwise
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import optimizer as optimizer_lib
 from alexnet_jax.core import steps
@@ -181,8 +182,8 @@ def build(config: ml_collections.ConfigDict, devices: Optional[Sequence] = None)
   config_lib.check(config, devices)
   kernels = kernels_lib.resolve(config.model.kernels, devices[0].platform)
   net = model_lib.make_network(config.model, config.model.num_classes, kernels)
-  strategy = strategies.make_strategy(config.parallelism, net, devices, config.num_devices,
-                                      config.gradient_exchange_dtype)
+  strategy = layerwise.make_strategy(config.parallelism, net, devices, config.num_devices,
+                                     config.gradient_exchange_dtype, config.layerwise)
   tx = optimizer_lib.from_config(config)
   shapes = jax.eval_shape(
       lambda: steps.initial_state(net, tx, jax.random.key(0), config.image_size))

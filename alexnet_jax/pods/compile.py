@@ -28,8 +28,8 @@ from typing import Any, Optional, Sequence
 import jax
 import ml_collections
 
+from alexnet_jax.core import layerwise
 from alexnet_jax.core import run as run_lib
-from alexnet_jax.core import strategies as strategies_lib
 from alexnet_jax.pods import targets as targets_lib
 from alexnet_jax.program import analysis
 from alexnet_jax.program import formula
@@ -68,7 +68,8 @@ def batch_shards(config: ml_collections.ConfigDict, parallelism: str, num_device
                  devices: Sequence) -> int:
   """How many ways `parallelism` on `num_devices` of `devices` splits the global batch."""
   net = run_lib.network(config, devices[0].platform)
-  return strategies_lib.make_strategy(parallelism, net, devices, num_devices).batch_shards
+  return layerwise.make_strategy(parallelism, net, devices, num_devices,
+                                spec_path=config.layerwise).batch_shards
 
 
 def _links(groups: list, devices: Sequence, profile: targets_lib.Profile,
@@ -108,6 +109,10 @@ def _instructions(collectives: list, devices: Sequence, profile: targets_lib.Pro
     if c.layer not in entry['layers']:
       entry['layers'].append(c.layer)
   return out
+
+
+# Public: the search (search.py) times collectives it has not compiled, as the plan's entries.
+instructions = _instructions
 
 
 @dataclasses.dataclass

@@ -25,6 +25,8 @@ def expected_kinds(parallelism: str, layer: str) -> set:
     return ag_rs if layer in _TOWER_READS else set()
   if parallelism == 'towers_data':
     return (ag_rs if layer in _TOWER_READS else set()) | {'all-reduce'}
+  if parallelism == 'layerwise':  # any of them, as its spec says (formula.spec_bytes)
+    return ag_rs | {'all-reduce'}
   if parallelism == 'hybrid':
     return {'all-reduce'} if layer.startswith('conv') else ag_rs | (
         {'all-reduce'} if layer == 'fc8' else set())
@@ -161,10 +163,16 @@ def compiled_step(run: run_lib.Run, config: ml_collections.ConfigDict, hlo_text:
   collectives = parse_collectives(module, n, leaves)
   measured = bytes_by_layer(collectives)
   table = formula.layer_table(run.net, config.image_size)
-  analytic = formula.analytic_bytes(config.parallelism, n, config.batch_size, table,
-                                    act_bytes=activation_bytes(config),
-                                    num_towers=run.net.num_towers,
-                                    grad_bytes=gradient_bytes(config))
+  spec = getattr(run.strategy, 'spec', None)  # a layerwise strategy: the formula of its spec
+  if spec is not None:
+    analytic = formula.spec_bytes(spec, run.net, config.image_size, config.batch_size,
+                                  act_bytes=activation_bytes(config),
+                                  grad_bytes=gradient_bytes(config))
+  else:
+    analytic = formula.analytic_bytes(config.parallelism, n, config.batch_size, table,
+                                      act_bytes=activation_bytes(config),
+                                      num_towers=run.net.num_towers,
+                                      grad_bytes=gradient_bytes(config))
   step_ops = ops.step_ops(module, collectives)
   compute = [o for o in step_ops if o.category in ('conv', 'matmul')]
   return {

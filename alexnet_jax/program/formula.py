@@ -10,6 +10,7 @@ from typing import Optional
 
 import jax
 
+from alexnet_jax.core import layerwise
 from alexnet_jax.core import model as model_lib
 from alexnet_jax.core import strategies
 from alexnet_jax.program.hlo import LAYERS
@@ -121,3 +122,101 @@ def train_flops_per_image(net, image_size: int) -> int:
   image's) is never computed: 2x. ReLU, LRN, pooling, softmax and the update are not counted."""
   macs = model_lib.layer_macs(net, image_size)
   return sum(2 * m * (2 if layer == 'conv1' else 3) for layer, m in macs.items())
+
+
+def activation_per_image(net, image_size: int) -> dict[str, int]:
+  """Values per image of each layer's output, all towers (after its pooling): what the next
+  layer's resharding moves. Arithmetic on the net's widths, pools and the crop."""
+  pool = lambda s: (s - net.pool_window) // net.pool_stride + 1
+  s1 = pool((image_size + model_lib.conv1_padding(image_size) - 11) // 4 + 1)
+  s2 = pool(s1)
+  s5 = pool(s2)
+  t, c = net.num_towers, net.conv_features
+  sides = {'conv1': s1, 'conv2': s2, 'conv3': s2, 'conv4': s2, 'conv5': s5}
+  out = {layer: t * sides[layer] ** 2 * c[i] for i, layer in enumerate(strategies.CONV_LAYERS)}
+  out.update(fc6=t * net.fc_features[0], fc7=t * net.fc_features[1], fc8=t * net.classes_per_tower)
+  return out
+
+
+def spec_bytes(spec, net, image_size: int, batch_size: int, dtype_bytes: int = 4,
+               act_bytes: Optional[int] = None, grad_bytes: Optional[int] = None
+               ) -> dict[str, float]:
+  """Bytes per device per step, per layer, of a layerwise spec (core/layerwise.py), by the ring
+  convention of `analytic_bytes`: the sum of `layer_collectives`."""
+  splits, out, previous = dict(spec.layers), {}, None
+  table, per_image = layer_table(net, image_size), activation_per_image(net, image_size)
+  for layer in strategies.LAYERS:
+    found = layer_collectives(net, image_size, batch_size, spec.sizes, previous, layer,
+                              splits[layer], dtype_bytes, act_bytes, grad_bytes, table, per_image)
+    out[layer] = float(sum(c[3] for c in found))
+    previous = splits[layer]
+  return out
+
+
+def layer_collectives(net, image_size: int, batch_size: int, sizes: dict, previous, layer: str,
+                      split, dtype_bytes: int = 4, act_bytes: Optional[int] = None,
+                      grad_bytes: Optional[int] = None, table: Optional[dict] = None,
+                      per_image: Optional[dict] = None) -> list[tuple[str, str, tuple, float]]:
+  """The collectives of one layer of a layerwise spec, given the previous layer's split (None
+  for conv1): (part, kind, mesh axes of the group, bytes per device), part 'reshard' (depends on
+  both splits) or 'params' (on this one only). With x the local bytes of the activation the
+  layer reads, W a parameter leaf's local bytes, g the devices of a group, ar(g) = 2 (g-1)/g:
+    gather over the axes the layer drops   (g-1)/g x gathered, and as much again backward
+                                           (reduce-scatter) if the layer uses one of those axes
+    slice over an axis x is the same on    nothing forward; backward ar(g) x (the unsliced x),
+    (new split)                            the transpose of making x differ over that axis
+    tower/out axes x is the same on        backward ar(g) x (the input's cotangent sum, as
+                                           Megatron's column-parallel layers)
+    replicated parameters, batch axes      ar(g) W (the gradient all-reduce)
+    sharded parameters, batch axes         (g-1)/g W forward + (g-1)/g W backward (a leaf no
+                                           free axis of which g divides: ar(g) W)
+  """
+  da = dtype_bytes if act_bytes is None else act_bytes
+  dg = dtype_bytes if grad_bytes is None else grad_bytes
+  ar = lambda g: 2 * (g - 1) / g
+  shards = lambda axes: math.prod(sizes[a] for a in axes)
+  common = lambda h, w: next((i for i, (a, b) in enumerate(zip(h, w)) if a != b),
+                             min(len(h), len(w)))
+  s, out = split, []
+  layers = strategies.LAYERS
+  table = table or layer_table(net, image_size)
+  per_image = per_image or activation_per_image(net, image_size)
+  if previous is not None:
+    used = s.used
+    need = (s.tower,) if layer in ('conv2', 'conv4', 'conv5') and s.tower else ()
+    have, want = (previous.batch, previous.channels), (s.batch, need)
+    varying = set(previous.used)
+    x = (batch_size * per_image[layers[layers.index(layer) - 1]]
+         * da / (shards(have[0]) * shards(have[1])))
+    for h, w in ((have[1], want[1]), (have[0], want[0])):
+      for rest, kept in layerwise.gather_runs(tuple(h[common(h, w):]), used):
+        g = shards(rest)
+        x *= g
+        out.append(('reshard', 'all-gather', rest, (g - 1) / g * x))
+        if kept:
+          out.append(('reshard', 'reduce-scatter', rest, (g - 1) / g * x))
+        else:
+          varying -= set(rest)
+    for h, w in ((have[1], want[1]), (have[0], want[0])):
+      new = w[common(h, w):]
+      missing = tuple(a for a in new if a not in varying)
+      if missing:
+        out.append(('reshard', 'all-reduce', missing, ar(shards(missing)) * x))
+      x /= shards(new)
+      varying |= set(new)
+    missing = tuple(a for a in s.channels if a not in varying)
+    if missing:
+      out.append(('reshard', 'all-reduce', missing, ar(shards(missing)) * x))
+  g = shards(s.batch)
+  for shape in table[layer]['leaves'].values():
+    local = math.prod(shape) / (2 if s.tower else 1) / shards(s.out)
+    if g <= 1:
+      continue
+    free = [i for i in range(len(shape))
+            if not (i == 0 and s.tower) and not (i == len(shape) - 1 and s.out)]
+    if s.params == 'sharded' and any(shape[i] % g == 0 for i in free):
+      out.append(('params', 'all-gather', s.batch, (g - 1) / g * local * dtype_bytes))
+      out.append(('params', 'reduce-scatter', s.batch, (g - 1) / g * local * dg))
+    else:
+      out.append(('params', 'all-reduce', s.batch, ar(g) * local * dg))
+  return [c for c in out if c[3] > 0]

@@ -218,7 +218,7 @@ def expand_groups(attrs: str, num_devices: int) -> tuple[list[list[int]], str]:
     if m.group(4):
       ids = ids.transpose([int(p) for p in m.group(4).split(',')])
     return ids.reshape(int(m.group(1)), int(m.group(2))).tolist(), m.group(0).split('=', 1)[1]
-  m = re.search(r"replica_groups=mesh\[(?P<axes>[^\]]*)\]\s*(?:device_ids=\(\[(?P<ids>[\d,]+)\]"
+  m = re.search(r"replica_groups=mesh\[(?P<axes>[^\]]*)\],?\s*(?:device_ids=\(\[(?P<ids>[\d,]+)\]"
                 r"(?:T\((?P<perm>[\d,]+)\))?\)\s*)?\{(?P<names>[^}]*)\}", attrs)
   if m:  # mesh['a'=2,'b'=4] {'b'}: groups along the named axes
     axes = re.findall(r"'([^']+)'=(\d+)", m['axes'])
