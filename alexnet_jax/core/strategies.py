@@ -387,19 +387,8 @@ def _gather_reduced_fwd(x, axes, axis, dtype):
 
 
 def _gather_reduced_bwd(axes, axis, dtype, _, g):
-  # One reduce-scatter per mesh axis, the major first: the same sum, the same tiles (device (t, r)
-  # gets tile t k + r), the same (g-1)/g bytes, where one over several axes of a TPU slice was
-  # compiled as an all-reduce (twice the bytes).
-  out = g.astype(dtype)
-  for a in axes:
-    out = jax.lax.psum_scatter(out, a, scatter_dimension=axis, tiled=True)
-  return (out.astype(g.dtype),)
-
-
-def gather_scatter(x: jax.Array, axes: tuple, axis: int) -> jax.Array:
-  """all_gather(x, axes, axis, tiled) whose transpose reduce-scatters axis by axis
-  (_gather_reduced_bwd): hybrid's fc exchange over (tower, block)."""
-  return _gather_reduced(x, axes, axis, str(x.dtype))
+  return (jax.lax.psum_scatter(g.astype(dtype), axes, scatter_dimension=axis,
+                               tiled=True).astype(g.dtype),)
 
 
 _gather_reduced.defvjp(_gather_reduced_fwd, _gather_reduced_bwd)
@@ -534,12 +523,12 @@ def hybrid_strategy(net: model_lib.Tower, devices=None, num_devices: int = 2,
     x = both_towers_convs(net, convs, images)  # [B / N, pool5 features]
     for layer in ('fc6', 'fc7'):
       with jax.named_scope(layer):  # the whole batch, all of the previous layer's features
-        x = gather_scatter(x, all_axes, axis=0 if layer == 'fc6' else 1)
+        x = jax.lax.all_gather(x, all_axes, axis=0 if layer == 'fc6' else 1, tiled=True)
       p = jax.tree.map(lambda a: a[0], params[layer])
       x = fc_tower.apply({'params': {layer: p}}, x, None if keep is None else keep[layer], layer,
                          method=model_lib.Tower.fc6_fc7)  # [B, this device's neurons]
     with jax.named_scope('fc8'):
-      x = gather_scatter(x, all_axes, axis=1)  # [B, fc7 neurons]
+      x = jax.lax.all_gather(x, all_axes, axis=1, tiled=True)  # [B, fc7 neurons]
     fc8 = exchange_gradients({'fc8': params['fc8']}, 'block', grads)['fc8']
     rows = x.shape[0] // k  # this block's share of the batch
     x = jax.lax.dynamic_slice_in_dim(x, jax.lax.axis_index('block') * rows, rows, axis=0)
