@@ -299,3 +299,69 @@ ENTRY %main (x: f32[64,32], y: f32[64,32]) -> (f32[64,32], f32[64,32]) {
                          'bfloat16')
   assert out['layers']['fc7']['status'] == 'equal'
   assert any(n.startswith('widened') for n in out['layers']['fc7']['notes'])
+
+
+# XLA:TPU's continuation fusion, in the form libtpu prints it: one all-gather run in steps. The
+# start fusion, each fusion carrying it (computing meanwhile) and the done fusion call a
+# computation holding a copy of the same all-gather; its u32[] flags are carried through.
+_CARRY = '''%carry_comp{i} (x: f32[8,8], p0: bf16[2,4,8], p1: bf16[2,4,32], f: u32[]) -> (f32[8,8], bf16[2,4,8], bf16[2,4,32], u32[]) {{
+  %x = f32[8,8]{{1,0}} parameter(0)
+  %p0 = bf16[2,4,8]{{2,1,0}} parameter(1)
+  %p1 = bf16[2,4,32]{{2,1,0}} parameter(2)
+  %f = u32[] parameter(3)
+  %all-gather.{n} = bf16[2,4,32]{{2,1,0}} all-gather(%p0), channel_id=1, replica_groups={{{{0,1,2,3}}}}, dimensions={{2}}, use_global_device_ids=true, metadata={{op_name="jit(f)/jvp()/shard_map/fc6/all_gather"}}
+  %dot.{i} = f32[8,8]{{1,0}} dot(%x, %x), lhs_contracting_dims={{1}}, rhs_contracting_dims={{0}}
+  ROOT %t = (f32[8,8]{{1,0}}, bf16[2,4,8]{{2,1,0}}, bf16[2,4,32]{{2,1,0}}, u32[]) tuple(%dot.{i}, %p0, %all-gather.{n}, %f)
+}}
+'''
+TPU_CONTINUATION = '''HloModule m, is_scheduled=true
+
+%start_comp (p0: bf16[2,4,8]) -> (bf16[2,4,8], bf16[2,4,32], u32[]) {
+  %p0 = bf16[2,4,8]{2,1,0} parameter(0)
+  %all-gather.1 = bf16[2,4,32]{2,1,0} all-gather(%p0), channel_id=1, replica_groups={{0,1,2,3}}, dimensions={2}, use_global_device_ids=true, metadata={op_name="jit(f)/jvp()/shard_map/fc6/all_gather"}
+  %flag = u32[] constant(0)
+  ROOT %t = (bf16[2,4,8]{2,1,0}, bf16[2,4,32]{2,1,0}, u32[]) tuple(%p0, %all-gather.1, %flag)
+}
+''' + _CARRY.format(i=1, n=2) + _CARRY.format(i=2, n=3) + '''
+%done_comp (p0: bf16[2,4,8], p1: bf16[2,4,32], f: u32[]) -> bf16[2,4,32] {
+  %p0 = bf16[2,4,8]{2,1,0} parameter(0)
+  %p1 = bf16[2,4,32]{2,1,0} parameter(1)
+  %f = u32[] parameter(2)
+  ROOT %all-gather.4 = bf16[2,4,32]{2,1,0} all-gather(%p0), channel_id=1, replica_groups={{0,1,2,3}}, dimensions={2}, use_global_device_ids=true, metadata={op_name="jit(f)/jvp()/shard_map/fc6/all_gather"}
+}
+
+ENTRY %main (w: bf16[2,4,8], x: f32[8,8]) -> bf16[2,4,32] {
+  %w = bf16[2,4,8]{2,1,0} parameter(0)
+  %x = f32[8,8]{1,0} parameter(1)
+  %async-collective-start = (bf16[2,4,8]{2,1,0}, bf16[2,4,32]{2,1,0}, u32[]) fusion(%w), kind=kCustom, calls=%start_comp
+  %s0 = bf16[2,4,8]{2,1,0} get-tuple-element(%async-collective-start), index=0
+  %s1 = bf16[2,4,32]{2,1,0} get-tuple-element(%async-collective-start), index=1
+  %s2 = u32[] get-tuple-element(%async-collective-start), index=2
+  %fusion.1 = (f32[8,8]{1,0}, bf16[2,4,8]{2,1,0}, bf16[2,4,32]{2,1,0}, u32[]) fusion(%x, %s0, %s1, %s2), kind=kOutput, calls=%carry_comp1
+  %a0 = f32[8,8]{1,0} get-tuple-element(%fusion.1), index=0
+  %a1 = bf16[2,4,8]{2,1,0} get-tuple-element(%fusion.1), index=1
+  %a2 = bf16[2,4,32]{2,1,0} get-tuple-element(%fusion.1), index=2
+  %a3 = u32[] get-tuple-element(%fusion.1), index=3
+  %fusion.2 = (f32[8,8]{1,0}, bf16[2,4,8]{2,1,0}, bf16[2,4,32]{2,1,0}, u32[]) fusion(%a0, %a1, %a2, %a3), kind=kOutput, calls=%carry_comp2
+  %b1 = bf16[2,4,8]{2,1,0} get-tuple-element(%fusion.2), index=1
+  %b2 = bf16[2,4,32]{2,1,0} get-tuple-element(%fusion.2), index=2
+  %b3 = u32[] get-tuple-element(%fusion.2), index=3
+  ROOT %async-collective-done = bf16[2,4,32]{2,1,0} fusion(%b1, %b2, %b3), kind=kCustom, calls=%done_comp
+}
+'''
+
+
+def test_a_tpu_continuation_is_one_collective_however_many_fusions_carry_it():
+  """Four copies of the all-gather in the text (start, two carriers, done), one collective: the
+  ring's (g-1)/g of its bf16 result, once; asynchronous over the two matrix products."""
+  module = hlo.Module(TPU_CONTINUATION)
+  assert module.tpu_async_fusions() == {'async-collective-start': 'async-collective-done'}
+  found = hlo.parse_collectives(module, 4, {'fc6': [((2, 4, 32), (2, 4, 8))]})
+  assert [(c.kind, c.instruction, c.layer) for c in found] == [
+      ('all-gather', 'all-gather.1', 'fc6')]
+  assert found[0].bytes_per_device == 3 / 4 * 2 * 4 * 32 * 2
+  assert found[0].asynchronous and found[0].overlap_ops == 2
+  measured = hlo.bytes_by_layer(found)
+  out = analysis.explain('fsdp', found, measured, {'fc6': 3 / 4 * 2 * 4 * 32 * 2}, 'bfloat16')
+  assert out['layers']['fc6']['status'] == 'equal'
+  assert not any(n.startswith('repeated') for n in out['layers']['fc6']['notes'])

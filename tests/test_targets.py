@@ -328,6 +328,61 @@ def test_tpu_slice_compiled_with_the_compilers_flops_and_towers_bytes(tmp_path):
 
 
 @needs(HAVE_TPU, 'libtpu')
+def test_tpu_fsdp_and_hybrid_exchange_each_array_once_as_their_formulas_count(tmp_path):
+  """fsdp and hybrid compiled for a v5e 2x2: each parameter (fsdp) or activation (hybrid's fc
+  layers) gathered once and its gradient summed once, read from the program against the layer
+  table; so each layer's bytes, counted as the formula counts them (float32, a reduce-scatter
+  where the formula has one), equal the formula. What libtpu does otherwise is named: it
+  gathers in bfloat16 (the default-precision products read bfloat16) and sums some gradients
+  with an all-reduce (twice a reduce-scatter's bytes) where a reduce-scatter would do."""
+  done = _comms(tmp_path, '--target=tpu-v5e', '--devices=4', '--strategies=fsdp,hybrid',
+                '--cache_dir=', '--batch_per_replica=8')
+  assert done.returncode == 0, done.stderr[-3000:]
+  _assert_each_array_exchanged_once(json.load(open(tmp_path / 'plan.json')))
+
+
+def _assert_each_array_exchanged_once(plan: dict) -> None:
+  from alexnet_jax.core import model as model_lib  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.program import formula  # pylint: disable=g-import-not-at-top
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  config = tiny.get_config()
+  table = formula.layer_table(model_lib.make_network(config.model, config.model.num_classes),
+                              config.image_size)
+  runs = {r['strategy']: r for r in plan['runs']}
+  assert set(runs) == {'fsdp', 'hybrid'}
+  for name, run in runs.items():
+    n, batch = run['devices'], run['batch_size']
+    for layer in hlo.LAYERS:
+      mine = [c for c in run['collectives'] if c['layer'] == layer]
+      # Elements a collective carries: its result's, a reduce-scatter's input's (g results).
+      size = lambda c: math.prod(c['shape']) * (
+          c['group_size'] if c['kind'] == 'reduce-scatter' else 1)
+      leaves = table[layer]['leaves'].values()
+      if name == 'fsdp':  # a leaf with an axis n divides is split (gathered); others are not
+        moved = sum(math.prod(s) for s in leaves if any(d % n == 0 for d in s))
+        all_reduced = [math.prod(s) for s in leaves if all(d % n for d in s)]
+      elif layer.startswith('conv'):  # hybrid's convolutions: data parallel
+        moved, all_reduced = 0, [math.prod(s) for s in leaves]
+      else:  # hybrid fc: the whole batch's features of both towers; fc8's weights over block
+        moved = batch * 2 * table[layer]['reads_per_tower']
+        all_reduced = [math.prod(s) // 2 for s in leaves] if layer == 'fc8' else []
+      gathered = sum(size(c) for c in mine if c['kind'] == 'all-gather')
+      summed = sum(size(c) for c in mine if c['kind'] != 'all-gather')
+      assert gathered == moved, (name, layer, gathered, moved)  # forward: each once
+      assert summed == moved + sum(all_reduced), (name, layer, summed, moved)  # backward: once
+      # Counted as the formula counts (float32; an all-reduce standing for a reduce-scatter
+      # moves what the reduce-scatter would): the formula's bytes.
+      as_formula = sum(
+          (2 if c['kind'] == 'all-reduce' and size(c) in all_reduced else 1)
+          * (c['group_size'] - 1) / c['group_size'] * size(c) * 4 for c in mine)
+      assert as_formula == pytest.approx(run['analytic_bytes_per_step_by_layer'][layer],
+                                         rel=1e-6), (name, layer)
+      x = run['explanations']['layers'][layer]
+      assert not any(note.split(':')[0] in ('repeated', 'unexplained', 'missing')
+                     for note in x['notes']), (name, layer, x)
+
+
+@needs(HAVE_TPU, 'libtpu')
 def test_data_and_fsdp_build_on_a_multi_host_slice():
   """On v5e:4x4 (4 hosts) a 1-D mesh follows the torus ring, so a host's rows are not one
   block of the batch; the config check accepts equal separate sets of rows."""

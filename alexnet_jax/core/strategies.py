@@ -527,11 +527,11 @@ def hybrid_strategy(net: model_lib.Tower, devices=None, num_devices: int = 2,
       p = jax.tree.map(lambda a: a[0], params[layer])
       x = fc_tower.apply({'params': {layer: p}}, x, None if keep is None else keep[layer], layer,
                          method=model_lib.Tower.fc6_fc7)  # [B, this device's neurons]
-    with jax.named_scope('fc8'):
+    with jax.named_scope('fc8'):  # the slice too: XLA:TPU sums the gradient at its transpose
       x = jax.lax.all_gather(x, all_axes, axis=1, tiled=True)  # [B, fc7 neurons]
+      rows = x.shape[0] // k  # this block's share of the batch
+      x = jax.lax.dynamic_slice_in_dim(x, jax.lax.axis_index('block') * rows, rows, axis=0)
     fc8 = exchange_gradients({'fc8': params['fc8']}, 'block', grads)['fc8']
-    rows = x.shape[0] // k  # this block's share of the batch
-    x = jax.lax.dynamic_slice_in_dim(x, jax.lax.axis_index('block') * rows, rows, axis=0)
     p = jax.tree.map(lambda a: a[0], fc8)
     return net.apply({'params': {'fc8': p}}, x, method=model_lib.Tower.logits)
 

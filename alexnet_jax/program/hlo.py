@@ -174,7 +174,7 @@ class Module:
     until a fusion named `async-collective-done*` returns the collective's result. Each done is
     paired with its start by following the u32[] flags back through the carrying fusions."""
     if not hasattr(self, '_tpu_async'):
-      self._tpu_async = {}
+      self._tpu_async, self._tpu_carriers = {}, set()
       entry = self.order.get(self.entry, [])
       starts = {n for n in entry if self.instructions[n].op == 'fusion'
                 and n.startswith('async-collective-start')}
@@ -182,24 +182,32 @@ class Module:
         if not (name.startswith('async-collective-done')
                 and self.instructions[name].op == 'fusion'):
           continue
-        todo, seen, found = list(self.instructions[name].operands), set(), None
-        while todo and not found:
+        todo, seen, found, carriers = list(self.instructions[name].operands), set(), None, {name}
+        while todo:  # every carrier of the chain, not only those before the start is found
           o = todo.pop(0)
           if o in seen or o not in self.instructions:
             continue
           seen.add(o)
           ins = self.instructions[o]
           if o in starts:
-            found = o
+            found = found or o
           elif ins.op == 'get-tuple-element' and ins.type.startswith('u32[]'):
             todo.extend(ins.operands)
           elif ins.op == 'fusion':  # a carrying fusion: follow its flags only
+            carriers.add(o)
             todo.extend(x for x in ins.operands if x in self.instructions
                         and self.instructions[x].op == 'get-tuple-element'
                         and self.instructions[x].type.startswith('u32[]'))
         if found:
           self._tpu_async[found] = name
+          self._tpu_carriers |= carriers
     return self._tpu_async
+
+  def tpu_continuations(self) -> set[str]:
+    """The computations of the fusions that carry a TPU asynchronous collective and of its done
+    fusion (tpu_async_fusions): each holds a copy of the collective the start fusion runs."""
+    self.tpu_async_fusions()
+    return {self.called(self.instructions[n]) for n in self._tpu_carriers}
 
 
 def expand_groups(attrs: str, num_devices: int) -> tuple[list[list[int]], str]:
@@ -364,7 +372,8 @@ def _window(module: Module, start: str) -> tuple[bool, int]:
 
 def parse_collectives(hlo_text: 'str | Module', num_devices: int,
                       leaf_shapes: Optional[dict] = None) -> list[Collective]:
-  """Every collective in an HLO module's text (async pairs counted once, at their start).
+  """Every collective in an HLO module's text (async pairs counted once, at their start; a TPU
+  continuation's copies once: Module.tpu_continuations).
 
   A collective the compiler combined from several is listed once per operand (per concatenated
   array where the operand is a concatenation), each attributed to its layer: by its own op name
@@ -375,10 +384,14 @@ def parse_collectives(hlo_text: 'str | Module', num_devices: int,
   module = hlo_text if isinstance(hlo_text, Module) else Module(hlo_text)
   out = []
   tpu_calls = {module.called(module.instructions[s]): s for s in module.tpu_async_fusions()}
-  for name in (n for comp in module.order.values() for n in comp):
+  # XLA:TPU's continuation fusion runs one collective in steps: the start fusion, every fusion
+  # that carries it and its done fusion each call a computation holding a copy of the whole
+  # collective (up to 18 of one fsdp all-gather). Only the start's is the collective.
+  copies = module.tpu_continuations()
+  for comp, name in ((c, n) for c, names in module.order.items() for n in names):
     ins = module.instructions[name]
     kind = ins.op[:-len('-start')] if ins.op.endswith('-start') else ins.op
-    if kind not in KINDS:
+    if kind not in KINDS or comp in copies:
       continue
     shapes = shapes_of(ins.type)
     if ins.op.endswith('-start') and kind != 'all-reduce':
