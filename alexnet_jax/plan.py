@@ -93,7 +93,8 @@ flags.DEFINE_bool('search', False, 'Search every layer\'s partitioning (pods/sea
                   'search.md, search.png and specs/*.toml (--config.parallelism=layerwise '
                   '--config.layerwise=FILE trains one).')
 flags.DEFINE_integer('search_keep', 3, 'With --search: the best assignments kept per size.')
-flags.DEFINE_integer('search_compile', 1, 'With --search: how many of them to compile whole.')
+flags.DEFINE_integer('search_compile', 3, 'With --search: how many of them to compile whole '
+                     '(the five are compiled whole beside them).')
 flags.DEFINE_string('cases', '', 'With --published or --collectives: a folder of case files '
                     'instead of the shipped ones.')
 flags.mark_flags_as_required(['out'])

@@ -230,12 +230,13 @@ def _comms(tmp_path, *args, env_extra=None):
 def test_search_compiles_what_it_finds_whole_and_caches_it(tmp_path):
   """plan --search on the K20s (tiny config, 4 devices): the found spec is at least as fast as
   each of the five costed the same way, runs on the net, is compiled whole to the bytes of its
-  formula layer by layer, and a second search only lowers it (the compile is cached)."""
+  formula layer by layer, and so are the five beside it; a second search only lowers them (the
+  compiles are cached)."""
   from alexnet_jax.core import layerwise  # pylint: disable=g-import-not-at-top
   from alexnet_jax.core import model as model_lib  # pylint: disable=g-import-not-at-top
   from configs import tiny  # pylint: disable=g-import-not-at-top
   args = ['--search', '--config=configs/tiny.py', '--target=gpu-k20-pcie', '--devices=4',
-          '--batch_per_replica=8', f'--cache_dir={tmp_path / "cache"}']
+          '--batch_per_replica=8', f'--cache_dir={tmp_path / "cache"}', '--search_compile=1']
   run = lambda out: subprocess.run([sys.executable, '-m', 'alexnet_jax.plan', f'--out={out}',
                                     *args], cwd=ROOT, capture_output=True, text=True,
                                    timeout=1200, env={k: v for k, v in os.environ.items()
@@ -254,9 +255,21 @@ def test_search_compiles_what_it_finds_whole_and_caches_it(tmp_path):
     assert whole['bytes_by_layer'].get(layer, 0.0) == pytest.approx(
         whole['formula_bytes_by_layer'][layer], rel=0.01), layer
   assert whole['step_seconds']['no_overlap'] > 0 and not whole['cached']
+  # The five that fit 4 devices, compiled whole at the same global batch, each to its formula.
+  five = size['hand_written_whole']
+  assert set(five) == {'data', 'hybrid', 'towers_data', 'fsdp'}
+  for name, w in five.items():
+    for layer in hlo.LAYERS:
+      assert w['bytes_by_layer'].get(layer, 0.0) == pytest.approx(
+          w['formula_bytes_by_layer'][layer], rel=0.01), (name, layer)
+    assert w['gap'] == pytest.approx(
+        w['step_seconds']['no_overlap'] / size['hand_written'][name] - 1)
+  fastest = min(w['step_seconds']['no_overlap'] for w in five.values())
+  assert size['gain_whole'] == pytest.approx(fastest / whole['step_seconds']['no_overlap'])
+  assert 'gain (whole)' in open(tmp_path / 'a' / 'search.md').read()
   assert os.path.getsize(tmp_path / 'a' / 'search.png') > 1000
   again = run(tmp_path / 'b')
-  assert again.returncode == 0 and 'compiling 0 whole programs (1 cached)' in again.stdout
+  assert again.returncode == 0 and 'compiling 0 whole programs (5 cached)' in again.stdout
 
 
 @pytest.mark.skipif(HAVE_TPU or HAVE_GPU or REQUIRED, reason='the compilers are installed')

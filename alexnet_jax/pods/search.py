@@ -298,15 +298,49 @@ def search_size(config: ml_collections.ConfigDict, net: model_lib.Tower,
   return size
 
 
+def _whole(job: compile_lib.Job, profile: targets_lib.Profile, efficiency: float, dtype: str,
+           additive: float) -> dict:
+  """The plan's prediction of one compiled whole program, beside its additive cost."""
+  entry = compile_lib.analyse(job, profile)
+  pred = plan_lib.predict(entry, profile, efficiency, dtype, None)
+  whole = pred['predicted_step_seconds']
+  return {'step_seconds': whole, 'memory_bytes': pred['memory_per_device_bytes'],
+          'fits': pred['fits'], 'cached': entry['cached'],
+          'bytes_per_step': entry['bytes_per_step'],
+          'formula_bytes_per_step': entry['analytic_bytes_per_step'],
+          'bytes_by_layer': entry['bytes_per_step_by_layer'],
+          'formula_bytes_by_layer': entry['analytic_bytes_per_step_by_layer'],
+          'gap': whole['no_overlap'] / additive - 1}
+
+
+def whole_gain(size: dict) -> None:
+  """The found specs against the five, each side at its fastest compiled whole program (no
+  overlap): size['gain_whole'] (> 1: the search wins), with the rank and the strategy it
+  compares. Nothing is set where either side has no compiled program."""
+  found = [(f['whole']['step_seconds']['no_overlap'], k + 1)
+           for k, f in enumerate(size['found']) if 'step_seconds' in f.get('whole', {})]
+  five = [(w['step_seconds']['no_overlap'], name)
+          for name, w in size.get('hand_written_whole', {}).items() if 'step_seconds' in w]
+  if found and five:
+    (t_found, rank), (t_five, name) = min(found), min(five)
+    size.update(best_whole_rank=rank, best_hand_written_whole=name, gain_whole=t_five / t_found)
+
+
 def compile_whole(config: ml_collections.ConfigDict, profile: targets_lib.Profile,
                   sizes: list, out: str, efficiency: float, cache_dir: Optional[str],
                   compile_top: int, log: Callable[[str], Any]) -> None:
   """Writes each size's found specs (out/specs/), compiles the best `compile_top` of each whole
-  (cached) and puts the plan's prediction of the whole program beside the additive one."""
-  jobs = []
+  and the five hand-written strategies at the same global batch (all cached: a second search
+  only lowers), and puts the plan's prediction of each whole program beside its additive cost:
+  the gap says what the sum of the parts misses, the whole-program gain is the comparison that
+  does not rest on it."""
+  jobs = []  # (where the result goes, key, additive seconds, job)
   os.makedirs(os.path.join(out, 'specs'), exist_ok=True)
   for size in sizes:
     n = size['devices']
+    devices = targets_lib.devices(profile, n)
+    c = config.copy_and_resolve_references()
+    c.batch_size = size['batch_size']
     for k, f in enumerate(size['found']):
       path = os.path.join(out, 'specs', f'{profile.key}-{n}-{k + 1}.toml')
       with open(path, 'w') as fh:
@@ -315,35 +349,34 @@ def compile_whole(config: ml_collections.ConfigDict, profile: targets_lib.Profil
       f['spec_file'] = os.path.relpath(path, out)
       if k >= compile_top:
         continue
-      c = config.copy_and_resolve_references()
-      c.batch_size, c.layerwise = size['batch_size'], path
-      devices = targets_lib.devices(profile, n)
-      c = compile_lib.replica_config(c, layerwise.NAME, n, devices, 0)
-      why = measure_lib.skip_reason(c, devices)
+      c.layerwise = path
+      c_k = compile_lib.replica_config(c, layerwise.NAME, n, devices, 0)
+      why = measure_lib.skip_reason(c_k, devices)
       if why:
         f['whole'] = {'skipped': why}
         continue
-      jobs.append((f, compile_lib.lower(f'layerwise/{n}/{k + 1}', c, devices, profile,
-                                        cache_dir, size['topology'])))
-  todo = [j for _, j in jobs if j.compiled is None]
+      jobs.append((f, 'whole', f['additive_seconds'], compile_lib.lower(
+          f'layerwise/{n}/{k + 1}', c_k, devices, profile, cache_dir, size['topology'])))
+    size['hand_written_whole'] = {}
+    for name, additive in size['hand_written'].items():
+      c_k = compile_lib.replica_config(c, name, n, devices, 0)
+      why = measure_lib.skip_reason(c_k, devices)
+      size['hand_written_whole'][name] = {'skipped': why} if why else {}
+      if not why:
+        jobs.append((size['hand_written_whole'], name, additive, compile_lib.lower(
+            f'{name}/{n}', c_k, devices, profile, cache_dir, size['topology'])))
+  todo = [j for *_, j in jobs if j.compiled is None]
   log(f'compiling {len(todo)} whole programs ({len(jobs) - len(todo)} cached) ...')
   compile_lib.compile_all(todo)
-  for f, job in jobs:
-    entry = compile_lib.analyse(job, profile)
-    pred = plan_lib.predict(entry, profile, efficiency, config.model.dtype, None)
-    whole = pred['predicted_step_seconds']
-    f['whole'] = {'step_seconds': whole, 'memory_bytes': pred['memory_per_device_bytes'],
-                  'fits': pred['fits'], 'cached': entry['cached'],
-                  'bytes_per_step': entry['bytes_per_step'],
-                  'formula_bytes_per_step': entry['analytic_bytes_per_step'],
-                  'bytes_by_layer': entry['bytes_per_step_by_layer'],
-                  'formula_bytes_by_layer': entry['analytic_bytes_per_step_by_layer'],
-                  'gap': whole['no_overlap'] / f['additive_seconds'] - 1}
+  for where, key, additive, job in jobs:
+    where[key] = _whole(job, profile, efficiency, config.model.dtype, additive)
+  for size in sizes:
+    whole_gain(size)
 
 
 def run_search(config: ml_collections.ConfigDict, target: str, counts: Sequence[int], *,
                out: str, batch_per_device: int = 128, efficiency: float = plan_lib.ASSUMED_EFFICIENCY,
-               cache_dir: Optional[str] = None, keep: int = 3, compile_top: int = 1,
+               cache_dir: Optional[str] = None, keep: int = 3, compile_top: int = 3,
                log: Callable[[str], Any] = print) -> dict:
   """The search of `config` on `target` at each of `counts` devices, written to `out`
   (search.json, search.md, search.png, specs/*.toml). The global batch is `batch_per_device` x
@@ -370,8 +403,8 @@ def run_search(config: ml_collections.ConfigDict, target: str, counts: Sequence[
 
 
 def markdown(result: dict) -> str:
-  """search.md: per size, the found strategy beside the five (additive, and whole for the
-  found), the gain, and the space searched."""
+  """search.md: per size, the found strategy beside the five (additive), the best few and the
+  five compiled whole with their gaps, the gains, and the space searched."""
   ips = lambda b, t: f'{b / t:,.0f}' if t else '-'
   lines = [f'# Search: {result["target"]}', '', f'{result["label"]}. Global batch '
            f'{result["batch_per_device"]} x N for every strategy, {result["dtype"]}, '
@@ -394,6 +427,23 @@ def markdown(result: dict) -> str:
                  else ' | ')
     lines.append(f'| {s["devices"]} | {f["describe"]} | {ips(b, f["additive_seconds"])} | '
                  f'{whole_text} | {best_text} |')
+  keep = max((len(s['found']) for s in result['sizes']), default=0)
+  cell = lambda b, w: (f'{ips(b, w["step_seconds"]["no_overlap"])} ({w["gap"]:+.0%})'
+                       if 'step_seconds' in w else w.get('skipped', '-') if w else '-')
+  lines += ['', '## Compiled whole (PREDICTED images/s, no overlap; in brackets the gap: whole '
+            'over additive, minus 1)', '', 'Each program compiled whole by the target\'s '
+            'compiler and predicted by the plan. Gain: the fastest of the five over the fastest '
+            'found spec, both compiled whole (> 1: the search wins).', '',
+            '| N | ' + ' | '.join(f'found #{k + 1}' for k in range(keep)) + ' | '
+            + ' | '.join(strategies.STRATEGIES) + ' | gain (whole) |',
+            '|---|' + '---|' * (keep + len(strategies.STRATEGIES) + 1)]
+  for s in result['sizes']:
+    b, five = s['batch_size'], s.get('hand_written_whole', {})
+    found = [cell(b, f.get('whole', {})) for f in s['found']] + ['-'] * (keep - len(s['found']))
+    gain = (f'{s["gain_whole"]:.2f}x (#{s["best_whole_rank"]} over '
+            f'{s["best_hand_written_whole"]})' if 'gain_whole' in s else '-')
+    lines.append(f'| {s["devices"]} | ' + ' | '.join(
+        found + [cell(b, five.get(n, {})) for n in strategies.STRATEGIES]) + f' | {gain} |')
   lines += ['', '## The five, costed the same way (additive, PREDICTED images/s)', '',
             '| N | ' + ' | '.join(strategies.STRATEGIES) + ' |',
             '|---|' + '---|' * len(strategies.STRATEGIES)]
@@ -417,8 +467,8 @@ def markdown(result: dict) -> str:
 
 
 def chart(result: dict) -> bytes:
-  """search.png: PREDICTED images/s per device against N, the five (additive) and the found
-  strategy (additive and whole)."""
+  """search.png: PREDICTED images/s per device against N, the five (additive), the found
+  strategy (additive and whole) and the fastest of the five compiled whole."""
   from alexnet_jax.report import charts  # pylint: disable=g-import-not-at-top
   series = []
   sizes = [s for s in result['sizes'] if s['found']]
@@ -434,6 +484,13 @@ def chart(result: dict) -> bytes:
             / s['devices']) for s in sizes if 'step_seconds' in s['found'][0].get('whole', {})]
   if whole:
     series.append(('found (whole program)', [p[0] for p in whole], [p[1] for p in whole]))
+  five = [(s['devices'], s['batch_size'] / min(w['step_seconds']['no_overlap']
+                                               for w in s['hand_written_whole'].values()
+                                               if 'step_seconds' in w) / s['devices'])
+          for s in sizes if 'best_hand_written_whole' in s]
+  if five:
+    series.append(('best of the five (whole program)', [p[0] for p in five],
+                   [p[1] for p in five]))
   fig, (top,) = charts.figure(900, 480, 1)
   fig.suptitle(result['label'], fontsize=charts.TITLE_SIZE, x=0.01, ha='left')
   charts.lines(top, 'PREDICTED images/s per device (no overlap)', series, x_label='devices',
