@@ -22,6 +22,7 @@ optimizer's update is not in them (the whole program's prediction has it).
 import dataclasses
 import gzip
 import json
+import math
 from typing import Optional, Sequence
 
 import jax
@@ -61,10 +62,40 @@ def _act_spec(ndim: int, batch: tuple, channels: tuple) -> P:
   return P(one(batch), *[None] * (ndim - 2), one(channels))
 
 
+def _as_used(y: jax.Array, used: set) -> jax.Array:
+  """The activation as the next layer takes it: per device over every axis that layer uses.
+  Where it was the same on all of them, its cotangent is summed over them in the backward
+  pass (the transpose), a reduction the formula counts in the edge."""
+  varying = jax.typeof(y).manual_axis_type.varying
+  missing = tuple(sorted(a for a in used if a not in varying))
+  return jax.lax.pcast(y, missing, to='varying') if missing else y
+
+
 def _partial_sum(y: jax.Array) -> jax.Array:
   """This device's sum of its block, as a block of a vector over every device: the program's
   output claims no replication, and every block's cotangent is one, as a loss's would be."""
   return jnp.sum(y.astype(jnp.float32)).reshape(1)
+
+
+def collectives(module: hlo.Module, n: int) -> list:
+  """A small program's collectives, less the harness's own: where a layer or an edge ends
+  computing the same on every device, the one-per-device cotangent of its sum is all-reduced
+  (the transpose of making a replicated value per-device), a float32 scalar that no train step
+  moves."""
+  return [c for c in hlo.parse_collectives(module, n, {}) if c.bytes_per_device > 4]
+
+
+def _backward(f, argnums: tuple):
+  """f's per-device sums and their gradient with respect to `argnums`, for a cotangent per
+  device given as the last argument: unlike the gradient of their total, it adds no collective
+  of its own, and unlike a constant one, the compiler cannot fold the backward away."""
+  def run(*args_and_cotangent):
+    *args, cotangent = args_and_cotangent
+    y, pull = jax.vjp(lambda *picked: f(*[picked[argnums.index(i)] if i in argnums else a
+                                          for i, a in enumerate(args)]),
+                      *[args[i] for i in argnums])
+    return y, pull(cotangent)  # the forward kept: its collectives are the step's too
+  return run
 
 
 @dataclasses.dataclass
@@ -96,7 +127,9 @@ class Compiled:
 
   def _lower(self, key: tuple, label: str, fn, args: tuple, flops: float) -> Program:
     if key not in self.programs:
-      lowered = jax.jit(fn).lower(*args)
+      cotangent = self._placed(jax.ShapeDtypeStruct((len(self.devices),), jnp.float32),
+                               P(self.names))
+      lowered = jax.jit(fn).lower(*args, cotangent)
       path = compile_lib.cache_path(lowered.as_text(), self.profile, self.devices, {},
                                     self.cache_dir)
       program = Program(label, lowered, path, flops)
@@ -115,7 +148,13 @@ class Compiled:
                                            for l in LAYERS))
     x = self.inputs[layer]
     channels = (s.tower,) if layer in layerwise.OWN_TOWER and s.tower else ()
-    x_spec = _act_spec(x.ndim, s.batch, channels)
+    # The input as the train step hands it over: per device (varying) over every axis the layer
+    # uses, so its cotangent is not reduced here; that reduction is the edge's (the transpose
+    # of its gather). Axes it uses but does not split the input by get a copy per device.
+    extra = tuple(a for a in self.names if a in s.used and a not in s.batch + channels)
+    copies = math.prod(dict(self.mesh)[a] for a in extra)
+    x = jax.ShapeDtypeStruct((x.shape[0] * copies,) + x.shape[1:], x.dtype)
+    x_spec = _act_spec(x.ndim, s.batch + extra, channels)
     p_specs = {w: layerwise.param_spec_of(spec, layer, w, tuple(v.shape))
                for w, v in self.params[layer].items()}
     leaf_axes = {w: layerwise._sharded_axis(sp, s) for w, sp in p_specs.items()}  # pylint: disable=protected-access
@@ -125,13 +164,14 @@ class Compiled:
                                                leaf_axes))
 
     def loss(p, x):
-      return jnp.sum(jax.shard_map(body, mesh=self.jmesh, in_specs=(p_specs, x_spec),
-                                   out_specs=P(self.names))(p, x))
+      return jax.shard_map(body, mesh=self.jmesh, in_specs=(p_specs, x_spec),
+                           out_specs=P(self.names))(p, x)
 
     argnums = (0,) if layer == 'conv1' else (0, 1)
     args = ({w: self._placed(v, p_specs[w]) for w, v in self.params[layer].items()},
             self._placed(x, x_spec))
-    return self._lower(('node', layer, s), f'{layer} {s}', jax.grad(loss, argnums), args, flops)
+    return self._lower(('node', layer, s), f'{layer} {s}', _backward(loss, argnums), args,
+                       flops)
 
   def edge(self, layer: str, prev: layerwise.Split, s: layerwise.Split) -> Program:
     """The resharding of `layer`'s input from `prev`'s output layout to the one `s` reads."""
@@ -142,11 +182,12 @@ class Compiled:
     sizes = dict(self.mesh)
 
     def loss(x):
-      return jnp.sum(jax.shard_map(
-          lambda x: _partial_sum(layerwise.reshard(x, have, want, s.used, sizes)),
-          mesh=self.jmesh, in_specs=_act_spec(x.ndim, *have), out_specs=P(self.names))(x))
+      return jax.shard_map(
+          lambda x: _partial_sum(_as_used(layerwise.reshard(x, have, want, s.used, sizes),
+                                          s.used)),
+          mesh=self.jmesh, in_specs=_act_spec(x.ndim, *have), out_specs=P(self.names))(x)
 
-    return self._lower(key, f'{layer} {have}->{want}', jax.grad(loss),
+    return self._lower(key, f'{layer} {have}->{want}', _backward(loss, (0,)),
                        (self._placed(x, _act_spec(x.ndim, *have)),), 0.0)
 
   def compile_all(self) -> tuple[int, int]:
@@ -163,7 +204,7 @@ class Compiled:
     """The plan's prediction of one compiled program (no overlap)."""
     out = program.compiled
     module = hlo.Module(out['hlo'])
-    found = hlo.parse_collectives(module, len(self.devices), {})
+    found = collectives(module, len(self.devices))
     step_ops = ops.step_ops(module, found)
     op_flops = sum(o.flops for o in step_ops if o.category in ('conv', 'matmul'))
     entry = {'instructions': compile_lib.instructions(found, self.devices, self.profile,
