@@ -117,8 +117,11 @@ def test_comms_measures_a_found_spec_beside_the_five(tmp_path):
       ('eval_batch_size', 8))]
   args = [sys.executable, '-m', 'alexnet_jax.comms', '--config=configs/default.py', *overrides,
           '--devices=2', '--strategies=data', f'--out={out}', '--steps=0']
+  # XLA:CPU's cheaper optimisation, as FAST_COMPILE in-process: the bytes do not depend on it.
+  env = dict(os.environ, XLA_FLAGS='--xla_backend_optimization_level=0 '
+             '--xla_llvm_disable_expensive_passes=true')
   done = subprocess.run(args + [f'--layerwise={path}'], cwd=ROOT, capture_output=True, text=True,
-                        timeout=600, check=False)
+                        timeout=600, check=False, env=env)
   assert done.returncode == 0, done.stderr[-3000:]
   with open(os.path.join(out, 'comms.json')) as f:
     measured = json.load(f)['strategies']
@@ -130,5 +133,5 @@ def test_comms_measures_a_found_spec_beside_the_five(tmp_path):
   for layer in strategies.LAYERS:
     assert got.get(layer, 0.0) == pytest.approx(want[layer]), layer
   bad = subprocess.run(args + [f'--layerwise={tmp_path}/none.toml'], cwd=ROOT,
-                       capture_output=True, text=True, timeout=600, check=False)
+                       capture_output=True, text=True, timeout=600, check=False, env=env)
   assert bad.returncode == 2 and 'cannot read a TOML spec' in bad.stderr, bad.stderr[-2000:]
