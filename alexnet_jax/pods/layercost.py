@@ -73,7 +73,7 @@ def _as_used(y: jax.Array, used: set) -> jax.Array:
 
 def _partial_sum(y: jax.Array) -> jax.Array:
   """This device's sum of its block, as a block of a vector over every device: the program's
-  output claims no replication, and every block's cotangent is one, as a loss's would be."""
+  output claims no replication, and each device gets its own cotangent, as from a loss."""
   return jnp.sum(y.astype(jnp.float32)).reshape(1)
 
 
