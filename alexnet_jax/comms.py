@@ -6,6 +6,11 @@ compiles and times the real train step of every strategy that fits N devices (si
 CPU when there are fewer) and writes DIR/comms.json, DIR/comms.md and DIR/comms.png
 (alexnet_jax/perf/comms.py).
 
+    python -m alexnet_jax.comms ... --layerwise=FILE.toml
+
+measures a per-layer spec (alexnet_jax/core/layerwise.py; one the search wrote, say) beside the
+five, as the strategy `layerwise`.
+
     python -m alexnet_jax.comms --target=X ...
 
 is an alias of the pod plan: the process is replaced, before anything else is imported, by
@@ -38,7 +43,9 @@ import jax
 from ml_collections import config_flags
 
 from alexnet_jax.core import config as config_lib
+from alexnet_jax.core import layerwise
 from alexnet_jax.core import run as run_lib
+from alexnet_jax.core import strategies as strategies_lib
 from alexnet_jax.perf import comms
 from alexnet_jax.program import measure as measure_lib
 from alexnet_jax.runtime import allocator
@@ -54,6 +61,9 @@ flags.DEFINE_integer('warmup', 1, 'Untimed steps before timing.')
 flags.DEFINE_string('strategies', '', 'Comma-separated subset (default: all that fit).')
 flags.DEFINE_integer('time_convs', 0, 'If > 0: also time the two ways one device can run both '
                      'towers (split vs vmapped) at this batch size.')
+flags.DEFINE_string('layerwise', '', 'A per-layer spec (TOML) measured beside the strategies, '
+                    'as `layerwise` (the same as --config.layerwise=FILE with layerwise added '
+                    'to --strategies).')
 flags.DEFINE_string('target', '', 'Given, this command is `python -m alexnet_jax.plan` with the '
                     'same arguments (the pod plan: see its flags).')
 flags.mark_flags_as_required(['config', 'out'])
@@ -71,6 +81,14 @@ def main(argv):
                          'device count per run)')
   config = FLAGS.config
   strategies = [s for s in FLAGS.strategies.split(',') if s] or None
+  if FLAGS.layerwise:
+    try:
+      layerwise.load(FLAGS.layerwise)  # a file that is not a spec: refused before compiling
+    except layerwise.SpecError as e:
+      raise command.Refused(f'--layerwise={FLAGS.layerwise}: {e}') from None
+    config.layerwise = FLAGS.layerwise
+    strategies = [s for s in strategies or strategies_lib.STRATEGIES if s != layerwise.NAME]
+    strategies.append(layerwise.NAME)
   jax.config.update('jax_num_cpu_devices', counts[0])  # only the CPU backend uses it
   result = comms.report(config, counts[0], steps=FLAGS.steps, warmup=FLAGS.warmup,
                         strategies=strategies)

@@ -92,8 +92,12 @@ flags.DEFINE_bool('search', False, 'Search every layer\'s partitioning (pods/sea
                   'of --devices on --target, compile the best whole, and write search.json, '
                   'search.md, search.png and specs/*.toml (--config.parallelism=layerwise '
                   '--config.layerwise=FILE trains one).')
+flags.DEFINE_enum('search_costs', 'formula', ['formula', 'compiled'], 'With --search: time '
+                  'each layer and resharding edge from the formula\'s collectives, or compile '
+                  'each as a small program (cached) and time it with the plan (pods/layercost.py).')
 flags.DEFINE_integer('search_keep', 3, 'With --search: the best assignments kept per size.')
-flags.DEFINE_integer('search_compile', 1, 'With --search: how many of them to compile whole.')
+flags.DEFINE_integer('search_compile', 3, 'With --search: how many of them to compile whole '
+                     '(the five are compiled whole beside them).')
 flags.DEFINE_string('cases', '', 'With --published or --collectives: a folder of case files '
                     'instead of the shipped ones.')
 flags.mark_flags_as_required(['out'])
@@ -132,7 +136,7 @@ def main(argv) -> None:
     search_lib.run_search(FLAGS.config, FLAGS.target, counts, out=FLAGS.out,
                           batch_per_device=bpr, efficiency=FLAGS.efficiency,
                           cache_dir=FLAGS.cache_dir or None, keep=FLAGS.search_keep,
-                          compile_top=FLAGS.search_compile)
+                          compile_top=FLAGS.search_compile, costs=FLAGS.search_costs)
     print(open(os.path.join(FLAGS.out, 'search.md')).read())
     return
   strategies = [s for s in FLAGS.strategies.split(',') if s] or None

@@ -230,12 +230,13 @@ def _comms(tmp_path, *args, env_extra=None):
 def test_search_compiles_what_it_finds_whole_and_caches_it(tmp_path):
   """plan --search on the K20s (tiny config, 4 devices): the found spec is at least as fast as
   each of the five costed the same way, runs on the net, is compiled whole to the bytes of its
-  formula layer by layer, and a second search only lowers it (the compile is cached)."""
+  formula layer by layer, and so are the five beside it; a second search only lowers them (the
+  compiles are cached)."""
   from alexnet_jax.core import layerwise  # pylint: disable=g-import-not-at-top
   from alexnet_jax.core import model as model_lib  # pylint: disable=g-import-not-at-top
   from configs import tiny  # pylint: disable=g-import-not-at-top
   args = ['--search', '--config=configs/tiny.py', '--target=gpu-k20-pcie', '--devices=4',
-          '--batch_per_replica=8', f'--cache_dir={tmp_path / "cache"}']
+          '--batch_per_replica=8', f'--cache_dir={tmp_path / "cache"}', '--search_compile=1']
   run = lambda out: subprocess.run([sys.executable, '-m', 'alexnet_jax.plan', f'--out={out}',
                                     *args], cwd=ROOT, capture_output=True, text=True,
                                    timeout=1200, env={k: v for k, v in os.environ.items()
@@ -254,9 +255,75 @@ def test_search_compiles_what_it_finds_whole_and_caches_it(tmp_path):
     assert whole['bytes_by_layer'].get(layer, 0.0) == pytest.approx(
         whole['formula_bytes_by_layer'][layer], rel=0.01), layer
   assert whole['step_seconds']['no_overlap'] > 0 and not whole['cached']
+  # The five that fit 4 devices, compiled whole at the same global batch, each to its formula.
+  five = size['hand_written_whole']
+  assert set(five) == {'data', 'hybrid', 'towers_data', 'fsdp'}
+  for name, w in five.items():
+    for layer in hlo.LAYERS:
+      assert w['bytes_by_layer'].get(layer, 0.0) == pytest.approx(
+          w['formula_bytes_by_layer'][layer], rel=0.01), (name, layer)
+    assert w['gap'] == pytest.approx(
+        w['step_seconds']['no_overlap'] / size['hand_written'][name] - 1)
+  fastest = min(w['step_seconds']['no_overlap'] for w in five.values())
+  assert size['gain_whole'] == pytest.approx(fastest / whole['step_seconds']['no_overlap'])
+  assert 'gain (whole)' in open(tmp_path / 'a' / 'search.md').read()
   assert os.path.getsize(tmp_path / 'a' / 'search.png') > 1000
   again = run(tmp_path / 'b')
-  assert again.returncode == 0 and 'compiling 0 whole programs (1 cached)' in again.stdout
+  assert again.returncode == 0 and 'compiling 0 whole programs (5 cached)' in again.stdout
+
+
+@needs(HAVE_GPU, 'the CUDA plugin')
+def test_search_costs_compiled_per_layer_move_the_formulas_bytes_and_are_cached(tmp_path):
+  """--search_costs=compiled on the K20s (tiny config, 2 devices): every layer candidate's
+  program moves the bytes of its gradient exchange in the spec's formula, every resharding
+  edge's program those of the resharding (formula.layer_collectives, which test_layerwise holds
+  whole programs to); the search over them reports it used them; a second search of the same
+  target compiles nothing."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.core import model as model_lib  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.pods import layercost, search  # pylint: disable=g-import-not-at-top
+  from alexnet_jax.program import formula  # pylint: disable=g-import-not-at-top
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  quiet.compile_only_environment()
+  jax.config.update('jax_platforms', 'cpu')  # as the plan: the CUDA plugin only compiles
+  config = tiny.get_config()
+  net = model_lib.make_network(config.model, config.model.num_classes)
+  profile = targets.load('gpu-k20-pcie')
+  costmodel.compute_peak(profile, 'float32')
+  devices, mesh, batch = targets.devices(profile, 2), (('x', 2),), 16
+  topology = targets.topology_name(profile, 2)
+  make = lambda: layercost.Compiled(net, mesh, devices, profile, topology, 0.4, 'float32', batch,
+                                    config.image_size, str(tmp_path / 'cache'))
+  options = {l: search.candidates(net, mesh, l, batch)[0] for l in search.LAYERS}
+  zeros = {l: [0.0] * len(options[l]) for l in search.LAYERS}
+  compiled = make()
+  nodes, edges = layercost.costs(compiled, options, zeros)
+  assert compiled.counts[1] == 0 and compiled.counts[0] > 0
+  moved = lambda program: sum(c.bytes_per_device for c in layercost.collectives(
+      hlo.Module(program.compiled['hlo']), 2))
+  want = lambda prev, layer, s, part: sum(b for p, _, _, b in formula.layer_collectives(
+      net, config.image_size, batch, dict(mesh), prev, layer, s, 4, 4) if p == part)
+  exchanged = 0.0
+  for layer in search.LAYERS:
+    for s in options[layer]:
+      exchanged += want(None, layer, s, 'params')
+      assert moved(compiled.node(layer, s, 0.0)) == pytest.approx(
+          want(None, layer, s, 'params'), rel=0.01), (layer, s)
+  bad = []
+  for k in range(1, len(search.LAYERS)):
+    layer, before = search.LAYERS[k], search.LAYERS[k - 1]
+    for a in options[before]:
+      for b in options[layer]:
+        got, w = moved(compiled.edge(layer, a, b)), want(a, layer, b, 'reshard')
+        if got != pytest.approx(w, rel=0.01):
+          bad.append((layer, search.describe(search.layerwise.Spec(mesh, ((before, a), (layer, b)))), got, w))
+  assert not bad, '\n'.join(map(str, bad))
+  assert exchanged > 0 and all(t > 0 for row in nodes for t in row)
+  found = search.search_mesh(net, mesh, search.Coster(profile, mesh, devices, topology, 0.4,
+                                                      'float32'),
+                             batch, config.image_size, math.inf, 4, keep=1, compiled=make())
+  assert found['costs'] == f'compiled (0 compiled, {compiled.counts[0]} cached)'
+  assert found['best']
 
 
 @pytest.mark.skipif(HAVE_TPU or HAVE_GPU or REQUIRED, reason='the compilers are installed')

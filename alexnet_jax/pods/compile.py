@@ -127,6 +127,19 @@ class Job:
   compiled: Optional[dict] = None  # the compiler's outputs: hlo text, memory, flops, seconds
 
 
+def cache_path(lowered_text: str, profile: targets_lib.Profile, devices: Sequence,
+               options: dict, cache_dir: Optional[str]) -> Optional[str]:
+  """Where the compile of a lowered program is cached (None: no cache): keyed by the program,
+  the target, the compiler's version, the devices and the compiler options."""
+  if not cache_dir:
+    return None
+  key = hashlib.sha256('\n'.join([
+      lowered_text, profile.compiler, profile.topology, profile.target_config,
+      compiler_version(profile), str([str(d) for d in devices]),
+      json.dumps(options, sort_keys=True)]).encode()).hexdigest()[:24]
+  return paths.join(cache_dir, f'{key}.json.gz')
+
+
 def lower(label: str, config: ml_collections.ConfigDict, devices: Sequence,
           profile: targets_lib.Profile, cache_dir: Optional[str], topology: str) -> Job:
   """Builds and lowers one strategy's train step (cheap), and looks up what the compiler made of
@@ -138,11 +151,7 @@ def lower(label: str, config: ml_collections.ConfigDict, devices: Sequence,
   # The compiler options the step is compiled with (config.overlap_collectives: run.build gives
   # them to the train step's jit, and its lowered program carries them to the compiler).
   options = run_lib.overlap_options(config, run.devices[0].platform)
-  key = hashlib.sha256('\n'.join([
-      lowered.as_text(), profile.compiler, profile.topology, profile.target_config,
-      compiler_version(profile), str([str(d) for d in run.devices]),
-      json.dumps(options, sort_keys=True)]).encode()).hexdigest()[:24]
-  path = paths.join(cache_dir, f'{key}.json.gz') if cache_dir else None
+  path = cache_path(lowered.as_text(), profile, run.devices, options, cache_dir)
   job = Job(label, config, run, lowered, path, topology)
   if path and paths.exists(path):
     job.compiled = dict(json.loads(gzip.decompress(paths.read_bytes(path))), cached=True)

@@ -43,10 +43,12 @@ from alexnet_jax.core import run as run_lib
 from alexnet_jax.core import strategies
 from alexnet_jax.pods import compile as compile_lib
 from alexnet_jax.pods import costmodel
+from alexnet_jax.pods import layercost
 from alexnet_jax.pods import plan as plan_lib
 from alexnet_jax.pods import targets as targets_lib
 from alexnet_jax.program import formula
 from alexnet_jax.program import measure as measure_lib
+from alexnet_jax.pods import search_report
 from alexnet_jax.report.write import write_report
 
 LAYERS = strategies.LAYERS
@@ -177,8 +179,11 @@ def dynamic_program(nodes: list[list[tuple[float, float]]],
 
 
 def search_mesh(net: model_lib.Tower, mesh: tuple, coster: Coster, batch_size: int,
-                image_size: int, capacity: float, act_bytes: int, keep: int = 3) -> dict:
-  """The best assignments on one mesh (additive predicted seconds), the candidates and refusals."""
+                image_size: int, capacity: float, act_bytes: int, keep: int = 3,
+                compiled: Optional[layercost.Compiled] = None) -> dict:
+  """The best assignments on one mesh (additive predicted seconds), the candidates and refusals.
+  With `compiled`, nodes and edges are timed from their compiled programs (pods/layercost.py);
+  where the target's compiler refuses one, from the formula, and 'costs' says which."""
   sizes = dict(mesh)
   table = formula.layer_table(net, image_size)
   per_image = formula.activation_per_image(net, image_size)
@@ -196,6 +201,16 @@ def search_mesh(net: model_lib.Tower, mesh: tuple, coster: Coster, batch_size: i
              layer_memory(table, per_image, layer, s, sizes, batch_size, act_bytes))
             for s in options[layer]] for layer in LAYERS]
   cache: dict = {}
+  used = 'formula'
+  if compiled is not None:
+    flops = {l: [layer_flops(net, macs, l, s, sizes, batch_size) for s in options[l]]
+             for l in LAYERS}
+    try:
+      seconds, cache = layercost.costs(compiled, options, flops)
+      nodes = [[(t, m) for t, (_, m) in zip(ts, row)] for ts, row in zip(seconds, nodes)]
+      used = f'compiled ({compiled.counts[0]} compiled, {compiled.counts[1]} cached)'
+    except (ValueError, TypeError, RuntimeError) as e:  # the compiler's refusal: the formula
+      used, cache = f'formula (a per-layer compile was refused: {str(e)[:200]})', {}
 
   def edge(l, i, j):
     if (l, i, j) not in cache:
@@ -208,7 +223,7 @@ def search_mesh(net: model_lib.Tower, mesh: tuple, coster: Coster, batch_size: i
   for seconds, memory, path in best:
     spec = layerwise.Spec(mesh, tuple((l, options[l][i]) for l, i in zip(LAYERS, path)))
     out.append({'spec': spec, 'additive_seconds': seconds, 'memory_estimate_bytes': memory})
-  return {'mesh': dict(mesh), 'best': out, 'refused': refused,
+  return {'mesh': dict(mesh), 'best': out, 'refused': refused, 'costs': used,
           'candidates': {l: len(options[l]) for l in LAYERS}}
 
 
@@ -254,8 +269,9 @@ def _spec_json(spec: layerwise.Spec) -> dict:
 
 def search_size(config: ml_collections.ConfigDict, net: model_lib.Tower,
                 profile: targets_lib.Profile, n: int, batch_size: int, efficiency: float,
-                keep: int, log: Callable[[str], Any]) -> dict:
-  """The found assignments at n devices (every mesh) and the five costed the same way."""
+                keep: int, log: Callable[[str], Any], costs: str = 'formula',
+                cache_dir: Optional[str] = None) -> dict:
+  """The found assignments at n devices (every mesh) and the five costed by the formula."""
   topology = targets_lib.topology_name(profile, n)
   devices = targets_lib.devices(profile, n)
   act_bytes = np.dtype(config.model.dtype).itemsize
@@ -266,10 +282,14 @@ def search_size(config: ml_collections.ConfigDict, net: model_lib.Tower,
   for mesh in meshes(n):
     coster = Coster(profile, mesh, devices, topology, efficiency, config.model.dtype)
     start = time.perf_counter()
-    r = search_mesh(net, mesh, coster, batch_size, config.image_size, capacity, act_bytes, keep)
+    compiled = None if costs == 'formula' else layercost.Compiled(
+        net, mesh, devices, profile, topology, efficiency, config.model.dtype, batch_size,
+        config.image_size, cache_dir)
+    r = search_mesh(net, mesh, coster, batch_size, config.image_size, capacity, act_bytes, keep,
+                    compiled)
     reasons = sorted({part.split(': ', 1)[-1] for whys in r['refused'].values()
                       for why in whys for part in why.split('; ')})
-    size['meshes'].append({'mesh': r['mesh'], 'candidates': r['candidates'],
+    size['meshes'].append({'mesh': r['mesh'], 'candidates': r['candidates'], 'costs': r['costs'],
                            'refused': sum(len(v) for v in r['refused'].values()),
                            'refused_reasons': reasons,
                            'seconds_to_search': time.perf_counter() - start})
@@ -298,15 +318,49 @@ def search_size(config: ml_collections.ConfigDict, net: model_lib.Tower,
   return size
 
 
+def _whole(job: compile_lib.Job, profile: targets_lib.Profile, efficiency: float, dtype: str,
+           additive: float) -> dict:
+  """The plan's prediction of one compiled whole program, beside its additive cost."""
+  entry = compile_lib.analyse(job, profile)
+  pred = plan_lib.predict(entry, profile, efficiency, dtype, None)
+  whole = pred['predicted_step_seconds']
+  return {'step_seconds': whole, 'memory_bytes': pred['memory_per_device_bytes'],
+          'fits': pred['fits'], 'cached': entry['cached'],
+          'bytes_per_step': entry['bytes_per_step'],
+          'formula_bytes_per_step': entry['analytic_bytes_per_step'],
+          'bytes_by_layer': entry['bytes_per_step_by_layer'],
+          'formula_bytes_by_layer': entry['analytic_bytes_per_step_by_layer'],
+          'gap': whole['no_overlap'] / additive - 1}
+
+
+def whole_gain(size: dict) -> None:
+  """The found specs against the five, each side at its fastest compiled whole program (no
+  overlap): size['gain_whole'] (> 1: the search wins), with the rank and the strategy it
+  compares. Nothing is set where either side has no compiled program."""
+  found = [(f['whole']['step_seconds']['no_overlap'], k + 1)
+           for k, f in enumerate(size['found']) if 'step_seconds' in f.get('whole', {})]
+  five = [(w['step_seconds']['no_overlap'], name)
+          for name, w in size.get('hand_written_whole', {}).items() if 'step_seconds' in w]
+  if found and five:
+    (t_found, rank), (t_five, name) = min(found), min(five)
+    size.update(best_whole_rank=rank, best_hand_written_whole=name, gain_whole=t_five / t_found)
+
+
 def compile_whole(config: ml_collections.ConfigDict, profile: targets_lib.Profile,
                   sizes: list, out: str, efficiency: float, cache_dir: Optional[str],
                   compile_top: int, log: Callable[[str], Any]) -> None:
   """Writes each size's found specs (out/specs/), compiles the best `compile_top` of each whole
-  (cached) and puts the plan's prediction of the whole program beside the additive one."""
-  jobs = []
+  and the five hand-written strategies at the same global batch (all cached: a second search
+  only lowers), and puts the plan's prediction of each whole program beside its additive cost:
+  the gap says what the sum of the parts misses, the whole-program gain is the comparison that
+  does not rest on it."""
+  jobs = []  # (where the result goes, key, additive seconds, job)
   os.makedirs(os.path.join(out, 'specs'), exist_ok=True)
   for size in sizes:
     n = size['devices']
+    devices = targets_lib.devices(profile, n)
+    c = config.copy_and_resolve_references()
+    c.batch_size = size['batch_size']
     for k, f in enumerate(size['found']):
       path = os.path.join(out, 'specs', f'{profile.key}-{n}-{k + 1}.toml')
       with open(path, 'w') as fh:
@@ -315,36 +369,35 @@ def compile_whole(config: ml_collections.ConfigDict, profile: targets_lib.Profil
       f['spec_file'] = os.path.relpath(path, out)
       if k >= compile_top:
         continue
-      c = config.copy_and_resolve_references()
-      c.batch_size, c.layerwise = size['batch_size'], path
-      devices = targets_lib.devices(profile, n)
-      c = compile_lib.replica_config(c, layerwise.NAME, n, devices, 0)
-      why = measure_lib.skip_reason(c, devices)
+      c.layerwise = path
+      c_k = compile_lib.replica_config(c, layerwise.NAME, n, devices, 0)
+      why = measure_lib.skip_reason(c_k, devices)
       if why:
         f['whole'] = {'skipped': why}
         continue
-      jobs.append((f, compile_lib.lower(f'layerwise/{n}/{k + 1}', c, devices, profile,
-                                        cache_dir, size['topology'])))
-  todo = [j for _, j in jobs if j.compiled is None]
+      jobs.append((f, 'whole', f['additive_seconds'], compile_lib.lower(
+          f'layerwise/{n}/{k + 1}', c_k, devices, profile, cache_dir, size['topology'])))
+    size['hand_written_whole'] = {}
+    for name, additive in size['hand_written'].items():
+      c_k = compile_lib.replica_config(c, name, n, devices, 0)
+      why = measure_lib.skip_reason(c_k, devices)
+      size['hand_written_whole'][name] = {'skipped': why} if why else {}
+      if not why:
+        jobs.append((size['hand_written_whole'], name, additive, compile_lib.lower(
+            f'{name}/{n}', c_k, devices, profile, cache_dir, size['topology'])))
+  todo = [j for *_, j in jobs if j.compiled is None]
   log(f'compiling {len(todo)} whole programs ({len(jobs) - len(todo)} cached) ...')
   compile_lib.compile_all(todo)
-  for f, job in jobs:
-    entry = compile_lib.analyse(job, profile)
-    pred = plan_lib.predict(entry, profile, efficiency, config.model.dtype, None)
-    whole = pred['predicted_step_seconds']
-    f['whole'] = {'step_seconds': whole, 'memory_bytes': pred['memory_per_device_bytes'],
-                  'fits': pred['fits'], 'cached': entry['cached'],
-                  'bytes_per_step': entry['bytes_per_step'],
-                  'formula_bytes_per_step': entry['analytic_bytes_per_step'],
-                  'bytes_by_layer': entry['bytes_per_step_by_layer'],
-                  'formula_bytes_by_layer': entry['analytic_bytes_per_step_by_layer'],
-                  'gap': whole['no_overlap'] / f['additive_seconds'] - 1}
+  for where, key, additive, job in jobs:
+    where[key] = _whole(job, profile, efficiency, config.model.dtype, additive)
+  for size in sizes:
+    whole_gain(size)
 
 
 def run_search(config: ml_collections.ConfigDict, target: str, counts: Sequence[int], *,
                out: str, batch_per_device: int = 128, efficiency: float = plan_lib.ASSUMED_EFFICIENCY,
-               cache_dir: Optional[str] = None, keep: int = 3, compile_top: int = 1,
-               log: Callable[[str], Any] = print) -> dict:
+               cache_dir: Optional[str] = None, keep: int = 3, compile_top: int = 3,
+               costs: str = 'formula', log: Callable[[str], Any] = print) -> dict:
   """The search of `config` on `target` at each of `counts` devices, written to `out`
   (search.json, search.md, search.png, specs/*.toml). The global batch is `batch_per_device` x
   N for the found strategies and the five alike, so their step times compare."""
@@ -355,8 +408,8 @@ def run_search(config: ml_collections.ConfigDict, target: str, counts: Sequence[
     raise targets_lib.TargetError(why)
   costmodel.compute_peak(profile, config.model.dtype)
   net = model_lib.make_network(config.model, config.model.num_classes)
-  sizes = [search_size(config, net, profile, n, batch_per_device * n, efficiency, keep, log)
-           for n in counts]
+  sizes = [search_size(config, net, profile, n, batch_per_device * n, efficiency, keep, log,
+                       costs, cache_dir) for n in counts]
   searched = time.perf_counter() - start
   compile_whole(config, profile, sizes, out, efficiency, cache_dir, compile_top, log)
   result = {'target': profile.key, 'profile_name': profile.name,
@@ -364,78 +417,8 @@ def run_search(config: ml_collections.ConfigDict, target: str, counts: Sequence[
             'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
             'dtype': config.model.dtype, 'image_size': config.image_size,
             'batch_per_device': batch_per_device, 'efficiency': efficiency, 'sizes': sizes,
+            'costs': costs,
             'seconds_to_search': searched, 'seconds_total': time.perf_counter() - start}
-  write_report(out, 'search', result, markdown, chart, chart_optional=True)
+  write_report(out, 'search', result, search_report.markdown, search_report.chart,
+               chart_optional=True)
   return result
-
-
-def markdown(result: dict) -> str:
-  """search.md: per size, the found strategy beside the five (additive, and whole for the
-  found), the gain, and the space searched."""
-  ips = lambda b, t: f'{b / t:,.0f}' if t else '-'
-  lines = [f'# Search: {result["target"]}', '', f'{result["label"]}. Global batch '
-           f'{result["batch_per_device"]} x N for every strategy, {result["dtype"]}, '
-           f'{result["image_size"]}px. Images/s are PREDICTED. "additive": the dynamic '
-           'program\'s sum of layer and resharding costs (no overlap); "whole": the found spec '
-           'compiled whole and predicted by the plan (no overlap / with overlap).', '',
-           '| N | found (rank 1) | additive img/s | whole img/s | gap | best of the five '
-           '(additive img/s) | gain |', '|---|---|---|---|---|---|---|']
-  for s in result['sizes']:
-    if not s['found']:
-      lines.append(f'| {s["devices"]} | nothing fits | | | | | |')
-      continue
-    f, b = s['found'][0], s['batch_size']
-    whole = f.get('whole', {})
-    w = whole.get('step_seconds')
-    best = s.get('best_hand_written')
-    whole_text = (f'{ips(b, w["no_overlap"])} / {ips(b, w["with_overlap"])} | {whole["gap"]:+.1%}'
-                  if w else f'{whole.get("skipped", "not compiled")} | ')
-    best_text = (f'{best} ({ips(b, s["hand_written"][best])}) | {s["gain"]:.2f}x' if best
-                 else ' | ')
-    lines.append(f'| {s["devices"]} | {f["describe"]} | {ips(b, f["additive_seconds"])} | '
-                 f'{whole_text} | {best_text} |')
-  lines += ['', '## The five, costed the same way (additive, PREDICTED images/s)', '',
-            '| N | ' + ' | '.join(strategies.STRATEGIES) + ' |',
-            '|---|' + '---|' * len(strategies.STRATEGIES)]
-  for s in result['sizes']:
-    lines.append(f'| {s["devices"]} | ' + ' | '.join(
-        ips(s['batch_size'], s['hand_written'].get(n)) for n in strategies.STRATEGIES) + ' |')
-  lines += ['', '## The space searched', '']
-  for s in result['sizes']:
-    for m in s['meshes']:
-      lines.append(f'- N={s["devices"]}, mesh {m["mesh"]}: candidates per layer '
-                   f'{m["candidates"]}; {m["refused"]} refused '
-                   f'({m["seconds_to_search"]:.1f} s)')
-    reasons = sorted({r for m in s['meshes'] for r in m['refused_reasons']})
-    for r in reasons[:8]:
-      lines.append(f'  - refused: {r}')
-    if len(reasons) > 8:
-      lines.append(f'  - ... {len(reasons) - 8} more reasons (search.json)')
-  lines += ['', f'Searched in {result["seconds_to_search"]:.0f} s; with the whole programs '
-            f'{result["seconds_total"]:.0f} s.']
-  return '\n'.join(lines) + '\n'
-
-
-def chart(result: dict) -> bytes:
-  """search.png: PREDICTED images/s per device against N, the five (additive) and the found
-  strategy (additive and whole)."""
-  from alexnet_jax.report import charts  # pylint: disable=g-import-not-at-top
-  series = []
-  sizes = [s for s in result['sizes'] if s['found']]
-  for name in strategies.STRATEGIES:
-    pts = [(s['devices'], s['batch_size'] / s['hand_written'][name] / s['devices'])
-           for s in sizes if name in s['hand_written']]
-    if pts:
-      series.append((name, [p[0] for p in pts], [p[1] for p in pts]))
-  series.append(('found (additive)', [s['devices'] for s in sizes],
-                 [s['batch_size'] / s['found'][0]['additive_seconds'] / s['devices']
-                  for s in sizes]))
-  whole = [(s['devices'], s['batch_size'] / s['found'][0]['whole']['step_seconds']['no_overlap']
-            / s['devices']) for s in sizes if 'step_seconds' in s['found'][0].get('whole', {})]
-  if whole:
-    series.append(('found (whole program)', [p[0] for p in whole], [p[1] for p in whole]))
-  fig, (top,) = charts.figure(900, 480, 1)
-  fig.suptitle(result['label'], fontsize=charts.TITLE_SIZE, x=0.01, ha='left')
-  charts.lines(top, 'PREDICTED images/s per device (no overlap)', series, x_label='devices',
-               y_label='images/s per device', devices=True, y_min=0)
-  return charts.png(fig)
