@@ -75,7 +75,8 @@ def grad_program(parallelism: str, num_devices: int, path: str = '', num_towers:
 
 
 @pytest.mark.parametrize('name,num_devices,num_towers', [
-    ('towers', 2, 2), ('hybrid', 4, 2), ('towers_data', 4, 2), ('fsdp', 4, 2), ('hybrid', 2, 1)])
+    ('towers', 2, 2), ('data', 4, 2), ('hybrid', 4, 2), ('towers_data', 4, 2), ('fsdp', 4, 2),
+    ('hybrid', 2, 1)])
 def test_the_five_as_specs_compile_to_their_hand_written_bytes(tmp_path, name, num_devices,
                                                                num_towers):
   """The spec's program moves, layer by layer, the bytes of the hand-written formula
