@@ -355,24 +355,19 @@ def steps(graph: linkgraph.Graph, algorithm: str, kind: str, members: Sequence[i
     return [(1, [('copy', a, b, bytes_per_device / (n - 1))
                  for a in members for b in members if a != b])]
   size = size_of(kind, bytes_per_device, n)
-  if algorithm == 'tree':
-    return tree(graph, kind, members, size)
-  if algorithm == 'hierarchical':
-    return hierarchical(graph, kind, members, size)
-  if algorithm == 'host_staged':
-    return host_staged(graph, kind, members, size)
-  if algorithm == 'parameter_server':
-    return parameter_server(kind, members, size)
-  if algorithm == 'nvls':
-    return nvls(graph, kind, members, size)
-  if algorithm == 'collnet':
-    return collnet(graph, kind, members, size)
-  if algorithm == 'peer_to_peer':
-    return peer_to_peer(kind, members, size)
-  if algorithm in ('ring', 'library_default'):
-    return ring(kind, members, size)
+  if algorithm in _ON_GRAPH:
+    return _ON_GRAPH[algorithm](graph, kind, members, size)
+  if algorithm in _OFF_GRAPH:
+    return _OFF_GRAPH[algorithm](kind, members, size)
   raise ValueError(f'unknown collective algorithm {algorithm!r}; expected one of '
                    f'{", ".join(ALGORITHMS)}')
+
+
+# Each algorithm's steps: those that route by the machine's links take the graph.
+_ON_GRAPH = {'tree': tree, 'hierarchical': hierarchical, 'host_staged': host_staged,
+             'nvls': nvls, 'collnet': collnet}
+_OFF_GRAPH = {'parameter_server': parameter_server, 'peer_to_peer': peer_to_peer,
+              'ring': ring, 'library_default': ring}
 
 
 def seconds(graph: linkgraph.Graph, algorithm: str, kind: str, members: Sequence[int],
